@@ -1,0 +1,3 @@
+from lorapipe.cli.main import main
+
+raise SystemExit(main())
