@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny real components built once per session (seeded, CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub: fail fast instead of hanging on a network call.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diffusers-format tiny SDXL pipeline folder with seeded random weights and real tokenizers."""
+    from lorapipe.sdxl.factory import make_pipeline_folder
+
+    return make_pipeline_folder(tmp_path_factory.mktemp("models") / "tiny-sdxl", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sample_dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root folder holding `0001-dataset/` (the Kohya-layout sample dataset). Tests must not modify it."""
+    from lorapipe.dataset.sample import write_sample_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    write_sample_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_dataset_dir(sample_dataset_root: Path) -> Path:
+    """The `0001-dataset/` folder: kohya-sdxl-config.toml beside `20_dwjz toy/`. Read-only for tests."""
+    return sample_dataset_root / "0001-dataset"
