@@ -1,0 +1,54 @@
+"""What a run tells the person watching: a tqdm bar (loss, lr, it/s, ETA), one `step=... loss=... lr=...` line
+per step for log scrapers (SageMaker MetricDefinitions), and TensorBoard scalars when logging_dir is set."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+class Progress:
+    """Owns the bar, the step lines and the TensorBoard writer of one run."""
+
+    def __init__(self, total_steps: int, *, initial_step: int = 0, logging_dir: str | None = None,
+                 log_prefix: str | None = None, show_bar: bool = True, step_lines: bool = True, stream=None):
+        from tqdm import tqdm
+
+        self._stream = stream or sys.stderr
+        self._step_lines = step_lines
+        self._bar = tqdm(total=total_steps, initial=initial_step, desc="steps", unit="step", smoothing=0.1,
+                         disable=not show_bar, file=self._stream, dynamic_ncols=True)
+        self._writer = None
+        if logging_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            name = f"{log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}"
+            self._writer = SummaryWriter(log_dir=str(Path(logging_dir) / name))
+
+    def step(self, step: int, *, loss: float, avg_loss: float, lrs: dict[str, float], epoch: int) -> None:
+        main_lr = next(iter(lrs.values())) if lrs else 0.0
+        self._bar.set_postfix({"loss": f"{loss:.4f}", "avg": f"{avg_loss:.4f}", "lr": f"{main_lr:.2e}"},
+                              refresh=False)
+        self._bar.update(1)
+        if self._step_lines:
+            # One parseable line per step; printed through tqdm so it does not tear the bar.
+            self._bar.write(f"step={step} loss={loss:.6f} lr={main_lr:.6g} epoch={epoch}", file=sys.stdout)
+        if self._writer is not None:
+            self._writer.add_scalar("loss/current", loss, step)
+            self._writer.add_scalar("loss/average", avg_loss, step)
+            for name, lr in lrs.items():
+                self._writer.add_scalar(f"lr/{name}", lr, step)
+
+    def epoch_end(self, epoch: int, avg_loss: float) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar("loss/epoch", avg_loss, epoch)
+
+    def note(self, text: str) -> None:
+        self._bar.write(text, file=self._stream)
+
+    def close(self) -> None:
+        self._bar.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
