@@ -1,0 +1,129 @@
+"""The training artifact a backend hands back: found, checked and fingerprinted before anything is published."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorapipe.errors import PipelineError
+from lorapipe.pipeline.hashing import sha256_file
+
+SUMMARY_NAME = "train_summary.json"
+SAMPLE_DIR = "sample"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# A safetensors header longer than this is not a LoRA header but a corrupt length field.
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified training output: the LoRA, its summary and sample images, each with its sha256."""
+
+    folder: Path
+    lora: Path
+    summary: Path | None
+    samples: tuple[Path, ...]
+    sha256: dict[str, str]  # path relative to folder -> hex digest
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (*self.samples, *((self.summary,) if self.summary else ()), self.lora)
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.folder).as_posix()
+
+
+def check_safetensors(path: Path) -> dict:
+    """Read and check the header of a safetensors file without torch; return its metadata.
+
+    Catches the truncated-file case (``MetadataIncompleteBuffer`` in loaders) before a broken LoRA is published.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw_length = handle.read(8)
+        if len(raw_length) != 8:
+            raise PipelineError(f"{path}: shorter than a safetensors header; the trainer did not finish writing it")
+        (length,) = struct.unpack("<Q", raw_length)
+        if length > min(size - 8, _MAX_HEADER_BYTES):
+            raise PipelineError(f"{path}: safetensors header length {length} exceeds the file; it is truncated")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PipelineError(f"{path}: safetensors header is not JSON; the file is corrupt") from exc
+    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + length + data_end > size:
+        raise PipelineError(f"{path}: tensor data ends past the end of the file ({size} bytes); it is truncated")
+    if data_end == 0:
+        raise PipelineError(f"{path}: holds no tensors; training produced an empty LoRA")
+    return header.get("__metadata__") or {}
+
+
+def find_artifact(folder: Path) -> Artifact:
+    """Find the LoRA (the single top-level ``.safetensors``), summary and samples in a backend's output folder."""
+    folder = Path(folder)
+    loras = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    if len(loras) != 1:
+        found = ", ".join(p.name for p in loras) or "none"
+        raise PipelineError(f"{folder}: expected one .safetensors LoRA, found {found}; check the train step's log")
+    lora = loras[0]
+    check_safetensors(lora)
+    summary = folder / SUMMARY_NAME
+    sample_dir = folder / SAMPLE_DIR
+    samples = tuple(sorted(p for p in sample_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)) \
+        if sample_dir.is_dir() else ()
+    files = (*samples, *((summary,) if summary.is_file() else ()), lora)
+    digests = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+    return Artifact(folder, lora, summary if summary.is_file() else None, samples, digests)
+
+
+def write_sha256_sidecars(artifact: Artifact) -> None:
+    """``<file>.sha256`` next to each file in the ``sha256sum`` format, so users can check copies by hand."""
+    for relative, digest in artifact.sha256.items():
+        path = artifact.folder / relative
+        atomic_write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
+
+
+def copy_artifact(source: Artifact, destination: Path) -> Artifact:
+    """Copy a cached artifact into a new run folder (hard links when possible) and re-verify it there."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for path in source.files:
+        target = destination / source.relative(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target.unlink()
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+    copied = find_artifact(destination)
+    if copied.sha256 != source.sha256:
+        raise PipelineError(f"{destination}: cached artifact changed while copying; run again with --no-cache")
+    return copied
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """Copy a file under a temporary name in the target folder, fsync, then rename: readers never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

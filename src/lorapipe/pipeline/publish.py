@@ -1,0 +1,92 @@
+"""The publish step: the verified artifact to the output location, then the LoRA into the server's LoRA folder.
+
+Order is what keeps a failure from half-publishing: samples and summary first, the LoRA next, the ``publish.json``
+manifest last (readers trust a run's output prefix only once its manifest is there), and the LoRA folder the
+server reads is touched only after every upload succeeded. A failed upload removes what this run had uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from lorapipe.errors import LorapipeError, StoreError
+from lorapipe.pipeline.artifact import Artifact, atomic_copy, write_sha256_sidecars
+from lorapipe.pipeline.hashing import sha256_file
+from lorapipe.pipeline.runlog import RunLog
+
+MANIFEST_NAME = "publish.json"
+
+
+def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None, lora_dir: Path, lora_name: str,
+                     endpoint_url: str | None, log: RunLog) -> dict:
+    """Publish and return the manifest (what went where, with sha256s)."""
+    _check_lora_name(lora_name)
+    write_sha256_sidecars(artifact)
+    manifest: dict = {
+        "run_id": run_id,
+        "lora": artifact.lora.name,
+        "sha256": artifact.sha256,
+        "lora_path": str(lora_dir / f"{lora_name}.safetensors"),
+        "output_prefix": None,
+        "uploaded": [],
+    }
+    if output_url:
+        manifest["output_prefix"], manifest["uploaded"] = _upload(artifact, run_id, output_url, endpoint_url,
+                                                                  manifest, log)
+    target = lora_dir / f"{lora_name}.safetensors"
+    atomic_copy(artifact.lora, target)
+    if sha256_file(target) != artifact.sha256[artifact.relative(artifact.lora)]:
+        target.unlink()
+        raise StoreError(f"{target}: copy does not match the trained LoRA's sha256; check the disk and run again")
+    log.info(f"publish: LoRA available to the server as <lora:{lora_name}:1> ({target})")
+    return manifest
+
+
+def _check_lora_name(name: str) -> None:
+    if not name or name.startswith(".") or any(ch in name for ch in "/\\\0:") or name != name.strip():
+        raise StoreError(f"--lora-name {name!r}: not a plain file name; use letters, digits, '-', '_' or '.'")
+
+
+def _upload(artifact: Artifact, run_id: str, output_url: str, endpoint_url: str | None, manifest: dict,
+            log: RunLog) -> tuple[str, list[str]]:
+    from lorapipe.store import open_store
+
+    prefix = f"{run_id}"
+    uploaded: list[str] = []
+    try:
+        store = open_store(output_url, endpoint_url=endpoint_url)
+        for path in artifact.files:  # LoRA is last in `files`
+            key = f"{prefix}/{artifact.relative(path)}"
+            store.upload_file(path, key)
+            uploaded.append(key)
+        with tempfile.TemporaryDirectory() as scratch:
+            manifest_file = Path(scratch) / MANIFEST_NAME
+            manifest_file.write_text(json.dumps({**manifest, "uploaded": uploaded}, indent=2, sort_keys=True))
+            store.upload_file(manifest_file, f"{prefix}/{MANIFEST_NAME}")
+    except Exception as exc:
+        _remove_uploaded(output_url, endpoint_url, uploaded, log)
+        if isinstance(exc, LorapipeError):
+            raise
+        raise StoreError(f"{output_url}: upload failed ({type(exc).__name__}: {exc}); "
+                         "check the URL, --s3-endpoint-url and credentials") from exc
+    destination = f"{output_url.rstrip('/')}/{prefix}/"
+    log.info(f"publish: {len(uploaded)} files and {MANIFEST_NAME} to {destination}")
+    return destination, uploaded
+
+
+def _remove_uploaded(output_url: str, endpoint_url: str | None, keys: list[str], log: RunLog) -> None:
+    """Best effort: take back what this run uploaded so the prefix does not hold a partial LoRA set."""
+    if not keys:
+        return
+    try:
+        from lorapipe.store import open_store
+
+        store = open_store(output_url, endpoint_url=endpoint_url)
+        for key in keys:
+            for name in (key, key + ".sha256"):
+                if store.exists(name):
+                    store.delete(name)
+    except Exception as exc:  # the upload error is what the user needs to see; this one only goes to the log
+        log.info(f"publish: could not remove partial upload ({type(exc).__name__}: {exc})")
