@@ -26,23 +26,32 @@ def torch_dtype(name: str):
     return table[name]
 
 
-def build_models(preset: str = "tiny", *, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+def build_models(preset: str = "tiny", *, seed: int = 0, device: str = "cpu", dtype: str = "fp32") -> dict[str, Any]:
     """Instantiate UNet, VAE and both text encoders for `preset` with seeded random weights.
 
     On `device="meta"` nothing is allocated: use it to check module names and shapes of the full architecture.
+    Each part is cast to `dtype` as soon as it is built, so the full preset peaks at one fp32 part, not four.
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     te1_cfg, te2_cfg = text_encoder_configs(preset)
+    builders = {
+        "unet": lambda: UNet2DConditionModel(**unet_config(preset)),
+        "vae": lambda: AutoencoderKL(**vae_config(preset)),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**te1_cfg)),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**te2_cfg)),
+    }
     torch.manual_seed(seed)
+    models = {}
     with torch.device(device):
-        unet = UNet2DConditionModel(**unet_config(preset))
-        vae = AutoencoderKL(**vae_config(preset))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**te1_cfg))
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**te2_cfg))
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+        for name, build in builders.items():
+            model = build()
+            if dtype != "fp32":
+                model.to(torch_dtype(dtype))
+            models[name] = model.eval()
+    return models
 
 
 def make_pipeline_folder(out_dir: Path, *, preset: str = "tiny", dtype: str = "fp32", seed: int = 0) -> Path:
@@ -53,9 +62,7 @@ def make_pipeline_folder(out_dir: Path, *, preset: str = "tiny", dtype: str = "f
     from lorapipe.sdxl.tokenizers import write_sdxl_tokenizers
 
     out_dir = Path(out_dir)
-    models = build_models(preset, seed=seed)
-    for model in models.values():
-        model.to(torch_dtype(dtype))
+    models = build_models(preset, seed=seed, dtype=dtype)
     write_sdxl_tokenizers(out_dir)
     scheduler = EulerDiscreteScheduler.from_config(_without_class_name(SCHEDULER_CONFIG))
     pipe = StableDiffusionXLPipeline(

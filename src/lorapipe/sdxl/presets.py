@@ -69,9 +69,9 @@ def unet_config(preset: str) -> dict[str, Any]:
         "block_out_channels": [32, 64, 64],
         "transformer_layers_per_block": [1, 1, 2],
         "attention_head_dim": [2, 4, 4],
-        "cross_attention_dim": 64,  # te1 hidden 32 + te2 hidden 32
+        "cross_attention_dim": 80,  # te1 hidden 32 + te2 hidden 48
         "addition_time_embed_dim": 8,
-        "projection_class_embeddings_input_dim": 80,  # 6 x 8 + pooled 32
+        "projection_class_embeddings_input_dim": 96,  # 6 size ids x 8 + pooled 48
         "norm_num_groups": 8,
     }
 
@@ -107,9 +107,12 @@ def text_encoder_configs(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
                         "num_attention_heads": 20, "projection_dim": 1280, "hidden_act": "gelu"}
         return te1, te2
     _check(preset)
-    tiny = common | {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 5, "num_attention_heads": 4,
-                     "projection_dim": 32}
-    return tiny | {"hidden_act": "quick_gelu"}, tiny | {"hidden_act": "gelu"}
+    # The two widths differ as in SDXL (768 vs 1280): single-file loaders tell the encoders apart by width.
+    te1 = common | {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 5, "num_attention_heads": 4,
+                    "projection_dim": 32, "hidden_act": "quick_gelu"}
+    te2 = common | {"hidden_size": 48, "intermediate_size": 53, "num_hidden_layers": 5, "num_attention_heads": 4,
+                    "projection_dim": 48, "hidden_act": "gelu"}
+    return te1, te2
 
 
 def _check(preset: str) -> None:

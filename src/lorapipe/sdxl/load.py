@@ -1,0 +1,172 @@
+"""Load an SDXL base model from a diffusers folder, a hub id, or a single-file SGM checkpoint.
+
+`resolve_base_model` decides what a `--base-model` value is without importing torch (so bad input fails in
+milliseconds with a one-line message); `load_sdxl_pipeline` then loads it with diffusers. Single-file configs are
+resolved locally: from the file's own metadata when lorapipe wrote it, else from SDXL 1.0 base's configs that
+ship in `presets` — never from the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorapipe.errors import ModelLoadError
+from lorapipe.sdxl.constants import SDXL_HUB_ID, SGM_SDXL_MARKERS
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_LOCAL_FORMS = "a diffusers SDXL folder (with model_index.json) or a single-file SDXL .safetensors checkpoint"
+_WHAT_TO_PASS = f"pass {_LOCAL_FORMS}, or a hub id such as {SDXL_HUB_ID} when online"
+_SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+
+
+@dataclass(frozen=True)
+class BaseModelSource:
+    """What a --base-model value points at: kind is 'diffusers', 'single_file' or 'hub'."""
+
+    kind: str
+    location: str
+    configs: dict[str, Any] | None = None  # single file: diffusers configs stored in its metadata
+
+    @property
+    def name(self) -> str:
+        """Display name as A1111 and Kohya metadata show it (file or folder stem, or the hub id)."""
+        return self.location if self.kind == "hub" else Path(self.location).name
+
+
+def resolve_base_model(spec: str) -> BaseModelSource:
+    """Classify and validate a --base-model value; raise ModelLoadError naming it when it is not SDXL."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _resolve_folder(path)
+    if path.is_file():
+        return _resolve_file(path)
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
+        if _offline():
+            raise ModelLoadError(f"{spec}: looks like a hub id, but hub access is off (HF_HUB_OFFLINE); "
+                                 f"pass {_LOCAL_FORMS}")
+        return BaseModelSource("hub", spec)
+    raise ModelLoadError(f"{spec}: no such file or folder; {_WHAT_TO_PASS}")
+
+
+def _resolve_folder(path: Path) -> BaseModelSource:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ModelLoadError(f"{path}: folder has no model_index.json, so it is not a diffusers pipeline; "
+                             f"{_WHAT_TO_PASS}")
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{index_file}: unreadable ({exc}); {_WHAT_TO_PASS}") from None
+    if index.get("_class_name") not in _SDXL_PIPELINES or "text_encoder_2" not in index:
+        raise ModelLoadError(f"{path}: is a {index.get('_class_name', 'unknown')} folder, not SDXL; {_WHAT_TO_PASS}")
+    return BaseModelSource("diffusers", str(path))
+
+
+def _resolve_file(path: Path) -> BaseModelSource:
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        raise ModelLoadError(f"{path}: pickle checkpoints are not loaded (they can run code); "
+                             "convert it to .safetensors or pass a diffusers folder")
+    header = read_safetensors_header(path)
+    metadata = header.get("__metadata__") or {}
+    if not all(marker in header for marker in SGM_SDXL_MARKERS):
+        raise ModelLoadError(f"{path}: not an SDXL base checkpoint (no SDXL UNet and second text encoder keys); "
+                             f"{_WHAT_TO_PASS}")
+    from lorapipe.sdxl.single_file import CONFIG_METADATA_KEY
+
+    configs = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
+    return BaseModelSource("single_file", str(path), configs)
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, read without torch; ModelLoadError if it is not one."""
+    try:
+        with open(path, "rb") as handle:
+            raw_len = handle.read(8)
+            size = int.from_bytes(raw_len, "little") if len(raw_len) == 8 else -1
+            if size <= 0 or size > 100 * 1024 * 1024 or size > path.stat().st_size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        return header
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not a readable .safetensors file ({exc}); {_WHAT_TO_PASS}") from None
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE",
+                                                                            "TRANSFORMERS_OFFLINE"))
+
+
+def load_sdxl_pipeline(spec: str, *, dtype: str | None = None, pipeline_class=None):
+    """Load a diffusers SDXL pipeline (StableDiffusionXLPipeline unless `pipeline_class` is given)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from lorapipe.sdxl.factory import torch_dtype
+
+    source = resolve_base_model(spec)
+    cls = pipeline_class or StableDiffusionXLPipeline
+    kwargs = {"dtype": torch_dtype(dtype)} if dtype else {}
+    try:
+        if source.kind == "single_file":
+            config_dir = materialize_config_folder(source.configs)
+            return cls.from_single_file(source.location, config=str(config_dir), local_files_only=True, **kwargs)
+        return cls.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{spec}: could not be loaded as SDXL ({first_line}); {_WHAT_TO_PASS}") from None
+
+
+def materialize_config_folder(configs: dict[str, Any] | None) -> Path:
+    """A local diffusers config folder (no weights) for a single-file checkpoint, cached by content."""
+    from lorapipe.sdxl.presets import SCHEDULER_CONFIG, text_encoder_configs, unet_config, vae_config
+    from lorapipe.sdxl.tokenizers import write_sdxl_tokenizers
+
+    if configs is None:
+        te1, te2 = text_encoder_configs("full")
+        configs = {"unet": unet_config("full"), "vae": vae_config("full"), "text_encoder": te1, "text_encoder_2": te2}
+    key = hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = _cache_root() / "sdxl-configs" / key
+    if (folder / "model_index.json").is_file():
+        return folder
+    tmp = folder.with_name(f"{key}.tmp-{os.getpid()}")
+    classes = {
+        "unet": ("diffusers", "UNet2DConditionModel"),
+        "vae": ("diffusers", "AutoencoderKL"),
+        "text_encoder": ("transformers", "CLIPTextModel"),
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+    }
+    for part, (library, class_name) in classes.items():
+        config = {k: v for k, v in configs[part].items() if not k.startswith("_")}
+        if library == "diffusers":
+            config["_class_name"] = class_name
+        else:
+            config["architectures"] = [class_name]
+            config["model_type"] = "clip_text_model"
+        (tmp / part).mkdir(parents=True, exist_ok=True)
+        (tmp / part / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    (tmp / "scheduler").mkdir(exist_ok=True)
+    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
+    write_sdxl_tokenizers(tmp)
+    index = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+             "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+             **{part: list(lib_cls) for part, lib_cls in classes.items()}}
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process won the race; its folder is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("LORAPIPE_CACHE", Path.home() / ".cache" / "lorapipe"))
