@@ -13,16 +13,17 @@ HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
 # Stage order (docs/architecture.md): a module may import only from stages before it in this table.
 ALLOWED = {
     "errors": set(),
+    "container_contract": {"errors"},
     "sdxl": {"errors"},
     "store": {"errors"},
     "dataset": {"errors", "sdxl", "store"},
     "config": {"errors", "sdxl", "dataset"},
     "lora": {"errors", "sdxl"},
-    "train": {"errors", "sdxl", "store", "dataset", "config", "lora"},
+    "train": {"errors", "sdxl", "store", "dataset", "config", "lora", "container_contract"},
     "registry": {"errors", "lora"},
     "generate": {"errors", "sdxl", "lora", "registry"},
     "server": {"errors", "sdxl", "lora", "registry", "generate"},
-    "pipeline": {"errors", "sdxl", "store", "dataset", "config", "lora", "registry", "train"},
+    "pipeline": {"errors", "sdxl", "store", "dataset", "config", "lora", "registry", "train", "container_contract"},
 }
 
 
