@@ -1,0 +1,259 @@
+"""Frozen description of a dataset as sd-scripts would build it: subsets plus bucket and caption options.
+
+`blueprint_from_args` reads the flat Kohya training keys (`--config_file` style, folder mode) and
+`blueprint_from_dataset_config` reads a `--dataset_config` TOML (strict keys). Both give a `DatasetBlueprint`, the
+only thing the scanner, the batcher, `dataset check` and the trainer need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorapipe.dataset import options as opt
+from lorapipe.dataset.layout import find_folder_subsets, resolve_data_dir
+from lorapipe.dataset.problems import Problem, warning
+from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.sdxl.constants import ALLOWED_MAX_TOKEN_LENGTHS
+
+# SDXL's VAE (8x) and UNet (4x more) need bucket sides divisible by 32 (sd-scripts: verify_bucket_reso_steps(32)).
+SDXL_BUCKET_STEP_MULTIPLE = 32
+
+# Flat Kohya training-TOML keys this layer consumes; the config layer hands exactly these to blueprint_from_args.
+DATASET_KEYS = frozenset(
+    {
+        "train_data_dir", "reg_data_dir", "dataset_config", "resolution", "enable_bucket", "min_bucket_reso",
+        "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale", "train_batch_size", "prior_loss_weight",
+        "max_token_length", "caption_extension", "caption_extention", "dataset_repeats", "resize_interpolation",
+        "validation_split", "validation_seed",
+    }
+    | (set(opt.SUBSET_DEFAULTS) - {"num_repeats", "class_tokens", "custom_attributes"})
+)
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    """One folder of images with its caption and augmentation options (sd-scripts' DreamBoothSubset)."""
+
+    image_dir: Path
+    num_repeats: int = 1
+    class_tokens: str | None = None
+    is_reg: bool = False
+    caption_extension: str = ".caption"
+    shuffle_caption: bool = False
+    caption_separator: str = ","
+    keep_tokens: int = 0
+    keep_tokens_separator: str = ""
+    secondary_separator: str | None = None
+    enable_wildcard: bool = False
+    caption_prefix: str | None = None
+    caption_suffix: str | None = None
+    caption_dropout_rate: float = 0.0
+    caption_dropout_every_n_epochs: int = 0
+    caption_tag_dropout_rate: float = 0.0
+    random_crop: bool = False
+    flip_aug: bool = False
+    color_aug: bool = False
+    resize_interpolation: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.image_dir.name
+
+
+@dataclass(frozen=True)
+class DatasetBlueprint:
+    """Dataset-wide options (sd-scripts defaults) and the subsets; `notes` are warnings found while building it."""
+
+    resolution: tuple[int, int]
+    subsets: tuple[SubsetSpec, ...]
+    enable_bucket: bool = False
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_reso_steps: int = 64
+    bucket_no_upscale: bool = False
+    batch_size: int = 1
+    max_token_length: int = 75
+    prior_loss_weight: float = 1.0
+    network_multiplier: float = 1.0
+    source: str = ""
+    notes: tuple[Problem, ...] = ()
+
+    @property
+    def train_subsets(self) -> tuple[SubsetSpec, ...]:
+        return tuple(s for s in self.subsets if not s.is_reg)
+
+    @property
+    def reg_subsets(self) -> tuple[SubsetSpec, ...]:
+        return tuple(s for s in self.subsets if s.is_reg)
+
+
+def subset_from_layers(
+    image_dir: Path, layers: tuple[Mapping[str, Any], ...], source: str, *, is_reg: bool
+) -> tuple[SubsetSpec, list[Problem]]:
+    """Build a SubsetSpec from option layers (most specific first), validating every value."""
+    get = lambda key: opt.lookup(key, layers, opt.SUBSET_DEFAULTS[key])  # noqa: E731
+    notes: list[Problem] = []
+    if float(get("token_warmup_step") or 0) > 0:
+        notes.append(warning(image_dir, "token_warmup_step is not applied by lorapipe; all tags are used from step 0"))
+    if get("face_crop_aug_range") is not None:
+        notes.append(warning(image_dir, "face_crop_aug_range is not supported by lorapipe and is ignored"))
+    interpolation = get("resize_interpolation")
+    if interpolation is not None and interpolation not in opt.RESIZE_INTERPOLATIONS:
+        raise ConfigError(f"{source}: resize_interpolation = {interpolation!r}; use one of {opt.RESIZE_INTERPOLATIONS}")
+    class_tokens = get("class_tokens")
+    spec = SubsetSpec(
+        image_dir=image_dir,
+        num_repeats=opt.as_int(get("num_repeats"), "num_repeats", source, minimum=1),
+        class_tokens=None if class_tokens is None else opt.as_str(class_tokens, "class_tokens", source),
+        is_reg=is_reg,
+        caption_extension=opt.caption_extension(get("caption_extension"), source),
+        shuffle_caption=opt.as_bool(get("shuffle_caption"), "shuffle_caption", source),
+        caption_separator=opt.as_str(get("caption_separator"), "caption_separator", source) or ",",
+        keep_tokens=opt.as_int(get("keep_tokens"), "keep_tokens", source, minimum=0),
+        keep_tokens_separator=opt.as_str(get("keep_tokens_separator"), "keep_tokens_separator", source),
+        secondary_separator=get("secondary_separator"),
+        enable_wildcard=opt.as_bool(get("enable_wildcard"), "enable_wildcard", source),
+        caption_prefix=get("caption_prefix"),
+        caption_suffix=get("caption_suffix"),
+        caption_dropout_rate=opt.as_float(get("caption_dropout_rate"), "caption_dropout_rate", source, low=0, high=1),
+        caption_dropout_every_n_epochs=opt.as_int(
+            get("caption_dropout_every_n_epochs"), "caption_dropout_every_n_epochs", source, minimum=0
+        ),
+        caption_tag_dropout_rate=opt.as_float(
+            get("caption_tag_dropout_rate"), "caption_tag_dropout_rate", source, low=0, high=1
+        ),
+        random_crop=opt.as_bool(get("random_crop"), "random_crop", source),
+        flip_aug=opt.as_bool(get("flip_aug"), "flip_aug", source),
+        color_aug=opt.as_bool(get("color_aug"), "color_aug", source),
+        resize_interpolation=interpolation,
+    )
+    return spec, notes
+
+
+def dataset_params(layers: tuple[Mapping[str, Any], ...], source: str) -> tuple[dict[str, Any], list[Problem]]:
+    """Validated dataset-wide values, with sd-scripts' rounding of min/max bucket sizes to the step."""
+    get = lambda key: opt.lookup(key, layers, opt.DATASET_DEFAULTS[key])  # noqa: E731
+    notes: list[Problem] = []
+    if get("resolution") is None:
+        raise ConfigError(f"{source}: resolution is missing; set e.g. resolution = \"1024,1024\"")
+    resolution = opt.as_resolution(get("resolution"), "resolution", source)
+    enable_bucket = opt.as_bool(get("enable_bucket"), "enable_bucket", source)
+    steps = opt.as_int(get("bucket_reso_steps"), "bucket_reso_steps", source, minimum=1)
+    if steps % SDXL_BUCKET_STEP_MULTIPLE:
+        raise ConfigError(f"{source}: bucket_reso_steps = {steps} must be a multiple of 32 for SDXL; use 32 or 64")
+    min_reso = opt.as_int(get("min_bucket_reso"), "min_bucket_reso", source, minimum=1)
+    max_reso = opt.as_int(get("max_bucket_reso"), "max_bucket_reso", source, minimum=1)
+    no_upscale = opt.as_bool(get("bucket_no_upscale"), "bucket_no_upscale", source)
+    if enable_bucket:
+        if min_reso % steps:
+            notes.append(warning(source, f"min_bucket_reso {min_reso} rounded down to {min_reso - min_reso % steps}"))
+            min_reso -= min_reso % steps
+        if max_reso % steps:
+            rounded = max_reso + steps - max_reso % steps
+            notes.append(warning(source, f"max_bucket_reso {max_reso} rounded up to {rounded}"))
+            max_reso = rounded
+        if not no_upscale and min(resolution) < min_reso:
+            raise ConfigError(f"{source}: min_bucket_reso {min_reso} is above the resolution {resolution}; lower it")
+        if not no_upscale and max(resolution) > max_reso:
+            raise ConfigError(f"{source}: max_bucket_reso {max_reso} is below the resolution {resolution}; raise it")
+    if float(get("validation_split") or 0) > 0:
+        notes.append(warning(source, "validation_split is not supported by lorapipe; every image is trained"))
+    params = {
+        "resolution": resolution,
+        "enable_bucket": enable_bucket,
+        "min_bucket_reso": min_reso,
+        "max_bucket_reso": max_reso,
+        "bucket_reso_steps": steps,
+        "bucket_no_upscale": no_upscale,
+        "batch_size": opt.as_int(get("batch_size"), "batch_size", source, minimum=1),
+        "network_multiplier": opt.as_float(get("network_multiplier"), "network_multiplier", source),
+    }
+    return params, notes
+
+
+def run_params(args: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Options that only come from the flat training args (never from the dataset TOML)."""
+    max_tokens = args.get("max_token_length")
+    max_tokens = 75 if max_tokens is None else opt.as_int(max_tokens, "max_token_length", source)
+    if max_tokens not in ALLOWED_MAX_TOKEN_LENGTHS:
+        raise ConfigError(f"{source}: max_token_length = {max_tokens}; use 75, 150 or 225")
+    prior = args.get("prior_loss_weight")
+    return {
+        "max_token_length": max_tokens,
+        "prior_loss_weight": 1.0 if prior is None else opt.as_float(prior, "prior_loss_weight", source, low=0),
+    }
+
+
+def flat_layer(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat args under dataset-TOML names (train_batch_size -> batch_size, dataset_repeats -> num_repeats)."""
+    layer = dict(args)
+    layer.setdefault("batch_size", args.get("train_batch_size"))
+    layer.setdefault("num_repeats", args.get("dataset_repeats"))
+    if layer.get("caption_extension") is None:
+        layer["caption_extension"] = args.get("caption_extention")  # sd-scripts' legacy spelling
+    layer.pop("class_tokens", None)
+    return layer
+
+
+def blueprint_from_args(
+    args: Mapping[str, Any], *, source: str, dataset_dir: Path | None = None
+) -> DatasetBlueprint:
+    """Folder mode: subsets are the `<repeats>_<name>` folders of train_data_dir (and reg_data_dir).
+
+    `dataset_dir` stands in for train_data_dir when that is unset or a SageMaker `/opt/ml/...` path that does not
+    exist here; by default it is the folder of `source` when `source` is an existing file.
+    """
+    source_path = Path(source)
+    if dataset_dir is None and source_path.is_file():
+        dataset_dir = source_path.parent
+    if args.get("dataset_config"):
+        config_path = Path(str(args["dataset_config"])).expanduser()
+        if not config_path.is_absolute() and dataset_dir is not None and (dataset_dir / config_path).is_file():
+            config_path = dataset_dir / config_path
+        return blueprint_from_dataset_config(config_path, args)
+    layer = flat_layer(args)
+    params, notes = dataset_params((layer,), source)
+    train_dir, note = resolve_data_dir(args.get("train_data_dir"), dataset_dir, "train_data_dir")
+    if note is not None:
+        notes.append(note)
+    if train_dir is None:
+        configured = args.get("train_data_dir")
+        if configured:
+            raise DatasetError(f"{configured}: train_data_dir does not exist; fix train_data_dir in {source}")
+        raise ConfigError(f"{source}: train_data_dir is missing; set it to the parent of <repeats>_<name> folders")
+    subsets: list[SubsetSpec] = []
+    for parent, is_reg in ((train_dir, False), (_reg_dir(args, source), True)):
+        if parent is None:
+            continue
+        found, problems = find_folder_subsets(parent, is_reg=is_reg)
+        notes.extend(problems)
+        for folder in found:
+            spec, subset_notes = subset_from_layers(
+                folder.path, ({"num_repeats": folder.num_repeats, "class_tokens": folder.class_tokens}, layer),
+                source, is_reg=is_reg,
+            )
+            subsets.append(spec)
+            notes.extend(subset_notes)
+    return DatasetBlueprint(
+        subsets=tuple(subsets), source=source, notes=tuple(notes), **params, **run_params(args, source)
+    )
+
+
+def _reg_dir(args: Mapping[str, Any], source: str) -> Path | None:
+    configured = args.get("reg_data_dir")
+    if not configured:
+        return None
+    path = Path(str(configured)).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"{configured}: reg_data_dir does not exist; fix reg_data_dir in {source} or remove it")
+    return path
+
+
+def blueprint_from_dataset_config(path: Path, args: Mapping[str, Any]) -> DatasetBlueprint:
+    """A `--dataset_config` TOML/JSON with sd-scripts' strict schema; `args` are the flat fallbacks."""
+    from lorapipe.dataset.dataset_toml import read_dataset_config
+
+    return read_dataset_config(Path(path), args)

@@ -1,0 +1,114 @@
+"""sd-scripts' `--dataset_config` file: `[general]`, `[[datasets]]`, `[[datasets.subsets]]`, strict keys.
+
+Lookup order for every value is subset -> dataset -> [general] -> flat training args -> sd-scripts default, as
+in `BlueprintGenerator.generate_params_by_fallbacks`. An unknown key is an error naming the key, the table and
+the file (sd-scripts says "extra keys not allowed").
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lorapipe.dataset import options as opt
+from lorapipe.dataset.blueprint import (
+    DatasetBlueprint,
+    SubsetSpec,
+    dataset_params,
+    flat_layer,
+    run_params,
+    subset_from_layers,
+)
+from lorapipe.dataset.problems import Problem, warning
+from lorapipe.errors import ConfigError, DatasetError
+
+_SUBSET_ONLY = frozenset({"image_dir", "is_reg", "alpha_mask", "metadata_file", "conditioning_data_dir"})
+_SUBSET_ASCENDABLE = frozenset(opt.SUBSET_DEFAULTS)
+_DATASET_ONLY = frozenset(opt.DATASET_DEFAULTS)
+_GENERAL_KEYS = _SUBSET_ASCENDABLE | _DATASET_ONLY
+_DATASET_KEYS = _GENERAL_KEYS | {"subsets"}
+_SUBSET_KEYS = _SUBSET_ASCENDABLE | _SUBSET_ONLY | {"resize_interpolation"}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset_config file does not exist; fix the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        if path.suffix.lower() != ".toml":
+            raise ConfigError(f"{path}: dataset_config must end in .toml or .json")
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+
+
+def _check_keys(table: Mapping[str, Any], allowed: frozenset[str], where: str, path: Path) -> None:
+    for key in table:
+        if key not in allowed:
+            hint = ""
+            if key in ("settings", "model", "training") or key in ("learning_rate", "network_dim", "output_dir"):
+                hint = " (this looks like a training config, not a dataset config)"
+            raise ConfigError(f"{path}: {where}: unknown key '{key}'{hint}; see sd-scripts docs/config_README-en.md")
+
+
+def _resolve_image_dir(raw: Any, path: Path) -> Path:
+    text = opt.as_str(raw, "image_dir", str(path))
+    image_dir = Path(text).expanduser()
+    if not image_dir.is_absolute():
+        # sd-scripts resolves against the working directory; beside the TOML is what a copied dataset needs.
+        beside = path.parent / image_dir
+        image_dir = beside if beside.is_dir() else image_dir.resolve()
+    if not image_dir.is_dir():
+        raise DatasetError(f"{image_dir}: image_dir in {path} does not exist; fix the path")
+    return image_dir
+
+
+def read_dataset_config(path: Path, args: Mapping[str, Any]) -> DatasetBlueprint:
+    data = _load(path)
+    source = str(path)
+    _check_keys(data, frozenset({"general", "datasets"}), "top level", path)
+    general = data.get("general", {})
+    if not isinstance(general, dict):
+        raise ConfigError(f"{path}: [general] must be a table")
+    _check_keys(general, _GENERAL_KEYS, "[general]", path)
+    datasets = data.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise ConfigError(f"{path}: no [[datasets]] table; add one with [[datasets.subsets]] image_dir = ...")
+    if len(datasets) > 1:
+        raise ConfigError(f"{path}: {len(datasets)} [[datasets]] tables; lorapipe trains one dataset, merge them")
+    dataset = datasets[0]
+    _check_keys(dataset, _DATASET_KEYS, "[[datasets]]", path)
+    flat = flat_layer(args)
+    params, notes = dataset_params((dataset, general, flat), source)
+    if args.get("train_data_dir") or args.get("reg_data_dir"):
+        notes.append(warning(source, "train_data_dir/reg_data_dir are ignored because dataset_config is set"))
+    subsets: list[SubsetSpec] = []
+    seen: set[Path] = set()
+    raw_subsets = dataset.get("subsets")
+    if not isinstance(raw_subsets, list) or not raw_subsets:
+        raise ConfigError(f"{path}: [[datasets]] has no [[datasets.subsets]]; add one with image_dir = ...")
+    for index, raw in enumerate(raw_subsets, start=1):
+        where = f"[[datasets.subsets]] #{index}"
+        _check_keys(raw, _SUBSET_KEYS, where, path)
+        if "metadata_file" in raw:
+            raise ConfigError(f"{path}: {where}: metadata_file (fine-tuning datasets) is not supported; use image_dir")
+        if "image_dir" not in raw:
+            raise ConfigError(f"{path}: {where}: image_dir is required")
+        image_dir = _resolve_image_dir(raw["image_dir"], path)
+        if image_dir in seen:
+            notes.append(warning(image_dir, f"{where} repeats an image_dir of this dataset and is ignored"))
+            continue
+        seen.add(image_dir)
+        is_reg = opt.as_bool(raw.get("is_reg", False), "is_reg", source)
+        spec, subset_notes = subset_from_layers(image_dir, (raw, dataset, general, flat), source, is_reg=is_reg)
+        subsets.append(spec)
+        notes.extend(subset_notes)
+    notes_tuple: tuple[Problem, ...] = tuple(notes)
+    return DatasetBlueprint(
+        subsets=tuple(subsets), source=source, notes=notes_tuple, **params, **run_params(args, source)
+    )
