@@ -1,0 +1,73 @@
+"""`lorapipe generate "PROMPT <lora:NAME:0.8>" --base-model PATH --lora-dir DIR -o OUT.png`.
+
+Only argparse lives here; torch and diffusers load inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate images from a prompt with A1111 syntax (<lora:name:w>, (word:1.2), BREAK)",
+        description="Generate images with an SDXL base model and LoRAs from a folder. PNGs carry A1111's infotext "
+                    "in their `parameters` chunk. With --batch-size/--n-iter above 1, OUT.png becomes OUT-00.png, ...",
+    )
+    parser.add_argument("prompt", help="prompt; LoRAs as <lora:NAME:WEIGHT> (NAME = file stem or ss_output_name)")
+    parser.add_argument("--base-model", required=True, metavar="PATH",
+                        help="diffusers SDXL folder, single-file .safetensors checkpoint, or hub id")
+    parser.add_argument("--lora-dir", metavar="DIR", help="folder of .safetensors LoRAs the tags refer to")
+    parser.add_argument("-o", "--output", default="out.png", metavar="OUT.png", help="where to write the PNG")
+    parser.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=-1, help="-1 picks a random seed (printed)")
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--sampler", default="DPM++ 2M", help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M'")
+    parser.add_argument("--scheduler", default="automatic", help="A1111 schedule type: automatic, karras, ...")
+    parser.add_argument("--cfg-scale", type=float, default=7.0)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--n-iter", type=int, default=1, help="number of batches")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on cuda, fp32 on cpu")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from lorapipe.generate.generator import GenerationRequest, Generator
+    from lorapipe.generate.infotext import png_bytes
+    from lorapipe.generate.quiet import quiet_model_loading
+
+    quiet_model_loading()
+    generator = Generator.load(args.base_model, lora_dir=args.lora_dir, device=args.device, dtype=args.dtype)
+    result = generator.generate(GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg_scale,
+        width=args.width, height=args.height, seed=args.seed, batch_size=args.batch_size, n_iter=args.n_iter,
+        sampler_name=args.sampler, scheduler=args.scheduler,
+    ))
+    for warning in result.warnings:
+        print(f"lorapipe: warning: {warning}", file=sys.stderr)
+    out = Path(args.output)
+    paths = [out] if len(result.images) == 1 else [
+        out.with_name(f"{out.stem}-{i:02d}{out.suffix or '.png'}") for i in range(len(result.images))]
+    for path, image, text in zip(paths, result.images, result.infotexts):
+        _write_atomic(path, png_bytes(image, text))
+        print(f"{path}  seed {text.rsplit('Seed: ', 1)[-1].split(',')[0]}")
+    return 0
+
+
+def _write_atomic(path, data: bytes) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,74 @@
+"""What the infotext and /sd-models say about the loaded base model: name, title and A1111 hashes (no torch).
+
+A1111 hashes a checkpoint file whole (SHA-256; the first 10 hex chars are `Model hash`). A diffusers folder has
+no single file, so lorapipe hashes its weight files in sorted path order as one stream; a hub id is hashed the
+same way once resolved to a local folder, else left without a hash (A1111 leaves the key out too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_HASH_CHARS = 10
+LEGACY_HASH_OFFSET = 0x100000
+LEGACY_HASH_SIZE = 0x10000
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The base model as A1111 names it: `name` (stem), `sha256` (None when not hashed), `location`."""
+
+    name: str
+    location: str
+    sha256: str | None
+    legacy_hash: str | None = None
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:MODEL_HASH_CHARS] if self.sha256 else None
+
+    @property
+    def filename(self) -> str:
+        return Path(self.location).name
+
+    @property
+    def title(self) -> str:
+        """`<name> [<shorthash>]`, the value clients put in `sd_model_checkpoint`."""
+        return f"{self.filename} [{self.short_hash}]" if self.short_hash else self.filename
+
+    def aliases(self) -> set[str]:
+        """Every spelling A1111 accepts for this checkpoint in `sd_model_checkpoint`."""
+        names = {self.title, self.filename, self.name, self.location}
+        if self.short_hash:
+            names |= {self.short_hash, self.sha256, f"{self.name} [{self.short_hash}]"}
+        if self.legacy_hash:
+            names |= {self.legacy_hash, f"{self.filename} [{self.legacy_hash}]"}
+        return names
+
+
+def describe_model(location: str, *, hash_weights: bool = True) -> ModelInfo:
+    """ModelInfo for a single file, a diffusers folder or a hub id (hub ids get no hash)."""
+    path = Path(location)
+    name = path.stem if path.is_file() else path.name
+    if not hash_weights or not path.exists():
+        return ModelInfo(name=name, location=location, sha256=None)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    legacy = _legacy_hash(path) if path.is_file() else None
+    return ModelInfo(name=name, location=location, sha256=digest.hexdigest(), legacy_hash=legacy)
+
+
+def _legacy_hash(path: Path) -> str | None:
+    """A1111's old 8-hex hash: SHA-256 of 64 KiB at offset 1 MiB (accepted as an alias only)."""
+    with path.open("rb") as fh:
+        fh.seek(LEGACY_HASH_OFFSET)
+        block = fh.read(LEGACY_HASH_SIZE)
+    return hashlib.sha256(block).hexdigest()[:8] if block else None

@@ -1,0 +1,243 @@
+"""Catalogue of the LoRA files under one folder, read from safetensors headers only (no torch).
+
+Names are keys, never paths: a `<lora:NAME:w>` tag or an HTTP request names an entry of the catalogue, and
+the catalogue was built by walking one root with an extension allow-list. Nothing ever turns a requested name
+into a filesystem path, so `../`, absolute paths and symlinks that leave the root cannot be reached.
+Resolution follows AUTOMATIC1111: file stem first, then the `ss_output_name` alias (an alias shared by two
+files is ambiguous and only exact stems work for it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from lorapipe.errors import GenerationError
+
+LORA_SUFFIX = ".safetensors"
+# safetensors' own parser refuses headers over 100 MB; LoRA headers are a few hundred KB.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_TENSORS = 100_000
+LORA_HASH_CHARS = 12
+# A1111 refuses these aliases from the start (extensions-builtin/Lora/networks.py).
+_FORBIDDEN_ALIASES = frozenset({"none", "addams"})
+_FORBIDDEN_NAME_CHARS = ("/", "\\", "\x00", "%", ":")
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    """One LoRA file: `name` is its stem (the key), `alias` its `ss_output_name` (or the stem)."""
+
+    name: str
+    alias: str
+    path: Path
+    metadata: Mapping[str, str] = field(repr=False)
+    short_hash: str
+    sha256_tensors: str = field(repr=False)
+    size: int
+    mtime_ns: int
+
+
+def check_lora_name(name: str) -> str:
+    """Return `name` if it can be a registry key; raise GenerationError for anything path-like."""
+    if not name or name.strip() != name or name in (".", ".."):
+        raise GenerationError(f"LoRA name {name!r}: empty or padded; use a file stem from the LoRA folder")
+    if any(ch in name for ch in _FORBIDDEN_NAME_CHARS) or ".." in name or any(ord(ch) < 32 for ch in name):
+        raise GenerationError(f"LoRA name {name!r}: contains a path character; LoRA names are file stems, not paths")
+    return name
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
+    """Validate the header of a safetensors file and return (metadata, tensor index, data offset).
+
+    Checks the length prefix, the JSON, the tensor count and that every tensor lies inside the file, so
+    a truncated or hostile file is refused before any tensor loader sees it.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) != 8:
+                raise GenerationError(f"{path}: too short for a safetensors file; re-export it as .safetensors")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+                raise GenerationError(f"{path}: safetensors header length {header_len} is invalid; the file is "
+                                      "damaged or not safetensors")
+            raw = fh.read(header_len)
+    except OSError as exc:
+        raise GenerationError(f"{path}: cannot read ({exc.strerror}); check the file") from exc
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GenerationError(f"{path}: safetensors header is not JSON; the file is damaged") from exc
+    if not isinstance(header, dict):
+        raise GenerationError(f"{path}: safetensors header is not an object; the file is damaged")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise GenerationError(f"{path}: __metadata__ must map strings to strings; the file is damaged")
+    if len(header) > MAX_TENSORS:
+        raise GenerationError(f"{path}: {len(header)} tensors is more than {MAX_TENSORS}; refusing to load")
+    data_offset = 8 + header_len
+    for key, info in header.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= size - data_offset):
+            raise GenerationError(f"{path}: tensor {key!r} has invalid data_offsets; the file is damaged")
+    return dict(metadata), header, data_offset
+
+
+def tensor_data_sha256(path: Path, data_offset: int) -> str:
+    """SHA-256 of the bytes after the header (A1111's `addnet` hash / Civitai AutoV3)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        fh.seek(data_offset)
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a whole file (A1111's checkpoint hash; the first 10 hex chars are `Model hash`)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inside(root_real: str, path: Path) -> bool:
+    real = os.path.realpath(path)
+    return os.path.commonpath([root_real, real]) == root_real
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    by_name: Mapping[str, LoraEntry]
+    by_alias: Mapping[str, LoraEntry]
+    problems: tuple[str, ...]
+
+
+class LoraRegistry:
+    """LoRA catalogue of one root folder; `refresh()` rescans, `resolve(name)` looks a key up.
+
+    The catalogue itself is an immutable snapshot swapped in whole, so readers on other threads never see a
+    half-built map.
+    """
+
+    def __init__(self, root: Path | str | None):
+        self.root = Path(root) if root else None
+        self._lock = threading.Lock()
+        self._catalogue = _Catalogue(MappingProxyType({}), MappingProxyType({}), ())
+        if self.root is not None:
+            if not self.root.is_dir():
+                raise GenerationError(f"{self.root}: LoRA folder does not exist; pass an existing --lora-dir")
+            self.refresh()
+
+    def entries(self) -> list[LoraEntry]:
+        return sorted(self._catalogue.by_name.values(), key=lambda e: e.name.lower())
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Files skipped by the last scan, each with its reason."""
+        return self._catalogue.problems
+
+    def refresh(self) -> None:
+        """Rescan the root; unchanged files (same size and mtime) keep their computed hash."""
+        if self.root is None:
+            return
+        with self._lock:
+            previous = {e.path: e for e in self._catalogue.by_name.values()}
+            self._catalogue = _scan(self.root, previous)
+
+    def resolve(self, name: str) -> LoraEntry | None:
+        """The entry for a stem or alias, or None when unknown (A1111 warns and goes on without it)."""
+        check_lora_name(name)
+        entry = self._lookup(name)
+        if entry is None and self.root is not None:
+            self.refresh()  # A1111 rescans once on a miss so newly copied files work without a restart
+            entry = self._lookup(name)
+        return entry
+
+    def _lookup(self, name: str) -> LoraEntry | None:
+        catalogue = self._catalogue
+        if name in catalogue.by_name:
+            return catalogue.by_name[name]
+        if name.lower() in _FORBIDDEN_ALIASES:
+            return None
+        return catalogue.by_alias.get(name)
+
+    def verify_for_loading(self, entry: LoraEntry) -> Path:
+        """Re-check an entry just before its tensors are read: still inside the root, same file, sane header."""
+        if self.root is not None and not _inside(os.path.realpath(self.root), entry.path):
+            raise GenerationError(f"{entry.path}: now points outside the LoRA folder; refusing to load")
+        stat = entry.path.stat()
+        if (stat.st_size, stat.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            self.refresh()
+            fresh = self._catalogue.by_name.get(entry.name)
+            if fresh is None:
+                raise GenerationError(f"{entry.path}: changed and is no longer a valid LoRA; check the file")
+            entry = fresh
+        read_safetensors_header(entry.path)
+        return entry.path
+
+
+def _scan(root: Path, previous: Mapping[Path, LoraEntry]) -> _Catalogue:
+    root_real = os.path.realpath(root)
+    by_name: dict[str, LoraEntry] = {}
+    aliases: dict[str, list[LoraEntry]] = {}
+    problems: list[str] = []
+    for path in _lora_files(root):
+        if not _inside(root_real, path):
+            problems.append(f"{path}: symlink leads outside {root}; skipped")
+            continue
+        try:
+            check_lora_name(path.stem)
+            entry = _entry_for(path, previous.get(path))
+        except (GenerationError, OSError) as exc:
+            problems.append(str(exc))
+            continue
+        if entry.name in by_name:
+            problems.append(f"{path}: same stem as {by_name[entry.name].path}; skipped")
+            continue
+        by_name[entry.name] = entry
+        aliases.setdefault(entry.alias, []).append(entry)
+    # An alias shared by two files is ambiguous: only the exact stems resolve them.
+    by_alias = {alias: group[0] for alias, group in aliases.items() if len(group) == 1}
+    return _Catalogue(MappingProxyType(by_name), MappingProxyType(by_alias), tuple(problems))
+
+
+def _lora_files(root: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            if filename.lower().endswith(LORA_SUFFIX) and not filename.startswith("."):
+                yield Path(dirpath) / filename
+
+
+def _entry_for(path: Path, previous: LoraEntry | None) -> LoraEntry:
+    stat = path.stat()
+    if previous is not None and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+        return previous
+    metadata, _tensors, data_offset = read_safetensors_header(path)
+    tensor_hash = tensor_data_sha256(path, data_offset)
+    # Kohya writes sshs_model_hash at save time and A1111 trusts it first; fall back to the tensor-data hash.
+    declared = metadata.get("sshs_model_hash", "").strip().lower()
+    short = (declared or tensor_hash)[:LORA_HASH_CHARS]
+    return LoraEntry(
+        name=path.stem,
+        alias=metadata.get("ss_output_name") or path.stem,
+        path=path,
+        metadata=MappingProxyType(metadata),
+        short_hash=short,
+        sha256_tensors=tensor_hash,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+    )

@@ -1,0 +1,36 @@
+"""Helpers for generate/server/registry tests: Kohya-format LoRA files written against the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_kohya_lora(path: Path, model_dir: Path, *, seed: int, rank: int = 4, scale: float = 0.5,
+                     text_encoders: bool = True, metadata: dict[str, str] | None = None) -> Path:
+    """Write a Kohya-keyed SDXL LoRA with random non-zero up and down weights (so it changes images)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from lorapipe.lora.targets import kohya_target_names
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    te1 = CLIPTextModel.from_pretrained(model_dir / "text_encoder") if text_encoders else None
+    te2 = CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2") if text_encoders else None
+    models = {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}
+    targets = kohya_target_names(unet, te1, te2, conv=False, train_text_encoder=text_encoders)
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for target in targets:
+        module = models[target.part].get_submodule(target.module_name)
+        if isinstance(module, torch.nn.Linear):
+            down_shape, up_shape = (rank, module.in_features), (module.out_features, rank)
+        else:  # 1x1 conv
+            down_shape, up_shape = (rank, module.in_channels, 1, 1), (module.out_channels, rank, 1, 1)
+        tensors[f"{target.kohya_name}.lora_down.weight"] = torch.randn(down_shape, generator=generator) * scale
+        tensors[f"{target.kohya_name}.lora_up.weight"] = torch.randn(up_shape, generator=generator) * scale
+        tensors[f"{target.kohya_name}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora", **(metadata or {})})
+    return path
