@@ -14,7 +14,7 @@ from lorapipe.errors import PipelineError
 from lorapipe.pipeline.backend import TrainJob
 from lorapipe.pipeline.request import RunRequest
 from lorapipe.pipeline.runlog import Cancellation, RunLog
-from lorapipe.pipeline.sagemaker_contract import TRAIN_CHANNEL, normalise_s3_prefix
+from lorapipe.container_contract import TRAIN_CHANNEL, normalise_s3_prefix
 
 # One stable progress line per step from the trainer (`step=12 loss=0.0812 lr=0.0004`) -> CloudWatch metrics.
 METRIC_DEFINITIONS = (
