@@ -2,7 +2,7 @@
 
 A state folder mirrors sd-scripts' accelerate layout: `model.safetensors` (the LoRA tensors only, Kohya names,
 fp32), `optimizer.bin`, `scheduler.bin`, `random_states_0.pkl`, `scaler.pt` (fp16 only) and `train_state.json`
-(`current_epoch`, `current_step`, plus our `batches_done_in_epoch` and `dataset_hash`). It is written into a
+(`current_epoch`, `current_step`, plus our `updates_done_in_epoch` and `dataset_hash`). It is written into a
 temporary sibling and renamed into place, so a folder that exists is always complete.
 """
 
@@ -31,7 +31,7 @@ class TrainState:
 
     current_step: int
     current_epoch: int
-    batches_done_in_epoch: int
+    updates_done_in_epoch: int
     dataset_hash: str
     # sd-scripts writes the epoch that finished; we keep the in-progress epoch and the batch offset.
 
@@ -79,7 +79,7 @@ def read_train_state(folder: Path) -> TrainState:
                             "point --resume at a <name>-state folder written with save_state = true")
     data = json.loads(path.read_text(encoding="utf-8"))
     return TrainState(current_step=int(data["current_step"]), current_epoch=int(data["current_epoch"]),
-                      batches_done_in_epoch=int(data.get("batches_done_in_epoch", 0)),
+                      updates_done_in_epoch=int(data.get("updates_done_in_epoch", 0)),
                       dataset_hash=str(data.get("dataset_hash", "")))
 
 

@@ -47,6 +47,9 @@ class TrainSummary:
     saved_files: list[str] = field(default_factory=list)
     sample_images: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    seed: int | None = None
+    losses: list[float] = field(default_factory=list)
+    state_folder: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
 

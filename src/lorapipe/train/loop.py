@@ -1,0 +1,87 @@
+"""The training loop: epochs of optimizer-step groups, each group = gradient-accumulated micro-batches.
+
+All randomness of a step comes from generators seeded by (seed, step), and a group's batches are a pure function
+of (seed, epoch, position), so a resumed run continues on exactly the curve an uninterrupted run would draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lorapipe.errors import TrainingError
+from lorapipe.train.checkpoints import TrainState
+from lorapipe.train.data import epoch_groups, prefetched
+from lorapipe.train.noise import step_generator
+from lorapipe.train.step import micro_batch_loss
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    epoch: int
+    updates_done_in_epoch: int
+    loss: float
+
+
+class NonFiniteLoss(TrainingError):
+    """A NaN/inf loss or gradient: the optimizer step was not taken."""
+
+
+def run_loop(session, plan, start: TrainState, hooks) -> TrainState:
+    """Train from `start` to plan.total_steps; `hooks.after_step(report) -> bool` returns True to stop early,
+    `hooks.after_epoch(epoch, state)` runs after each full epoch. Returns the state reached."""
+    step = start.current_step
+    cfg = plan.config
+    state = start
+    for epoch in range(start.current_epoch, plan.epochs + 1):
+        groups = epoch_groups(plan.scan, plan.blueprint, epoch=epoch, seed=plan.seed,
+                              accumulation=cfg.gradient_accumulation_steps)
+        done = start.updates_done_in_epoch if epoch == start.current_epoch else 0
+        for offset, batches in enumerate(prefetched(groups[done:], plan.blueprint, seed=plan.seed, epoch=epoch)):
+            loss = optimizer_step(session, batches, plan.seed, step, cfg.max_grad_norm)
+            step += 1
+            state = TrainState(current_step=step, current_epoch=epoch, updates_done_in_epoch=done + offset + 1,
+                               dataset_hash=plan.dataset_hash)
+            if hooks.after_step(StepReport(step, epoch, done + offset + 1, loss), state):
+                return state
+            if step >= plan.total_steps:
+                break
+        if state.updates_done_in_epoch >= len(groups):
+            state = TrainState(current_step=step, current_epoch=epoch + 1, updates_done_in_epoch=0,
+                               dataset_hash=plan.dataset_hash)
+        # As sd-scripts, epoch-end saving/sampling also runs for an epoch cut short by max_train_steps.
+        if hooks.after_epoch(epoch, state) or step >= plan.total_steps:
+            return state
+    return state
+
+
+def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float) -> float:
+    """Forward/backward every micro-batch of the group, then clip, step the optimizer and the LR schedule."""
+    models, accelerator = session.models, session.accelerator
+    torch.manual_seed(seed * 1_000_003 + step)  # global stream (LoRA dropout) depends only on the step
+    total = 0.0
+    for micro, batch in enumerate(batches):
+        generator = step_generator(seed, step, micro)
+        loss = micro_batch_loss(models, batch, session.objective, generator, latent_cache=session.latent_cache,
+                                te_cache=session.te_cache, autocast=accelerator.autocast)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} for {', '.join(map(str, batch.paths))}; "
+                                "the optimizer step was not taken; try a lower learning_rate, mixed_precision = "
+                                "\"bf16\" or no_half_vae = true, and check these images")
+        accelerator.backward(loss / len(batches))
+        total += loss.item()
+    params = [p for g in session.optimizer.param_groups for p in g["params"]]
+    if max_grad_norm:
+        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+        if session.scaler is None and not math.isfinite(float(norm)):
+            session.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"gradient norm is {float(norm)} at step {step + 1} for "
+                                f"{', '.join(str(p) for b in batches for p in b.paths)}; the optimizer step was not "
+                                "taken; try a lower learning_rate")
+    session.optimizer.step()
+    session.lr_scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    return total / len(batches)

@@ -1,0 +1,113 @@
+"""The models of one run: base SDXL parts in their training dtypes, the LoRA attached, and the two encoders
+(VAE pixels -> latents, captions -> context + pooled) the step and the caches call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lorapipe.errors import ConfigError
+from lorapipe.sdxl.constants import VAE_SCALE_FACTOR
+from lorapipe.train.text_encoding import encode_prompts
+
+_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainModels:
+    """Mutable holder of the live models (they change as they train); never handed to another stage."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    text_encoder_2: Any
+    tokenizer: Any
+    tokenizer_2: Any
+    network: Any
+    device: torch.device
+    weight_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    train_text_encoder: bool
+    max_token_length: int
+
+    def encode_pixels(self, pixels: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> scaled latents (B, 4, H/8, W/8); samples the latent distribution as sd-scripts."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = x.to(self.device, self.vae_dtype)
+        with torch.no_grad():
+            dist = self.vae.encode(x).latent_dist
+            latents = dist.sample(generator=generator) if generator is not None else dist.mean
+        latents = torch.nan_to_num(latents.float(), nan=0.0) * VAE_SCALE_FACTOR  # sd-scripts zeroes NaN latents
+        return latents
+
+    def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context and pooled vector; with grad when the text-encoder LoRA trains."""
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            out = encode_prompts(self.text_encoder, self.text_encoder_2, self.tokenizer, self.tokenizer_2,
+                                 captions, self.max_token_length)
+        return out.context, out.pooled
+
+    @property
+    def te1_width(self) -> int:
+        return int(self.text_encoder.config.hidden_size)
+
+
+def training_dtypes(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, no_half_vae: bool,
+                    device_type: str) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
+    """(frozen weight dtype, LoRA parameter dtype, VAE dtype) as sd-scripts' `prepare_dtype` decides them."""
+    if mixed_precision not in _DTYPES:
+        raise ConfigError(f"mixed_precision: {mixed_precision!r}; use no, fp16 or bf16")
+    weight = _DTYPES[mixed_precision]
+    if full_fp16 and mixed_precision != "fp16":
+        raise ConfigError("full_fp16: needs mixed_precision = \"fp16\"")
+    if full_bf16 and mixed_precision != "bf16":
+        raise ConfigError("full_bf16: needs mixed_precision = \"bf16\"")
+    if device_type == "cpu" and weight == torch.float16:
+        raise ConfigError("mixed_precision: fp16 is not supported on a CPU run; use \"no\" or \"bf16\"")
+    lora = weight if (full_fp16 or full_bf16) else torch.float32
+    vae = torch.float32 if (no_half_vae or weight == torch.float32) else weight
+    return weight, lora, vae
+
+
+def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_length: int,
+                      seed: int) -> TrainModels:
+    """Load the base model, put each part in its dtype/device, freeze it and attach the Kohya LoRA."""
+    from lorapipe.lora.network import attach_kohya_lora
+    from lorapipe.sdxl.load import load_sdxl_pipeline
+
+    weight_dtype, lora_dtype, vae_dtype = training_dtypes(
+        cfg.mixed_precision or "no", full_fp16=cfg.full_fp16, full_bf16=cfg.full_bf16, no_half_vae=cfg.no_half_vae,
+        device_type=device.type)
+    pipe = load_sdxl_pipeline(base_model)
+    unet, vae = pipe.unet, pipe.vae
+    te1, te2 = pipe.text_encoder, pipe.text_encoder_2
+    train_unet, train_te = cfg.train_unet, cfg.train_text_encoder
+    for model in (unet, te1, te2, vae):
+        model.requires_grad_(False)
+    unet.to(device, weight_dtype)
+    te1.to(device, weight_dtype)
+    te2.to(device, weight_dtype)
+    vae.to(device, vae_dtype)
+    vae.eval()
+    network = attach_kohya_lora(
+        unet, te1, te2, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha, conv_dim=cfg.conv_dim,
+        conv_alpha=cfg.conv_alpha, dropout=cfg.network_dropout, train_unet=train_unet,
+        train_text_encoder=train_te, seed=seed, lora_dtype=lora_dtype)
+    if cfg.network_weights:
+        from safetensors.torch import load_file
+
+        network.load_kohya_state_dict(load_file(str(cfg.network_weights)), source=str(cfg.network_weights))
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if train_te:
+            te1.gradient_checkpointing_enable()
+            te2.gradient_checkpointing_enable()
+    unet.train()
+    te1.train(train_te)
+    te2.train(train_te)
+    return TrainModels(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=pipe.tokenizer,
+                       tokenizer_2=pipe.tokenizer_2, network=network, device=device, weight_dtype=weight_dtype,
+                       vae_dtype=vae_dtype, train_text_encoder=train_te, max_token_length=max_token_length)

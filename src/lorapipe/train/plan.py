@@ -1,0 +1,121 @@
+"""Everything decided before a model loads: config, dataset scan and its hash, steps and epochs, output paths,
+sample prompts and the option checks sd-scripts makes. Bad input fails here, in seconds, naming key and file."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.train.caching import check_cache_compatibility
+from lorapipe.train.sample_prompts import SamplePrompt, load_sample_prompts
+from lorapipe.train.text_encoding import check_max_token_length
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: what to train on, for how long, and where results go."""
+
+    config: object  # TrainConfig
+    warnings: tuple[str, ...]
+    scan: object  # DatasetScan
+    dataset_hash: str
+    base_model: str
+    output_dir: Path
+    output_name: str
+    total_steps: int
+    epochs: int
+    batches_per_epoch: int
+    updates_per_epoch: int
+    seed: int
+    max_token_length: int
+    sample_prompts: tuple[SamplePrompt, ...]
+
+    @property
+    def blueprint(self):
+        return self.scan.blueprint
+
+
+def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Path | None = None,
+             config_path: Path | None = None, overrides=()) -> RunPlan:
+    """Load and check config + dataset; raise ConfigError/DatasetError/ModelLoadError before any model loads."""
+    from lorapipe.config import load_train_config
+    from lorapipe.dataset.scan import scan_dataset, steps_per_epoch, total_steps
+    from lorapipe.sdxl.load import resolve_base_model
+    from lorapipe.train.data import dataset_hash
+
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"{dataset_dir}: dataset folder not found; pass the folder that holds the "
+                           "<repeats>_<name> image folders (and kohya-sdxl-config.toml)")
+    loaded = load_train_config(dataset_dir, config_path=config_path, overrides=tuple(overrides),
+                               output_dir=output_dir, base_model=base_model)
+    cfg = loaded.config
+    source = cfg.source or str(config_path or dataset_dir)
+    model_spec = base_model or cfg.pretrained_model_name_or_path
+    if not model_spec:
+        raise ConfigError(f"{source}: pretrained_model_name_or_path is not set; pass --base-model PATH")
+    resolve_base_model(str(model_spec))
+    max_tokens = check_max_token_length(cfg.max_token_length)
+    prompts = tuple(load_sample_prompts(Path(cfg.sample_prompts))) if cfg.sample_prompts else ()
+    _check_options(cfg, source)
+    check_cache_compatibility(cache_latents=cfg.cache_latents or cfg.cache_latents_to_disk,
+                              cache_text_encoder_outputs=cfg.cache_text_encoder_outputs
+                              or cfg.cache_text_encoder_outputs_to_disk,
+                              train_text_encoder=cfg.train_text_encoder, subsets=cfg.dataset.subsets, source=source)
+
+    scan = scan_dataset(cfg.dataset)
+    if scan.has_errors:
+        raise DatasetError(_dataset_report(scan, dataset_dir))
+    steps, epochs = total_steps(scan, max_train_epochs=cfg.max_train_epochs, max_train_steps=cfg.max_train_steps,
+                                gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    batches = steps_per_epoch(scan)
+    updates = -(-batches // cfg.gradient_accumulation_steps)
+    out = Path(output_dir or cfg.output_dir or "")
+    if not str(output_dir or cfg.output_dir or ""):
+        raise ConfigError(f"{source}: output_dir is not set; pass --output-dir DIR")
+    _check_writable(out, source)
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randint(0, 2**31 - 1)
+    return RunPlan(config=cfg, warnings=tuple(loaded.warnings), scan=scan, dataset_hash=dataset_hash(scan),
+                   base_model=str(model_spec), output_dir=out, output_name=cfg.output_name or "last",
+                   total_steps=steps, epochs=epochs, batches_per_epoch=batches, updates_per_epoch=updates,
+                   seed=int(seed), max_token_length=max_tokens, sample_prompts=prompts)
+
+
+def _check_options(cfg, source: str) -> None:
+    """Option combinations sd-scripts refuses, checked without torch."""
+    from lorapipe.train.loss import HUBER_SCHEDULES, LOSS_TYPES
+
+    if cfg.loss_type not in LOSS_TYPES:
+        raise ConfigError(f"{source}: loss_type = {cfg.loss_type!r}; use one of {', '.join(LOSS_TYPES)}")
+    if cfg.huber_schedule not in HUBER_SCHEDULES:
+        raise ConfigError(f"{source}: huber_schedule = {cfg.huber_schedule!r}; use one of {', '.join(HUBER_SCHEDULES)}")
+    if (cfg.min_timestep or 0) > (cfg.max_timestep if cfg.max_timestep is not None else 1000):
+        raise ConfigError(f"{source}: min_timestep {cfg.min_timestep} is above max_timestep {cfg.max_timestep}")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"{source}: mixed_precision = {cfg.mixed_precision!r}; use no, fp16 or bf16")
+    if cfg.save_precision not in (None, "float", "fp16", "bf16"):
+        raise ConfigError(f"{source}: save_precision = {cfg.save_precision!r}; use float, fp16 or bf16")
+    if (cfg.save_model_as or "safetensors") != "safetensors":
+        raise ConfigError(f"{source}: save_model_as = {cfg.save_model_as!r}; lorapipe writes safetensors only")
+
+
+def _check_writable(folder: Path, source: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{source}: output_dir {folder} cannot be created ({exc.strerror}); "
+                          "pass --output-dir with a writable folder") from exc
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{source}: output_dir {folder} is not writable; pass --output-dir with a writable folder")
+
+
+def _dataset_report(scan, dataset_dir: Path) -> str:
+    """The dataset check's errors, one per line after a headline (LorapipeError text is the whole message)."""
+    errors = [p for p in scan.problems if p.severity == "error"]
+    lines = [f"{dataset_dir}: the dataset has {len(errors)} problem(s); fix them (see `lorapipe dataset check`):"]
+    for problem in errors[:20]:
+        lines.append(f"  - {problem.path}: {problem.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,251 @@
+"""`run_training`: plan (no torch) -> session (models) -> loop -> final file and `train_summary.json`.
+
+The hooks here decide, after each step and epoch, what sd-scripts would do at that point: write
+`NAME-step00000500` / `NAME-000001` files and state folders, prune old ones, make preview images, and stop
+cleanly (state saved) when SIGTERM arrives.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorapipe.train.checkpoints import TrainState, load_state, newest_state, remove_quietly, save_state
+from lorapipe.train.loop import NonFiniteLoss, run_loop
+from lorapipe.train.naming import STATE_SUFFIX, epoch_name, last_name, step_name
+from lorapipe.train.options import save_cadence
+from lorapipe.train.plan import RunPlan, plan_run
+from lorapipe.train.summary import TrainSummary, peak_memory_bytes, write_summary
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced. status: "finished" or "interrupted" (state saved, resume to continue)."""
+
+    status: str
+    output_dir: Path
+    lora_path: Path | None
+    summary_path: Path
+    state_path: Path | None
+    steps_done: int
+    total_steps: int
+    final_loss: float | None
+    losses: tuple[float, ...] = ()
+    saved_files: tuple[Path, ...] = ()
+    sample_images: tuple[Path, ...] = ()
+
+
+def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None, config_path=None, overrides=(),
+                 resume=None, state_dir=None, stop_signals: tuple[int, ...] = (), stop_after_steps: int | None = None,
+                 show_progress: bool = True, step_lines: bool = True) -> TrainResult:
+    """Train a Kohya-format SDXL LoRA for the dataset folder; raise LorapipeError subclasses on bad input.
+
+    `resume`: a state folder (or a folder holding several; the newest complete one is used). `state_dir`: where
+    state folders go (default: the output folder). `stop_signals`: signals (e.g. SIGTERM) that save state and
+    stop. `stop_after_steps`: stop (with state saved) after that many steps, as if a signal had arrived.
+    """
+    t0 = time.perf_counter()
+    plan = plan_run(Path(dataset_dir), base_model=base_model, output_dir=Path(output_dir) if output_dir else None,
+                    config_path=Path(config_path) if config_path else None, overrides=overrides)
+    from lorapipe.train.session import build_session
+
+    session = build_session(plan)
+    t_loaded = time.perf_counter()
+    run = _Run(plan, session, Path(state_dir) if state_dir else plan.output_dir, stop_after_steps, show_progress,
+               step_lines, seconds_model_load=t_loaded - t0)
+    start = run.resume_from(resume)
+    with _stop_on(stop_signals, run.request_stop):
+        return run.train(start)
+
+
+class _Run:
+    """Hooks and bookkeeping of one run (the loop calls after_step / after_epoch)."""
+
+    def __init__(self, plan: RunPlan, session, state_dir: Path, stop_after_steps, show_progress, step_lines,
+                 seconds_model_load: float):
+        from lorapipe.train.saving import LoraWriter
+
+        self.plan, self.session, self.state_dir = plan, session, state_dir
+        self.cfg = plan.config
+        self.cadence = save_cadence(self.cfg)
+        self.writer = LoraWriter(plan, session.models.network, session.optimizer_choice.metadata_string())
+        self.stop_after_steps = stop_after_steps
+        self.show_progress, self.step_lines = show_progress, step_lines
+        self.seconds_model_load = seconds_model_load
+        self.stop_requested = threading.Event()
+        self.losses: list[float] = []
+        self.epoch_losses: list[float] = []
+        self.saved: list[Path] = []
+        self.samples: list[Path] = []
+        self.last_state: Path | None = None
+        self.progress = None
+
+    # ---- start ---------------------------------------------------------------------------------------------
+    def resume_from(self, resume) -> TrainState:
+        fresh = TrainState(0, 1, 0, self.plan.dataset_hash)
+        if not resume:
+            return fresh
+        from lorapipe.errors import TrainingError
+
+        folder = newest_state(Path(resume))
+        if folder is None:
+            raise TrainingError(f"resume: {resume} holds no complete state folder (train_state.json); "
+                                "pass a <name>-state folder written with save_state = true")
+        s = self.session
+        return load_state(folder, network=s.models.network, optimizer=s.optimizer, lr_scheduler=s.lr_scheduler,
+                          scaler=s.scaler, dataset_hash=self.plan.dataset_hash)
+
+    def request_stop(self, *_args) -> None:
+        self.stop_requested.set()
+
+    # ---- the run -------------------------------------------------------------------------------------------
+    def train(self, start: TrainState) -> TrainResult:
+        from lorapipe.train.progress import Progress
+
+        plan = self.plan
+        self.progress = Progress(plan.total_steps, initial_step=start.current_step, logging_dir=self.cfg.logging_dir,
+                                 log_prefix=self.cfg.log_prefix, show_bar=self.show_progress,
+                                 step_lines=self.step_lines)
+        for warning in plan.warnings:
+            self.progress.note(f"warning: {warning}")
+        t_start = time.perf_counter()
+        status, state = "finished", start
+        try:
+            if self.cfg.sample_at_first and start.current_step == 0:
+                self._sample(step=0, epoch=None)
+            state = run_loop(self.session, plan, start, self)
+            if self.stop_requested.is_set() or (self.stop_after_steps and state.current_step < plan.total_steps
+                                                and state.current_step >= self.stop_after_steps):
+                status = "interrupted"
+                self.last_state = self._save_state(step_name(plan.output_name, state.current_step), state)
+        except NonFiniteLoss:
+            # The weights are still those of the last good step: keep them as a step file, then report.
+            self.saved.append(self.writer.save(step_name(plan.output_name, state.current_step),
+                                               steps=state.current_step, epoch=state.current_epoch))
+            self._write_summary("failed", None, state, time.perf_counter() - t_start)
+            raise
+        finally:
+            self.progress.close()
+        lora = None
+        if status == "finished":
+            lora = self.writer.save(last_name(plan.output_name), steps=state.current_step,
+                                    epoch=min(state.current_epoch, plan.epochs))
+            if self.cfg.save_state or self.cfg.save_state_on_train_end:
+                self.last_state = self._save_state(plan.output_name + "", state, final=True)
+        seconds = time.perf_counter() - t_start
+        summary_path = self._write_summary(status, lora, state, seconds)
+        return TrainResult(status=status, output_dir=plan.output_dir, lora_path=lora, summary_path=summary_path,
+                           state_path=self.last_state, steps_done=state.current_step, total_steps=plan.total_steps,
+                           final_loss=self.losses[-1] if self.losses else None, losses=tuple(self.losses),
+                           saved_files=tuple(self.saved), sample_images=tuple(self.samples))
+
+    # ---- hooks called by the loop ----------------------------------------------------------------------------
+    def after_step(self, report, state: TrainState) -> bool:
+        self.losses.append(report.loss)
+        self.epoch_losses.append(report.loss)
+        avg = sum(self.epoch_losses) / len(self.epoch_losses)
+        self.progress.step(report.step, loss=report.loss, avg_loss=avg, lrs=self.session.learning_rates(),
+                           epoch=report.epoch)
+        name = self.plan.output_name
+        if self.cadence.saves_at_step(report.step):
+            self._save_file(step_name(name, report.step), state)
+            old = self.cadence.step_to_remove(report.step)
+            if old:
+                remove_quietly(self.plan.output_dir / f"{step_name(name, old)}.safetensors")
+            if self.cfg.save_state:
+                self._save_state(step_name(name, report.step), state)
+                old = self.cadence.step_to_remove(report.step, state=True)
+                if old:
+                    remove_quietly(self.state_dir / f"{step_name(name, old)}{STATE_SUFFIX}")
+        n = self.cfg.sample_every_n_steps or 0
+        if n > 0 and not (self.cfg.sample_every_n_epochs or 0) and report.step % n == 0:
+            self._sample(step=report.step, epoch=None)
+        if self.stop_after_steps and report.step >= self.stop_after_steps:
+            return True
+        return self.stop_requested.is_set()
+
+    def after_epoch(self, epoch: int, state: TrainState) -> bool:
+        self.progress.epoch_end(epoch, sum(self.epoch_losses) / max(1, len(self.epoch_losses)))
+        self.epoch_losses = []
+        name = self.plan.output_name
+        if self.cadence.saves_at_epoch_end(epoch, self.plan.epochs):
+            self._save_file(epoch_name(name, epoch), state, epoch=epoch)
+            old = self.cadence.epoch_to_remove(epoch)
+            if old:
+                remove_quietly(self.plan.output_dir / f"{epoch_name(name, old)}.safetensors")
+            if self.cfg.save_state:
+                self._save_state(epoch_name(name, epoch), state)
+                old = self.cadence.epoch_to_remove(epoch, state=True)
+                if old:
+                    remove_quietly(self.state_dir / f"{epoch_name(name, old)}{STATE_SUFFIX}")
+        n = self.cfg.sample_every_n_epochs or 0
+        if n > 0 and epoch % n == 0:
+            self._sample(step=state.current_step, epoch=epoch)
+        return self.stop_requested.is_set()
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+    def _save_file(self, name: str, state: TrainState, epoch: int | None = None) -> None:
+        self.saved.append(self.writer.save(name, steps=state.current_step, epoch=epoch or state.current_epoch))
+
+    def _save_state(self, name: str, state: TrainState, final: bool = False) -> Path:
+        s = self.session
+        folder = self.state_dir / f"{name}{STATE_SUFFIX}"
+        self.last_state = save_state(folder, network=s.models.network, optimizer=s.optimizer,
+                                     lr_scheduler=s.lr_scheduler, scaler=s.scaler, state=state)
+        return self.last_state
+
+    def _sample(self, *, step: int, epoch: int | None) -> None:
+        if not self.plan.sample_prompts:
+            return
+        from lorapipe.train.sampling import write_sample_images
+
+        self.samples += write_sample_images(
+            self.session.models, list(self.plan.sample_prompts), self.plan.output_dir / "sample",
+            output_name=self.cfg.output_name, epoch=epoch, step=step, default_sampler=self.cfg.sample_sampler,
+            v_parameterization=self.cfg.v_parameterization, fallback_seed=self.plan.seed,
+            device=self.session.models.device)
+
+    def _write_summary(self, status: str, lora: Path | None, state: TrainState, seconds: float) -> Path:
+        plan = self.plan
+        steps_run = len(self.losses)
+        summary = TrainSummary(
+            status=status, lora_file=str(lora) if lora else None, output_name=plan.output_name,
+            dataset_hash=plan.dataset_hash, total_steps=plan.total_steps, steps_done=state.current_step,
+            epochs=plan.epochs, batches_per_epoch=plan.batches_per_epoch,
+            final_loss=self.losses[-1] if self.losses else None,
+            average_loss=sum(self.losses) / steps_run if steps_run else None,
+            seconds_model_load=round(self.seconds_model_load, 3), seconds_caching=0.0,
+            seconds_training=round(seconds, 3), steps_per_second=round(steps_run / seconds, 4) if seconds else None,
+            memory=peak_memory_bytes(self.session.models.device.type), device=str(self.session.models.device),
+            saved_files=[str(p) for p in self.saved], sample_images=[str(p) for p in self.samples],
+            warnings=list(plan.warnings), seed=plan.seed, losses=[round(x, 6) for x in self.losses],
+            state_folder=str(self.last_state) if self.last_state else None,
+            config=_config_dict(plan.config))
+        return write_summary(plan.output_dir, summary)
+
+
+def _config_dict(cfg) -> dict:
+    data = cfg.to_dict()
+    return data
+
+
+class _stop_on:
+    """Context manager: route `signals` to `callback` (main thread only), restore the old handlers after."""
+
+    def __init__(self, signals, callback):
+        self.signals = tuple(signals) if threading.current_thread() is threading.main_thread() else ()
+        self.callback = callback
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self):
+        for sig in self.signals:
+            self.previous[sig] = signal.signal(sig, self.callback)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False

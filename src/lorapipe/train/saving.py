@@ -1,0 +1,106 @@
+"""Writing LoRA files with Kohya metadata (through `lorapipe.lora.file` / `lorapipe.lora.metadata`) and pruning
+old ones on sd-scripts' cadence."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def reproducible_time() -> float | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds convention) pins timestamps, so same seed -> same file bytes."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    return float(value) if value and value.isdigit() else None
+
+
+@dataclass
+class LoraWriter:
+    """Saves the network as `<output_dir>/<name>.safetensors` with metadata describing the run so far."""
+
+    plan: object
+    network: object
+    optimizer_text: str
+    started_at: float = field(default_factory=lambda: reproducible_time() or time.time())
+    session_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.session_id is None:
+            pinned = reproducible_time() is not None
+            self.session_id = (int(hashlib.sha256(str(self.plan.seed).encode()).hexdigest()[:8], 16) if pinned
+                               else int.from_bytes(os.urandom(4), "little"))
+
+    def save(self, name: str, *, steps: int, epoch: int) -> Path:
+        from lorapipe.lora.file import save_kohya_lora
+
+        cfg = self.plan.config
+        path = Path(self.plan.output_dir) / f"{name}.safetensors"
+        tensors = self.network.kohya_state_dict(_SAVE_DTYPES[cfg.save_precision])
+        return save_kohya_lora(path, tensors, self.metadata(steps=steps, epoch=epoch))
+
+    def metadata(self, *, steps: int, epoch: int) -> dict[str, str]:
+        from lorapipe.lora.metadata import build_kohya_metadata
+
+        cfg, plan = self.plan.config, self.plan
+        config_dict = {k: v for k, v in cfg.to_dict().items() if k not in ("dataset", "source", "dataset_dir")}
+        config_dict.update(_dataset_config_keys(plan.blueprint))
+        network_args = {}
+        if cfg.conv_dim:
+            network_args = {"conv_dim": cfg.conv_dim, "conv_alpha": cfg.conv_alpha if cfg.conv_alpha else 1}
+        return build_kohya_metadata(
+            config_dict=config_dict, dataset_summary=dataset_summary(plan), base_model_name=plan.base_model,
+            training_started_at=self.started_at, steps=steps, epoch=epoch, network_dim=cfg.network_dim,
+            network_alpha=cfg.network_alpha, network_args=network_args or None, session_id=self.session_id,
+            training_finished_at=reproducible_time() or time.time(), output_name=plan.output_name,
+            num_epochs=plan.epochs, max_train_steps=plan.total_steps, text_encoder_lr=cfg.text_encoder_lr,
+            optimizer=self.optimizer_text, no_metadata=cfg.no_metadata)
+
+
+def _dataset_config_keys(blueprint) -> dict:
+    return {"resolution": list(blueprint.resolution), "prior_loss_weight": blueprint.prior_loss_weight,
+            "max_token_length": blueprint.max_token_length}
+
+
+def dataset_summary(plan) -> dict:
+    """Counts with repeats, dirs, tag frequency and buckets in the shape `build_kohya_metadata` takes."""
+    blueprint, items = plan.blueprint, plan.scan.items
+    train = [i for i in items if not i.subset.is_reg]
+    reg = [i for i in items if i.subset.is_reg]
+    dirs: dict[str, dict[str, int]] = {}
+    reg_dirs: dict[str, dict[str, int]] = {}
+    tags: dict[str, Counter] = {}
+    for item in items:
+        folder = item.subset.image_dir.name
+        target = reg_dirs if item.subset.is_reg else dirs
+        entry = target.setdefault(folder, {"n_repeats": item.subset.num_repeats, "img_count": 0})
+        entry["img_count"] += 1
+        counter = tags.setdefault(folder, Counter())
+        for tag in (item.caption or "").split(","):
+            if tag.strip():
+                counter[tag.strip().lower()] += 1
+    buckets = Counter()
+    for item in items:
+        buckets[item.bucket] += item.repeats
+    bucket_info = {"buckets": {i: {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(buckets.items()))},
+                   "mean_img_ar_error": 0.0}
+    subsets = blueprint.subsets
+    return {
+        "num_train_images": sum(i.repeats for i in train), "num_reg_images": sum(i.repeats for i in reg),
+        "num_batches_per_epoch": plan.batches_per_epoch, "batch_size_per_device": blueprint.batch_size,
+        "total_batch_size": blueprint.batch_size * plan.config.gradient_accumulation_steps,
+        "resolution": tuple(blueprint.resolution), "enable_bucket": blueprint.enable_bucket,
+        "bucket_no_upscale": blueprint.bucket_no_upscale, "min_bucket_reso": blueprint.min_bucket_reso,
+        "max_bucket_reso": blueprint.max_bucket_reso,
+        "color_aug": any(s.color_aug for s in subsets), "flip_aug": any(s.flip_aug for s in subsets),
+        "random_crop": any(s.random_crop for s in subsets), "shuffle_caption": any(s.shuffle_caption for s in subsets),
+        "keep_tokens": max((s.keep_tokens for s in subsets), default=0),
+        "dataset_dirs": dirs, "reg_dataset_dirs": reg_dirs,
+        "tag_frequency": {k: dict(v) for k, v in tags.items()}, "bucket_info": bucket_info,
+    }

@@ -1,0 +1,103 @@
+"""Build the live parts of a run from its plan: accelerator, models with LoRA, optimizer, LR schedule, caches,
+and the objective (noise scheduler + options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lorapipe.train.caching import LatentCache, TextEncoderCache, module_fingerprint
+from lorapipe.train.models import TrainModels, load_train_models
+from lorapipe.train.noise import make_noise_scheduler, snr_table
+from lorapipe.train.optimizers import OptimizerChoice, build_optimizer
+from lorapipe.train.options import loss_options, noise_options, schedule_options
+from lorapipe.train.plan import RunPlan
+from lorapipe.train.schedulers import build_lr_scheduler
+from lorapipe.train.step import Objective
+
+
+@dataclass
+class TrainSession:
+    """The mutable training objects of one run (kept together so the loop's signature stays short)."""
+
+    accelerator: Any
+    models: TrainModels
+    optimizer: Any
+    lr_scheduler: Any
+    optimizer_choice: OptimizerChoice
+    objective: Objective
+    latent_cache: LatentCache | None
+    te_cache: TextEncoderCache | None
+    param_group_names: list[str]
+
+    @property
+    def scaler(self):
+        return getattr(self.accelerator, "scaler", None)
+
+    def learning_rates(self) -> dict[str, float]:
+        groups = self.optimizer.param_groups
+        if self.optimizer_choice.adafactor_relative_step:
+            lrs = self.lr_scheduler.get_lr()
+            return {name: float(lr) for name, lr in zip(self.param_group_names, lrs)}
+        return {name: float(g["lr"]) for name, g in zip(self.param_group_names, groups)}
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build_session(plan: RunPlan) -> TrainSession:
+    """Load models and build everything the loop needs; nothing here writes to the output folder."""
+    from accelerate import Accelerator
+
+    cfg = plan.config
+    device = pick_device()
+    # Accumulation is counted by the loop (batches come from the dataset layer, not a prepared DataLoader); the
+    # accelerator handles device, autocast and the fp16 grad scaler.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision or "no", cpu=device.type == "cpu",
+                              gradient_accumulation_steps=1)
+    models = load_train_models(cfg, plan.base_model, accelerator.device, max_token_length=plan.max_token_length,
+                               seed=plan.seed)
+    groups = models.network.parameter_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
+    names = [g.pop("name", f"group{i}") for i, g in enumerate(groups)]
+    optimizer, choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate,
+                                        device_type=device.type)
+    lr_scheduler = build_lr_scheduler(optimizer, schedule_options(cfg), plan.total_steps,
+                                      adafactor_relative_step=choice.adafactor_relative_step)
+    optimizer = accelerator.prepare_optimizer(optimizer)
+    noise_opts = noise_options(cfg)
+    noise_scheduler = make_noise_scheduler(noise_opts)
+    objective = Objective(noise=noise_opts, loss=loss_options(cfg), noise_scheduler=noise_scheduler,
+                          snr=snr_table(noise_scheduler), alphas_cumprod=noise_scheduler.alphas_cumprod)
+    latent_cache = te_cache = None
+    if cfg.cache_latents or cfg.cache_latents_to_disk:
+        latent_cache = LatentCache(_seeded_vae_encoder(models), module_fingerprint(models.vae),
+                                   to_disk=bool(cfg.cache_latents_to_disk))
+    if cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk:
+        fingerprint = module_fingerprint(models.text_encoder) + module_fingerprint(models.text_encoder_2)
+        te_cache = TextEncoderCache(_no_grad(models.encode_captions), f"{fingerprint}:{plan.max_token_length}",
+                                    to_disk=bool(cfg.cache_text_encoder_outputs_to_disk),
+                                    te1_width=models.te1_width)
+    return TrainSession(accelerator=accelerator, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                        optimizer_choice=choice, objective=objective, latent_cache=latent_cache, te_cache=te_cache,
+                        param_group_names=names)
+
+
+def _seeded_vae_encoder(models: TrainModels):
+    """Cached latents are sampled once, with a generator seeded by the pixels' hash (same image, same latent)."""
+    def encode(pixels, keys):
+        outs = [models.encode_pixels(pixels[i : i + 1], torch.Generator(device=models.device).manual_seed(
+            int(keys[i][:15], 16))) for i in range(len(keys))]
+        return torch.cat(outs)
+
+    return encode
+
+
+def _no_grad(fn):
+    def wrapped(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapped
