@@ -216,6 +216,11 @@ class _Builder:
         self._max_token_length(kwargs)
 
     def _optimizer(self, kwargs: dict[str, Any]) -> None:
+        if "optimizer_args" in kwargs:
+            try:
+                parse_optimizer_args(kwargs["optimizer_args"])
+            except ValueProblem as problem:
+                self.error("optimizer_args", f"optimizer_args {problem}")
         name = kwargs.get("optimizer_type")
         if name is None:
             return
@@ -231,11 +236,6 @@ class _Builder:
             hint = f" (did you mean {close[0]}?)" if close else ""
             self.error("optimizer_type", f"optimizer_type = {name!r} is unknown{hint}; use one of "
                                          f"{', '.join(k.OPTIMIZERS.values())} or a module.Class path")
-        if "optimizer_args" in kwargs:
-            try:
-                parse_optimizer_args(kwargs["optimizer_args"])
-            except ValueProblem as problem:
-                self.error("optimizer_args", f"optimizer_args {problem}")
 
     def _scheduler(self, kwargs: dict[str, Any]) -> None:
         name = kwargs.get("lr_scheduler")
