@@ -81,12 +81,17 @@ def _remove_uploaded(output_url: str, endpoint_url: str | None, keys: list[str],
     if not keys:
         return
     try:
+        import fsspec
+
         from lorapipe.store import open_store
 
         store = open_store(output_url, endpoint_url=endpoint_url)
+        options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url and not store.is_local else {}
+        fs, _ = fsspec.core.url_to_fs(store.url_of(), **options)
         for key in keys:
             for name in (key, key + ".sha256"):
-                if store.exists(name):
-                    store.delete(name)
+                url = store.url_of(name)
+                if fs.exists(url):
+                    fs.rm_file(url)
     except Exception as exc:  # the upload error is what the user needs to see; this one only goes to the log
         log.info(f"publish: could not remove partial upload ({type(exc).__name__}: {exc})")

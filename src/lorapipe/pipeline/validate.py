@@ -6,7 +6,6 @@ instance has been paid for.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lorapipe.errors import DatasetError, LorapipeError, StoreError
@@ -51,31 +50,16 @@ def validate_dataset(dataset_dir: Path, config: Path | None, report_path: Path, 
 
     # Token counting would load the CLIP tokenizer (transformers) only to produce warnings; the trainer truncates.
     report = check_dataset(dataset_dir, None, config_path=config, count_tokens=False)
-    text = report.to_json()
-    data = json.loads(text) if isinstance(text, str) else text
-    atomic_write_text(report_path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    summary = _summary(data)
+    atomic_write_text(report_path, report.to_json() + "\n")
+    errors = [p for p in report.problems if p.severity == "error"]
+    warnings = len(report.problems) - len(errors)
+    images = sum(dataset.images for dataset in report.datasets)
+    summary = f"{images} images, {len(errors)} errors, {warnings} warnings"
     log.info(f"validate: {summary}")
-    if report.has_errors:
-        first = _first_error(data)
-        raise DatasetError(f"{dataset_dir}: dataset check failed ({summary}){': ' + first if first else ''}; "
+    if errors:
+        first = f"{errors[0].path}: {errors[0].reason}"[:300]
+        raise DatasetError(f"{dataset_dir}: dataset check failed ({summary}), first: {first}; "
                            f"run `lorapipe dataset check {dataset_dir}` for the full report")
+    if images == 0:
+        raise DatasetError(f"{dataset_dir}: no training images found; put them in <repeats>_<name>/ folders")
     return summary
-
-
-def _summary(data: dict) -> str:
-    counts = {key: data[key] for key in ("images", "errors", "warnings") if isinstance(data.get(key), (int, float))}
-    if counts:
-        return ", ".join(f"{value} {key}" for key, value in counts.items())
-    problems = data.get("problems") or []
-    errors = sum(1 for p in problems if isinstance(p, dict) and p.get("severity") == "error")
-    return f"{errors} errors, {len(problems) - errors} warnings"
-
-
-def _first_error(data: dict) -> str:
-    for problem in data.get("problems") or []:
-        if isinstance(problem, dict) and problem.get("severity") == "error":
-            where = problem.get("path") or problem.get("file") or ""
-            message = problem.get("message") or problem.get("code") or ""
-            return f"{where}: {message}".strip(": ")[:300]
-    return ""
