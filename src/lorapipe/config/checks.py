@@ -115,6 +115,12 @@ def _advice(c: TrainConfig) -> list[str]:
     if wants_samples and not c.sample_prompts:
         notes.append("sample_every_n_steps/sample_every_n_epochs/sample_at_first are set but sample_prompts is "
                      "not, so no sample images are made")
+    if c.zero_terminal_snr and not c.v_parameterization:
+        notes.append("zero_terminal_snr without v_parameterization: the last timestep then has no signal to "
+                     "predict noise from (sd-scripts warns the same)")
+    if c.v_pred_like_loss and c.v_parameterization:
+        notes.append("v_pred_like_loss is meant for noise-prediction training; with v_parameterization it only "
+                     "re-weights the loss")
     if c.sample_every_n_epochs and c.sample_every_n_steps:
         notes.append("sample_every_n_epochs and sample_every_n_steps are both set; epochs win (as in sd-scripts)")
     return notes

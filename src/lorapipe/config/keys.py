@@ -38,10 +38,11 @@ OPTIMIZERS = {
     for name in (
         "AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
         "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP",
-        "DAdaptAdamPreprint", "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor", "RAdamScheduleFree",
-        "AdamWScheduleFree", "SGDScheduleFree",
+        "DAdaptAdamPreprint", "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor",
     )
 }
+# sd-scripts knows these too, but lorapipe's trainer cannot build them.
+OPTIMIZERS_UNAVAILABLE = ("RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree")
 LR_SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
     "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant", "adafactor",
@@ -78,6 +79,11 @@ _IGNORED: dict[str, str] = {
     "lowram": _NO_EFFECT + " (lorapipe loads models with diffusers)",
     "highvram": _NO_EFFECT,
     "disable_mmap_load_safetensors": _NO_EFFECT,
+    "torch_compile": "lorapipe's trainer does not use torch.compile",
+    "dynamo_backend": "lorapipe's trainer does not use torch.compile",
+    "vae_batch_size": "lorapipe encodes latents for caching one image at a time",
+    "skip_cache_check": "lorapipe checks its latent cache by image content and settings, which is cheap",
+    "log_tracker_name": "TensorBoard runs are named <log_prefix><timestamp> under logging_dir",
     "tokenizer_cache_dir": "lorapipe reads the tokenizers from the base model (works offline)",
     "cpu_offload_checkpointing": "unusable for SDXL in sd-scripts too",
     "fused_backward_pass": "sd-scripts uses it only in sdxl_train.py, not in network training",
@@ -133,8 +139,6 @@ _REJECTED: dict[str, str] = {
     "alpha_mask": "masked loss " + _NOT_IMPL,
     "masked_loss": "masked loss " + _NOT_IMPL,
     "conditioning_data_dir": "masked loss " + _NOT_IMPL,
-    "zero_terminal_snr": _NOT_IMPL,
-    "v_pred_like_loss": _NOT_IMPL,
     "save_n_epoch_ratio": _NOT_IMPL + "; use save_every_n_epochs",
     "validate_every_n_steps": "validation loss " + _NOT_IMPL,
     "validate_every_n_epochs": "validation loss " + _NOT_IMPL,

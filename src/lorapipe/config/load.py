@@ -229,6 +229,9 @@ class _Builder:
             kwargs["optimizer_type"] = "AdamW"  # sd-scripts: "" means AdamW
         elif text.lower() in k.OPTIMIZERS:
             kwargs["optimizer_type"] = k.OPTIMIZERS[text.lower()]
+        elif text.lower() in (name.lower() for name in k.OPTIMIZERS_UNAVAILABLE):
+            self.error("optimizer_type", f"optimizer_type = {name!r} (schedule-free) is known to sd-scripts but not "
+                                         f"available in lorapipe; use AdamW, Adafactor or Prodigy")
         elif "." in text:
             kwargs["optimizer_type"] = text  # a module.Class path, as sd-scripts allows
         else:

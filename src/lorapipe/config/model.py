@@ -69,8 +69,6 @@ class TrainConfig:
     clip_skip: int | None = integer(minimum=1)
     max_token_length: int | None = integer()
     gradient_checkpointing: bool = flag()
-    torch_compile: bool = flag()
-    dynamo_backend: str = text("inductor")
     # -- network (networks.lora)
     network_module: str = text("networks.lora")
     network_dim: int = integer(4, minimum=1)
@@ -107,8 +105,6 @@ class TrainConfig:
     # -- caching
     cache_latents: bool = flag()
     cache_latents_to_disk: bool = flag()
-    vae_batch_size: int = integer(1, minimum=0)
-    skip_cache_check: bool = flag()
     cache_text_encoder_outputs: bool = flag()
     cache_text_encoder_outputs_to_disk: bool = flag()
     # -- noise, timesteps, loss
@@ -119,6 +115,7 @@ class TrainConfig:
     multires_noise_discount: float = number(0.3, low=0, high=1)
     ip_noise_gamma: float | None = number(low=0)
     ip_noise_gamma_random_strength: bool = flag()
+    zero_terminal_snr: bool = flag()
     min_timestep: int | None = integer(minimum=0)
     max_timestep: int | None = integer(minimum=1)
     loss_type: str = text("l2")
@@ -128,6 +125,7 @@ class TrainConfig:
     min_snr_gamma: float | None = number(low=0)
     debiased_estimation_loss: bool = flag()
     scale_v_pred_loss_like_noise_pred: bool = flag()
+    v_pred_like_loss: float | None = number(low=0)
     # -- saving and resume
     output_dir: str | None = path()
     output_name: str | None = text()
@@ -151,7 +149,6 @@ class TrainConfig:
     logging_dir: str | None = path()
     log_with: str | None = text()
     log_prefix: str | None = text()
-    log_tracker_name: str | None = text()
     # -- modelspec metadata
     metadata_title: str | None = text()
     metadata_author: str | None = text()
