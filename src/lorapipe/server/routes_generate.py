@@ -1,0 +1,220 @@
+"""A1111 generation routes: txt2img, img2img, progress, interrupt, skip (+ the UI's /internal/progress).
+
+A request is validated here (422 before the queue), queued (503 when full), then awaited while the client is
+watched: a client that goes away cancels its job between denoising steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from lorapipe.errors import GenerationError
+from lorapipe.generate.control import GenerationCancelled, JobControl
+from lorapipe.generate.generator import GenerationRequest, GenerationResult
+from lorapipe.generate.infotext import lora_hashes_value, png_bytes
+from lorapipe.generate.samplers import resolve_sampler
+from lorapipe.server.api_errors import ApiError
+from lorapipe.server.images import decode_image, encode_png
+from lorapipe.server.jobs import Job, QueueFull, new_task_id
+from lorapipe.server.schemas import Img2ImgBody, Txt2ImgBody
+from lorapipe.server.state import ServerState
+
+router = APIRouter()
+_DISCONNECT_POLL_S = 0.1
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.lorapipe
+
+
+@router.post("/sdapi/v1/txt2img")
+async def txt2img(body: Txt2ImgBody, request: Request):
+    return await _generate(body, request, kind="txt2img")
+
+
+@router.post("/sdapi/v1/img2img")
+async def img2img(body: Img2ImgBody, request: Request):
+    return await _generate(body, request, kind="img2img")
+
+
+async def _generate(body: Txt2ImgBody, request: Request, *, kind: str):
+    state = _state(request)
+    problems = body.check_limits(state.settings.limits)
+    if problems:
+        return JSONResponse({"detail": problems}, status_code=422)
+    generation = _to_generation_request(body, state)
+    task_id = body.force_task_id or new_task_id(kind)
+    control = JobControl(deadline=time.monotonic() + state.settings.request_timeout_s)
+    try:
+        job = state.jobs.submit(task_id, generation, control)
+    except QueueFull as full:
+        raise ApiError(503, "server busy: the generation queue is full; retry later",
+                       headers={"Retry-After": str(full.retry_after_s)}) from None
+    try:
+        result = await _wait(job, request)
+    except GenerationCancelled as exc:
+        if "timed out" in str(exc):
+            raise ApiError(504, f"{exc}; the limit is {state.settings.request_timeout_s:g} s") from None
+        raise ApiError(499, str(exc)) from None
+    except GenerationError as exc:
+        raise ApiError(400, str(exc)) from None
+    return _response(body, result, kind=kind)
+
+
+def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationRequest:
+    if body.script_name:
+        raise ApiError(422, f"Script '{body.script_name}' not found")
+    for title in body.alwayson_scripts:
+        raise ApiError(422, f"always on script {title} not found")
+    if body.enable_hr:
+        raise ApiError(422, "enable_hr: hires fix is not supported by lorapipe; generate at the target size")
+    sampler_name = body.sampler_name or body.sampler_index
+    try:
+        resolve_sampler(sampler_name, body.scheduler)  # fail fast, before the queue
+    except GenerationError:
+        raise ApiError(404, "Sampler not found") from None
+    init_images: tuple = ()
+    if isinstance(body, Img2ImgBody):
+        if not body.init_images:
+            raise ApiError(404, "Init image not found")
+        limit = state.settings.limits.max_pixels
+        init_images = tuple(decode_image(data, max_pixels=limit) for data in body.init_images)
+    return GenerationRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
+        width=body.width, height=body.height, seed=body.seed, subseed=body.subseed,
+        subseed_strength=body.subseed_strength, batch_size=body.batch_size, n_iter=body.n_iter,
+        sampler_name=sampler_name, scheduler=body.scheduler, init_images=init_images,
+        denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,
+        apply_loras=not body.disable_extra_networks,
+    )
+
+
+async def _wait(job: Job, request: Request) -> GenerationResult:
+    """Await the job; cancel it if the client disconnects meanwhile."""
+    future = asyncio.wrap_future(job.future)
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=_DISCONNECT_POLL_S)
+        if done:
+            return future.result()
+        if await request.is_disconnected():
+            job.control.cancel("client disconnected")
+
+
+def _response(body: Txt2ImgBody, result: GenerationResult, *, kind: str) -> dict:
+    images = [encode_png(png_bytes(img, text)) for img, text in zip(result.images, result.infotexts)]
+    parameters = body.model_dump()
+    if kind == "img2img" and not parameters.get("include_init_images"):
+        parameters["init_images"] = None
+        parameters["mask"] = None
+    return {"images": images if body.send_images else [], "parameters": parameters,
+            "info": json.dumps(_info(result))}
+
+
+def _info(result: GenerationResult) -> dict:
+    """A1111 `Processed.js()` keys, in order, plus `comments` with warnings such as unknown LoRAs."""
+    request = result.request
+    total = len(result.images)
+    prompts = [request.prompt] * total
+    negatives = [request.negative_prompt] * total
+    extra = {"Schedule type": result.schedule_label}
+    hashes = lora_hashes_value([(lora.mentioned_as, lora.entry.short_hash) for lora in result.loras])
+    if hashes:
+        extra["Lora hashes"] = hashes
+    return {
+        "prompt": request.prompt, "all_prompts": prompts,
+        "negative_prompt": request.negative_prompt, "all_negative_prompts": negatives,
+        "seed": result.seeds[0], "all_seeds": list(result.seeds[:total]),
+        "subseed": result.subseeds[0], "all_subseeds": list(result.subseeds[:total]),
+        "subseed_strength": request.subseed_strength,
+        "width": request.width, "height": request.height,
+        "sampler_name": result.sampler_name, "cfg_scale": request.cfg_scale, "steps": request.steps,
+        "batch_size": request.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": result.model.name, "sd_model_hash": result.model.short_hash,
+        "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": request.denoising_strength if request.init_images else None,
+        "extra_generation_params": extra, "index_of_first_image": 0,
+        "infotexts": list(result.infotexts), "styles": [], "job_timestamp": result.job_timestamp,
+        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "lorapipe",
+        "comments": "\n".join(result.warnings), "warnings": list(result.warnings),
+        "interrupted": result.interrupted,
+    }
+
+
+# -- progress, interrupt, skip ------------------------------------------------------------------------------
+
+def _job_for(state: ServerState, id_task: str | None) -> Job | None:
+    if id_task:
+        return state.jobs.find(id_task)[1]
+    return state.jobs.current()
+
+
+@router.get("/sdapi/v1/progress")
+async def progress(request: Request, skip_current_image: bool = False, id_task: str | None = None):
+    """A1111 progress of the running job, or of `id_task` (a lorapipe extension: per-job progress)."""
+    state = _state(request)
+    job = _job_for(state, id_task)
+    pending = state.jobs.pending_count()
+    if job is None:
+        return {"progress": 0.0, "eta_relative": 0.0,
+                "state": {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
+                          "job_count": 1 if pending else 0, "job_timestamp": "0", "job_no": 0,
+                          "sampling_step": 0, "sampling_steps": 0, "queued": pending},
+                "current_image": None, "textinfo": None}
+    snap = job.control.snapshot()
+    fraction = snap.fraction if snap.started_at is not None else 0.0
+    elapsed = time.monotonic() - snap.started_at if snap.started_at is not None else 0.0
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    return {"progress": fraction, "eta_relative": eta,
+            "state": {"skipped": snap.skipped, "interrupted": snap.interrupted, "stopping_generation": False,
+                      "job": job.task_id, "job_count": max(snap.job_count, 1), "job_timestamp": "0",
+                      "job_no": snap.job_no, "sampling_step": snap.sampling_step,
+                      "sampling_steps": snap.sampling_steps, "queued": pending},
+            "current_image": None, "textinfo": None}
+
+
+@router.post("/sdapi/v1/interrupt")
+async def interrupt(request: Request, id_task: str | None = None):
+    """Stop sampling the running job (or `id_task`); it returns the images decoded so far."""
+    job = _job_for(_state(request), id_task)
+    if job is not None:
+        job.control.interrupt()
+    return {}
+
+
+@router.post("/sdapi/v1/skip")
+async def skip(request: Request, id_task: str | None = None):
+    job = _job_for(_state(request), id_task)
+    if job is not None:
+        job.control.skip()
+    return None
+
+
+class InternalProgressBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id_task: str = ""
+    id_live_preview: int = -1
+    live_preview: bool = False
+
+
+@router.post("/internal/progress")
+async def internal_progress(body: InternalProgressBody, request: Request):
+    """A1111's per-task progress (the route its own web page polls)."""
+    where, job = _state(request).jobs.find(body.id_task)
+    fraction, eta, text = 0.0, None, None
+    if where == "active" and job is not None:
+        snap = job.control.snapshot()
+        fraction = snap.fraction if snap.started_at is not None else 0.0
+        elapsed = time.monotonic() - snap.started_at if snap.started_at else 0.0
+        eta = elapsed / fraction - elapsed if fraction > 0 else None
+        text = f"Step {snap.sampling_step}/{snap.sampling_steps}, batch {snap.job_no + 1}/{snap.job_count}"
+    elif where == "queued":
+        text = "In queue..."
+    return {"active": where == "active", "queued": where == "queued", "completed": where == "completed",
+            "progress": fraction, "eta": eta, "live_preview": None, "id_live_preview": -1, "textinfo": text}
