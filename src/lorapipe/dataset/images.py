@@ -77,6 +77,8 @@ def probe_image(path: Path) -> ImageHeader:
     except UnidentifiedImageError:
         raise DatasetError(f"{path}: not a readable image (corrupt, or another format with an image extension)") from None
     except OSError as exc:
+        if "truncated" in str(exc):
+            raise DatasetError(f"{path}: file is truncated (incomplete download or copy); replace it") from None
         raise DatasetError(f"{path}: cannot read image header ({exc})") from None
     if image_format not in ACCEPTED_FORMATS:
         raise DatasetError(f"{path}: {image_format} images are not trained; convert it to PNG or JPEG")

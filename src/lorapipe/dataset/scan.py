@@ -88,7 +88,8 @@ def _caption_for(image: Path, subset: SubsetSpec, problems: list[Problem], mispl
     try:
         found = read_caption(image, subset.caption_extension, enable_wildcard=subset.enable_wildcard)
     except DatasetError as exc:
-        problems.append(error(image, str(exc).split(": ", 1)[-1]))
+        caption_file, _, reason = str(exc).partition(": ")
+        problems.append(error(caption_file, reason))
         return subset.class_tokens or "", None
     if found.text is not None:
         if found.line_count > 1 and not subset.enable_wildcard:
