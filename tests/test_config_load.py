@@ -273,3 +273,20 @@ def test_to_dict_is_json_serialisable(dataset_copy: Path) -> None:
     data = json.loads(json.dumps(config.to_dict()))
     assert data["network_dim"] == 4 and data["dataset"]["resolution"] == [64, 64]
     assert data["dataset_dir"] == str(dataset_copy)
+
+
+def test_notes_for_sd_scripts_precedence_rules(dataset_copy: Path) -> None:
+    path = write_config(dataset_copy, minimal_config(max_train_epochs=3, max_train_steps=10,
+                                                     text_encoder_lr=[1e-4, 2e-4]))
+    loaded = load_train_config(dataset_copy, config_path=path)
+    assert loaded.config.max_train_epochs == 3 and loaded.config.text_encoder_lr == 1e-4
+    text = "\n".join(loaded.warnings)
+    assert "max_train_epochs = 3 overrides max_train_steps = 10" in text
+    assert "uses the first value" in text
+
+
+@pytest.mark.parametrize("name", ["sub/dir", "", ".."])
+def test_output_name_must_be_a_file_name(dataset_copy: Path, name: str) -> None:
+    path = write_config(dataset_copy, minimal_config(output_name=name))
+    with pytest.raises(ConfigError, match="output_name"):
+        load_train_config(dataset_copy, config_path=path)

@@ -94,6 +94,10 @@ class _Builder:
         raw = values
         values = self._classify(values)
         self._gui_network_fields(raw, values)
+        te_lr = values.get("text_encoder_lr")
+        if isinstance(te_lr, (list, tuple)) and len(set(te_lr)) > 1:
+            self.warn("text_encoder_lr", f"text_encoder_lr = {te_lr!r}: networks.lora uses the first value for "
+                                         f"both text encoders (as sd-scripts does)")
         fields = kohya_fields()
         kwargs: dict[str, Any] = {}
         for key, item in fields.items():
@@ -104,6 +108,7 @@ class _Builder:
             except ValueProblem as problem:
                 self.error(key, f"{key} {problem}")
         self._normalise_choices(kwargs)
+        self._names_and_length(kwargs)
         self._network(kwargs)
         self._paths(kwargs, output_dir=output_dir, base_model=base_model)
         dataset = self._dataset(values)
@@ -214,6 +219,15 @@ class _Builder:
         self._scheduler(kwargs)
         self._save_model_as(kwargs)
         self._max_token_length(kwargs)
+
+    def _names_and_length(self, kwargs: dict[str, Any]) -> None:
+        name = kwargs.get("output_name")
+        if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
+            self.error("output_name", f"output_name = {name!r} must be a plain file name (no folders); put the "
+                                      f"folder in output_dir")
+        if kwargs.get("max_train_epochs") and "max_train_steps" in kwargs:
+            self.warn("max_train_epochs", f"max_train_epochs = {kwargs['max_train_epochs']} overrides "
+                                          f"max_train_steps = {kwargs['max_train_steps']} (as in sd-scripts)")
 
     def _optimizer(self, kwargs: dict[str, Any]) -> None:
         if "optimizer_args" in kwargs:
