@@ -104,7 +104,7 @@ def test_unknown_set_key_is_an_error_naming_it(dataset_copy: Path) -> None:
     path = write_config(dataset_copy, minimal_config())
     with pytest.raises(ConfigError) as info:
         load_train_config(dataset_copy, config_path=path, overrides=["learning_rat=1e-4"])
-    assert "--set learning_rat" in str(info.value) and "did you mean learning_rate" in str(info.value)
+    assert "--set: learning_rat: unknown key" in str(info.value) and "did you mean learning_rate" in str(info.value)
     with pytest.raises(ConfigError, match="key=value"):
         load_train_config(dataset_copy, config_path=path, overrides=["learning_rate"])
 
@@ -290,3 +290,18 @@ def test_output_name_must_be_a_file_name(dataset_copy: Path, name: str) -> None:
     path = write_config(dataset_copy, minimal_config(output_name=name))
     with pytest.raises(ConfigError, match="output_name"):
         load_train_config(dataset_copy, config_path=path)
+
+
+@needs_no_opt_ml
+def test_sagemaker_paths_fall_back_to_local_folders(dataset_copy: Path, tmp_path: Path) -> None:
+    (dataset_copy / "prompts.txt").write_text("dwjz toy --w 64 --h 64\n", encoding="utf-8")
+    path = write_config(dataset_copy, minimal_config(
+        train_data_dir="/opt/ml/input/data/train", output_dir="/opt/ml/model",
+        sample_prompts="/opt/ml/input/data/train/prompts.txt", logging_dir="/opt/ml/output/tensorboard"))
+    loaded = load_train_config(dataset_copy, config_path=path, output_dir=tmp_path / "run")
+    config = loaded.config
+    assert config.output_dir == str(tmp_path / "run")
+    assert config.sample_prompts == str(dataset_copy / "prompts.txt")
+    assert config.logging_dir == str(tmp_path / "run" / "logs")
+    assert config.dataset.subsets and all(s.image_dir.parent == dataset_copy for s in config.dataset.subsets)
+    assert sum("exists only inside SageMaker" in w for w in loaded.warnings) == 3  # sample_prompts, logging_dir, train_data_dir

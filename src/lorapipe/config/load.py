@@ -61,7 +61,7 @@ def load_train_config(
     origins = dict(raw.origins)
     for key, value in parse_overrides(overrides).items():
         values[key] = value
-        origins[key] = f"{SET_SOURCE} {key}"
+        origins[key] = SET_SOURCE
     builder = _Builder(config_path, dataset_dir, origins, list(raw.warnings))
     config = builder.build(values, output_dir=output_dir, base_model=base_model)
     if builder.errors:
