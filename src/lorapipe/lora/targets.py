@@ -24,6 +24,9 @@ TEXT_ENCODER_PARTS = ("text_encoder", "text_encoder_2")
 
 # Kinds of wrapped layer: Linear and 1x1 convs take network_dim/alpha, 3x3 convs conv_dim/conv_alpha.
 LINEAR, CONV1X1, CONV3X3 = "linear", "conv1x1", "conv3x3"
+# Sub-module names peft adds inside a wrapped layer; never targets themselves.
+_PEFT_INTERNALS = frozenset({"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_embedding_A",
+                             "lora_embedding_B", "lora_magnitude_vector"})
 
 
 @dataclass(frozen=True)
@@ -125,13 +128,19 @@ def _wrapped_layers(model: Any, target_classes: tuple[str, ...], *, allow_3x3: b
             continue
         for child_name, child in parent.named_modules():
             name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if not child_name or name in seen:
+            if not child_name or name in seen or _inside_peft_layer(child_name):
                 continue
-            kind = _layer_kind(child, torch)
+            # A layer already wrapped by peft counts as the layer it wraps, so the answer does not change
+            # after `attach_kohya_lora`.
+            kind = _layer_kind(getattr(child, "base_layer", child), torch)
             if kind is None or (kind == CONV3X3 and not allow_3x3):
                 continue
             seen.add(name)
             yield name, kind
+
+
+def _inside_peft_layer(name: str) -> bool:
+    return any(part in _PEFT_INTERNALS for part in name.split("."))
 
 
 def _layer_kind(module: Any, torch: Any) -> str | None:
