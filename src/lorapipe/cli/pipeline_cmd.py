@@ -274,7 +274,8 @@ def _show(args: argparse.Namespace) -> int:
     for step in record.steps:
         took = f" {step.finished - step.started:.1f}s" if step.started and step.finished else ""
         print(f"  {step.name:<9} {step.status:<10}{took}  {step.detail or ''}".rstrip())
-    return 0
+    # After --follow the exit code says how the run ended, as `pipeline run` does.
+    return 1 if args.follow and record.status != "succeeded" else 0
 
 
 def _logs(args: argparse.Namespace) -> int:

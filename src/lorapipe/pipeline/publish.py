@@ -56,6 +56,8 @@ def _upload(artifact: Artifact, run_id: str, output_url: str, endpoint_url: str 
     prefix = f"{run_id}"
     uploaded: list[str] = []
     try:
+        if "://" not in output_url or output_url.startswith("file://"):
+            Path(output_url.removeprefix("file://")).expanduser().mkdir(parents=True, exist_ok=True)
         store = open_store(output_url, endpoint_url=endpoint_url)
         for path in artifact.files:  # LoRA is last in `files`
             key = f"{prefix}/{artifact.relative(path)}"
