@@ -34,3 +34,55 @@ def write_kohya_lora(path: Path, model_dir: Path, *, seed: int, rank: int = 4, s
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora", **(metadata or {})})
     return path
+
+
+def tiny_lora_folder(root: Path, model_dir: Path) -> Path:
+    """A LoRA folder with `toy` (alias `dwjz_toy`) and `style` (UNet-only), as a trainer would publish them."""
+    folder = root / "loras"
+    write_kohya_lora(folder / "toy.safetensors", model_dir, seed=1, metadata={"ss_output_name": "dwjz_toy"})
+    write_kohya_lora(folder / "style.safetensors", model_dir, seed=2, text_encoders=False)
+    return folder
+
+
+def load_generator(model_dir: Path, lora_dir: Path | None):
+    import torch
+
+    from lorapipe.generate.generator import Generator
+    from lorapipe.generate.quiet import quiet_model_loading
+
+    torch.set_num_threads(1)
+    quiet_model_loading()
+    return Generator.load(str(model_dir), lora_dir=lora_dir, device="cpu", dtype="fp32")
+
+
+class RunningServer:
+    """A real uvicorn server on 127.0.0.1 in a background thread (for webuiapi, browsers, disconnects)."""
+
+    def __init__(self, app):
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                     lifespan="on"))
+
+    def __enter__(self):
+        import threading
+        import time
+
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self._server.should_exit = True
+        self._thread.join(30)

@@ -4,6 +4,7 @@ Mappings follow diffusers' own A1111 table (docs: api/schedulers/overview) and A
 split: `sampler_name` picks the solver, `scheduler` the sigma schedule, "Automatic" the sampler's own default
 schedule. Legacy combined names ("DPM++ 2M Karras") are split as A1111 does. Pixel parity with A1111 is not
 expected (k-diffusion builds its sigmas differently); the names, defaults and infotext are what clients rely on.
+LMS is left out: diffusers' LMSDiscreteScheduler needs scipy, which lorapipe does not depend on.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
                 _M({"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}), "exponential"),
     SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler"),
     SamplerSpec("Euler", ("k_euler",), "EulerDiscreteScheduler"),
-    SamplerSpec("LMS", ("k_lms",), "LMSDiscreteScheduler"),
     SamplerSpec("Heun", ("k_heun",), "HeunDiscreteScheduler"),
     SamplerSpec("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", _M({}), "karras"),
     SamplerSpec("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", _M({}), "karras"),
