@@ -93,13 +93,14 @@ def seaweed_s3(tmp_path_factory) -> S3Server:
     data = folder / "data"
     data.mkdir()
     # Explicit gRPC ports too: weed's default (port + 10000) can exceed 65535 or collide with another run.
-    ports = {name: _free_port() for name in ("s3", "master", "volume", "filer")}
-    grpc = {name: _free_port() for name in ports}
+    ports = {name: _free_port() for name in ("s3", "master", "volume", "filer", "iam")}
+    grpc = {name: _free_port() for name in ("s3", "master", "volume", "filer")}
     log = folder / "weed.log"
     command = [
         binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-s3", f"-s3.port={ports['s3']}", f"-s3.config={config}",
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+        f"-iam.port={ports['iam']}", "-s3.port.iceberg=0", "-s3.port.lance=0",  # no fixed ports: runs can overlap
         *(f"-{name}.port.grpc={port}" for name, port in grpc.items()),
         "-master.volumeSizeLimitMB=32", "-volume.max=0",
     ]

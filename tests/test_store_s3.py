@@ -80,6 +80,9 @@ def test_upload_is_whole_with_sha256_sidecar(s3_env, shared_bucket, tmp_path):
     assert store.read_bytes("model/dwjz_toy.safetensors.sha256").decode().split() == [digest, artifact.name]
     keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket, Prefix="runs/r1/")["Contents"]]
     assert sorted(keys) == ["runs/r1/model/dwjz_toy.safetensors", "runs/r1/model/dwjz_toy.safetensors.sha256"]
+    store.delete("model/dwjz_toy.safetensors")
+    assert not store.exists("model/dwjz_toy.safetensors")
+    assert not store.exists("model/dwjz_toy.safetensors.sha256")
 
 
 def test_sidecar_mismatch_is_refused_and_cache_untouched(bucket_with_dataset, tmp_path):

@@ -124,6 +124,13 @@ class Store:
         with self._errors(rel):
             return self._fs.cat_file(self._path(rel))
 
+    def delete(self, rel: str) -> None:
+        """Remove `rel` and its `.sha256` sidecar if present (used to roll back a partial publish)."""
+        for target in (rel, rel + SHA256_SUFFIX):
+            with self._errors(target):
+                if self._fs.exists(self._path(target)):
+                    self._fs.rm_file(self._path(target))
+
     def list_datasets(self) -> list[str]:
         """Names of the `NNNN-dataset` folders directly under the root, sorted."""
         with self._errors():
