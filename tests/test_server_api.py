@@ -1,0 +1,169 @@
+"""The A1111-compatible routes through FastAPI's TestClient: shapes, defaults, errors, guards."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from generate_fixtures import load_generator, tiny_lora_folder
+from lorapipe.server.app import create_app
+from lorapipe.server.settings import Limits, ServerSettings
+
+SMALL = {"steps": 2, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir, tmp_path_factory):
+    return load_generator(tiny_model_dir, tiny_lora_folder(tmp_path_factory.mktemp("srv"), tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def client(generator):
+    with TestClient(create_app(ServerSettings(), generator=generator)) as client:
+        yield client
+
+
+def _png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_txt2img_shape_infotext_and_echo(client):
+    body = {"prompt": "a toy <lora:dwjz_toy:0.7>", "negative_prompt": "blurry", "seed": 42, "batch_size": 2,
+            "sampler_name": "Euler a", "unknown_key": 1, **SMALL}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200
+    data = response.json()
+    assert set(data) == {"images", "parameters", "info"}
+    assert len(data["images"]) == 2 and not data["images"][0].startswith("data:")
+    image = _png(data["images"][0])
+    info = json.loads(data["info"])
+    assert image.info["parameters"] == info["infotexts"][0]
+    assert info["seed"] == 42 and info["all_seeds"] == [42, 43]
+    assert info["sampler_name"] == "Euler a" and info["extra_generation_params"]["Lora hashes"].startswith("dwjz_toy: ")
+    assert data["parameters"]["seed"] == 42 and data["parameters"]["cfg_scale"] == 7.0  # echo with defaults
+    assert "unknown_key" not in data["parameters"]
+    assert list(info)[:4] == ["prompt", "all_prompts", "negative_prompt", "all_negative_prompts"]
+
+
+def test_defaults_follow_a1111_api(client):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "toy", "width": 64, "height": 64, "steps": 1})
+    params = response.json()["parameters"]
+    assert params["sampler_index"] == "Euler" and params["cfg_scale"] == 7.0 and params["seed"] == -1
+    assert json.loads(response.json()["info"])["sampler_name"] == "Euler"
+
+
+def test_unknown_lora_is_a_warning_in_info(client):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "toy <lora:nope:1> <lora:..%2fetc:1>", **SMALL})
+    assert response.status_code == 200
+    assert "Networks not found: nope" in json.loads(response.json()["info"])["comments"]
+
+
+def test_bad_input_gets_a1111_and_fastapi_error_shapes_and_worker_survives(client):
+    unknown = client.post("/sdapi/v1/txt2img", json={"sampler_name": "Bogus", **SMALL})
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "HTTPException", "detail": "Sampler not found", "body": "", "errors": ""}
+    malformed = client.post("/sdapi/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"})
+    assert malformed.status_code == 422 and isinstance(malformed.json()["detail"], list)
+    wrong_type = client.post("/sdapi/v1/txt2img", json={"steps": "many"})
+    assert wrong_type.status_code == 422 and wrong_type.json()["detail"][0]["loc"] == ["body", "steps"]
+    for field, value in (("steps", 10_000), ("width", 100_000), ("batch_size", 500), ("width", 65)):
+        refused = client.post("/sdapi/v1/txt2img", json={**SMALL, field: value})
+        assert refused.status_code == 422, (field, value)
+    script = client.post("/sdapi/v1/txt2img", json={"script_name": "x/y/z plot", **SMALL})
+    assert script.status_code == 422 and script.json()["detail"] == "Script 'x/y/z plot' not found"
+    assert client.post("/sdapi/v1/img2img", json=SMALL).json()["detail"] == "Init image not found"
+    assert client.post("/sdapi/v1/txt2img", json={"prompt": "still works", **SMALL}).status_code == 200
+
+
+def test_img2img_accepts_data_uri_and_blanks_init_images_in_echo(client):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(buffer, format="PNG")
+    data_uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    response = client.post("/sdapi/v1/img2img", json={"init_images": [data_uri], "denoising_strength": 0.5, **SMALL})
+    assert response.status_code == 200
+    assert response.json()["parameters"]["init_images"] is None
+    assert "Denoising strength: 0.5" in json.loads(response.json()["info"])["infotexts"][0]
+    bad = client.post("/sdapi/v1/img2img", json={"init_images": ["not-an-image"], **SMALL})
+    assert bad.status_code == 500 and bad.json()["detail"] == "Invalid encoded image"
+
+
+def test_png_info_round_trip(client):
+    image_b64 = client.post("/sdapi/v1/txt2img", json={"prompt": "a, b: c", "seed": 5, **SMALL}).json()["images"][0]
+    info = client.post("/sdapi/v1/png-info", json={"image": image_b64}).json()
+    assert info["info"].startswith("a, b: c\nSteps: 2")
+    assert info["parameters"]["Prompt"] == "a, b: c" and info["parameters"]["Seed"] == "5"
+    assert info["parameters"]["Size-1"] == "64"
+
+
+def test_catalogue_routes(client, generator):
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert models[0]["title"] == generator.model.title and len(models[0]["hash"]) == 10
+    options = client.get("/sdapi/v1/options").json()
+    assert options["sd_model_checkpoint"] == models[0]["title"]
+    assert options["sd_checkpoint_hash"] == models[0]["sha256"]
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": models[0]["title"]}).json() is None
+    missing = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "other.safetensors"})
+    assert missing.status_code == 500 and missing.json()["detail"] == "model 'other.safetensors' not found"
+    loras = {entry["name"]: entry for entry in client.get("/sdapi/v1/loras").json()}
+    assert set(loras) == {"toy", "style"} and loras["toy"]["alias"] == "dwjz_toy"
+    assert not loras["toy"]["path"].startswith("/")  # never leak the server's filesystem layout
+    assert client.post("/sdapi/v1/refresh-loras").json() is None
+    assert "DPM++ 2M" in {s["name"] for s in client.get("/sdapi/v1/samplers").json()}
+    assert "karras" in {s["name"] for s in client.get("/sdapi/v1/schedulers").json()}
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    memory = client.get("/sdapi/v1/memory").json()
+    assert memory["ram"]["total"] > 0 and "cuda" in memory
+    assert client.get("/internal/ping").json() == {}
+    progress = client.get("/sdapi/v1/progress").json()
+    assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
+    assert client.post("/sdapi/v1/interrupt").json() == {}
+    assert client.get("/sdapi/v1/upscalers").json() == []
+    assert client.get("/nope").status_code == 404
+
+
+def test_auth_on_every_route_but_ping(generator):
+    app = create_app(ServerSettings(api_auth=(("alice", "s3cret:x"),)), generator=generator)
+    with TestClient(app) as client:
+        assert client.get("/internal/ping").status_code == 200
+        for path in ("/sdapi/v1/sd-models", "/sdapi/v1/loras", "/ui/", "/docs", "/openapi.json"):
+            response = client.get(path)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"].startswith("Basic")
+        assert client.get("/sdapi/v1/loras", auth=("alice", "wrong")).json()["detail"] == \
+            "Incorrect username or password"
+        assert client.get("/sdapi/v1/loras", auth=("alice", "s3cret:x")).status_code == 200
+
+
+def test_listen_requires_auth_and_cors_is_off_by_default(generator):
+    from lorapipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--api-auth"):
+        ServerSettings(host="0.0.0.0")
+    origin = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(ServerSettings(), generator=generator)) as client:
+        preflight = client.options("/sdapi/v1/txt2img", headers=origin)
+        assert "access-control-allow-origin" not in preflight.headers
+    listed = ServerSettings(cors_origins=("http://good.example",), api_auth=(("u", "p"),))
+    with TestClient(create_app(listed, generator=generator)) as client:
+        good = client.options("/sdapi/v1/txt2img", headers={**origin, "Origin": "http://good.example"})
+        assert good.status_code == 200
+        assert good.headers["access-control-allow-origin"] == "http://good.example"
+        evil = client.options("/sdapi/v1/txt2img", headers=origin)
+        assert evil.headers.get("access-control-allow-origin") != "http://evil.example"
+
+
+def test_body_and_pixel_caps(generator):
+    settings = ServerSettings(limits=Limits(max_body_bytes=2000, max_pixels=64 * 64))
+    with TestClient(create_app(settings, generator=generator)) as client:
+        big = client.post("/sdapi/v1/txt2img", json={"prompt": "x" * 5000})
+        assert big.status_code == 413
+        assert client.post("/sdapi/v1/txt2img", json={"width": 128, "height": 128, "steps": 1}).status_code == 422
+        buffer = io.BytesIO()
+        Image.new("L", (100, 100)).save(buffer, format="PNG", optimize=True)
+        huge = base64.b64encode(buffer.getvalue()).decode()
+        assert client.post("/sdapi/v1/png-info", json={"image": huge}).status_code == 422
