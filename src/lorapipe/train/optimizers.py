@@ -114,11 +114,10 @@ def build_optimizer(optimizer_type: str | None, optimizer_args, param_groups: li
     name = optimizer_type or "AdamW"
     key = name.lower()
     kwargs = parse_optimizer_args(optimizer_args)
+    if _REGISTRY.get(key, ("", "", None))[2] == _BNB and device_type != "cuda":
+        raise ConfigError(f"optimizer_type: {name} (bitsandbytes) needs a CUDA GPU; this run is on "
+                          f"{device_type}; use AdamW or Adafactor here")
     cls = _resolve_class(name)
-    if key.startswith("paged") or key.endswith("8bit"):
-        if device_type != "cuda":
-            raise ConfigError(f"optimizer_type: {name} (bitsandbytes 8-bit) needs a CUDA GPU; this run is on "
-                              f"{device_type}; use AdamW or Adafactor here")
     call_kwargs = dict(kwargs)
     relative_step = False
     lr: float | None = learning_rate

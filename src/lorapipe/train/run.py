@@ -50,13 +50,14 @@ def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None,
     t0 = time.perf_counter()
     plan = plan_run(Path(dataset_dir), base_model=base_model, output_dir=Path(output_dir) if output_dir else None,
                     config_path=Path(config_path) if config_path else None, overrides=overrides)
+    resume_folder = _check_resume(resume, plan) if resume else None
     from lorapipe.train.session import build_session
 
     session = build_session(plan)
     t_loaded = time.perf_counter()
     run = _Run(plan, session, Path(state_dir) if state_dir else plan.output_dir, stop_after_steps, show_progress,
                step_lines, seconds_model_load=t_loaded - t0)
-    start = run.resume_from(resume)
+    start = run.resume_from(resume_folder)
     with _stop_on(stop_signals, run.request_stop):
         return run.train(start)
 
@@ -84,16 +85,9 @@ class _Run:
         self.progress = None
 
     # ---- start ---------------------------------------------------------------------------------------------
-    def resume_from(self, resume) -> TrainState:
-        fresh = TrainState(0, 1, 0, self.plan.dataset_hash)
-        if not resume:
-            return fresh
-        from lorapipe.errors import TrainingError
-
-        folder = newest_state(Path(resume))
+    def resume_from(self, folder: Path | None) -> TrainState:
         if folder is None:
-            raise TrainingError(f"resume: {resume} holds no complete state folder (train_state.json); "
-                                "pass a <name>-state folder written with save_state = true")
+            return TrainState(0, 1, 0, self.plan.dataset_hash)
         s = self.session
         return load_state(folder, network=s.models.network, optimizer=s.optimizer, lr_scheduler=s.lr_scheduler,
                           scaler=s.scaler, dataset_hash=self.plan.dataset_hash)
@@ -212,7 +206,7 @@ class _Run:
         plan = self.plan
         steps_run = len(self.losses)
         summary = TrainSummary(
-            status=status, lora_file=str(lora) if lora else None, output_name=plan.output_name,
+            status=status, lora_file=str(Path(lora).resolve()) if lora else None, output_name=plan.output_name,
             dataset_hash=plan.dataset_hash, total_steps=plan.total_steps, steps_done=state.current_step,
             epochs=plan.epochs, batches_per_epoch=plan.batches_per_epoch,
             final_loss=self.losses[-1] if self.losses else None,
@@ -225,6 +219,22 @@ class _Run:
             state_folder=str(self.last_state) if self.last_state else None,
             config=_config_dict(plan.config))
         return write_summary(plan.output_dir, summary)
+
+
+def _check_resume(resume, plan: RunPlan) -> Path:
+    """Find the state folder to resume from and refuse a different dataset, before any model loads."""
+    from lorapipe.errors import TrainingError
+    from lorapipe.train.checkpoints import read_train_state
+
+    folder = newest_state(Path(resume))
+    if folder is None:
+        raise TrainingError(f"resume: {resume} holds no complete state folder (train_state.json); "
+                            "pass a <name>-state folder written with save_state = true")
+    recorded = read_train_state(folder).dataset_hash
+    if recorded and recorded != plan.dataset_hash:
+        raise TrainingError(f"resume: {folder} was trained on a different dataset (images, captions or repeats "
+                            "changed); resume with the same dataset or start a new run without --resume")
+    return folder
 
 
 def _config_dict(cfg) -> dict:
