@@ -160,3 +160,14 @@ def test_header_reader_rejects_truncated_files(tmp_path):
 def test_header_reader_reports_missing_file(tmp_path):
     with pytest.raises(ModelLoadError, match="missing.safetensors"):
         read_lora_header(tmp_path / "missing.safetensors")
+
+
+def test_same_tensors_and_metadata_give_the_same_bytes(tmp_path):
+    """Reproducible runs: safetensors' own writer orders metadata keys differently from call to call."""
+    metadata = {f"ss_key_{i}": str(i) for i in range(50)} | METADATA
+    first = save_kohya_lora(tmp_path / "a.safetensors", lora_tensors(), metadata).read_bytes()
+    reordered = dict(reversed(list(metadata.items())))
+    second = save_kohya_lora(tmp_path / "b.safetensors", lora_tensors(), reordered).read_bytes()
+    assert first == second
+    header = json.loads(first[8:8 + struct.unpack("<Q", first[:8])[0]])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])

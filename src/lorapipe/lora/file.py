@@ -40,8 +40,13 @@ def safetensors_hashes(data: bytes) -> tuple[str, str]:
 
 
 def save_kohya_lora(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
-    """Write `tensors` with `metadata` plus `sshs_*` hashes to `path` atomically; returns the path."""
-    from safetensors.torch import save, save_file
+    """Write `tensors` with `metadata` plus `sshs_*` hashes to `path` atomically; returns the path.
+
+    The same tensors and metadata always give the same bytes: the header is written with sorted keys (safetensors'
+    own writer orders `__metadata__` differently from run to run), and the tensor data is laid out exactly as
+    safetensors lays it out, so `sshs_model_hash` equals what sd-scripts computes for the same tensors.
+    """
+    from safetensors.torch import save
 
     path = Path(path)
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
@@ -50,19 +55,34 @@ def save_kohya_lora(path: Path, tensors: Mapping[str, Any], metadata: Mapping[st
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
     full = dict(metadata)
     ss_only = {k: v for k, v in full.items() if k.startswith("ss_")}
-    full["sshs_model_hash"], full["sshs_legacy_hash"] = safetensors_hashes(save(state, ss_only))
+    serialized = save(state, ss_only)
+    full["sshs_model_hash"], full["sshs_legacy_hash"] = safetensors_hashes(serialized)
+    header, data = _rewrite_header(serialized, full)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(state, str(tmp), metadata=full)
-        _fsync_file(tmp)
+        with tmp.open("wb") as handle:
+            handle.write(header)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _rewrite_header(serialized: bytes, metadata: Mapping[str, str]) -> tuple[bytes, memoryview]:
+    """(8-byte length + sorted JSON header padded to 8 bytes with spaces, the unchanged tensor data)."""
+    (header_len,) = struct.unpack("<Q", serialized[:8])
+    header = json.loads(serialized[8:8 + header_len])
+    header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw, memoryview(serialized)[8 + header_len:]
 
 
 def read_lora_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
@@ -109,14 +129,6 @@ def _parse_header(path: Path, header: Any, *, data_size: int) -> tuple[dict[str,
                                  f"{data_size} bytes); the file is truncated or corrupt, re-copy it")
         index[name] = (dtype, shape)
     return dict(metadata), index
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
