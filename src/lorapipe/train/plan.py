@@ -60,7 +60,6 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
     resolve_base_model(str(model_spec))
     max_tokens = check_max_token_length(cfg.max_token_length)
     prompts = tuple(load_sample_prompts(Path(cfg.sample_prompts))) if cfg.sample_prompts else ()
-    _check_options(cfg, source)
     check_cache_compatibility(cache_latents=cfg.cache_latents or cfg.cache_latents_to_disk,
                               cache_text_encoder_outputs=cfg.cache_text_encoder_outputs
                               or cfg.cache_text_encoder_outputs_to_disk,
@@ -82,24 +81,6 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
                    base_model=str(model_spec), output_dir=out, output_name=cfg.output_name or "last",
                    total_steps=steps, epochs=epochs, batches_per_epoch=batches, updates_per_epoch=updates,
                    seed=int(seed), max_token_length=max_tokens, sample_prompts=prompts)
-
-
-def _check_options(cfg, source: str) -> None:
-    """Option combinations sd-scripts refuses, checked without torch."""
-    from lorapipe.train.loss import HUBER_SCHEDULES, LOSS_TYPES
-
-    if cfg.loss_type not in LOSS_TYPES:
-        raise ConfigError(f"{source}: loss_type = {cfg.loss_type!r}; use one of {', '.join(LOSS_TYPES)}")
-    if cfg.huber_schedule not in HUBER_SCHEDULES:
-        raise ConfigError(f"{source}: huber_schedule = {cfg.huber_schedule!r}; use one of {', '.join(HUBER_SCHEDULES)}")
-    if (cfg.min_timestep or 0) > (cfg.max_timestep if cfg.max_timestep is not None else 1000):
-        raise ConfigError(f"{source}: min_timestep {cfg.min_timestep} is above max_timestep {cfg.max_timestep}")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"{source}: mixed_precision = {cfg.mixed_precision!r}; use no, fp16 or bf16")
-    if cfg.save_precision not in (None, "float", "fp16", "bf16"):
-        raise ConfigError(f"{source}: save_precision = {cfg.save_precision!r}; use float, fp16 or bf16")
-    if (cfg.save_model_as or "safetensors") != "safetensors":
-        raise ConfigError(f"{source}: save_model_as = {cfg.save_model_as!r}; lorapipe writes safetensors only")
 
 
 def _check_writable(folder: Path, source: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lorapipe.train.checkpoints import TrainState, load_state, newest_state, remove_quietly, save_state
 from lorapipe.train.loop import NonFiniteLoss, run_loop
+from lorapipe.train.memory_advice import is_out_of_memory, out_of_memory_error
 from lorapipe.train.naming import STATE_SUFFIX, epoch_name, last_name, step_name
 from lorapipe.train.options import save_cadence
 from lorapipe.train.plan import RunPlan, plan_run
@@ -47,26 +48,31 @@ def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None,
     state folders go (default: the output folder). `stop_signals`: signals (e.g. SIGTERM) that save state and
     stop. `stop_after_steps`: stop (with state saved) after that many steps, as if a signal had arrived.
     """
-    t0 = time.perf_counter()
-    plan = plan_run(Path(dataset_dir), base_model=base_model, output_dir=Path(output_dir) if output_dir else None,
-                    config_path=Path(config_path) if config_path else None, overrides=overrides)
-    resume_folder = _check_resume(resume, plan) if resume else None
-    from lorapipe.train.session import build_session
+    stop = threading.Event()
+    with _stop_on(stop_signals, lambda *_: stop.set()):
+        t0 = time.perf_counter()
+        plan = plan_run(Path(dataset_dir), base_model=base_model,
+                        output_dir=Path(output_dir) if output_dir else None,
+                        config_path=Path(config_path) if config_path else None, overrides=overrides)
+        resume_folder = _check_resume(resume, plan) if resume else None
+        from lorapipe.train.session import build_session
 
-    session = build_session(plan)
-    t_loaded = time.perf_counter()
-    run = _Run(plan, session, Path(state_dir) if state_dir else plan.output_dir, stop_after_steps, show_progress,
-               step_lines, seconds_model_load=t_loaded - t0)
-    start = run.resume_from(resume_folder)
-    with _stop_on(stop_signals, run.request_stop):
-        return run.train(start)
+        try:
+            session = build_session(plan)
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory_error(plan.config, "while loading the models") from None
+            raise
+        run = _Run(plan, session, Path(state_dir) if state_dir else plan.output_dir, stop_after_steps,
+                   show_progress, step_lines, seconds_model_load=time.perf_counter() - t0, stop=stop)
+        return run.train(run.resume_from(resume_folder))
 
 
 class _Run:
     """Hooks and bookkeeping of one run (the loop calls after_step / after_epoch)."""
 
     def __init__(self, plan: RunPlan, session, state_dir: Path, stop_after_steps, show_progress, step_lines,
-                 seconds_model_load: float):
+                 seconds_model_load: float, stop: threading.Event):
         from lorapipe.train.saving import LoraWriter
 
         self.plan, self.session, self.state_dir = plan, session, state_dir
@@ -76,13 +82,14 @@ class _Run:
         self.stop_after_steps = stop_after_steps
         self.show_progress, self.step_lines = show_progress, step_lines
         self.seconds_model_load = seconds_model_load
-        self.stop_requested = threading.Event()
+        self.stop_requested = stop
         self.losses: list[float] = []
         self.epoch_losses: list[float] = []
         self.saved: list[Path] = []
         self.samples: list[Path] = []
         self.last_state: Path | None = None
         self.progress = None
+        self.state: TrainState | None = None
 
     # ---- start ---------------------------------------------------------------------------------------------
     def resume_from(self, folder: Path | None) -> TrainState:
@@ -91,9 +98,6 @@ class _Run:
         s = self.session
         return load_state(folder, network=s.models.network, optimizer=s.optimizer, lr_scheduler=s.lr_scheduler,
                           scaler=s.scaler, dataset_hash=self.plan.dataset_hash)
-
-    def request_stop(self, *_args) -> None:
-        self.stop_requested.set()
 
     # ---- the run -------------------------------------------------------------------------------------------
     def train(self, start: TrainState) -> TrainResult:
@@ -107,19 +111,27 @@ class _Run:
             self.progress.note(f"warning: {warning}")
         t_start = time.perf_counter()
         status, state = "finished", start
+        self.state = start
         try:
             if self.cfg.sample_at_first and start.current_step == 0:
                 self._sample(step=0, epoch=None)
-            state = run_loop(self.session, plan, start, self)
+            # A stop that arrived while the models loaded ends the run before its first step.
+            state = start if self.stop_requested.is_set() else run_loop(self.session, plan, start, self)
             if self.stop_requested.is_set() or (self.stop_after_steps and state.current_step < plan.total_steps
                                                 and state.current_step >= self.stop_after_steps):
                 status = "interrupted"
                 self.last_state = self._save_state(step_name(plan.output_name, state.current_step), state)
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                self._write_summary("failed", None, self.state, time.perf_counter() - t_start)
+                raise out_of_memory_error(self.cfg, f"after step {self.state.current_step}") from None
+            raise
         except NonFiniteLoss:
             # The weights are still those of the last good step: keep them as a step file, then report.
-            self.saved.append(self.writer.save(step_name(plan.output_name, state.current_step),
-                                               steps=state.current_step, epoch=state.current_epoch))
-            self._write_summary("failed", None, state, time.perf_counter() - t_start)
+            good = self.state
+            self.saved.append(self.writer.save(step_name(plan.output_name, good.current_step),
+                                               steps=good.current_step, epoch=good.current_epoch))
+            self._write_summary("failed", None, good, time.perf_counter() - t_start)
             raise
         finally:
             self.progress.close()
@@ -138,6 +150,7 @@ class _Run:
 
     # ---- hooks called by the loop ----------------------------------------------------------------------------
     def after_step(self, report, state: TrainState) -> bool:
+        self.state = state
         self.losses.append(report.loss)
         self.epoch_losses.append(report.loss)
         avg = sum(self.epoch_losses) / len(self.epoch_losses)
@@ -162,6 +175,7 @@ class _Run:
         return self.stop_requested.is_set()
 
     def after_epoch(self, epoch: int, state: TrainState) -> bool:
+        self.state = state
         self.progress.epoch_end(epoch, sum(self.epoch_losses) / max(1, len(self.epoch_losses)))
         self.epoch_losses = []
         name = self.plan.output_name

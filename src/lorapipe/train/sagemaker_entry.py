@@ -1,0 +1,74 @@
+"""SageMaker bring-your-own-container entry point: `python -m lorapipe.train.sagemaker_entry [--opt-ml-root DIR] [train]`.
+
+Reads the training channel (`<root>/input/data/train`, Kohya layout, optional kohya-sdxl-config.toml on top) and
+`hyperparameters.json` (every value a string -> `--set key=value`), writes the LoRA and `train_summary.json` to
+`<root>/model`, keeps state folders in `<root>/checkpoints` (SageMaker syncs them to S3) and resumes from the
+newest complete one. SIGTERM (StopTrainingJob, spot reclaim) saves a state there and exits non-zero. Any failure
+writes `<root>/output/failure` with the cause first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process stopped by SIGTERM
+
+
+def main(argv=None) -> int:
+    from lorapipe.container_contract import (OptMl, find_dataset_config, hyperparameters_to_overrides,
+                                             read_hyperparameters, read_resource_config, require_channel,
+                                             write_failure)
+    from lorapipe.errors import LorapipeError
+
+    parser = argparse.ArgumentParser(prog="lorapipe.train.sagemaker_entry")
+    parser.add_argument("--opt-ml-root", help="SageMaker root (default: $LORAPIPE_OPT_ML or /opt/ml)")
+    parser.add_argument("mode", nargs="?", default="train", help="SageMaker passes 'train'; ignored")
+    args = parser.parse_args(argv)
+    opt_ml = OptMl.resolve(args.opt_ml_root)
+    try:
+        if not read_resource_config(opt_ml).is_leader:
+            print("not the leader host; lorapipe trains on one host, nothing to do here")
+            return 0
+        channel = require_channel(opt_ml, "train")
+        overrides = hyperparameters_to_overrides(read_hyperparameters(opt_ml))
+        checkpoints = opt_ml.checkpoints_dir
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        result = _train(channel, find_dataset_config(channel), overrides, opt_ml.model_dir, checkpoints)
+    except LorapipeError as exc:
+        text = str(exc)
+        write_failure(opt_ml, text.splitlines()[0], detail=text)
+        print(f"lorapipe: error: {text}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - SageMaker needs a failure file for anything that goes wrong
+        write_failure(opt_ml, f"internal error: {type(exc).__name__}: {exc}", detail=traceback.format_exc())
+        traceback.print_exc()
+        return 1
+    if result.status != "finished":
+        write_failure(opt_ml, f"training interrupted at step {result.steps_done}/{result.total_steps}; state saved "
+                      f"in {result.state_path}; start a job with the same checkpoint location to resume")
+        return EXIT_INTERRUPTED
+    print(f"LoRA written to {result.lora_path}")
+    return 0
+
+
+def _train(channel: Path, config_path: Path | None, overrides, model_dir: Path, checkpoints: Path):
+    from lorapipe.train.checkpoints import newest_state
+    from lorapipe.train.run import run_training
+
+    resume = newest_state(checkpoints)
+    with tempfile.TemporaryDirectory(prefix="lorapipe-config-") as scratch:
+        if config_path is None:  # no TOML in the channel: hyperparameters alone configure the run
+            config_path = Path(scratch) / "kohya-sdxl-config.toml"
+            config_path.write_text("", encoding="utf-8")
+        return run_training(channel, output_dir=model_dir, config_path=config_path, overrides=overrides,
+                            resume=resume, state_dir=checkpoints, stop_signals=(signal.SIGTERM,),
+                            show_progress=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
