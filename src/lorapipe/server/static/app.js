@@ -59,7 +59,9 @@ function status(text, isError) { $("status").textContent = text; $("status").cla
 function showResults(response) {
   const info = JSON.parse(response.info);
   const grid = $("results");
-  response.images.forEach((b64, i) => {
+  // Newest request first, and within it the images in seed order.
+  [...response.images].reverse().forEach((b64, j) => {
+    const i = response.images.length - 1 - j;
     const card = document.createElement("figure");
     card.className = "result";
     card.style.margin = "0";
