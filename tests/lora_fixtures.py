@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import functools
+
+import pytest
 from dataclasses import dataclass
 from typing import Any
+
+
+@pytest.fixture(autouse=False)
+def torch_single_thread():
+    """One intra-op thread while a LoRA test runs: on the shared 2-core machine tiny matmuls with several threads
+    spin against other processes and run ~50x slower. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_models(seed: int = 0) -> dict[str, Any]:

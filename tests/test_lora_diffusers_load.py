@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lora_fixtures import outputs, probe_inputs, randomize_lora
+from lora_fixtures import outputs, probe_inputs, randomize_lora, torch_single_thread  # noqa: F401
 
 from lorapipe.lora.file import save_kohya_lora
 from lorapipe.lora.network import attach_kohya_lora
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lora_fixtures import outputs, probe_inputs, randomize_lora, tiny_models
+from lora_fixtures import outputs, probe_inputs, randomize_lora, tiny_models, torch_single_thread  # noqa: F401
 
 from lorapipe.errors import ConfigError, TrainingError
 from lorapipe.lora.network import attach_kohya_lora
 from lorapipe.lora.targets import kohya_target_names
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def attach(models, **options):
@@ -202,3 +204,56 @@ def test_rejects_impossible_options(models):
         attach(models, dropout=1.5)
     with pytest.raises(ConfigError, match="conv_dim"):
         attach(models, conv_dim=-1)
+    with pytest.raises(ConfigError, match="rank_dropout"):
+        attach(models, rank_dropout=1.0)
+
+
+def test_rank_dropout_zeroes_whole_rank_channels_per_sample(models):
+    network = attach(models, rank_dropout=0.5, conv_dim=2, train_text_encoder=False)
+    by_kind = {t.kind: t for t in network.targets.unet}
+    down = network.lora_layer(by_kind["linear"]).lora_A["kohya"]
+    down.train()
+    x = torch.randn(4, 7, down.in_features)  # (batch, tokens, features) as inside a transformer block
+    torch.manual_seed(0)
+    out, plain = down(x), x @ down.weight.T
+    dropped = (out == 0).all(dim=1)  # (batch, rank): a channel is zero for every token of that sample or none
+    assert dropped.any() and (~dropped).any()
+    torch.testing.assert_close(out.permute(0, 2, 1)[~dropped], 2 * plain.permute(0, 2, 1)[~dropped])
+    conv = network.lora_layer(by_kind["conv3x3"]).lora_A["kohya"]
+    conv.train()
+    feature = conv(torch.randn(4, conv.in_channels, 5, 5))
+    per_channel = (feature == 0).flatten(2).all(dim=2)
+    assert per_channel.any() and (~per_channel).any()
+
+
+def test_module_dropout_skips_the_whole_update_sometimes(models):
+    network = attach(models, module_dropout=0.5, train_text_encoder=False)
+    down = network.lora_layer(network.targets.unet[0]).lora_A["kohya"]
+    down.train()
+    x = torch.randn(2, down.in_features)
+    torch.manual_seed(0)
+    results = [bool((down(x) == 0).all()) for _ in range(40)]
+    assert any(results) and not all(results)
+    down.eval()
+    assert not (down(x) == 0).all()
+
+
+def test_full_sdxl_attaches_on_the_meta_device_with_kohya_shapes():
+    """The real-size path: peft wraps exactly Kohya's 788 + 264 modules with sd-scripts' tensor shapes."""
+    from lorapipe.sdxl.factory import build_models
+
+    full = build_models("full", device="meta")
+    network = attach_kohya_lora(full["unet"], full["text_encoder"], full["text_encoder_2"], network_dim=16,
+                                network_alpha=8.0, conv_dim=4, conv_alpha=1.0, dropout=None, lora_dtype=None)
+    assert network.num_modules == {"unet": 788, "text_encoder": 72, "text_encoder_2": 192}
+    shapes = network.kohya_shapes()
+    assert len(shapes) == 3 * 1052
+    assert shapes["lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight"] == (16, 2048)
+    assert shapes["lora_unet_middle_block_1_transformer_blocks_9_ff_net_0_proj.lora_up.weight"] == (10240, 16)
+    assert shapes["lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight"] == (4, 320, 3, 3)
+    assert shapes["lora_unet_output_blocks_2_2_conv.lora_up.weight"] == (1280, 4, 1, 1)
+    assert shapes["lora_unet_input_blocks_4_0_skip_connection.lora_down.weight"] == (16, 320, 1, 1)
+    assert shapes["lora_te2_text_model_encoder_layers_31_mlp_fc1.lora_up.weight"] == (5120, 16)
+    assert shapes["lora_te1_text_model_encoder_layers_11_self_attn_out_proj.lora_down.weight"] == (16, 768)
+    assert network.alphas["lora_unet_output_blocks_2_2_conv"] == 1.0
+    assert network.alphas["lora_unet_input_blocks_4_0_skip_connection"] == 8.0

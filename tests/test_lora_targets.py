@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lora_fixtures import torch_single_thread  # noqa: F401
 
 from lorapipe.lora.targets import CONV1X1, CONV3X3, LINEAR, kohya_target_names
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")

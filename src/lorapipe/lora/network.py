@@ -7,7 +7,8 @@ Where peft and sd-scripts differ, and what we do:
 - Initialisation: both use Kaiming-uniform (a = sqrt(5)) for down and zeros for up, so a fresh network is a no-op.
 - `network_dropout`: sd-scripts drops the *down output* (rank activations); peft's `lora_dropout` drops the layer
   *input*. We keep peft's dropout at 0 and add a forward hook on each `lora_A` that applies dropout to its output,
-  which is sd-scripts' semantics exactly.
+  which is sd-scripts' semantics exactly. The same hook does sd-scripts' `rank_dropout` (whole rank channels per
+  sample, kept ones scaled by 1/(1-p)) and `module_dropout` (the whole LoRA skipped with probability p).
 - Conv LoRA: peft's Conv2d LoRA has down = conv with the layer's kernel/stride/padding and up = 1x1 conv, the same
   shapes sd-scripts saves ([dim, in, k, k] and [out, dim, 1, 1]).
 - alpha = None or 0 means alpha = dim (sd-scripts); peft's `lora_alpha` is set accordingly.
@@ -110,6 +111,16 @@ class KohyaLoraNetwork:
         return groups
 
     # ---- Kohya state dict ------------------------------------------------------------------------------------
+    def kohya_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Kohya key -> tensor shape, without touching the data (works on the meta device)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for target in self.targets:
+            layer = self.lora_layer(target)
+            shapes[f"{target.kohya_name}.lora_down.weight"] = tuple(layer.lora_A[ADAPTER_NAME].weight.shape)
+            shapes[f"{target.kohya_name}.lora_up.weight"] = tuple(layer.lora_B[ADAPTER_NAME].weight.shape)
+            shapes[f"{target.kohya_name}.alpha"] = ()
+        return shapes
+
     def kohya_state_dict(self, dtype: Any = None) -> dict[str, Any]:
         """Kohya-named tensors (`.lora_down.weight`, `.lora_up.weight`, scalar `.alpha`) on CPU in `dtype`.
 
@@ -202,6 +213,8 @@ def attach_kohya_lora(
     train_text_encoder: bool = True,
     seed: int | None = None,
     lora_dtype: Any = "float32",
+    rank_dropout: float | None = None,
+    module_dropout: float | None = None,
 ) -> KohyaLoraNetwork:
     """Wrap Kohya's target layers with peft LoRA; freeze every base parameter; return the network.
 
@@ -217,8 +230,10 @@ def attach_kohya_lora(
         raise ConfigError(f"network_dim: must be a positive integer, got {network_dim}")
     if conv_dim is not None and int(conv_dim) <= 0:
         raise ConfigError(f"network_args conv_dim: must be a positive integer, got {conv_dim}")
-    if dropout is not None and not 0 <= float(dropout) < 1:
-        raise ConfigError(f"network_dropout: must be in [0, 1), got {dropout}")
+    for key, value in (("network_dropout", dropout), ("network_args rank_dropout", rank_dropout),
+                       ("network_args module_dropout", module_dropout)):
+        if value is not None and not 0 <= float(value) < 1:
+            raise ConfigError(f"{key}: must be in [0, 1), got {value}")
     if not (train_unet or train_text_encoder):
         raise ConfigError("network_train_unet_only and network_train_text_encoder_only: both set; choose one")
     alpha = _kohya_alpha(network_alpha, dim)
@@ -252,8 +267,10 @@ def attach_kohya_lora(
             param.data = param.data.to(dtype)
     for param in network.lora_parameters():
         param.requires_grad_(True)
-    if dropout:
-        network._hooks += _add_down_output_dropout(network, float(dropout))
+    dropouts = KohyaDropouts(float(dropout or 0), float(rank_dropout or 0), float(module_dropout or 0))
+    if dropouts.active:
+        network._hooks += [network.lora_layer(t).lora_A[ADAPTER_NAME].register_forward_hook(dropouts.hook)
+                           for t in network.targets]
     return network
 
 
@@ -287,14 +304,43 @@ def _inject(model: Any, targets: Sequence[KohyaTarget], dim: int, alpha: float, 
     return tuner
 
 
-def _add_down_output_dropout(network: KohyaLoraNetwork, p: float) -> list[Any]:
-    """sd-scripts' `network_dropout`: dropout on the down projection's output, only in training mode."""
-    import torch.nn.functional as F
+@dataclass(frozen=True)
+class KohyaDropouts:
+    """sd-scripts' three LoRA dropouts, applied to the down projection's output in training mode only."""
 
-    def hook(module: Any, _inputs: Any, output: Any) -> Any:
-        return F.dropout(output, p=p, training=module.training)
+    neuron: float = 0.0  # network_dropout: single activations
+    rank: float = 0.0  # rank_dropout: whole rank channels per sample
+    module: float = 0.0  # module_dropout: the whole LoRA update
 
-    return [network.lora_layer(t).lora_A[ADAPTER_NAME].register_forward_hook(hook) for t in network.targets]
+    @property
+    def active(self) -> bool:
+        return bool(self.neuron or self.rank or self.module)
+
+    def hook(self, module: Any, _inputs: Any, output: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        if not module.training:
+            return output
+        if self.module and torch.rand(1).item() < self.module:
+            return output * 0  # sd-scripts calls the original forward only; the LoRA adds nothing
+        if self.neuron:
+            output = F.dropout(output, p=self.neuron)
+        if self.rank:
+            output = output * _rank_mask(output, self.rank) / (1.0 - self.rank)
+        return output
+
+
+def _rank_mask(output: Any, p: float) -> Any:
+    """Keep-mask over (batch, rank), broadcast like sd-scripts: rank is dim 1 for convs, the last dim otherwise."""
+    import torch
+
+    is_conv = output.dim() == 4
+    rank = output.shape[1] if is_conv else output.shape[-1]
+    mask = (torch.rand(output.shape[0], rank, device=output.device) > p).to(output.dtype)
+    if is_conv:
+        return mask[:, :, None, None]
+    return mask.view(output.shape[0], *([1] * (output.dim() - 2)), rank)
 
 
 def _kohya_alpha(alpha: float | None, dim: int) -> float:
