@@ -121,6 +121,9 @@ def build_optimizer(optimizer_type: str | None, optimizer_args, param_groups: li
     call_kwargs = dict(kwargs)
     relative_step = False
     lr: float | None = learning_rate
+    if key in ("adamw", "sgdnesterov") and "foreach" not in call_kwargs:
+        # LoRA has hundreds of small tensors: the multi-tensor kernels step them together (same math).
+        call_kwargs["foreach"] = True
     if key == "sgdnesterov":
         call_kwargs.setdefault("momentum", 0.9)
         call_kwargs["nesterov"] = True

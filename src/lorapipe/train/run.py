@@ -90,6 +90,8 @@ class _Run:
         self.last_state: Path | None = None
         self.progress = None
         self.state: TrainState | None = None
+        self.epoch_seconds: list[float] = []
+        self._epoch_started = time.perf_counter()
 
     # ---- start ---------------------------------------------------------------------------------------------
     def resume_from(self, folder: Path | None) -> TrainState:
@@ -109,7 +111,7 @@ class _Run:
                                  step_lines=self.step_lines)
         for warning in plan.warnings:
             self.progress.note(f"warning: {warning}")
-        t_start = time.perf_counter()
+        t_start = self._epoch_started = time.perf_counter()
         status, state = "finished", start
         self.state = start
         try:
@@ -176,6 +178,9 @@ class _Run:
 
     def after_epoch(self, epoch: int, state: TrainState) -> bool:
         self.state = state
+        now = time.perf_counter()
+        self.epoch_seconds.append(round(now - self._epoch_started, 4))
+        self._epoch_started = now
         self.progress.epoch_end(epoch, sum(self.epoch_losses) / max(1, len(self.epoch_losses)))
         self.epoch_losses = []
         name = self.plan.output_name
@@ -225,8 +230,9 @@ class _Run:
             epochs=plan.epochs, batches_per_epoch=plan.batches_per_epoch,
             final_loss=self.losses[-1] if self.losses else None,
             average_loss=sum(self.losses) / steps_run if steps_run else None,
-            seconds_model_load=round(self.seconds_model_load, 3), seconds_caching=0.0,
-            seconds_training=round(seconds, 3), steps_per_second=round(steps_run / seconds, 4) if seconds else None,
+            seconds_model_load=round(self.seconds_model_load, 3),
+            seconds_training=round(seconds, 3), seconds_per_epoch=list(self.epoch_seconds),
+            steps_per_second=round(steps_run / seconds, 4) if seconds else None,
             memory=peak_memory_bytes(self.session.models.device.type), device=str(self.session.models.device),
             saved_files=[str(p) for p in self.saved], sample_images=[str(p) for p in self.samples],
             warnings=list(plan.warnings), seed=plan.seed, losses=[round(x, 6) for x in self.losses],

@@ -39,7 +39,6 @@ class TrainSummary:
     final_loss: float | None
     average_loss: float | None
     seconds_model_load: float
-    seconds_caching: float
     seconds_training: float
     steps_per_second: float | None
     memory: dict[str, int]
@@ -48,6 +47,7 @@ class TrainSummary:
     sample_images: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seed: int | None = None
+    seconds_per_epoch: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     state_folder: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
