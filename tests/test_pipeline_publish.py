@@ -73,6 +73,7 @@ def test_publish_to_a_folder_and_the_lora_dir(tmp_path, log):
     assert json.loads((published / "publish.json").read_text())["sha256"] == artifact.sha256
     assert _sha(tmp_path / "loras" / "my-toy.safetensors") == _sha(artifact.lora)
     assert manifest["lora_path"] == str(tmp_path / "loras" / "my-toy.safetensors")
+    assert manifest["registry"]["name"] == "my-toy" and len(manifest["registry"]["sha256_tensors"]) == 64
     assert (artifact.folder / "dwjz_toy.safetensors.sha256").is_file(), "sidecars in the run folder too"
     assert not [p for p in (tmp_path / "loras").iterdir() if p.name != "my-toy.safetensors"], "no temp files left"
 

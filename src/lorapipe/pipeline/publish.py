@@ -11,10 +11,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from lorapipe.errors import LorapipeError, StoreError
+from lorapipe.errors import GenerationError, LorapipeError, StoreError
 from lorapipe.pipeline.artifact import Artifact, atomic_copy, write_sha256_sidecars
 from lorapipe.pipeline.hashing import sha256_file
 from lorapipe.pipeline.runlog import RunLog
+from lorapipe.registry import LoraRegistry, check_lora_name
 
 MANIFEST_NAME = "publish.json"
 
@@ -40,13 +41,24 @@ def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None,
     if sha256_file(target) != artifact.sha256[artifact.relative(artifact.lora)]:
         target.unlink()
         raise StoreError(f"{target}: copy does not match the trained LoRA's sha256; check the disk and run again")
+    entry = LoraRegistry(lora_dir).resolve(lora_name)
+    if entry is None or entry.path.resolve() != target.resolve():
+        problems = "; ".join(LoraRegistry(lora_dir).problems) or "not listed"
+        raise StoreError(f"{target}: the LoRA folder's catalogue does not list it ({problems}); check the file")
+    manifest["registry"] = {"name": entry.name, "short_hash": entry.short_hash,
+                            "sha256_tensors": entry.sha256_tensors}
     log.info(f"publish: LoRA available to the server as <lora:{lora_name}:1> ({target})")
     return manifest
 
 
 def _check_lora_name(name: str) -> None:
-    if not name or name.startswith(".") or any(ch in name for ch in "/\\\0:") or name != name.strip():
-        raise StoreError(f"--lora-name {name!r}: not a plain file name; use letters, digits, '-', '_' or '.'")
+    """The registry's own rule (names are file stems, never paths), reported as a publish error."""
+    try:
+        check_lora_name(name)
+    except GenerationError as exc:
+        raise StoreError(f"--lora-name {name!r}: not a plain file stem; use letters, digits, '-', '_' or '.'") from exc
+    if name.startswith("."):
+        raise StoreError(f"--lora-name {name!r}: a hidden file would not be listed; drop the leading '.'")
 
 
 def _upload(artifact: Artifact, run_id: str, output_url: str, endpoint_url: str | None, manifest: dict,
