@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorapipe.errors import ConfigError, TrainingError
+from lorapipe.lora.ranks import BlockRanks, UnetBlocks, plan_ranks
 from lorapipe.lora.targets import PARTS, TEXT_ENCODER_PARTS, KohyaTarget, KohyaTargets, kohya_target_names
 
 ADAPTER_NAME = "kohya"
@@ -215,10 +216,12 @@ def attach_kohya_lora(
     lora_dtype: Any = "float32",
     rank_dropout: float | None = None,
     module_dropout: float | None = None,
+    block_ranks: BlockRanks | None = None,
 ) -> KohyaLoraNetwork:
     """Wrap Kohya's target layers with peft LoRA; freeze every base parameter; return the network.
 
     `conv_dim` turns on conv LoRA (`network_args conv_dim=`); `conv_alpha` defaults to 1 as in sd-scripts.
+    `block_ranks` carries sd-scripts' block_dims/block_alphas/conv_block_dims/conv_block_alphas (`ranks.py`).
     `seed` makes the down-weight initialisation reproducible without touching the global RNG stream.
     `lora_dtype` is the dtype of the LoRA weights ("float32" as sd-scripts unless full_fp16/full_bf16; None keeps
     the base layers' dtype).
@@ -239,17 +242,23 @@ def attach_kohya_lora(
     alpha = _kohya_alpha(network_alpha, dim)
     c_dim = None if conv_dim is None else int(conv_dim)
     c_alpha = None if c_dim is None else _kohya_alpha(DEFAULT_CONV_ALPHA if conv_alpha is None else conv_alpha, c_dim)
+    blocks = block_ranks or BlockRanks()
 
     models = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     for model in models.values():
         if model is not None:
             model.requires_grad_(False)
-    targets = kohya_target_names(
-        unet, text_encoder, text_encoder_2, conv=c_dim is not None, train_unet=train_unet,
-        train_text_encoder=train_text_encoder,
+    all_targets = kohya_target_names(
+        unet, text_encoder, text_encoder_2, conv=c_dim is not None or blocks.conv_dims is not None,
+        train_unet=train_unet, train_text_encoder=train_text_encoder,
     )
-    ranks = {t.kohya_name: (c_dim if t.uses_conv_dim else dim) for t in targets}
-    alphas = {t.kohya_name: (c_alpha if t.uses_conv_dim else alpha) for t in targets}
+    unet_blocks = UnetBlocks.from_config(unet.config) if unet is not None and train_unet else None
+    plan = plan_ranks(all_targets, dim=dim, alpha=alpha, conv_dim=c_dim, conv_alpha=c_alpha, blocks=blocks,
+                      unet_blocks=unet_blocks)
+    targets = KohyaTargets(**{part: tuple(t for t in all_targets.part(part) if plan[t.kohya_name][0] > 0)
+                              for part in PARTS})
+    ranks = {t.kohya_name: plan[t.kohya_name][0] for t in targets}
+    alphas = {t.kohya_name: plan[t.kohya_name][1] for t in targets}
     network = KohyaLoraNetwork(targets=targets, models={}, alphas=alphas, ranks=ranks)
     rng_devices: list[Any] = []
     with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
@@ -259,7 +268,7 @@ def attach_kohya_lora(
             part_targets = targets.part(part)
             if not part_targets:
                 continue
-            network._tuners[part] = _inject(models[part], part_targets, dim, alpha, c_dim, c_alpha)
+            network._tuners[part] = _inject(models[part], part_targets, dim, alpha, ranks, alphas)
             network.models[part] = models[part]
     if lora_dtype is not None:
         dtype = getattr(torch, lora_dtype) if isinstance(lora_dtype, str) else lora_dtype
@@ -274,23 +283,29 @@ def attach_kohya_lora(
     return network
 
 
-def _inject(model: Any, targets: Sequence[KohyaTarget], dim: int, alpha: float, c_dim: int | None,
-            c_alpha: float | None) -> Any:
-    """Attach one peft adapter to `model` on exactly `targets`; return the tuner (kept for unload)."""
+def _inject(model: Any, targets: Sequence[KohyaTarget], dim: int, alpha: float, ranks: Mapping[str, int],
+            alphas: Mapping[str, float]) -> Any:
+    """Attach one peft adapter to `model` on exactly `targets`; return the tuner (kept for unload).
+
+    Modules whose rank/alpha differ from network_dim/network_alpha (conv LoRA, block-wise dims) get peft
+    `rank_pattern` / `alpha_pattern` entries.
+    """
     import re
 
     from peft import LoraConfig
     from peft.tuners.lora import LoraModel
 
-    conv_names = [t.module_name for t in targets if t.uses_conv_dim]
     # peft reads pattern keys as regular expressions matched at a dotted boundary: escape the exact names.
+    rank_pattern = {re.escape(t.module_name): ranks[t.kohya_name] for t in targets if ranks[t.kohya_name] != dim}
+    alpha_pattern = {re.escape(t.module_name): alphas[t.kohya_name] for t in targets
+                     if alphas[t.kohya_name] != alpha}
     config = LoraConfig(
         r=dim,
         lora_alpha=alpha,
         lora_dropout=0.0,
         target_modules=[t.module_name for t in targets],
-        rank_pattern={re.escape(n): c_dim for n in conv_names},
-        alpha_pattern={re.escape(n): c_alpha for n in conv_names},
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
         init_lora_weights=True,  # Kaiming-uniform down, zero up: the same as sd-scripts
     )
     tuner = LoraModel(model, config, adapter_name=ADAPTER_NAME)
