@@ -140,6 +140,7 @@ def test_changed_dataset_trains_again_and_cancel_stops_it(world, first_run):
               150, "the worker to exit")
     record = store.get(run_id)
     assert record.status == "cancelled"
+    assert record.steps[1].status == "cancelled"
     assert record.steps[3].status == "pending", "publish never ran"
     assert not output.exists() and not loras.exists(), "nothing published"
     again = _cli("runs", "cancel", run_id, "--home", str(world["home"]))

@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = runs_commands.add_parser("show", help="a run's status and steps; --follow reattaches to its log")
     _add_home(show)
     show.add_argument("run_id", metavar="RUN_ID", help="run id or a unique part of it")
-    show.add_argument("--follow", action="store_true", help="stream the log until the run finishes")
+    show.add_argument("--follow", action="store_true", help="print the log so far, then stream it until the run ends")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_show)
 
@@ -260,7 +260,7 @@ def _show(args: argparse.Namespace) -> int:
     record = store.get(args.run_id)
     if args.follow and not record.finished:
         try:
-            follow_log(home, record.id, sys.stdout, from_start=False)
+            follow_log(home, record.id, sys.stdout)
         except KeyboardInterrupt:
             print(f"\ndetached: run {record.id} goes on")
         record = store.get(record.id)

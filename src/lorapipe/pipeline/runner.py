@@ -65,9 +65,8 @@ def execute_run(home: PipelineHome, run_id: str, cancel: Cancellation | None = N
         log.close()
         return records.get(run_id).status
     log.info(f"run {run_id}: {request.dataset} -> {request.output or 'run folder only'} ({request.backend})")
-    current = "validate"
+    current = "validate"  # the step a failure is charged to
     try:
-        current = "validate"
         dataset_dir = _step_validate(ctx)
         current = "train"
         artifact = _step_train(ctx, dataset_dir, backend or make_backend(request))
@@ -81,8 +80,8 @@ def execute_run(home: PipelineHome, run_id: str, cancel: Cancellation | None = N
         records.finish_run(run_id, "cancelled", str(exc))
         log.info(f"run {run_id}: cancelled")
     except LorapipeError as exc:
-        records.set_step(run_id, current, "failed", str(exc))
         status = "cancelled" if ctx.cancel.requested else "failed"
+        records.set_step(run_id, current, status, str(exc))
         records.finish_run(run_id, status, str(exc))
         log.info(f"run {run_id}: {status}: {exc}")
     except Exception as exc:  # a bug must still leave a finished record, not a run stuck in 'running'
