@@ -36,7 +36,9 @@ class PromptEmbeds:
 def chunk_prompt(text: str, tokenizer) -> list[TokenChunk]:
     """Tokenize `text` into A1111 chunks of 75 tokens with BOS/EOS and per-token weights."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    comma = tokenizer.get_vocab().get(",</w>")
+    # convert_tokens_to_ids is a dict lookup; get_vocab() would copy all 49408 entries on every prompt.
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    comma = None if comma == tokenizer.unk_token_id else comma
     fragments = parse_attention(text)
     ids_per_fragment = tokenizer(
         [t for t, _ in fragments], add_special_tokens=False, truncation=False
