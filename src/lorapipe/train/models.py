@@ -36,12 +36,15 @@ class TrainModels:
     def encode_pixels(self, pixels: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> scaled latents (B, 4, H/8, W/8); samples the latent distribution as sd-scripts."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        x = x.to(self.device, self.vae_dtype)
+        vae_device = next(self.vae.parameters()).device  # the VAE may have been offloaded after caching
+        x = x.to(vae_device, self.vae_dtype)
+        if generator is not None and generator.device != vae_device:
+            generator = torch.Generator(device=vae_device).manual_seed(generator.initial_seed())
         with torch.no_grad():
             dist = self.vae.encode(x).latent_dist
             latents = dist.sample(generator=generator) if generator is not None else dist.mean
         latents = torch.nan_to_num(latents.float(), nan=0.0) * VAE_SCALE_FACTOR  # sd-scripts zeroes NaN latents
-        return latents
+        return latents.to(self.device)
 
     def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Context and pooled vector; with grad when the text-encoder LoRA trains."""
@@ -53,6 +56,14 @@ class TrainModels:
     @property
     def te1_width(self) -> int:
         return int(self.text_encoder.config.hidden_size)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """GPU speed switches that are not Kohya keys (Kohya's torch_compile is read from the config too)."""
+
+    channels_last: bool = False
+    compile_unet: bool = False
 
 
 def training_dtypes(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, no_half_vae: bool,
@@ -73,7 +84,7 @@ def training_dtypes(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, n
 
 
 def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_length: int,
-                      seed: int) -> TrainModels:
+                      seed: int, speed: SpeedOptions = SpeedOptions()) -> TrainModels:
     """Load the base model, put each part in its dtype/device, freeze it and attach the Kohya LoRA."""
     from lorapipe.lora.network import attach_kohya_lora
     from lorapipe.sdxl.load import load_sdxl_pipeline
@@ -105,6 +116,10 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
         if train_te:
             te1.gradient_checkpointing_enable()
             te2.gradient_checkpointing_enable()
+    if speed.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if speed.compile_unet or getattr(cfg, "torch_compile", False):
+        unet.compile()  # in place: the module object (and its LoRA layers) stays the same
     unet.train()
     te1.train(train_te)
     te2.train(train_te)

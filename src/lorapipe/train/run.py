@@ -19,6 +19,7 @@ from lorapipe.train.memory_advice import is_out_of_memory, out_of_memory_error
 from lorapipe.train.naming import STATE_SUFFIX, epoch_name, last_name, step_name
 from lorapipe.train.options import save_cadence
 from lorapipe.train.plan import RunPlan, plan_run
+from lorapipe.train.precache import precache
 from lorapipe.train.summary import TrainSummary, peak_memory_bytes, write_summary
 
 
@@ -41,12 +42,13 @@ class TrainResult:
 
 def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None, config_path=None, overrides=(),
                  resume=None, state_dir=None, stop_signals: tuple[int, ...] = (), stop_after_steps: int | None = None,
-                 show_progress: bool = True, step_lines: bool = True) -> TrainResult:
+                 show_progress: bool = True, step_lines: bool = True, speed=None) -> TrainResult:
     """Train a Kohya-format SDXL LoRA for the dataset folder; raise LorapipeError subclasses on bad input.
 
     `resume`: a state folder (or a folder holding several; the newest complete one is used). `state_dir`: where
     state folders go (default: the output folder). `stop_signals`: signals (e.g. SIGTERM) that save state and
     stop. `stop_after_steps`: stop (with state saved) after that many steps, as if a signal had arrived.
+    `speed`: `models.SpeedOptions` (channels_last, torch.compile) for GPU runs.
     """
     stop = threading.Event()
     with _stop_on(stop_signals, lambda *_: stop.set()):
@@ -58,13 +60,16 @@ def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None,
         from lorapipe.train.session import build_session
 
         try:
-            session = build_session(plan)
+            session = build_session(plan, speed) if speed else build_session(plan)
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 raise out_of_memory_error(plan.config, "while loading the models") from None
             raise
+        t_loaded = time.perf_counter()
+        precache(session, plan)
         run = _Run(plan, session, Path(state_dir) if state_dir else plan.output_dir, stop_after_steps,
-                   show_progress, step_lines, seconds_model_load=time.perf_counter() - t0, stop=stop)
+                   show_progress, step_lines, seconds_model_load=t_loaded - t0, stop=stop)
+        run.seconds_caching = time.perf_counter() - t_loaded
         return run.train(run.resume_from(resume_folder))
 
 
@@ -82,6 +87,7 @@ class _Run:
         self.stop_after_steps = stop_after_steps
         self.show_progress, self.step_lines = show_progress, step_lines
         self.seconds_model_load = seconds_model_load
+        self.seconds_caching = 0.0
         self.stop_requested = stop
         self.losses: list[float] = []
         self.epoch_losses: list[float] = []
@@ -91,6 +97,7 @@ class _Run:
         self.progress = None
         self.state: TrainState | None = None
         self.epoch_seconds: list[float] = []
+        self.step_times: list[float] = []
         self._epoch_started = time.perf_counter()
 
     # ---- start ---------------------------------------------------------------------------------------------
@@ -153,6 +160,7 @@ class _Run:
     # ---- hooks called by the loop ----------------------------------------------------------------------------
     def after_step(self, report, state: TrainState) -> bool:
         self.state = state
+        self.step_times.append(time.perf_counter())
         self.losses.append(report.loss)
         self.epoch_losses.append(report.loss)
         avg = sum(self.epoch_losses) / len(self.epoch_losses)
@@ -230,15 +238,23 @@ class _Run:
             epochs=plan.epochs, batches_per_epoch=plan.batches_per_epoch,
             final_loss=self.losses[-1] if self.losses else None,
             average_loss=sum(self.losses) / steps_run if steps_run else None,
-            seconds_model_load=round(self.seconds_model_load, 3),
+            seconds_model_load=round(self.seconds_model_load, 3), seconds_caching=round(self.seconds_caching, 3),
             seconds_training=round(seconds, 3), seconds_per_epoch=list(self.epoch_seconds),
             steps_per_second=round(steps_run / seconds, 4) if seconds else None,
+            steps_per_second_steady=_steady_rate(self.step_times),
             memory=peak_memory_bytes(self.session.models.device.type), device=str(self.session.models.device),
             saved_files=[str(p) for p in self.saved], sample_images=[str(p) for p in self.samples],
             warnings=list(plan.warnings), seed=plan.seed, losses=[round(x, 6) for x in self.losses],
             state_folder=str(self.last_state) if self.last_state else None,
             config=_config_dict(plan.config))
         return write_summary(plan.output_dir, summary)
+
+
+def _steady_rate(times: list[float], warmup: int = 3) -> float | None:
+    """Steps per second after the first `warmup` steps (caches filling, compilation, allocator warm-up)."""
+    if len(times) <= warmup + 1:
+        return None
+    return round((len(times) - 1 - warmup) / (times[-1] - times[warmup]), 4)
 
 
 def _check_resume(resume, plan: RunPlan) -> Path:

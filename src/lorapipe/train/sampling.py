@@ -68,6 +68,11 @@ def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, o
     written = []
     unet_was_training = models.unet.training
     models.unet.eval()
+    # The VAE and text encoders may have been moved off the GPU after caching; bring them back for the previews.
+    parked = {name: next(getattr(models, name).parameters()).device
+              for name in ("vae", "text_encoder", "text_encoder_2")}
+    for name in parked:
+        getattr(models, name).to(device)
     try:
         for index, prompt in enumerate(prompts):
             scheduler = make_sample_scheduler(prompt.sampler or default_sampler, v_parameterization=v_parameterization)
@@ -89,6 +94,8 @@ def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, o
             tmp.replace(path)
             written.append(path)
     finally:
+        for name, where in parked.items():
+            getattr(models, name).to(where)
         models.unet.train(unet_was_training)
         torch.set_rng_state(cpu_state)
         if cuda_state is not None:

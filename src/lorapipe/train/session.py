@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lorapipe.train.caching import LatentCache, TextEncoderCache, module_fingerprint
-from lorapipe.train.models import TrainModels, load_train_models
+from lorapipe.train.models import SpeedOptions, TrainModels, load_train_models
 from lorapipe.train.noise import make_noise_scheduler, snr_table
 from lorapipe.train.optimizers import OptimizerChoice, build_optimizer
 from lorapipe.train.options import loss_options, noise_options, schedule_options
@@ -48,7 +48,7 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def build_session(plan: RunPlan) -> TrainSession:
+def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainSession:
     """Load models and build everything the loop needs; nothing here writes to the output folder."""
     from accelerate import Accelerator
 
@@ -59,7 +59,7 @@ def build_session(plan: RunPlan) -> TrainSession:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision or "no", cpu=device.type == "cpu",
                               gradient_accumulation_steps=1)
     models = load_train_models(cfg, plan.base_model, accelerator.device, max_token_length=plan.max_token_length,
-                               seed=plan.seed)
+                               seed=plan.seed, speed=speed)
     groups = models.network.parameter_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
     names = [g.pop("name", f"group{i}") for i, g in enumerate(groups)]
     optimizer, choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate,

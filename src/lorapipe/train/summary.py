@@ -39,8 +39,10 @@ class TrainSummary:
     final_loss: float | None
     average_loss: float | None
     seconds_model_load: float
+    seconds_caching: float
     seconds_training: float
     steps_per_second: float | None
+    steps_per_second_steady: float | None
     memory: dict[str, int]
     device: str
     saved_files: list[str] = field(default_factory=list)

@@ -70,7 +70,7 @@ def encode_prompts(text_encoder, text_encoder_2, tokenizer, tokenizer_2, caption
                    max_token_length: int = CLIP_CHUNK_TOKENS) -> EncodedPrompts:
     """Encode captions with both encoders; gradients flow when the encoders carry trainable LoRA."""
     batch = len(captions)
-    device = text_encoder.device
+    device = next(text_encoder.parameters()).device
     ids1 = tokenize_chunks(tokenizer, captions, max_token_length).flatten(0, 1).to(device)
     ids2 = tokenize_chunks(tokenizer_2, captions, max_token_length).flatten(0, 1).to(device)
     out1 = text_encoder(ids1, output_hidden_states=True)
