@@ -75,3 +75,39 @@ def test_block_ranks_are_checked():
         BlockRanks.parse(conv_block_alphas="1,x")
     with pytest.raises(ConfigError, match="block_dims"):
         BlockRanks.parse(block_dims="4,-1")
+
+
+def test_network_from_weights_reproduces_a_mixed_rank_file():
+    """sd-scripts' create_network_from_weights: ranks/alphas per module come from the file itself."""
+    from lora_fixtures import outputs, probe_inputs, randomize_lora
+
+    from lorapipe.lora.from_weights import attach_kohya_lora_from_weights
+
+    models = tiny_models()
+    dims = [4] * 23
+    dims[5], dims[14] = 8, 0
+    network = attach(models, conv_dim=2, conv_alpha=0.5, block_ranks=BlockRanks.parse(dims), train_text_encoder=False)
+    randomize_lora(network)
+    probe = probe_inputs(models["unet"], models["text_encoder_2"])
+    expected = outputs(models, probe)
+    saved = network.kohya_state_dict()
+
+    fresh = tiny_models()
+    loaded, report = attach_kohya_lora_from_weights(fresh["unet"], fresh["text_encoder"], fresh["text_encoder_2"],
+                                                    saved)
+    assert report.loaded == len(network.targets) and not report.missing and not report.unexpected
+    assert loaded.ranks == network.ranks and loaded.alphas == network.alphas
+    assert loaded.num_modules["text_encoder"] == 0
+    got = outputs(fresh, probe)
+    torch.testing.assert_close(got["unet"], expected["unet"], rtol=1e-4, atol=1e-5)
+
+
+def test_network_from_weights_refuses_a_file_without_sdxl_modules():
+    from lorapipe.errors import ModelLoadError
+    from lorapipe.lora.from_weights import attach_kohya_lora_from_weights
+
+    models = tiny_models()
+    sd15_like = {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8)}
+    with pytest.raises(ModelLoadError, match="no Kohya LoRA module"):
+        attach_kohya_lora_from_weights(models["unet"], models["text_encoder"], models["text_encoder_2"], sd15_like,
+                                       source="old.safetensors")

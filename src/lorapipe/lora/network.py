@@ -152,11 +152,11 @@ class KohyaLoraNetwork:
         import torch
 
         by_name = {t.kohya_name: t for t in self.targets}
-        aliases = _diffusers_style_aliases(self.targets)
+        aliases = diffusers_style_aliases(self.targets)
         grouped: dict[str, dict[str, Any]] = {}
         unexpected: list[str] = []
         for key, tensor in state_dict.items():
-            stem, suffix = _split_kohya_key(key)
+            stem, suffix = split_kohya_key(key)
             stem = aliases.get(stem, stem)
             if suffix is None or stem not in by_name:
                 unexpected.append(key)
@@ -217,11 +217,14 @@ def attach_kohya_lora(
     rank_dropout: float | None = None,
     module_dropout: float | None = None,
     block_ranks: BlockRanks | None = None,
+    module_ranks: Mapping[str, tuple[int, float]] | None = None,
 ) -> KohyaLoraNetwork:
     """Wrap Kohya's target layers with peft LoRA; freeze every base parameter; return the network.
 
     `conv_dim` turns on conv LoRA (`network_args conv_dim=`); `conv_alpha` defaults to 1 as in sd-scripts.
     `block_ranks` carries sd-scripts' block_dims/block_alphas/conv_block_dims/conv_block_alphas (`ranks.py`).
+    `module_ranks` (kohya_name -> (rank, alpha), as read from a file by `from_weights.py`) overrides all of the
+    above and limits the network to those modules.
     `seed` makes the down-weight initialisation reproducible without touching the global RNG stream.
     `lora_dtype` is the dtype of the LoRA weights ("float32" as sd-scripts unless full_fp16/full_bf16; None keeps
     the base layers' dtype).
@@ -255,6 +258,8 @@ def attach_kohya_lora(
     unet_blocks = UnetBlocks.from_config(unet.config) if unet is not None and train_unet else None
     plan = plan_ranks(all_targets, dim=dim, alpha=alpha, conv_dim=c_dim, conv_alpha=c_alpha, blocks=blocks,
                       unet_blocks=unet_blocks)
+    if module_ranks is not None:
+        plan = {name: module_ranks.get(name, (0, 0.0)) for name in plan}
     targets = KohyaTargets(**{part: tuple(t for t in all_targets.part(part) if plan[t.kohya_name][0] > 0)
                               for part in PARTS})
     ranks = {t.kohya_name: plan[t.kohya_name][0] for t in targets}
@@ -376,13 +381,13 @@ def _text_encoder_lrs(text_encoder_lr: float | Sequence[float] | None, default_l
     raise ConfigError(f"text_encoder_lr: give one value or two (te1, te2), got {len(values)}")
 
 
-def _split_kohya_key(key: str) -> tuple[str, str | None]:
+def split_kohya_key(key: str) -> tuple[str, str | None]:
     for suffix in KOHYA_SUFFIXES:
         if key.endswith(suffix):
             return key[: -len(suffix)], suffix
     return key, None
 
 
-def _diffusers_style_aliases(targets: KohyaTargets) -> dict[str, str]:
+def diffusers_style_aliases(targets: KohyaTargets) -> dict[str, str]:
     """`lora_unet_down_blocks_1_...` (diffusers' Kohya export) -> our SGM-named stem, so such files load too."""
     return {f"lora_unet_{t.module_name.replace('.', '_')}": t.kohya_name for t in targets.unet}
