@@ -3,6 +3,7 @@
 `write_sample_dataset(out_root)` writes::
 
     out_root/0001-dataset/kohya-sdxl-config.toml   (annotated Kohya config, tiny-model settings)
+    out_root/0001-dataset/sample-prompts.txt       (preview prompts for sample images during training)
     out_root/0001-dataset/20_dwjz toy/NN-<pose>.png (12 images, 64-160 px, varied aspect ratios)
     out_root/0001-dataset/20_dwjz toy/NN-<pose>.txt ("dwjz toy, ..." captions)
 
@@ -27,6 +28,13 @@ from lorapipe.errors import DatasetError
 DATASET_NAME = "0001-dataset"
 SUBSET_FOLDER = "20_dwjz toy"
 CONFIG_NAME = "kohya-sdxl-config.toml"
+PROMPTS_NAME = "sample-prompts.txt"
+# Preview prompts for sample images during training (Kohya's prompt-file syntax).
+SAMPLE_PROMPTS = (
+    "# preview prompts: <prompt> --n <negative> --w <width> --h <height> --s <steps> --d <seed> --l <cfg scale>\n"
+    "dwjz toy standing on a beach --n blurry --w 64 --h 64 --s 8 --d 1 --l 5\n"
+    "dwjz toy, waving, studio lighting --w 96 --h 64 --s 8 --d 2 --l 5\n"
+)
 TRIGGER = "dwjz toy"
 _SEED = 20240611
 
@@ -181,6 +189,7 @@ def write_sample_dataset(out_root: Path, *, overwrite: bool = False) -> Path:
     subset_dir.mkdir(parents=True)
     template = resources.files("lorapipe.dataset").joinpath("templates", CONFIG_NAME).read_text(encoding="utf-8")
     (staging / CONFIG_NAME).write_text(template, encoding="utf-8")
+    (staging / PROMPTS_NAME).write_text(SAMPLE_PROMPTS, encoding="utf-8")
     rng = np.random.default_rng(_SEED + 1)
     for index, pose in enumerate(_poses()):
         name = _image_name(index, pose)
