@@ -111,3 +111,8 @@ def test_network_from_weights_refuses_a_file_without_sdxl_modules():
     with pytest.raises(ModelLoadError, match="no Kohya LoRA module"):
         attach_kohya_lora_from_weights(models["unet"], models["text_encoder"], models["text_encoder_2"], sd15_like,
                                        source="old.safetensors")
+
+
+def test_all_zero_block_dims_is_refused():
+    with pytest.raises(ConfigError, match="rank 0"):
+        attach(tiny_models(), block_ranks=BlockRanks.parse([0] * 23), train_text_encoder=False)

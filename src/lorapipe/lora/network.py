@@ -260,10 +260,7 @@ def attach_kohya_lora(
                       unet_blocks=unet_blocks)
     if module_ranks is not None:
         plan = {name: module_ranks.get(name, (0, 0.0)) for name in plan}
-    targets = KohyaTargets(**{part: tuple(t for t in all_targets.part(part) if plan[t.kohya_name][0] > 0)
-                              for part in PARTS})
-    ranks = {t.kohya_name: plan[t.kohya_name][0] for t in targets}
-    alphas = {t.kohya_name: plan[t.kohya_name][1] for t in targets}
+    targets, ranks, alphas = _keep_planned(all_targets, plan)
     network = KohyaLoraNetwork(targets=targets, models={}, alphas=alphas, ranks=ranks)
     rng_devices: list[Any] = []
     with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
@@ -286,6 +283,17 @@ def attach_kohya_lora(
         network._hooks += [network.lora_layer(t).lora_A[ADAPTER_NAME].register_forward_hook(dropouts.hook)
                            for t in network.targets]
     return network
+
+
+def _keep_planned(targets: KohyaTargets, plan: Mapping[str, tuple[int, float]]) -> tuple[
+        KohyaTargets, dict[str, int], dict[str, float]]:
+    """Drop modules planned with rank 0 (sd-scripts creates none); refuse a network left with nothing."""
+    kept = KohyaTargets(**{part: tuple(t for t in targets.part(part) if plan[t.kohya_name][0] > 0)
+                           for part in PARTS})
+    if not len(kept):
+        raise ConfigError("network_args block_dims/conv_block_dims: every module has rank 0; nothing to train")
+    return (kept, {t.kohya_name: plan[t.kohya_name][0] for t in kept},
+            {t.kohya_name: plan[t.kohya_name][1] for t in kept})
 
 
 def _inject(model: Any, targets: Sequence[KohyaTarget], dim: int, alpha: float, ranks: Mapping[str, int],
