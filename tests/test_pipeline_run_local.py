@@ -120,18 +120,21 @@ def test_unchanged_content_elsewhere_is_not_trained_again(world, first_run):
         _sha(world["output"] / first_id / "dwjz_toy.safetensors")
 
 
-def test_changed_dataset_trains_again_and_cancel_stops_it(world, first_run):
+def test_changed_dataset_trains_again_cancel_stops_it_and_a_rerun_resumes(world, first_run):
     first_id, _ = first_run
     changed = shutil.copytree(world["dataset"], world["root"] / "changed" / "0001-dataset")
     caption = sorted((changed / "20_dwjz toy").glob("*.txt"))[0]
     caption.write_text(caption.read_text() + ", wearing a tiny hat")
     output, loras = world["root"] / "changed-out", world["root"] / "changed-loras"
-    started = _cli("pipeline", "run", str(changed), "--detach", *_common(world, output, loras))
+    settings = [*_common(world, output, loras)[:-2], "--set", "max_train_steps=4"]
+    started = _cli("pipeline", "run", str(changed), "--detach", *settings)
     assert started.returncode == 0, started.stderr
     run_id = _run_id(started.stdout)
     store = RunStore(world["home"] / "runs.sqlite")
     _wait_for(lambda: store.get(run_id).steps[1].status == "running", 60, "the train step to start")
     assert store.get(run_id).cache_key != store.get(first_id).cache_key, "a changed caption is new content"
+    log = store.get(run_id).run_dir / "run.log"
+    _wait_for(lambda: "step=1 loss=" in log.read_text(), 180, "the first training step")
 
     cancelled = _cli("runs", "cancel", run_id, "--home", str(world["home"]))
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
@@ -139,12 +142,19 @@ def test_changed_dataset_trains_again_and_cancel_stops_it(world, first_run):
     _wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
               150, "the worker to exit")
     record = store.get(run_id)
-    assert record.status == "cancelled"
-    assert record.steps[1].status == "cancelled"
+    assert record.status == "cancelled" and record.steps[1].status == "cancelled"
     assert record.steps[3].status == "pending", "publish never ran"
     assert not output.exists() and not loras.exists(), "nothing published"
+    assert list((record.run_dir / "train").glob("*/train_state.json")), "the trainer saved its state on SIGTERM"
     again = _cli("runs", "cancel", run_id, "--home", str(world["home"]))
     assert again.returncode != 0 and "already cancelled" in again.stderr
+
+    resumed = _cli("pipeline", "run", str(changed), *settings)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert f"resuming from the state run {run_id} saved" in resumed.stdout
+    steps = [int(line.split()[0].split("=")[1]) for line in resumed.stdout.splitlines() if line.startswith("step=")]
+    assert steps[0] > 1 and steps[-1] == 4, steps
+    assert (output / _run_id(resumed.stdout) / "dwjz_toy.safetensors").is_file()
 
 
 def test_dataset_that_fails_the_check_fails_the_run_before_training(world, tmp_path):

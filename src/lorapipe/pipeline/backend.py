@@ -21,6 +21,7 @@ class TrainJob:
     config: Path | None
     overrides: tuple[str, ...]
     cache_key: str = ""  # content hash of dataset + config + base model (names checkpoint locations)
+    resume_from: Path | None = None  # a folder of training states left by an interrupted run of the same content
 
 
 class TrainBackend(Protocol):

@@ -44,6 +44,8 @@ def trainer_command(job: TrainJob, gpus: int) -> list[str]:
         train_args += ["--base-model", job.base_model]
     if job.config:
         train_args += ["--config", str(job.config)]
+    if job.resume_from:
+        train_args += ["--resume", str(job.resume_from)]
     for override in job.overrides:
         train_args += ["--set", override]
     if gpus > 1:

@@ -209,6 +209,17 @@ class RunStore:
             ).fetchall()
         return _run_from_row(rows[0], ()) if rows else None
 
+    def find_interrupted(self, cache_key: str, exclude_run: str) -> list[RunRecord]:
+        """Runs of the same content whose train step was cancelled or failed, newest first (resume candidates)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT runs.* FROM runs JOIN steps ON steps.run_id = runs.id AND steps.name = 'train'"
+                " WHERE runs.cache_key = ? AND runs.id != ? AND steps.status IN ('cancelled', 'failed')"
+                " ORDER BY runs.created DESC",
+                (cache_key, exclude_run),
+            ).fetchall()
+        return [_run_from_row(row, ()) for row in rows]
+
     # -- steps --------------------------------------------------------------------------------------------------
     def set_step(self, run_id: str, name: str, status: str, detail: str | None = None) -> None:
         now = time.time()

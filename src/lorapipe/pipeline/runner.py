@@ -22,6 +22,8 @@ from lorapipe.pipeline.runlog import Cancellation, RunLog
 from lorapipe.pipeline.validate import materialise_dataset, validate_dataset
 
 DATASET_CONFIG_NAME = "kohya-sdxl-config.toml"
+# What the trainer writes inside each state folder (lorapipe.train.checkpoints); its presence marks a resumable run.
+TRAIN_STATE_FILE = "train_state.json"
 
 
 class RunCancelled(PipelineError):
@@ -140,14 +142,25 @@ def _step_train(ctx: RunContext, dataset_dir: Path, backend: TrainBackend) -> Ar
     cached = _reuse_cached(ctx, key, train_dir) if ctx.request.use_cache else None
     if cached is not None:
         return cached
+    resume = _resumable_state(ctx, key) if ctx.request.use_cache else None
     job = TrainJob(ctx.run_id, dataset_dir, ctx.request.dataset, train_dir, ctx.request.base_model, config,
-                   ctx.request.overrides, key)
+                   ctx.request.overrides, key, resume)
     folder = backend.train(job, ctx.log, ctx.cancel)
     _check_cancel(ctx)
     artifact = find_artifact(folder)
     ctx.records.update_run(ctx.run_id, artifact_dir=artifact.folder)
     ctx.records.set_step(ctx.run_id, "train", "succeeded", f"{artifact.lora.name} ({key[:12]})")
     return artifact
+
+
+def _resumable_state(ctx: RunContext, key: str) -> Path | None:
+    """The train folder of the newest interrupted run of the same content that saved a training state."""
+    for previous in ctx.records.find_interrupted(key, exclude_run=ctx.run_id):
+        folder = previous.run_dir / "train"
+        if any(folder.glob(f"*/{TRAIN_STATE_FILE}")):
+            ctx.log.info(f"train: resuming from the state run {previous.id} saved when it stopped")
+            return folder
+    return None
 
 
 def _reuse_cached(ctx: RunContext, key: str, train_dir: Path) -> Artifact | None:
