@@ -257,3 +257,22 @@ def test_full_sdxl_attaches_on_the_meta_device_with_kohya_shapes():
     assert shapes["lora_te1_text_model_encoder_layers_11_self_attn_out_proj.lora_down.weight"] == (16, 768)
     assert network.alphas["lora_unet_output_blocks_2_2_conv"] == 1.0
     assert network.alphas["lora_unet_input_blocks_4_0_skip_connection"] == 8.0
+
+
+def test_backward_reaches_only_lora_weights_like_a_kohya_first_step(models):
+    """Fresh network: up = 0, so the first step's gradient lands on every up weight and on no base weight."""
+    network = attach(models, conv_dim=2)
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        models[part].train()
+    probe = probe_inputs(models["unet"], models["text_encoder_2"])
+    context = torch.cat([models["text_encoder"](probe.token_ids).last_hidden_state,
+                         models["text_encoder_2"](probe.token_ids).last_hidden_state], dim=-1)
+    assert context.shape[-1] == models["unet"].config.cross_attention_dim
+    pred = models["unet"](probe.latents, 10, context, added_cond_kwargs=probe.added).sample
+    pred.pow(2).mean().backward()
+    for target in network.targets:
+        layer = network.lora_layer(target)
+        assert layer.lora_B["kohya"].weight.grad is not None, target.kohya_name
+        assert float(layer.lora_B["kohya"].weight.grad.abs().sum()) > 0, target.kohya_name
+    assert all(p.grad is None for part in ("unet", "text_encoder", "text_encoder_2")
+               for n, p in models[part].named_parameters() if "lora_" not in n)
