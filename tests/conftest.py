@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Tiny models are dominated by per-op overhead: one thread per process is several times faster than torch's
+# default on two cores, and subprocesses (trainer workers, servers) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 # Tests never reach a hub: fail fast instead of hanging on a network call.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
