@@ -210,3 +210,34 @@ def test_long_captions_are_chunked_like_sd_scripts(tiny_model_dir):
     assert check_max_token_length(None) == 75
     with pytest.raises(ConfigError, match="max_token_length"):
         check_max_token_length(100)
+
+
+def test_latent_disk_cache_is_reused_until_the_pixels_change(tmp_path):
+    import numpy as np
+
+    from lorapipe.train.caching import LatentCache, latent_cache_path
+
+    calls = []
+
+    def encode(pixels, keys):
+        calls.append(len(keys))
+        return torch.from_numpy(pixels.astype(np.float32)).mean(dim=(1, 2, 3)).view(-1, 1, 1, 1).expand(-1, 4, 2, 2)
+
+    image = tmp_path / "01-toy.png"
+    pixels = np.full((16, 16, 3), 7, np.uint8)
+    first = LatentCache(encode, "vae-a", to_disk=True)
+    a = first.latents([pixels, pixels], [image, image], [(40, 30), (40, 30)])
+    assert calls == [2]
+    assert latent_cache_path(image, (40, 30)).name == "01-toy_0040x0030_sdxl.npz"
+    assert latent_cache_path(image, (40, 30)).is_file()
+    calls.clear()
+    second = LatentCache(encode, "vae-a", to_disk=True)  # a new run: served from disk, no encoding
+    b = second.latents([pixels], [image], [(40, 30)])
+    assert calls == [] and second.disk_hits == 1 and torch.equal(a[0], b[0])
+    changed = pixels.copy()
+    changed[0, 0, 0] = 200  # the image (or its bucket/resize) changed: the stale entry is not used
+    second.latents([changed], [image], [(40, 30)])
+    assert calls == [1]
+    calls.clear()
+    LatentCache(encode, "vae-b", to_disk=True).latents([pixels], [image], [(40, 30)])  # another VAE
+    assert calls == [1]

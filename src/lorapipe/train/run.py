@@ -50,8 +50,11 @@ def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None,
     stop. `stop_after_steps`: stop (with state saved) after that many steps, as if a signal had arrived.
     `speed`: `models.SpeedOptions` (channels_last, torch.compile) for GPU runs.
     """
+    import torch
+
     stop = threading.Event()
-    with _stop_on(stop_signals, lambda *_: stop.set()):
+    threads = torch.get_num_threads()  # build_session may pick one thread for a tiny CPU model; restore after
+    with _stop_on(stop_signals, lambda *_: stop.set()), _restore_threads(threads):
         t0 = time.perf_counter()
         plan = plan_run(Path(dataset_dir), base_model=base_model,
                         output_dir=Path(output_dir) if output_dir else None,
@@ -276,6 +279,20 @@ def _check_resume(resume, plan: RunPlan) -> Path:
 def _config_dict(cfg) -> dict:
     data = cfg.to_dict()
     return data
+
+
+class _restore_threads:
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return False
 
 
 class _stop_on:

@@ -3,8 +3,8 @@
 Reads the training channel (`<root>/input/data/train`, Kohya layout, optional kohya-sdxl-config.toml on top) and
 `hyperparameters.json` (every value a string -> `--set key=value`), writes the LoRA and `train_summary.json` to
 `<root>/model`, keeps state folders in `<root>/checkpoints` (SageMaker syncs them to S3) and resumes from the
-newest complete one. SIGTERM (StopTrainingJob, spot reclaim) saves a state there and exits non-zero. Any failure
-writes `<root>/output/failure` with the cause first.
+newest complete one. SIGTERM (StopTrainingJob, spot reclaim) saves a state there and exits 143 (no failure
+file). Any failure writes `<root>/output/failure` with the cause first.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def main(argv=None) -> int:
         traceback.print_exc()
         return 1
     if result.status != "finished":
-        write_failure(opt_ml, f"training interrupted at step {result.steps_done}/{result.total_steps}; state saved "
-                      f"in {result.state_path}; start a job with the same checkpoint location to resume")
+        # A stop is not a failure (SageMaker reports the job as Stopped); no failure file, just say how to resume.
+        print(f"training interrupted at step {result.steps_done}/{result.total_steps}; state saved in "
+              f"{result.state_path}; start a job with the same checkpoint location to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"LoRA written to {result.lora_path}")
     return 0

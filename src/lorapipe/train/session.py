@@ -44,6 +44,20 @@ class TrainSession:
         return {name: float(g["lr"]) for name, g in zip(self.param_group_names, groups)}
 
 
+# Below this many U-Net parameters every CPU op is tiny and intra-op threads only add synchronisation (10-20x
+# slower per op on a busy 2-core machine); the tiny test/demo model has ~2M.
+_SMALL_MODEL_PARAMS = 50_000_000
+
+
+def cpu_threads_for(unet) -> int | None:
+    """One thread for small models on CPU unless the user chose (OMP_NUM_THREADS); None = leave torch's default."""
+    import os
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    return 1 if sum(p.numel() for p in unet.parameters()) < _SMALL_MODEL_PARAMS else None
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -60,6 +74,8 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
                               gradient_accumulation_steps=1)
     models = load_train_models(cfg, plan.base_model, accelerator.device, max_token_length=plan.max_token_length,
                                seed=plan.seed, speed=speed)
+    if device.type == "cpu" and (threads := cpu_threads_for(models.unet)):
+        torch.set_num_threads(threads)
     groups = models.network.parameter_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
     names = [g.pop("name", f"group{i}") for i, g in enumerate(groups)]
     optimizer, choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate,
