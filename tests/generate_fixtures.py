@@ -8,18 +8,28 @@ from pathlib import Path
 def write_kohya_lora(path: Path, model_dir: Path, *, seed: int, rank: int = 4, scale: float = 0.5,
                      text_encoders: bool = True, metadata: dict[str, str] | None = None) -> Path:
     """Write a Kohya-keyed SDXL LoRA with random non-zero up and down weights (so it changes images)."""
-    import torch
     from diffusers import UNet2DConditionModel
-    from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    models = {
+        "unet": UNet2DConditionModel.from_pretrained(model_dir / "unet"),
+        "text_encoder": CLIPTextModel.from_pretrained(model_dir / "text_encoder") if text_encoders else None,
+        "text_encoder_2": (CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2")
+                           if text_encoders else None),
+    }
+    return write_kohya_lora_for(models, path, seed=seed, rank=rank, scale=scale, metadata=metadata)
+
+
+def write_kohya_lora_for(models: dict, path: Path, *, seed: int, rank: int = 4, scale: float = 0.5,
+                         metadata: dict[str, str] | None = None) -> Path:
+    """Like write_kohya_lora, for models already in memory ({"unet", "text_encoder", "text_encoder_2"})."""
+    import torch
+    from safetensors.torch import save_file
 
     from lorapipe.lora.targets import kohya_target_names
 
-    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
-    te1 = CLIPTextModel.from_pretrained(model_dir / "text_encoder") if text_encoders else None
-    te2 = CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2") if text_encoders else None
-    models = {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}
-    targets = kohya_target_names(unet, te1, te2, conv=False, train_text_encoder=text_encoders)
+    te1, te2 = models.get("text_encoder"), models.get("text_encoder_2")
+    targets = kohya_target_names(models["unet"], te1, te2, conv=False, train_text_encoder=te1 is not None)
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for target in targets:
