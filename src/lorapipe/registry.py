@@ -10,7 +10,6 @@ files is ambiguous and only exact stems work for it).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 import threading
@@ -19,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from lorapipe.errors import GenerationError
+from lorapipe.errors import GenerationError, ModelLoadError
+from lorapipe.lora.file import read_lora_header
 
 LORA_SUFFIX = ".safetensors"
-# safetensors' own parser refuses headers over 100 MB; LoRA headers are a few hundred KB.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_TENSORS = 100_000
 LORA_HASH_CHARS = 12
 # A1111 refuses these aliases from the start (extensions-builtin/Lora/networks.py).
@@ -54,44 +52,23 @@ def check_lora_name(name: str) -> str:
     return name
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
+def read_safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple], int]:
     """Validate the header of a safetensors file and return (metadata, tensor index, data offset).
 
-    Checks the length prefix, the JSON, the tensor count and that every tensor lies inside the file, so
-    a truncated or hostile file is refused before any tensor loader sees it.
+    The parsing is `lora.file.read_lora_header` (length prefix, JSON, every tensor inside the file); the registry
+    adds a cap on the tensor count, so a truncated or hostile file is refused before any tensor loader sees it.
     """
     try:
-        size = path.stat().st_size
+        metadata, tensors = read_lora_header(path)
         with path.open("rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) != 8:
-                raise GenerationError(f"{path}: too short for a safetensors file; re-export it as .safetensors")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-                raise GenerationError(f"{path}: safetensors header length {header_len} is invalid; the file is "
-                                      "damaged or not safetensors")
-            raw = fh.read(header_len)
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+    except ModelLoadError as exc:
+        raise GenerationError(str(exc)) from exc
     except OSError as exc:
         raise GenerationError(f"{path}: cannot read ({exc.strerror}); check the file") from exc
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GenerationError(f"{path}: safetensors header is not JSON; the file is damaged") from exc
-    if not isinstance(header, dict):
-        raise GenerationError(f"{path}: safetensors header is not an object; the file is damaged")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise GenerationError(f"{path}: __metadata__ must map strings to strings; the file is damaged")
-    if len(header) > MAX_TENSORS:
-        raise GenerationError(f"{path}: {len(header)} tensors is more than {MAX_TENSORS}; refusing to load")
-    data_offset = 8 + header_len
-    for key, info in header.items():
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= size - data_offset):
-            raise GenerationError(f"{path}: tensor {key!r} has invalid data_offsets; the file is damaged")
-    return dict(metadata), header, data_offset
+    if len(tensors) > MAX_TENSORS:
+        raise GenerationError(f"{path}: {len(tensors)} tensors is more than {MAX_TENSORS}; refusing to load")
+    return dict(metadata), tensors, 8 + header_len
 
 
 def tensor_data_sha256(path: Path, data_offset: int) -> str:

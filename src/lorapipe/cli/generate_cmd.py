@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("prompt", help="prompt; LoRAs as <lora:NAME:WEIGHT> (NAME = file stem or ss_output_name)")
     parser.add_argument("--base-model", required=True, metavar="PATH",
                         help="diffusers SDXL folder, single-file .safetensors checkpoint, or hub id")
-    parser.add_argument("--lora-dir", metavar="DIR", help="folder of .safetensors LoRAs the tags refer to")
+    parser.add_argument("--lora-dir", metavar="DIR", help="folder of .safetensors LoRAs the tags refer to; default: "
+                        "the folder `lorapipe pipeline run` publishes to ($LORAPIPE_HOME/loras)")
     parser.add_argument("-o", "--output", default="out.png", metavar="OUT.png", help="where to write the PNG")
     parser.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     parser.add_argument("--steps", type=int, default=30)
@@ -44,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     from lorapipe.generate.quiet import quiet_model_loading
 
     quiet_model_loading()
-    generator = Generator.load(args.base_model, lora_dir=args.lora_dir, device=args.device, dtype=args.dtype)
+    generator = Generator.load(args.base_model, lora_dir=_lora_dir(args.lora_dir), device=args.device, dtype=args.dtype)
     result = generator.generate(GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg_scale,
         width=args.width, height=args.height, seed=args.seed, batch_size=args.batch_size, n_iter=args.n_iter,
@@ -71,3 +72,16 @@ def _write_atomic(path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _lora_dir(given: str | None):
+    """The given folder, else the pipeline's publish folder (created, so a fresh install serves an empty list)."""
+    from pathlib import Path
+
+    if given:
+        return Path(given)
+    from lorapipe.pipeline.request import PipelineHome
+
+    folder = PipelineHome.resolve().default_lora_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--base-model", required=True, metavar="PATH",
                         help="diffusers SDXL folder, single-file .safetensors checkpoint, or hub id")
-    parser.add_argument("--lora-dir", metavar="DIR", help="folder of .safetensors LoRAs (names = file stems)")
+    parser.add_argument("--lora-dir", metavar="DIR",
+                        help="folder of .safetensors LoRAs (names = file stems); default: the folder "
+                             "`lorapipe pipeline run` publishes to ($LORAPIPE_HOME/loras, ~/.lorapipe/loras)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (requires --api-auth)")
     parser.add_argument("--api-auth", metavar="USER:PASS[,USER:PASS]", help="HTTP Basic credentials")
@@ -41,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
 
     resolve_base_model(args.base_model)  # a bad path fails here in milliseconds, before torch loads
     settings = ServerSettings(
-        base_model=args.base_model, lora_dir=args.lora_dir,
+        base_model=args.base_model, lora_dir=str(_lora_dir(args.lora_dir)),
         host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
         api_auth=parse_api_auth(args.api_auth), queue_size=args.queue_size, request_timeout_s=args.timeout,
         cors_origins=tuple(o.strip() for o in args.cors_allow_origins.split(",") if o.strip()),
@@ -51,3 +53,16 @@ def _run(args: argparse.Namespace) -> int:
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 timeout_keep_alive=30)
     return 0
+
+
+def _lora_dir(given: str | None):
+    """The given folder, else the pipeline's publish folder (created, so a fresh install serves an empty list)."""
+    from pathlib import Path
+
+    if given:
+        return Path(given)
+    from lorapipe.pipeline.request import PipelineHome
+
+    folder = PipelineHome.resolve().default_lora_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
