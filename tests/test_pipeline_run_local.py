@@ -17,7 +17,8 @@ import pytest
 
 from lorapipe.pipeline.records import RunStore
 
-TRAIN_SETTINGS = ["--set", "max_train_steps=2"]
+# Two steps, with the sample dataset's preview prompts rendered after step 2 (the sample step publishes them).
+TRAIN_SETTINGS = ("--set", "max_train_steps=2", "--set", "sample_every_n_steps=2")
 
 
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -53,9 +54,9 @@ def world(tmp_path_factory, sample_dataset_dir, tiny_model_dir):
             "output": root / "published", "loras": root / "loras"}
 
 
-def _common(world, output: Path | None = None, loras: Path | None = None) -> list[str]:
+def _common(world, output: Path | None = None, loras: Path | None = None, train=TRAIN_SETTINGS) -> list[str]:
     return ["--home", str(world["home"]), "--base-model", str(world["model"]),
-            "--output", str(output or world["output"]), "--lora-dir", str(loras or world["loras"]), *TRAIN_SETTINGS]
+            "--output", str(output or world["output"]), "--lora-dir", str(loras or world["loras"]), *train]
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +82,15 @@ def test_run_survives_the_cli_and_publishes_everything(world, first_run):
     record = RunStore(world["home"] / "runs.sqlite").get(run_id)
     assert record.status == "succeeded", record.error
     statuses = {step.name: step.status for step in record.steps}
-    assert statuses == {"validate": "succeeded", "train": "succeeded", "sample": "skipped", "publish": "succeeded"}
+    assert statuses == {"validate": "succeeded", "train": "succeeded", "sample": "succeeded", "publish": "succeeded"}
 
     published = world["output"] / run_id
     lora = published / "dwjz_toy.safetensors"
     assert lora.is_file() and (published / "train_summary.json").is_file()
     assert (published / "dwjz_toy.safetensors.sha256").read_text().split()[0] == _sha(lora)
+    samples = sorted((published / "sample").glob("*.png"))
+    assert len(samples) == 2, "both preview prompts rendered and published"
+    assert (samples[0].parent / f"{samples[0].name}.sha256").is_file()
     manifest = json.loads((published / "publish.json").read_text())
     assert manifest["sha256"]["dwjz_toy.safetensors"] == _sha(lora)
     served = world["loras"] / "dwjz_toy.safetensors"
@@ -126,7 +130,7 @@ def test_changed_dataset_trains_again_cancel_stops_it_and_a_rerun_resumes(world,
     caption = sorted((changed / "20_dwjz toy").glob("*.txt"))[0]
     caption.write_text(caption.read_text() + ", wearing a tiny hat")
     output, loras = world["root"] / "changed-out", world["root"] / "changed-loras"
-    settings = [*_common(world, output, loras)[:-2], "--set", "max_train_steps=4"]
+    settings = _common(world, output, loras, train=("--set", "max_train_steps=4"))
     started = _cli("pipeline", "run", str(changed), "--detach", *settings)
     assert started.returncode == 0, started.stderr
     run_id = _run_id(started.stdout)
