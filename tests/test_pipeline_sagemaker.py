@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -147,6 +148,15 @@ def test_sagemaker_run_trains_fetches_verifies_and_publishes(aws, sample_dataset
     server.client().put_object(Bucket=out, Key=f"models/sagemaker/{job_name}/output/model.tar.gz",
                                Body=_model_tarball(tmp_path))
 
+    # ... and the container's log lines appear in CloudWatch, where the backend follows them.
+    import boto3
+
+    logs = boto3.client("logs", region_name="us-east-1")
+    logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
+    logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"{job_name}/algo-1-1700000000")
+    logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"{job_name}/algo-1-1700000000",
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "step=1 loss=0.512300 lr=0.001"}])
+
     assert execute_run(home, record.id) == "succeeded", RunStore(home.database).get(record.id).error
     job = sagemaker.describe_training_job(TrainingJobName=job_name)
     assert job["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == dataset_url + "/"
@@ -161,6 +171,7 @@ def test_sagemaker_run_trains_fetches_verifies_and_publishes(aws, sample_dataset
     assert (tmp_path / "loras" / "dwjz_toy.safetensors").is_file()
     log = (home.run_dir(record.id) / "run.log").read_text()
     assert f"SageMaker job {job_name} created" in log
+    assert "step=1 loss=0.512300 lr=0.001" in log, "CloudWatch lines copied into the run log"
     assert RunStore(home.database).get(record.id).steps[2].status == "succeeded"  # samples came with the model
 
 
