@@ -7,8 +7,16 @@ import json
 import pytest
 
 from lorapipe.container_contract import (
-    FAILURE_LIMIT, OptMl, failure_text, find_dataset_config, hyperparameters_to_overrides, normalise_s3_prefix,
-    read_hyperparameters, read_resource_config, require_channel, write_failure,
+    FAILURE_LIMIT,
+    OptMl,
+    failure_text,
+    find_dataset_config,
+    hyperparameters_to_overrides,
+    normalise_s3_prefix,
+    read_hyperparameters,
+    read_resource_config,
+    require_channel,
+    write_failure,
 )
 from lorapipe.errors import ConfigError, DatasetError
 

@@ -164,8 +164,10 @@ class RunStore:
     def start_run(self, run_id: str, pid: int) -> bool:
         """Move a queued run to running; False if it was cancelled before its worker got going."""
         with self._connect() as db:
-            cursor = db.execute("UPDATE runs SET status = 'running', pid = ?, updated = ? WHERE id = ? AND status = 'queued'",
-                                (pid, time.time(), run_id))
+            cursor = db.execute(
+                "UPDATE runs SET status = 'running', pid = ?, updated = ? WHERE id = ? AND status = 'queued'",
+                (pid, time.time(), run_id),
+            )
             return cursor.rowcount == 1
 
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> bool:

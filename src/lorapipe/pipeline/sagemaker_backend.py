@@ -10,11 +10,11 @@ import re
 import tarfile
 from pathlib import Path
 
+from lorapipe.container_contract import TRAIN_CHANNEL, normalise_s3_prefix
 from lorapipe.errors import PipelineError
 from lorapipe.pipeline.backend import TrainJob
 from lorapipe.pipeline.request import RunRequest
 from lorapipe.pipeline.runlog import Cancellation, RunLog
-from lorapipe.container_contract import TRAIN_CHANNEL, normalise_s3_prefix
 
 # One stable progress line per step from the trainer (`step=12 loss=0.0812 lr=0.0004`) -> CloudWatch metrics.
 METRIC_DEFINITIONS = (
@@ -78,9 +78,11 @@ class SageMakerBackend:
         """The CreateTrainingJob arguments for this job (pure: tested without any AWS call)."""
         options = self.options
         if not options.image:
-            raise PipelineError("--sagemaker-image: the sagemaker backend needs the training image URI (see container/)")
+            raise PipelineError("--sagemaker-image: the sagemaker backend needs the training image URI; "
+                                "see container/")
         if not options.role_arn:
-            raise PipelineError("--sagemaker-role: the sagemaker backend needs the job's execution role ARN (see deploy/)")
+            raise PipelineError("--sagemaker-role: the sagemaker backend needs the job's execution role ARN; "
+                                "see deploy/")
         output = (self.request.output or "").rstrip("/")
         name = job_name_for(job.run_id)
         stopping = {"MaxRuntimeInSeconds": int(options.max_runtime_s)}
@@ -161,10 +163,11 @@ class SageMakerBackend:
                 stop_sent = True
             cancel.event.wait(self.options.poll_interval_s)
         status = description["TrainingJobStatus"]
+        reason = description.get("FailureReason")
         if status == "Failed":
-            raise PipelineError(f"sagemaker: job {name} failed: {description.get('FailureReason') or 'no reason given'}")
+            raise PipelineError(f"sagemaker: job {name} failed: {reason or 'no reason given'}")
         if status == "Stopped":
-            raise PipelineError(f"sagemaker: job {name} was stopped ({description.get('FailureReason') or 'by request'})")
+            raise PipelineError(f"sagemaker: job {name} was stopped ({reason or 'by request'})")
         return description
 
     def fetch(self, description: dict, output_dir: Path, log: RunLog) -> Path:

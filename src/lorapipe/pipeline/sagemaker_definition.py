@@ -8,8 +8,8 @@ progress-line metrics. Written as the definition JSON itself, so no SageMaker SD
 
 from __future__ import annotations
 
-from lorapipe.pipeline.sagemaker_backend import CHECKPOINT_LOCAL_PATH, METRIC_DEFINITIONS
 from lorapipe.container_contract import TRAIN_CHANNEL
+from lorapipe.pipeline.sagemaker_backend import CHECKPOINT_LOCAL_PATH, METRIC_DEFINITIONS
 
 DEFINITION_VERSION = "2020-12-01"
 RECIPE_PARAMETERS = (

@@ -28,7 +28,8 @@ def materialise_dataset(request: RunRequest, cache_dir: Path, log: RunLog) -> Pa
     if not request.dataset.startswith("s3://"):
         folder = Path(request.dataset).expanduser().resolve()
         if not folder.is_dir():
-            raise DatasetError(f"{request.dataset}: no such dataset folder; give the NNNN-dataset folder or s3:// prefix")
+            raise DatasetError(f"{request.dataset}: no such dataset folder; "
+                               "give the NNNN-dataset folder or an s3:// prefix")
         return folder
     from lorapipe.store import open_store
 
