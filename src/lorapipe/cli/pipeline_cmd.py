@@ -204,8 +204,17 @@ def _watch(args: argparse.Namespace) -> int:
     template = _request(args, _dataset_arg(args.store).rstrip("/") + "/0000-template")
     watcher = DatasetWatcher(home, args.store if args.store.startswith("s3://") else os.path.abspath(args.store),
                              template)
+    from lorapipe.errors import LorapipeError
+
     while True:
-        started = watcher.poll_once(sys.stdout)
+        try:
+            started = watcher.poll_once(sys.stdout)
+        except LorapipeError as exc:
+            if args.once:
+                raise
+            # A long-running watcher outlives a store that is briefly unreachable: report and poll again.
+            print(f"watch: poll failed: {exc}", file=sys.stderr, flush=True)
+            started = []
         if args.once:
             if args.wait:
                 return max((_wait_quietly(home, run_id) for run_id in started), default=0)
