@@ -145,3 +145,17 @@ def test_epoch_files_samples_and_tensorboard(tiny_model_dir, sample_dataset_dir,
     samples = sorted(p.name for p in (out / "sample").glob("*.png"))
     assert len(samples) == 3 and samples[0].startswith("dwjz_toy_e000001_00_") and samples[0].endswith("_5.png")
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_bf16_mixed_precision_and_extra_objectives_run_on_cpu(tiny_model_dir, sample_dataset_dir, tmp_path):
+    """bf16 autocast with fp32 LoRA weights, huber loss, min-SNR, multires + ip noise, Adafactor, 150 tokens."""
+    result = run_training(
+        sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out", show_progress=False,
+        step_lines=False,
+        overrides=("max_train_steps=2", "mixed_precision=bf16", "save_precision=bf16", "loss_type=huber",
+                   "min_snr_gamma=5", "multires_noise_iterations=4", "ip_noise_gamma=0.1", "optimizer_type=Adafactor",
+                   "lr_scheduler=adafactor", "max_token_length=150", "network_args=[\"conv_dim=2\"]"))
+    tensors = _tensors(result.lora_path)
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+    assert any(t.ndim == 4 and t.shape[-1] == 3 for t in tensors.values())  # conv LoRA (3x3 down weights)
+    assert all(torch.isfinite(torch.tensor(result.losses)))

@@ -70,8 +70,8 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
     device = pick_device()
     # Accumulation is counted by the loop (batches come from the dataset layer, not a prepared DataLoader); the
     # accelerator handles device, autocast and the fp16 grad scaler.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision or "no", cpu=device.type == "cpu",
-                              gradient_accumulation_steps=1)
+    accelerator = _accelerator(Accelerator, mixed_precision=cfg.mixed_precision or "no", cpu=device.type == "cpu",
+                               gradient_accumulation_steps=1)
     models = load_train_models(cfg, plan.base_model, accelerator.device, max_token_length=plan.max_token_length,
                                seed=plan.seed, speed=speed)
     if device.type == "cpu" and (threads := cpu_threads_for(models.unet)):
@@ -99,6 +99,20 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
     return TrainSession(accelerator=accelerator, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler,
                         optimizer_choice=choice, objective=objective, latent_cache=latent_cache, te_cache=te_cache,
                         param_group_names=names)
+
+
+def _accelerator(cls, **kwargs):
+    """accelerate keeps one process-wide state and refuses a second run with another mixed_precision; in a
+    single-process run (tests, the Python API) we reset it, since each lorapipe run is independent."""
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # private, but the documented way accelerate's own tests start over
+        return cls(**kwargs)
 
 
 def _seeded_vae_encoder(models: TrainModels):
