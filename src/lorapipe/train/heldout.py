@@ -75,19 +75,13 @@ def compare_with_lora(base_model: str, lora_path: Path, samples: list[HeldoutSam
     """(loss without LoRA, loss with LoRA) on the same samples, timesteps and noise."""
     from safetensors.torch import load_file
 
-    from lorapipe.lora.network import attach_kohya_lora
+    from lorapipe.lora.from_weights import attach_kohya_lora_from_weights
     from lorapipe.sdxl.load import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline(base_model)
     base = denoising_loss(pipe, samples, seed=seed)
     tensors = load_file(str(lora_path))
-    dims = {k: v.shape for k, v in tensors.items() if k.endswith(".lora_down.weight")}
-    linear = [s[0] for s in dims.values() if len(s) == 2 or tuple(s[2:]) == (1, 1)]
-    conv = [s[0] for s in dims.values() if len(s) == 4 and tuple(s[2:]) != (1, 1)]
-    network = attach_kohya_lora(
-        pipe.unet, pipe.text_encoder, pipe.text_encoder_2, network_dim=max(linear), network_alpha=None,
-        conv_dim=max(conv) if conv else None, train_unet=any(k.startswith("lora_unet") for k in dims),
-        train_text_encoder=any(k.startswith("lora_te") for k in dims))
-    network.load_kohya_state_dict(tensors, source=str(lora_path))
+    # Each module's rank and alpha come from the file (sd-scripts' create_network_from_weights).
+    attach_kohya_lora_from_weights(pipe.unet, pipe.text_encoder, pipe.text_encoder_2, tensors, source=str(lora_path))
     with_lora = denoising_loss(pipe, samples, seed=seed)
     return base, with_lora

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +111,11 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
     if cfg.network_weights:
         from safetensors.torch import load_file
 
-        network.load_kohya_state_dict(load_file(str(cfg.network_weights)), source=str(cfg.network_weights))
+        report = network.load_kohya_state_dict(load_file(str(cfg.network_weights)), source=str(cfg.network_weights))
+        if report.missing or report.unexpected:  # sd-scripts prints the same counts and carries on
+            print(f"warning: network_weights {cfg.network_weights}: {report.loaded} modules loaded, "
+                  f"{len(report.missing)} left at their initial values, {len(report.unexpected)} keys unused",
+                  file=sys.stderr)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if train_te:
