@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.train.checkpoints import TrainState, load_state, newest_state, remove_quietly, save_state
@@ -152,7 +152,7 @@ class _Run:
             lora = self.writer.save(last_name(plan.output_name), steps=state.current_step,
                                     epoch=min(state.current_epoch, plan.epochs))
             if self.cfg.save_state or self.cfg.save_state_on_train_end:
-                self.last_state = self._save_state(plan.output_name + "", state, final=True)
+                self.last_state = self._save_state(last_name(plan.output_name), state)
         seconds = time.perf_counter() - t_start
         summary_path = self._write_summary(status, lora, state, seconds)
         return TrainResult(status=status, output_dir=plan.output_dir, lora_path=lora, summary_path=summary_path,
@@ -214,7 +214,7 @@ class _Run:
     def _save_file(self, name: str, state: TrainState, epoch: int | None = None) -> None:
         self.saved.append(self.writer.save(name, steps=state.current_step, epoch=epoch or state.current_epoch))
 
-    def _save_state(self, name: str, state: TrainState, final: bool = False) -> Path:
+    def _save_state(self, name: str, state: TrainState) -> Path:
         s = self.session
         folder = self.state_dir / f"{name}{STATE_SUFFIX}"
         self.last_state = save_state(folder, network=s.models.network, optimizer=s.optimizer,

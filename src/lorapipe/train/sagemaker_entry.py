@@ -1,4 +1,6 @@
-"""SageMaker bring-your-own-container entry point: `python -m lorapipe.train.sagemaker_entry [--opt-ml-root DIR] [train]`.
+"""SageMaker bring-your-own-container entry point.
+
+`python -m lorapipe.train.sagemaker_entry [--opt-ml-root DIR] [train]`
 
 Reads the training channel (`<root>/input/data/train`, Kohya layout, optional kohya-sdxl-config.toml on top) and
 `hyperparameters.json` (every value a string -> `--set key=value`), writes the LoRA and `train_summary.json` to

@@ -88,7 +88,8 @@ def dataset_summary(plan) -> dict:
     buckets = Counter()
     for item in items:
         buckets[item.bucket] += item.repeats
-    bucket_info = {"buckets": {i: {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(buckets.items()))},
+    ordered = enumerate(sorted(buckets.items()))
+    bucket_info = {"buckets": {i: {"resolution": list(b), "count": n} for i, (b, n) in ordered},
                    "mean_img_ar_error": 0.0}
     subsets = blueprint.subsets
     return {
