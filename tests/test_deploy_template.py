@@ -81,7 +81,8 @@ def _statements(template):
 
 
 def test_roles_are_least_privilege(template):
-    wildcard_resource_ok = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
+    # list and token actions IAM cannot scope to a resource
+    wildcard_resource_ok = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData", "sagemaker:ListPipelines"}
     for name, resource in template["Resources"].items():
         if resource["Type"] == "AWS::IAM::Role":
             assert "ManagedPolicyArns" not in resource["Properties"], f"{name}: no managed (admin) policies"
@@ -98,7 +99,7 @@ def test_roles_are_least_privilege(template):
 
 def test_pass_role_is_limited_to_sagemaker(template):
     passes = [s for _, s in _statements(template) if s["Action"] == "iam:PassRole"]
-    assert passes
+    assert len(passes) == 2  # the pipeline user and the Pipelines execution role
     for statement in passes:
         assert statement["Condition"]["StringEquals"]["iam:PassedToService"] == "sagemaker.amazonaws.com"
 

@@ -235,3 +235,23 @@ def test_unreachable_store_fails_in_validate(tmp_path, monkeypatch):
     assert execute_run(home, record.id) == "failed"
     failed = RunStore(home.database).get(record.id)
     assert failed.steps[0].status == "failed" and "s3://nowhere" in failed.error
+
+
+def test_pipeline_definition_is_created_then_updated(monkeypatch):
+    moto = pytest.importorskip("moto")
+    from lorapipe.pipeline.sagemaker_definition import upsert_pipeline
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with moto.mock_aws():
+        import boto3
+
+        first = upsert_pipeline("lorapipe-recipe", ROLE, region="us-east-1")
+        pipeline_role = "arn:aws:iam::123456789012:role/lorapipe-pipeline"
+        again = upsert_pipeline("lorapipe-recipe", ROLE, pipeline_role_arn=pipeline_role, region="us-east-1")
+        assert first == again and first.endswith("pipeline/lorapipe-recipe")
+        stored = boto3.client("sagemaker", region_name="us-east-1").describe_pipeline(PipelineName="lorapipe-recipe")
+        definition = json.loads(stored["PipelineDefinition"])
+        assert {p["Name"] for p in definition["Parameters"]} >= {name for name, _, _ in RECIPE_PARAMETERS}
+        assert stored["RoleArn"] == pipeline_role, "the update replaced the pipeline's role"
+        role_parameter = next(p for p in definition["Parameters"] if p["Name"] == "ExecutionRoleArn")
+        assert role_parameter["DefaultValue"] == ROLE

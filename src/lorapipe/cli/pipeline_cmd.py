@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     definition.add_argument("--sagemaker-role", metavar="ARN", help="execution role ARN for the training step")
     definition.add_argument("--name", default="lorapipe-training", help="the training step's name")
+    definition.add_argument("--upsert", metavar="PIPELINE",
+                            help="create or update this SageMaker pipeline instead of printing (needs --sagemaker-role)")
+    definition.add_argument("--pipeline-role", metavar="ARN",
+                            help="role Pipelines starts the job with (deploy/ output PipelineExecutionRoleArn)")
+    definition.add_argument("--region", help="AWS region (default: the AWS config's)")
+    definition.add_argument("--sagemaker-endpoint", metavar="URL", help="SageMaker API endpoint override")
     definition.set_defaults(handler=_definition)
 
     runs = subparsers.add_parser("runs", help="list, show, follow and cancel pipeline runs")
@@ -231,8 +237,15 @@ def _wait_quietly(home, run_id: str) -> int:
 
 
 def _definition(args: argparse.Namespace) -> int:
-    from lorapipe.pipeline.sagemaker_definition import pipeline_definition
+    from lorapipe.errors import PipelineError
+    from lorapipe.pipeline.sagemaker_definition import pipeline_definition, upsert_pipeline
 
+    if args.upsert:
+        if not args.sagemaker_role:
+            raise PipelineError("--upsert: give --sagemaker-role, the role SageMaker Pipelines runs the step with")
+        print(upsert_pipeline(args.upsert, args.sagemaker_role, pipeline_role_arn=args.pipeline_role,
+                              region=args.region, endpoint_url=args.sagemaker_endpoint))
+        return 0
     print(json.dumps(pipeline_definition(role_arn=args.sagemaker_role, step_name=args.name), indent=2))
     return 0
 

@@ -82,3 +82,35 @@ def pipeline_definition(role_arn: str | None = None, step_name: str = "lorapipe-
             "RetryPolicies": [dict(policy) for policy in RETRY_POLICIES],
         }],
     }
+
+
+def upsert_pipeline(name: str, role_arn: str, *, pipeline_role_arn: str | None = None, region: str | None = None,
+                    endpoint_url: str | None = None) -> str:
+    """Create the SageMaker pipeline, or update it if it exists; return its ARN.
+
+    `role_arn` is the training job's role (the ExecutionRoleArn parameter's default); `pipeline_role_arn` the role
+    Pipelines itself uses to start that job (deploy/: PipelineExecutionRole), the training role when not given.
+    """
+    import json
+
+    import boto3
+
+    from lorapipe.errors import PipelineError
+
+    client = boto3.session.Session(region_name=region).client("sagemaker", endpoint_url=endpoint_url)
+    body = json.dumps(pipeline_definition(role_arn=role_arn))
+    arguments = {"PipelineName": name, "PipelineDefinition": body, "RoleArn": pipeline_role_arn or role_arn,
+                 "PipelineDescription": "lorapipe: one SDXL LoRA training job (recipe parameters)"}
+    try:
+        # Listing by prefix answers "does it exist" the same way on AWS and on emulators (whose not-found
+        # errors differ), without treating every describe error as "absent".
+        summaries = client.list_pipelines(PipelineNamePrefix=name).get("PipelineSummaries", [])
+        if not any(summary.get("PipelineName") == name for summary in summaries):
+            return client.create_pipeline(**arguments)["PipelineArn"]
+        return client.update_pipeline(**{k: v for k, v in arguments.items() if k != "PipelineDescription"})[
+            "PipelineArn"]
+    except Exception as exc:
+        if isinstance(exc, PipelineError):
+            raise
+        raise PipelineError(f"sagemaker pipeline {name}: create/update refused ({type(exc).__name__}: {exc}); "
+                            "check the role ARN, region and credentials") from exc
