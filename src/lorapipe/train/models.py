@@ -125,9 +125,23 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
         unet.to(memory_format=torch.channels_last)
     if speed.compile_unet or getattr(cfg, "torch_compile", False):
         unet.compile()  # in place: the module object (and its LoRA layers) stays the same
-    unet.train()
-    te1.train(train_te)
-    te2.train(train_te)
+    # The frozen base stays in eval mode: its dropouts are p=0 anyway, but in train mode torch still draws a
+    # mask for each of them every step. Only the LoRA layers are in train mode (network_dropout reads it).
+    for model in (unet, te1, te2):
+        model.eval()
+    if cfg.gradient_checkpointing and train_te:  # transformers only checkpoints layers in train mode
+        te1.train()
+        te2.train()
+    _lora_train_mode(network)
     return TrainModels(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=pipe.tokenizer,
                        tokenizer_2=pipe.tokenizer_2, network=network, device=device, weight_dtype=weight_dtype,
                        vae_dtype=vae_dtype, train_text_encoder=train_te, max_token_length=max_token_length)
+
+
+def _lora_train_mode(network) -> None:
+    from lorapipe.lora.network import ADAPTER_NAME
+
+    for target in network.targets:
+        layer = network.lora_layer(target)
+        layer.lora_A[ADAPTER_NAME].train()
+        layer.lora_B[ADAPTER_NAME].train()

@@ -66,7 +66,7 @@ def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, o
     cpu_state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     written = []
-    unet_was_training = models.unet.training
+    lora_modes = {m: m.training for m in models.unet.modules()}
     models.unet.eval()
     # The VAE and text encoders may have been moved off the GPU after caching; bring them back for the previews.
     parked = {name: next(getattr(models, name).parameters()).device
@@ -96,7 +96,8 @@ def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, o
     finally:
         for name, where in parked.items():
             getattr(models, name).to(where)
-        models.unet.train(unet_was_training)
+        for module, mode in lora_modes.items():
+            module.training = mode
         torch.set_rng_state(cpu_state)
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
