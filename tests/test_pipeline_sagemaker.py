@@ -21,7 +21,6 @@ from lorapipe.pipeline.runs import create_run
 from lorapipe.pipeline.sagemaker_backend import SageMakerBackend, job_name_for
 from lorapipe.pipeline.sagemaker_definition import RECIPE_PARAMETERS, pipeline_definition
 from tests.pipeline_fixtures import write_artifact
-from tests.s3_fixtures import seaweed_s3  # noqa: F401
 
 ROLE = "arn:aws:iam::123456789012:role/lorapipe-training"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/lorapipe-training:latest"

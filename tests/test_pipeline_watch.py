@@ -11,7 +11,6 @@ import uuid
 from lorapipe.pipeline.records import RunStore
 from lorapipe.pipeline.request import PipelineHome, RunRequest
 from lorapipe.pipeline.watch import DatasetWatcher
-from tests.s3_fixtures import seaweed_s3  # noqa: F401
 
 
 def _watcher(home, store_url, **request) -> DatasetWatcher:

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from s3_fixtures import seaweed_s3  # noqa: F401  (session fixture)
 
 from lorapipe.dataset.sample import write_sample_dataset
 from lorapipe.errors import StoreError

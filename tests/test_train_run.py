@@ -134,8 +134,11 @@ def test_epoch_files_samples_and_tensorboard(tiny_model_dir, sample_dataset_dir,
         data, base_model=str(tiny_model_dir), output_dir=out, show_progress=False, step_lines=False,
         overrides=("max_train_epochs=3", "save_every_n_epochs=1", "save_last_n_epochs=1", f"sample_prompts={prompts}",
                    "sample_every_n_epochs=1", "sample_sampler=euler_a", f"logging_dir={tmp_path / 'logs'}",
-                   "network_train_unet_only=true", "cache_text_encoder_outputs=true"))
+                   "network_train_unet_only=true", "cache_text_encoder_outputs_to_disk=true",
+                   "cache_latents_to_disk=true"))
     assert result.steps_done == 6
+    subset = data / "1_dwjz toy"
+    assert len(list(subset.glob("*_te_outputs.npz"))) == 2 and len(list(subset.glob("*_sdxl.npz"))) == 2
     names = sorted(p.name for p in out.glob("*.safetensors"))
     assert names == ["dwjz_toy-000002.safetensors", "dwjz_toy.safetensors"]  # 000001 pruned, 000003 is the final
     assert not any(k.startswith("lora_te") for k in _tensors(out / "dwjz_toy.safetensors"))
