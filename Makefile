@@ -16,14 +16,15 @@ TORCH_SPEC ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e .
+	# One resolver pass for torch and the package; --no-compile skips byte-compiling thousands of torch files
+	# that are never imported (Python compiles what it imports on first use).
+	$(PIP) install -q --no-compile "$(TORCH_SPEC)" -e .
 	# The real CLIP BPE merges ship inside open-clip-torch; --no-deps keeps torchvision out.
-	$(PIP) install -q --no-deps "open-clip-torch>=2.20"
+	$(PIP) install -q --no-compile --no-deps "open-clip-torch>=2.20"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-compile -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
