@@ -68,10 +68,27 @@ def test_gui_only_keys_are_in_the_table_and_never_supported_directly() -> None:
 
 
 def test_supported_keys_are_exactly_the_trainconfig_attributes() -> None:
-    bookkeeping = {"dataset", "source", "dataset_dir", "conv_dim", "conv_alpha"}
+    bookkeeping = {"dataset", "source", "dataset_dir", "conv_dim", "conv_alpha", "network_options"}
     attributes = {f.name for f in dataclasses.fields(TrainConfig)} - bookkeeping
     supported = {name for name, spec in KEY_TABLE.items() if spec.status == SUPPORTED}
     assert supported == attributes
+
+
+def test_network_args_split_into_implemented_and_refused() -> None:
+    from lorapipe.config.keys import NETWORK_ARGS_REJECTED, NETWORK_ARGS_SUPPORTED
+
+    # Only sd-scripts' block-wise learning-rate weights are still refused; everything else networks.lora takes works.
+    assert set(NETWORK_ARGS_REJECTED) == {"down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold"}
+    assert set(NETWORK_ARGS_SUPPORTED) == {
+        "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "block_dims", "block_alphas",
+        "conv_block_dims", "conv_block_alphas", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+        "loraplus_text_encoder_lr_ratio",
+    }
+    for name in NETWORK_ARGS_REJECTED:
+        assert KEY_TABLE[name].status == REJECTED and KEY_TABLE[name].gui, name
+    for name in ("block_dims", "rank_dropout", "loraplus_lr_ratio", "conv_block_alphas"):
+        assert KEY_TABLE[name].status == MAPPED and KEY_TABLE[name].maps_to == "network_args", name
+    assert KEY_TABLE["torch_compile"].status == SUPPORTED and KEY_TABLE["dynamo_backend"].status == SUPPORTED
 
 
 def test_dataset_layer_keys_are_known() -> None:

@@ -121,6 +121,9 @@ def _advice(c: TrainConfig) -> list[str]:
     if c.v_pred_like_loss and c.v_parameterization:
         notes.append("v_pred_like_loss is meant for noise-prediction training; with v_parameterization it only "
                      "re-weights the loss")
+    if c.torch_compile and c.dynamo_backend == "no":
+        notes.append("torch_compile = true with dynamo_backend = \"no\" compiles nothing (as in sd-scripts); set "
+                     "dynamo_backend = \"inductor\" to compile the UNet")
     if c.sample_every_n_epochs and c.sample_every_n_steps:
         notes.append("sample_every_n_epochs and sample_every_n_steps are both set; epochs win (as in sd-scripts)")
     return notes

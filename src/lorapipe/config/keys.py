@@ -57,12 +57,21 @@ LOSS_TYPES = ("l1", "l2", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("constant", "exponential", "snr")
 LOG_WITH = ("tensorboard",)
 NETWORK_MODULES = ("networks.lora",)
-# networks.lora's network_args: those lorapipe honours, and those it refuses (they change which modules train).
-NETWORK_ARGS_SUPPORTED = ("conv_dim", "conv_alpha", "dropout")
-NETWORK_ARGS_REJECTED = (
-    "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight", "mid_lr_weight",
-    "up_lr_weight", "block_lr_zero_threshold", "rank_dropout", "module_dropout", "loraplus_lr_ratio",
-    "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+# networks.lora's network_args: those lorapipe honours (`network_args.py` parses them; `dropout` is read only to
+# warn that networks.lora ignores it), and those it refuses (block-wise LR weights, which also change which modules
+# train, are not implemented).
+NETWORK_ARGS_SUPPORTED = (
+    "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "block_dims", "block_alphas",
+    "conv_block_dims", "conv_block_alphas", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+    "loraplus_text_encoder_lr_ratio",
+)
+NETWORK_ARGS_REJECTED = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+# kohya_ss GUI fields the GUI writes into network_args as "key=value" (when set); lorapipe does the same.
+GUI_NETWORK_ARGS = tuple(name for name in NETWORK_ARGS_SUPPORTED if name not in ("conv_dim", "conv_alpha", "dropout"))
+# torch.compile backends sd-scripts' --dynamo_backend offers; "no" is what the kohya_ss GUI writes for "off".
+DYNAMO_BACKENDS = (
+    "eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs", "ofi", "fx2trt", "onnxrt",
+    "tensorrt", "ipex", "tvm",
 )
 # kohya_ss LoRA_type values that train networks.lora; conv_dim/conv_alpha reach network_args only for LoCon.
 LORA_TYPES_PLAIN = ("Standard",)
@@ -79,8 +88,6 @@ _IGNORED: dict[str, str] = {
     "lowram": _NO_EFFECT + " (lorapipe loads models with diffusers)",
     "highvram": _NO_EFFECT,
     "disable_mmap_load_safetensors": _NO_EFFECT,
-    "torch_compile": "lorapipe's trainer does not use torch.compile",
-    "dynamo_backend": "lorapipe's trainer does not use torch.compile",
     "vae_batch_size": "lorapipe encodes latents for caching one image at a time",
     "skip_cache_check": "lorapipe checks its latent cache by image content and settings, which is cheap",
     "log_tracker_name": "TensorBoard runs are named <log_prefix><timestamp> under logging_dir",
@@ -191,8 +198,7 @@ _GUI_IGNORED: dict[str, str] = {
     "dynamo_use_dynamic": "accelerate launch setting, not a training option",
     "extra_accelerate_launch_args": "accelerate launch setting, not a training option",
 }
-# GUI fields the GUI turns into network_args / LyCORIS arguments: refused when set, since networks.lora would need
-# them as network_args and lorapipe supports none of them.
+# GUI fields the GUI turns into network_args / LyCORIS arguments that lorapipe does not implement: refused when set.
 _GUI_NETWORK_FIELDS = NETWORK_ARGS_REJECTED + (
     "factor", "use_cp", "use_tucker", "use_scalar", "decompose_both", "rank_dropout_scale", "bypass_mode", "dora_wd",
     "constrain", "rescaled", "train_norm", "LyCORIS_preset",
@@ -214,10 +220,13 @@ def _build_table() -> dict[str, KeySpec]:
         table.setdefault(name, KeySpec(name, MAPPED, reason, maps_to=target, gui=not name.startswith("use_")))
     for name, reason in _GUI_IGNORED.items():
         table.setdefault(name, KeySpec(name, IGNORED, reason, gui=True))
+    for name in GUI_NETWORK_ARGS:
+        table.setdefault(name, KeySpec(name, MAPPED, "kohya_ss GUI field that the GUI writes into network_args",
+                                       maps_to="network_args", gui=True))
     for name in _GUI_NETWORK_FIELDS:
         table.setdefault(
-            name, KeySpec(name, REJECTED, "kohya_ss GUI network field; lorapipe supports only conv_dim/conv_alpha "
-                          "in network_args", gui=True)
+            name, KeySpec(name, REJECTED, "kohya_ss GUI network field for an argument lorapipe does not implement "
+                          "(block-wise learning-rate weights, LyCORIS options)", gui=True)
         )
     return table
 

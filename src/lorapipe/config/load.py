@@ -153,6 +153,9 @@ class _Builder:
 
     def _mapped(self, spec: k.KeySpec, value: Any, kept: dict[str, Any]) -> None:
         target = spec.maps_to or ""
+        if target == "network_args":
+            self._gui_network_arg(spec, value, kept)
+            return
         if spec.name in ("use_8bit_adam", "use_lion_optimizer"):
             if is_off(value):
                 return
@@ -166,6 +169,20 @@ class _Builder:
         kept[target] = value
         self.origins.setdefault(target, self.where(spec.name))
         self.warn(spec.name, f"{spec.name}: {spec.reason}; read as {target} = {value!r}")
+
+    def _gui_network_arg(self, spec: k.KeySpec, value: Any, kept: dict[str, Any]) -> None:
+        """A top-level GUI field (rank_dropout, block_dims, loraplus_lr_ratio, ...) joins network_args as
+        "key=value", as the kohya_ss GUI writes it when set; network_args wins when it sets the key itself."""
+        if is_off(value):
+            return
+        existing = _listed(kept.get("network_args"))
+        if any(str(item).partition("=")[0].strip() == spec.name for item in existing):
+            self.warn(spec.name, f"{spec.name} ignored: network_args already sets {spec.name}")
+            return
+        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        kept["network_args"] = existing + [f"{spec.name}={text}"]
+        self.origins.setdefault("network_args", self.where(spec.name))
+        self.warn(spec.name, f"{spec.name}: {spec.reason}; read as network_args \"{spec.name}={text}\"")
 
     def _gui_network_fields(self, raw: Mapping[str, Any], kept: dict[str, Any]) -> None:
         """Top-level conv_dim/conv_alpha join network_args only where the GUI puts them there (Kohya LoCon)."""
@@ -187,8 +204,7 @@ class _Builder:
         if is_off(raw.get("conv_dim")):
             self.warn(present[0], f"{names} ignored: conv_dim is off, so LoRA_type \"Kohya LoCon\" adds no conv LoRA")
             return
-        existing = kept.get("network_args") or []
-        existing = existing.split() if isinstance(existing, str) else list(existing)
+        existing = _listed(kept.get("network_args"))
         if any(str(item).strip().startswith("conv_dim") for item in existing):
             self.warn(present[0], f"{names} ignored: network_args already sets conv_dim")
             return
@@ -215,6 +231,7 @@ class _Builder:
         choose("huber_schedule", k.HUBER_SCHEDULES)
         choose("sample_sampler", k.SAMPLE_SAMPLERS)
         choose("log_with", k.LOG_WITH, " (wandb is not available)")
+        choose("dynamo_backend", k.DYNAMO_BACKENDS + ("no",))
         self._optimizer(kwargs)
         self._scheduler(kwargs)
         self._save_model_as(kwargs)
@@ -295,6 +312,7 @@ class _Builder:
             self.warn("network_args", f"network_args {note}")
         kwargs["conv_dim"] = parsed.conv_dim
         kwargs["conv_alpha"] = parsed.conv_alpha
+        kwargs["network_options"] = parsed.options
         if "network_dropout" not in kwargs and parsed.dropout is not None:
             self.warn("network_args", "network_args dropout is ignored by networks.lora; use network_dropout")
 
@@ -371,6 +389,13 @@ class _Builder:
             prefix = "dataset error: " if note.severity == "error" else ""
             self.warnings.append(f"{note.path}: {prefix}{note.reason}")
         return blueprint
+
+
+def _listed(value: Any) -> list[Any]:
+    """network_args as a list, whether the file holds a list or one space-separated string."""
+    if not value:
+        return []
+    return value.split() if isinstance(value, str) else list(value)
 
 
 def _suggest(key: str) -> str:

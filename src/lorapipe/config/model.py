@@ -48,6 +48,25 @@ def strings() -> Any:
 
 
 @dataclass(frozen=True)
+class NetworkOptions:
+    """networks.lora's other `network_args`, parsed and validated (None = not given, sd-scripts' default).
+
+    Block lists have one value per SDXL UNet block (23). The block lists are None unless `block_dims` is given, as
+    sd-scripts reads block_alphas/conv_block_* only then. The LoRA+ ratios are the effective ones: the specific
+    `loraplus_unet_lr_ratio` / `loraplus_text_encoder_lr_ratio`, else `loraplus_lr_ratio`.
+    """
+
+    rank_dropout: float | None = None
+    module_dropout: float | None = None
+    block_dims: tuple[int, ...] | None = None
+    block_alphas: tuple[float, ...] | None = None
+    conv_block_dims: tuple[int, ...] | None = None
+    conv_block_alphas: tuple[float, ...] | None = None
+    loraplus_unet_lr_ratio: float | None = None
+    loraplus_text_encoder_lr_ratio: float | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The effective training options (sd-scripts names and defaults) plus the dataset blueprint.
 
@@ -69,6 +88,8 @@ class TrainConfig:
     clip_skip: int | None = integer(minimum=1)
     max_token_length: int | None = integer()
     gradient_checkpointing: bool = flag()
+    torch_compile: bool = flag()
+    dynamo_backend: str = text("inductor")  # lower-case backend name for torch.compile (sd-scripts' choices)
     # -- network (networks.lora)
     network_module: str = text("networks.lora")
     network_dim: int = integer(4, minimum=1)
@@ -77,6 +98,7 @@ class TrainConfig:
     network_args: tuple[str, ...] = strings()
     conv_dim: int | None = _opt(None, DERIVED)  # from network_args "conv_dim=N"; None = no conv LoRA
     conv_alpha: float | None = _opt(None, DERIVED)  # from network_args "conv_alpha=A" (1 when only conv_dim is set)
+    network_options: NetworkOptions = _opt(NetworkOptions(), DERIVED)  # the other network_args, parsed
     network_weights: str | None = path()
     network_train_unet_only: bool = flag()
     network_train_text_encoder_only: bool = flag()

@@ -61,7 +61,8 @@ class TrainModels:
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """GPU speed switches that are not Kohya keys (Kohya's torch_compile is read from the config too)."""
+    """GPU speed switches that are not Kohya keys (Kohya's torch_compile/dynamo_backend are read from the config
+    too)."""
 
     channels_last: bool = False
     compile_unet: bool = False
@@ -88,6 +89,7 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
                       seed: int, speed: SpeedOptions = SpeedOptions()) -> TrainModels:
     """Load the base model, put each part in its dtype/device, freeze it and attach the Kohya LoRA."""
     from lorapipe.lora.network import attach_kohya_lora
+    from lorapipe.lora.ranks import BlockRanks
     from lorapipe.sdxl.load import load_sdxl_pipeline
 
     weight_dtype, lora_dtype, vae_dtype = training_dtypes(
@@ -104,10 +106,13 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
     te2.to(device, weight_dtype)
     vae.to(device, vae_dtype)
     vae.eval()
+    opts = cfg.network_options
+    block_ranks = BlockRanks.parse(opts.block_dims, opts.block_alphas, opts.conv_block_dims, opts.conv_block_alphas)
     network = attach_kohya_lora(
         unet, te1, te2, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha, conv_dim=cfg.conv_dim,
         conv_alpha=cfg.conv_alpha, dropout=cfg.network_dropout, train_unet=train_unet,
-        train_text_encoder=train_te, seed=seed, lora_dtype=lora_dtype)
+        train_text_encoder=train_te, seed=seed, lora_dtype=lora_dtype, rank_dropout=opts.rank_dropout,
+        module_dropout=opts.module_dropout, block_ranks=block_ranks)
     if cfg.network_weights:
         from safetensors.torch import load_file
 
@@ -123,8 +128,10 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
             te2.gradient_checkpointing_enable()
     if speed.channels_last:
         unet.to(memory_format=torch.channels_last)
-    if speed.compile_unet or getattr(cfg, "torch_compile", False):
-        unet.compile()  # in place: the module object (and its LoRA layers) stays the same
+    compile_backend = cfg.dynamo_backend if cfg.torch_compile and cfg.dynamo_backend != "no" else None
+    if speed.compile_unet or compile_backend:
+        # In place: the module object (and its LoRA layers) stays the same.
+        unet.compile(backend=compile_backend or "inductor")
     # The frozen base stays in eval mode: its dropouts are p=0 anyway, but in train mode torch still draws a
     # mask for each of them every step. Only the LoRA layers are in train mode (network_dropout reads it).
     for model in (unet, te1, te2):

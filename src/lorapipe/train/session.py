@@ -76,7 +76,10 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
                                seed=plan.seed, speed=speed)
     if device.type == "cpu" and (threads := cpu_threads_for(models.unet)):
         torch.set_num_threads(threads)
-    groups = models.network.parameter_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
+    loraplus = cfg.network_options
+    groups = models.network.parameter_groups(
+        cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate, loraplus_unet_lr_ratio=loraplus.loraplus_unet_lr_ratio,
+        loraplus_text_encoder_lr_ratio=loraplus.loraplus_text_encoder_lr_ratio)
     names = [g.pop("name", f"group{i}") for i, g in enumerate(groups)]
     optimizer, choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate,
                                         device_type=device.type)
