@@ -13,17 +13,19 @@ HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
 # Stage order (docs/architecture.md): a module may import only from stages before it in this table.
 ALLOWED = {
     "errors": set(),
-    "container_contract": {"errors"},
-    "sdxl": {"errors"},
-    "store": {"errors"},
-    "dataset": {"errors", "sdxl", "store"},
-    "config": {"errors", "sdxl", "dataset"},
-    "lora": {"errors", "sdxl"},
-    "train": {"errors", "sdxl", "store", "dataset", "config", "lora", "container_contract"},
-    "registry": {"errors", "lora"},
-    "generate": {"errors", "sdxl", "lora", "registry"},
-    "server": {"errors", "sdxl", "lora", "registry", "generate"},
-    "pipeline": {"errors", "sdxl", "store", "dataset", "config", "lora", "registry", "train", "container_contract"},
+    "atomic": set(),  # stdlib-only atomic writes, usable by every stage
+    "container_contract": {"errors", "atomic"},
+    "sdxl": {"errors", "atomic"},
+    "store": {"errors", "atomic"},
+    "dataset": {"errors", "atomic", "sdxl", "store"},
+    "config": {"errors", "atomic", "sdxl", "dataset"},
+    "lora": {"errors", "atomic", "sdxl"},
+    "train": {"errors", "atomic", "sdxl", "store", "dataset", "config", "lora", "container_contract"},
+    "registry": {"errors", "atomic", "lora"},
+    "generate": {"errors", "atomic", "sdxl", "lora", "registry"},
+    "server": {"errors", "atomic", "sdxl", "lora", "registry", "generate"},
+    "pipeline": {"errors", "atomic", "sdxl", "store", "dataset", "config", "lora", "registry", "train",
+                 "container_contract"},
 }
 
 

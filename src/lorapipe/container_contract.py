@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import ConfigError, DatasetError
 
 DEFAULT_ROOT = Path("/opt/ml")
@@ -182,12 +183,7 @@ def write_failure(opt_ml: OptMl, cause: str, detail: str = "") -> Path:
     """Write ``output/failure`` atomically (cause first, at most FAILURE_LIMIT characters) and return its path."""
     path = opt_ml.failure_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(failure_text(cause, detail))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, failure_text(cause, detail))
     return path
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorapipe.atomic import atomic_copy, atomic_write_bytes
 from lorapipe.errors import StoreError
 
 DATASET_NAME_RE = re.compile(r"^\d+-dataset$")
@@ -46,15 +47,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _classify(exc: BaseException, url: str) -> StoreError:
@@ -196,7 +188,7 @@ class Store:
                 self._verify_sidecar(name, rel, digest, remote)
                 manifest[rel] = {**version, "sha256": digest}
                 downloaded += 1
-            _atomic_write_bytes(staging / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            atomic_write_bytes(staging / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
             self._swap_in(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -239,12 +231,8 @@ class Store:
         if self.is_local:
             target = Path(self._path(dest))
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-            shutil.copyfile(local, tmp)
-            with tmp.open("rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-            _atomic_write_bytes(target.with_name(target.name + SHA256_SUFFIX), sidecar)
+            atomic_copy(local, target)
+            atomic_write_bytes(target.with_name(target.name + SHA256_SUFFIX), sidecar)
             return self.url_of(dest)
         tmp_key = f"{dest}.tmp-{uuid.uuid4().hex}"
         with self._errors(dest):

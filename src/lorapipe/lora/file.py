@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lorapipe.atomic import atomic_target
 from lorapipe.errors import ModelLoadError, TrainingError
 
 # sd-scripts train_util.addnet_hash_legacy: 64 KiB at offset 1 MiB.
@@ -60,18 +61,9 @@ def save_kohya_lora(path: Path, tensors: Mapping[str, Any], metadata: Mapping[st
     header, data = _rewrite_header(serialized, full)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(header)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_target(path) as tmp, tmp.open("wb") as handle:
+        handle.write(header)
+        handle.write(data)
     return path
 
 
@@ -130,16 +122,3 @@ def _parse_header(path: Path, header: Any, *, data_size: int) -> tuple[dict[str,
         index[name] = (dtype, shape)
     return dict(metadata), index
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); not possible on every platform, so best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import PipelineError
 from lorapipe.pipeline.hashing import sha256_file
 
@@ -103,27 +104,3 @@ def copy_artifact(source: Artifact, destination: Path) -> Artifact:
     if copied.sha256 != source.sha256:
         raise PipelineError(f"{destination}: cached artifact changed while copying; run again with --no-cache")
     return copied
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_copy(source: Path, target: Path) -> None:
-    """Copy a file under a temporary name in the target folder, fsync, then rename: readers never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -11,8 +11,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from lorapipe.atomic import atomic_copy
 from lorapipe.errors import GenerationError, LorapipeError, StoreError
-from lorapipe.pipeline.artifact import Artifact, atomic_copy, write_sha256_sidecars
+from lorapipe.pipeline.artifact import Artifact, write_sha256_sidecars
 from lorapipe.pipeline.hashing import sha256_file
 from lorapipe.pipeline.runlog import RunLog
 from lorapipe.registry import LoraRegistry, check_lora_name
@@ -37,6 +38,7 @@ def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None,
         manifest["output_prefix"], manifest["uploaded"] = _upload(artifact, run_id, output_url, endpoint_url,
                                                                   manifest, log)
     target = lora_dir / f"{lora_name}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_copy(artifact.lora, target)
     if sha256_file(target) != artifact.sha256[artifact.relative(artifact.lora)]:
         target.unlink()

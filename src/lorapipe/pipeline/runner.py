@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe import __version__
+from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import LorapipeError, PipelineError
-from lorapipe.pipeline.artifact import Artifact, atomic_write_text, copy_artifact, find_artifact
+from lorapipe.pipeline.artifact import Artifact, copy_artifact, find_artifact
 from lorapipe.pipeline.backend import TrainBackend, TrainJob
 from lorapipe.pipeline.hashing import ContentHasher, train_cache_key
 from lorapipe.pipeline.publish import publish_artifact

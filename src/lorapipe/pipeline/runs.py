@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import PipelineError
-from lorapipe.pipeline.artifact import atomic_write_text
 from lorapipe.pipeline.records import RunRecord, RunStore, new_run_id
 from lorapipe.pipeline.request import PipelineHome, RunRequest
 

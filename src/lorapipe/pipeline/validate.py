@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import DatasetError, LorapipeError, StoreError
-from lorapipe.pipeline.artifact import atomic_write_text
 from lorapipe.pipeline.request import RunRequest
 from lorapipe.pipeline.runlog import RunLog
 

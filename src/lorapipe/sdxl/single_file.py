@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lorapipe.atomic import atomic_target
 from lorapipe.sdxl.constants import SGM_TE1_PREFIX, SGM_TE2_PREFIX, SGM_UNET_PREFIX, SGM_VAE_PREFIX
 from lorapipe.sdxl.sgm_names import UnetNameMap
 
@@ -113,8 +114,6 @@ def _with_text_model_prefix(name: str) -> str:
 
 def write_single_file(pipe, path: Path) -> Path:
     """Save `pipe` as one SGM-layout `.safetensors`, atomically, with its diffusers configs in the metadata."""
-    import os
-
     from safetensors.torch import save_file
 
     configs = {
@@ -125,9 +124,6 @@ def write_single_file(pipe, path: Path) -> Path:
     }
     state = {k: v.contiguous() for k, v in pipeline_to_sgm_state(pipe).items()}
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(configs, default=str)})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(configs, default=str)})
     return path

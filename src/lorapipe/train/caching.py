@@ -9,13 +9,13 @@ refreshed otherwise (sd-scripts only checks that the keys exist: kohya-ss/sd-scr
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lorapipe.atomic import atomic_target
 from lorapipe.errors import ConfigError, DatasetError
 
 
@@ -47,15 +47,11 @@ def te_cache_path(image_path: Path) -> Path:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")
     try:
-        with open(tmp, "wb") as handle:
+        # The `.npz` suffix keeps a torn temporary out of the dataset hash (it ignores `.npz`).
+        with atomic_target(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DatasetError(f"{path}: cannot write the cache file ({exc.strerror}); make the image folder writable "
                            "or set cache_latents_to_disk / cache_text_encoder_outputs_to_disk = false") from exc
 

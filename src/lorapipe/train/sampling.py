@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lorapipe.atomic import atomic_target
 from lorapipe.sdxl.constants import BETA_END, BETA_SCHEDULE, BETA_START, NUM_TRAIN_TIMESTEPS
 from lorapipe.train.naming import sample_image_name
 from lorapipe.train.sample_prompts import SamplePrompt
@@ -89,9 +90,8 @@ def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, o
                              target_size=(prompt.height, prompt.width)).images[0]
             name = sample_image_name(output_name, epoch=epoch, step=step, prompt_index=index, seed=prompt.seed)
             path = out_dir / name
-            tmp = path.with_name(path.name + ".tmp.png")
-            image.save(tmp)
-            tmp.replace(path)
+            with atomic_target(path, suffix=".png") as tmp:  # PIL picks the format from the suffix
+                image.save(tmp)
             written.append(path)
     finally:
         for name, where in parked.items():

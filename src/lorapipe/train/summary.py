@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lorapipe.atomic import atomic_write_text
 
 SUMMARY_FILE = "train_summary.json"
 
@@ -58,10 +59,5 @@ class TrainSummary:
 def write_summary(output_dir: Path, summary: TrainSummary) -> Path:
     """Atomic write of `train_summary.json`."""
     path = Path(output_dir) / SUMMARY_FILE
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(asdict(summary), handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(asdict(summary), indent=2, default=str))
     return path
