@@ -3,6 +3,7 @@ the saved file's ranks follow block_dims and LoRA+ gives lora_up its own, larger
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def test_network_args_run_shapes_the_file_and_splits_the_learning_rates(tiny_mod
 
     with safe_open(str(result.lora_path), "pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
+        recorded = json.loads(f.metadata()["ss_network_args"])
+    # As sd-scripts does, the file records every network_args entry.
+    assert recorded["block_dims"] == ",".join(map(str, BLOCK_DIMS)) and recorded["loraplus_lr_ratio"] == "4"
     downs = {key[: -len(".lora_down.weight")]: t for key, t in tensors.items() if key.endswith(".lora_down.weight")}
     unet = {name: t for name, t in downs.items() if name.startswith("lora_unet_")}
     assert unet

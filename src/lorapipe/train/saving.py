@@ -51,9 +51,12 @@ class LoraWriter:
         cfg, plan = self.plan.config, self.plan
         config_dict = {k: v for k, v in cfg.to_dict().items() if k not in ("dataset", "source", "dataset_dir")}
         config_dict.update(_dataset_config_keys(plan.blueprint))
-        network_args = {}
+        from lorapipe.config.network_args import split_pairs
+
+        # sd-scripts records every network_args entry; conv_alpha's default is spelled out as it does.
+        network_args: dict[str, object] = dict(split_pairs(cfg.network_args))
         if cfg.conv_dim:
-            network_args = {"conv_dim": cfg.conv_dim, "conv_alpha": cfg.conv_alpha if cfg.conv_alpha else 1}
+            network_args |= {"conv_dim": cfg.conv_dim, "conv_alpha": cfg.conv_alpha if cfg.conv_alpha else 1}
         return build_kohya_metadata(
             config_dict=config_dict, dataset_summary=dataset_summary(plan), base_model_name=plan.base_model,
             training_started_at=self.started_at, steps=steps, epoch=epoch, network_dim=cfg.network_dim,
