@@ -40,12 +40,15 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from lorapipe.atomic import atomic_write_bytes
+    from lorapipe.cli.lora_dir import resolve_lora_dir
     from lorapipe.generate.generator import GenerationRequest, Generator
     from lorapipe.generate.infotext import png_bytes
     from lorapipe.generate.quiet import quiet_model_loading
 
     quiet_model_loading()
-    generator = Generator.load(args.base_model, lora_dir=_lora_dir(args.lora_dir), device=args.device, dtype=args.dtype)
+    generator = Generator.load(args.base_model, lora_dir=resolve_lora_dir(args.lora_dir), device=args.device,
+                               dtype=args.dtype)
     result = generator.generate(GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg_scale,
         width=args.width, height=args.height, seed=args.seed, batch_size=args.batch_size, n_iter=args.n_iter,
@@ -57,31 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     paths = [out] if len(result.images) == 1 else [
         out.with_name(f"{out.stem}-{i:02d}{out.suffix or '.png'}") for i in range(len(result.images))]
     for path, image, text in zip(paths, result.images, result.infotexts):
-        _write_atomic(path, png_bytes(image, text))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, png_bytes(image, text))
         print(f"{path}  seed {text.rsplit('Seed: ', 1)[-1].split(',')[0]}")
     return 0
-
-
-def _write_atomic(path, data: bytes) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _lora_dir(given: str | None):
-    """The given folder, else the pipeline's publish folder (created, so a fresh install serves an empty list)."""
-    from pathlib import Path
-
-    if given:
-        return Path(given)
-    from lorapipe.pipeline.request import PipelineHome
-
-    folder = PipelineHome.resolve().default_lora_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

@@ -37,13 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from lorapipe.cli.lora_dir import resolve_lora_dir
     from lorapipe.server.app import create_app
     from lorapipe.server.settings import Limits, ServerSettings, parse_api_auth
     from lorapipe.sdxl.load import resolve_base_model
 
     resolve_base_model(args.base_model)  # a bad path fails here in milliseconds, before torch loads
     settings = ServerSettings(
-        base_model=args.base_model, lora_dir=str(_lora_dir(args.lora_dir)),
+        base_model=args.base_model, lora_dir=str(resolve_lora_dir(args.lora_dir)),
         host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
         api_auth=parse_api_auth(args.api_auth), queue_size=args.queue_size, request_timeout_s=args.timeout,
         cors_origins=tuple(o.strip() for o in args.cors_allow_origins.split(",") if o.strip()),
@@ -53,16 +54,3 @@ def _run(args: argparse.Namespace) -> int:
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 timeout_keep_alive=30)
     return 0
-
-
-def _lora_dir(given: str | None):
-    """The given folder, else the pipeline's publish folder (created, so a fresh install serves an empty list)."""
-    from pathlib import Path
-
-    if given:
-        return Path(given)
-    from lorapipe.pipeline.request import PipelineHome
-
-    folder = PipelineHome.resolve().default_lora_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
