@@ -27,6 +27,29 @@ def tiny_setup(root: Path | None = None) -> tuple[Path, Path]:
     return model_dir, lora_dir
 
 
+def tiny_generator(threads: int):
+    """A CPU fp32 Generator over `tiny_setup()`, with torch limited to `threads` and loading chatter off."""
+    import torch
+
+    from lorapipe.generate.generator import Generator
+    from lorapipe.generate.quiet import quiet_model_loading
+
+    torch.set_num_threads(threads)
+    quiet_model_loading()
+    model_dir, lora_dir = tiny_setup()
+    return Generator.load(str(model_dir), lora_dir=lora_dir, device="cpu", dtype="fp32")
+
+
+def serving(generator, **settings):
+    """Context manager: the A1111 app around `generator` on 127.0.0.1 in a uvicorn thread (yields `.url`)."""
+    from generate_fixtures import RunningServer
+
+    from lorapipe.server.app import create_app
+    from lorapipe.server.settings import ServerSettings
+
+    return RunningServer(create_app(ServerSettings(**settings), generator=generator))
+
+
 def median_time(fn, repeats: int) -> float:
     samples = []
     for _ in range(repeats):

@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 
-from generate_common import tiny_setup
+from generate_common import serving, tiny_generator
 
 
 def rss_mib() -> float:
@@ -32,18 +32,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx
-    import torch
-    from generate_fixtures import RunningServer
 
-    from lorapipe.generate.generator import Generator
-    from lorapipe.generate.quiet import quiet_model_loading
-    from lorapipe.server.app import create_app
-    from lorapipe.server.settings import ServerSettings
-
-    torch.set_num_threads(args.threads)
-    quiet_model_loading()
-    model_dir, lora_dir = tiny_setup()
-    generator = Generator.load(str(model_dir), lora_dir=lora_dir, device="cpu", dtype="fp32")
+    generator = tiny_generator(args.threads)
     statuses: collections.Counter = collections.Counter()
     rss_samples: list[float] = []
     lock = threading.Lock()
@@ -68,7 +58,7 @@ def main() -> None:
                 with lock:
                     rss_samples.append(rss_mib())
 
-    with RunningServer(create_app(ServerSettings(queue_size=args.queue), generator=generator)) as server:
+    with serving(generator, queue_size=args.queue) as server:
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(client_loop, range(args.clients)))

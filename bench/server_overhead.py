@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from generate_common import interleaved, tiny_setup
+from generate_common import interleaved, serving, tiny_generator
 
 
 def main() -> None:
@@ -21,23 +21,15 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx
-    import torch
-    from generate_fixtures import RunningServer
 
-    from lorapipe.generate.generator import GenerationRequest, Generator
-    from lorapipe.generate.quiet import quiet_model_loading
-    from lorapipe.server.app import create_app
-    from lorapipe.server.settings import ServerSettings
+    from lorapipe.generate.generator import GenerationRequest
 
-    torch.set_num_threads(args.threads)
-    quiet_model_loading()
-    model_dir, lora_dir = tiny_setup()
-    generator = Generator.load(str(model_dir), lora_dir=lora_dir, device="cpu", dtype="fp32")
+    generator = tiny_generator(args.threads)
     body = {"prompt": "a photo of dwjz toy <lora:toy:0.8>", "steps": args.steps, "width": args.size,
             "height": args.size, "seed": 5, "sampler_name": "Euler"}
     request = GenerationRequest(body["prompt"], steps=args.steps, width=args.size, height=args.size, seed=5,
                                 sampler_name="Euler")
-    with RunningServer(create_app(ServerSettings(), generator=generator)) as server, httpx.Client() as client:
+    with serving(generator) as server, httpx.Client() as client:
         def over_http():
             response = client.post(f"{server.url}/sdapi/v1/txt2img", json=body, timeout=120)
             assert response.status_code == 200, response.text
