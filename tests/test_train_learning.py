@@ -3,22 +3,11 @@ than the base model (same images, timesteps and noise; only the weights differ).
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 from lorapipe.config import load_train_config
 from lorapipe.dataset.scan import scan_dataset
 from lorapipe.train.heldout import compare_with_lora, heldout_samples
 from lorapipe.train.run import run_training
-from tests.train_fixtures import copy_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.train_fixtures import copy_dataset, one_thread  # noqa: F401 (autouse fixture)
 
 
 def test_lora_lowers_heldout_denoising_loss(tiny_model_dir, sample_dataset_dir, tmp_path):

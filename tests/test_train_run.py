@@ -13,16 +13,7 @@ from safetensors import safe_open
 from lorapipe.cli.main import main
 from lorapipe.errors import ConfigError, TrainingError
 from lorapipe.train.run import run_training
-from tests.train_fixtures import copy_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.train_fixtures import copy_dataset, one_thread  # noqa: F401 (autouse fixture)
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -6,18 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-import torch
-
 from lorapipe.train.sagemaker_entry import main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.train_fixtures import one_thread  # noqa: F401 (autouse fixture)
 
 
 def _root(tmp_path, sample_dataset_dir, hyperparameters):

@@ -1,11 +1,24 @@
-"""Helpers for the trainer tests: small writable copies of the sample dataset (the shared fixture is read-only)."""
+"""Helpers for the trainer tests: one torch thread, and small writable copies of the sample dataset (the shared
+fixture is read-only)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pytest
+import torch
+
 SUBSET = "20_dwjz toy"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded on a shared 2-core machine; autouse in each module importing it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def copy_dataset(sample_dataset_dir: Path, dest: Path, *, keep: int | None = None, repeats: int | None = None,
