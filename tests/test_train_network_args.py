@@ -12,20 +12,13 @@ import torch
 from safetensors import safe_open
 
 from lorapipe.train.run import run_training
+from tests.train_fixtures import one_thread  # noqa: F401 (autouse fixture)
 
 # One value per SDXL block: embedding, input_blocks_0..8, middle_block_0..2, output_blocks_0..8, out.
 BLOCK_DIMS = [0] + [2, 3, 2, 3, 2, 3, 2, 3, 2] + [0, 1, 0] + [1, 2, 3, 1, 2, 3, 1, 2, 3] + [0]
 BLOCK_ALPHAS = [1.0] * 23
 _SGM = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks)_(\d+)_")
 _FIRST = {"input_blocks": 1, "middle_block": 10, "output_blocks": 13}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _block_index(kohya_name: str) -> int:
