@@ -31,6 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cfg-scale", type=float, default=7.0)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--n-iter", type=int, default=1, help="number of batches")
+    hires = parser.add_argument_group(
+        "hires fix", "A1111's hires fix: sample at --width x --height, upscale, then denoise again at the larger "
+        "size. On with --enable-hr or any --hr-scale/--hr-resize-x/--hr-resize-y.")
+    hires.add_argument("--enable-hr", action="store_true", help="turn hires fix on (scale 2 unless told)")
+    hires.add_argument("--hr-scale", type=float, help="upscale factor (default 2) when no --hr-resize-x/-y")
+    hires.add_argument("--hr-resize-x", type=int, default=0, metavar="W", help="target width (0: keep aspect)")
+    hires.add_argument("--hr-resize-y", type=int, default=0, metavar="H", help="target height (0: keep aspect)")
+    hires.add_argument("--hr-upscaler", help="'Latent' (default), 'Latent (nearest-exact)', 'Latent (bicubic)', "
+                       "'Latent (antialiased)', 'Latent (bicubic antialiased)', 'Latent (nearest)', 'Lanczos', "
+                       "'Nearest' or 'None'")
+    hires.add_argument("--hr-second-pass-steps", type=int, default=0, metavar="N", help="0: same as --steps")
+    hires.add_argument("--denoising-strength", type=float, default=0.7, help="second-pass strength (0, 1]")
+    hires.add_argument("--hr-sampler", help="second-pass sampler (default: --sampler)")
+    hires.add_argument("--hr-prompt", default="", help="second-pass prompt (default: the prompt)")
+    hires.add_argument("--hr-negative", default="", help="second-pass negative prompt (default: --negative)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on cuda, fp32 on cpu")
     parser.set_defaults(handler=_run)
@@ -43,16 +58,26 @@ def _run(args: argparse.Namespace) -> int:
     from lorapipe.atomic import atomic_write_bytes
     from lorapipe.cli.lora_dir import resolve_lora_dir
     from lorapipe.generate.generator import GenerationRequest, Generator
+    from lorapipe.generate.hires import HiresFix, check_hires
     from lorapipe.generate.infotext import png_bytes
     from lorapipe.generate.quiet import quiet_model_loading
 
+    hires = None
+    if args.enable_hr or args.hr_scale is not None or args.hr_resize_x or args.hr_resize_y:
+        hires = HiresFix(
+            scale=2.0 if args.hr_scale is None else args.hr_scale, resize_x=args.hr_resize_x,
+            resize_y=args.hr_resize_y, upscaler=args.hr_upscaler, second_pass_steps=args.hr_second_pass_steps,
+            denoising_strength=args.denoising_strength, sampler_name=args.hr_sampler, prompt=args.hr_prompt,
+            negative_prompt=args.hr_negative,
+        )
+        check_hires(hires)  # a misspelt upscaler fails before minutes of model loading
     quiet_model_loading()
     generator = Generator.load(args.base_model, lora_dir=resolve_lora_dir(args.lora_dir), device=args.device,
                                dtype=args.dtype)
     result = generator.generate(GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg_scale,
         width=args.width, height=args.height, seed=args.seed, batch_size=args.batch_size, n_iter=args.n_iter,
-        sampler_name=args.sampler, scheduler=args.scheduler,
+        sampler_name=args.sampler, scheduler=args.scheduler, hires=hires,
     ))
     for warning in result.warnings:
         print(f"lorapipe: warning: {warning}", file=sys.stderr)

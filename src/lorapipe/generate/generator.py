@@ -6,15 +6,20 @@ the fused set or the shared scheduler.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+import math
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from pathlib import Path
 
 from lorapipe.errors import GenerationError
 from lorapipe.generate.control import JobControl
+from lorapipe.generate.hires import HiresFix, HiresTarget, check_hires, hires_infotext, hires_target
 from lorapipe.generate.infotext import create_infotext, lora_hashes_value
+from lorapipe.generate.latents import decode_latents, slerp
 from lorapipe.generate.lora_set import ActiveLora, FusedLoraSet
 from lorapipe.generate.model_info import ModelInfo, describe_model
 from lorapipe.generate.prompt_syntax import parse_extra_networks
@@ -44,6 +49,7 @@ class GenerationRequest:
     init_images: tuple = ()  # PIL images; non-empty means img2img
     denoising_strength: float = 0.75
     apply_loras: bool = True  # False = A1111 `disable_extra_networks`: tags are removed but not applied
+    hires: HiresFix | None = None  # A1111 `enable_hr` (txt2img only)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,27 @@ class GenerationResult:
     interrupted: bool
     job_timestamp: str
     model: ModelInfo = field(repr=False)
+    hires_target: HiresTarget | None = None  # None: no hires pass ran (not asked, or target = first-pass size)
+    extra_params: Mapping[str, object] = field(default_factory=dict)  # A1111 extra_generation_params
+
+
+@dataclass(frozen=True)
+class _HiresPlan:
+    """What the hires pass of one request does, worked out once before sampling."""
+
+    options: HiresFix
+    target: HiresTarget
+    resolved: ResolvedSampler
+    loras: tuple[ActiveLora, ...]
+    prompt: str  # as written (tags kept), for the infotext
+    negative_prompt: str
+    text: str  # tags removed, for encoding
+    negative_text: str
+    steps: int  # num_inference_steps handed to the img2img pipeline
+    steps_run: int  # of which diffusers runs int(steps * strength)
+    latent: bool  # a latent upscaler (else an image upscaler)
+    warnings: tuple[str, ...]
+    conds: tuple = ()  # (positive, negative) PromptEmbeds, encoded with the hires LoRA set
 
 
 class Generator:
@@ -108,11 +135,19 @@ class Generator:
     def _generate(self, request: GenerationRequest, control: JobControl) -> GenerationResult:
         import torch
 
+        from lorapipe.generate.encode import encode_pair
+
         resolved = resolve_sampler(request.sampler_name, request.scheduler)
         parsed = parse_extra_networks(request.prompt)
         negative_text = parse_extra_networks(request.negative_prompt).text
         active, warnings = self._resolve_loras(parsed.loras) if request.apply_loras else ((), [])
-        control.begin(request.n_iter)
+        plan = self._hires_plan(request, resolved) if request.hires else None
+        passes = 2 if plan else 1  # A1111 doubles job_count for hires fix, so progress covers both passes
+        control.begin(request.n_iter * passes)
+        if plan:  # hires conditioning is encoded with the hires LoRA set (the same set unless hr_prompt differs)
+            warnings += [w for w in plan.warnings if w not in warnings]
+            self.loras.apply(plan.loras)
+            plan = replace(plan, conds=encode_pair(plan.text, plan.negative_text, self.pipe))
         self.loras.apply(active)
         pipe = self._pipeline_for(request)
         pipe.scheduler = self._scheduler(resolved)
@@ -123,8 +158,6 @@ class Generator:
         seeds = [seed + (i if request.subseed_strength == 0 else 0) for i in range(total)]
         subseeds = [subseed + i for i in range(total)]
 
-        from lorapipe.generate.encode import encode_pair
-
         positive, negative = encode_pair(parsed.text, negative_text, self.pipe)
         images = []
         job_timestamp = time.strftime("%Y%m%d%H%M%S")
@@ -132,11 +165,21 @@ class Generator:
             if control.interrupted:
                 break
             batch = slice(iteration * request.batch_size, (iteration + 1) * request.batch_size)
-            steps_run = _steps_run(request)
-            control.begin_batch(iteration, steps_run)
-            images += self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control)
+            control.begin_batch(iteration * passes, _steps_run(request))
+            if plan is None:
+                images += self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control)
+                continue
+            self.loras.apply(active)  # no-op unless the previous hires pass switched the set
+            first = self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control,
+                                    output_type="latent" if plan.latent else "pil")
+            if control.should_stop_sampling():  # interrupted or skipped: A1111 returns the first pass as it is
+                images += decode_latents(pipe, first) if plan.latent else first
+                continue
+            control.begin_batch(iteration * passes + 1, plan.steps_run)
+            images += self._run_hires_pass(plan, request, first, seeds[batch], control)
+        extra = self._extra_params(request, resolved, plan, active)
         infotexts = tuple(
-            self._infotext(request, resolved, active, seeds[i], subseeds[i]) for i in range(len(images))
+            self._infotext(request, resolved, seeds[i], subseeds[i], plan, extra) for i in range(len(images))
         )
         for image, text in zip(images, infotexts):
             image.info["parameters"] = text
@@ -146,10 +189,11 @@ class Generator:
             images=tuple(images), infotexts=infotexts, seeds=tuple(seeds), subseeds=tuple(subseeds),
             request=request, sampler_name=resolved.sampler.name, schedule_label=resolved.schedule_label,
             loras=tuple(active), warnings=tuple(warnings), interrupted=control.interrupted,
-            job_timestamp=job_timestamp, model=self.model,
+            job_timestamp=job_timestamp, model=self.model, hires_target=plan.target if plan else None,
+            extra_params=MappingProxyType(extra),
         )
 
-    def _run_batch(self, pipe, request, positive, negative, seeds, subseeds, control) -> list:
+    def _run_batch(self, pipe, request, positive, negative, seeds, subseeds, control, output_type="pil"):
         import torch
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -168,9 +212,33 @@ class Generator:
             if request.subseed_strength > 0:
                 sub_generators = [torch.Generator("cpu").manual_seed(s) for s in subseeds]
                 sub = randn_tensor(shape, generator=sub_generators, device=self.device, dtype=embed_dtype)
-                latents = _slerp(request.subseed_strength, latents, sub)
+                latents = slerp(request.subseed_strength, latents, sub)
             kwargs["latents"] = latents
             kwargs["width"], kwargs["height"] = request.width, request.height
+        return self._denoise(pipe, positive, negative, generators, control, steps=request.steps,
+                             cfg_scale=request.cfg_scale, output_type=output_type, **kwargs)
+
+    def _run_hires_pass(self, plan: _HiresPlan, request, first, seeds, control) -> list:
+        """Upscale the first pass and denoise it again at the target size (A1111 sample_hr_pass)."""
+        import torch
+
+        from lorapipe.generate.hires import upscale_image, upscale_latents
+
+        self.loras.apply(plan.loras)
+        upscaler = plan.options.upscaler
+        image = (upscale_latents(first, plan.target, upscaler) if plan.latent
+                 else [upscale_image(picture, plan.target, upscaler) for picture in first])
+        img2img = self._img2img_pipeline()
+        img2img.scheduler = self._scheduler(plan.resolved)
+        # Fresh generators from the same seeds, as A1111 draws the hires noise from the image seeds again.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        positive, negative = plan.conds
+        return self._denoise(img2img, positive, negative, generators, control, steps=plan.steps,
+                             cfg_scale=request.cfg_scale, image=image, strength=plan.options.denoising_strength)
+
+    def _denoise(self, pipe, positive, negative, generators, control, *, steps, cfg_scale, output_type="pil",
+                 **kwargs):
+        size = len(generators)
 
         def on_step_end(pipeline, step_index, _timestep, tensors):
             control.on_step(step_index + 1)
@@ -183,15 +251,37 @@ class Generator:
             pooled_prompt_embeds=positive.pooled.repeat(size, 1),
             negative_prompt_embeds=negative.hidden.repeat(size, 1, 1),
             negative_pooled_prompt_embeds=negative.pooled.repeat(size, 1),
-            num_inference_steps=request.steps,
-            guidance_scale=request.cfg_scale,
+            num_inference_steps=steps,
+            guidance_scale=cfg_scale,
             generator=generators,
             callback_on_step_end=on_step_end,
-            output_type="pil",
+            output_type=output_type,
             **kwargs,
         )
         control.check()
-        return list(output.images)
+        return output.images if output_type == "latent" else list(output.images)
+
+    def _hires_plan(self, request: GenerationRequest, resolved: ResolvedSampler) -> _HiresPlan | None:
+        from lorapipe.generate.hires import is_latent_upscaler
+
+        options = request.hires
+        target = hires_target(request.width, request.height, options)
+        if target is None:
+            return None  # A1111 turns hires fix off when the target is the first-pass size
+        hr_resolved = resolve_sampler(options.sampler_name or resolved.sampler.name,
+                                      options.scheduler if options.scheduler is not None else request.scheduler)
+        prompt = options.prompt or request.prompt
+        negative_prompt = options.negative_prompt or request.negative_prompt
+        parsed = parse_extra_networks(prompt)
+        loras, warnings = self._resolve_loras(parsed.loras) if request.apply_loras else ((), [])
+        steps = options.second_pass_steps or request.steps
+        # diffusers runs int(steps * strength) steps; at least one, so a tiny step count still refines.
+        steps = max(steps, math.ceil(1 / options.denoising_strength))
+        return _HiresPlan(options=options, target=target, resolved=hr_resolved, loras=loras, prompt=prompt,
+                          negative_prompt=negative_prompt, text=parsed.text,
+                          negative_text=parse_extra_networks(negative_prompt).text, steps=steps,
+                          steps_run=int(steps * options.denoising_strength),
+                          latent=is_latent_upscaler(options.upscaler), warnings=tuple(warnings))
 
     def _resolve_loras(self, tags) -> tuple[tuple[ActiveLora, ...], list[str]]:
         active, missing = [], []
@@ -209,8 +299,9 @@ class Generator:
         return tuple(active), warnings
 
     def _pipeline_for(self, request: GenerationRequest):
-        if not request.init_images:
-            return self.pipe
+        return self._img2img_pipeline() if request.init_images else self.pipe
+
+    def _img2img_pipeline(self):
         if self._img2img is None:
             from diffusers import StableDiffusionXLImg2ImgPipeline
 
@@ -224,7 +315,22 @@ class Generator:
             self._schedulers[key] = build_scheduler(resolved, self._base_scheduler_config)
         return self._schedulers[key]
 
-    def _infotext(self, request, resolved, active, seed, subseed) -> str:
+    @staticmethod
+    def _extra_params(request, resolved, plan: _HiresPlan | None, active) -> dict[str, object]:
+        """A1111's extra_generation_params: the hires fields, then `Lora hashes` (kept over the hires pass)."""
+        extra: dict[str, object] = {}
+        loras = list(active)
+        if plan:
+            extra.update(hires_infotext(
+                plan.options, first_sampler=resolved.sampler.name, hr_sampler=plan.resolved.sampler.name,
+                first_schedule=resolved.schedule_label, hr_schedule=plan.resolved.schedule_label,
+                hr_prompt=plan.prompt if plan.prompt != request.prompt else None,
+                hr_negative_prompt=plan.negative_prompt if plan.negative_prompt != request.negative_prompt else None))
+            loras += [lora for lora in plan.loras if lora not in loras]
+        extra["Lora hashes"] = lora_hashes_value([(a.mentioned_as, a.entry.short_hash) for a in loras])
+        return {key: value for key, value in extra.items() if value is not None}
+
+    def _infotext(self, request, resolved, seed, subseed, plan, extra) -> str:
         params = {
             "Steps": request.steps,
             "Sampler": resolved.sampler.name,
@@ -239,9 +345,7 @@ class Generator:
             "Denoising strength": request.denoising_strength if request.init_images else None,
             "RNG": "CPU",  # noise is drawn on the CPU so a seed gives the same image on every device
         }
-        hashes = lora_hashes_value([(a.mentioned_as, a.entry.short_hash) for a in active])
-        return create_infotext(request.prompt, request.negative_prompt, params, {"Lora hashes": hashes})
-
+        return create_infotext(request.prompt, request.negative_prompt, params, extra)
 
 def _check_request(request: GenerationRequest) -> None:
     for field_name in ("width", "height"):
@@ -253,6 +357,10 @@ def _check_request(request: GenerationRequest) -> None:
             raise GenerationError(f"{field_name}: must be at least 1")
     if request.init_images and not 0 < request.denoising_strength <= 1:
         raise GenerationError("denoising_strength: must be in (0, 1] for img2img")
+    if request.hires is not None:
+        if request.init_images:
+            raise GenerationError("enable_hr: hires fix is for txt2img only; leave it off with init_images")
+        check_hires(request.hires)
 
 
 def _steps_run(request: GenerationRequest) -> int:
@@ -273,19 +381,3 @@ def _resized(image, request: GenerationRequest):
         image = image.resize((request.width, request.height))
     return image
 
-
-def _slerp(t: float, low, high):
-    """Spherical interpolation of two noise tensors, per sample (A1111's variation seed)."""
-    import torch
-
-    low_flat, high_flat = low.flatten(1), high.flatten(1)
-    low_n = low_flat / low_flat.norm(dim=1, keepdim=True)
-    high_n = high_flat / high_flat.norm(dim=1, keepdim=True)
-    dot = (low_n * high_n).sum(1).clamp(-1, 1)
-    omega = torch.acos(dot)
-    so = torch.sin(omega)
-    near = dot.abs() > 0.9995
-    w_low = torch.where(near, 1 - t, torch.sin((1 - t) * omega) / so).unsqueeze(1)
-    w_high = torch.where(near, torch.tensor(t, dtype=low.dtype, device=low.device),
-                         torch.sin(t * omega) / so).unsqueeze(1)
-    return (w_low * low_flat + w_high * high_flat).reshape(low.shape)

@@ -46,10 +46,11 @@ def unquote(text: str) -> str:
 def create_infotext(prompt: str, negative_prompt: str, params: Mapping[str, object],
                     extra: Mapping[str, object] = ()) -> str:
     """Build one image's infotext. `params` uses A1111 key names; None values are left out."""
-    extra = dict(extra)
-    ordered = {key: params[key] for key in _KEY_ORDER if key in params}
+    # An extra param with a fixed slot (hires fix's `Denoising strength`) keeps that slot, as in A1111.
+    merged = {**params, **{k: v for k, v in dict(extra).items() if v is not None}}
+    ordered = {key: merged[key] for key in _KEY_ORDER if key in merged}
     ordered.update({k: v for k, v in params.items() if k not in ordered})
-    ordered.update(extra)
+    ordered.update({k: v for k, v in merged.items() if k not in ordered})
     ordered["Version"] = VERSION_TEXT
     pairs = ", ".join(
         key if value == key else f"{key}: {quote(value)}"

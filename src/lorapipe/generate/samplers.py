@@ -4,7 +4,8 @@ Mappings follow diffusers' own A1111 table (docs: api/schedulers/overview) and A
 split: `sampler_name` picks the solver, `scheduler` the sigma schedule, "Automatic" the sampler's own default
 schedule. Legacy combined names ("DPM++ 2M Karras") are split as A1111 does. Pixel parity with A1111 is not
 expected (k-diffusion builds its sigmas differently); the names, defaults and infotext are what clients rely on.
-LMS is left out: diffusers' LMSDiscreteScheduler needs scipy, which lorapipe does not depend on.
+Samplers with no honest diffusers counterpart (DPM++ 2S a, DPM fast, DPM adaptive, Restart, DDIM CFG++) are left
+out and answer "Sampler not found", as A1111 does for any unknown name.
 """
 
 from __future__ import annotations
@@ -58,8 +59,12 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
                 _M({"algorithm_type": "sde-dpmsolver++"}), "exponential"),
     SamplerSpec("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), "DPMSolverMultistepScheduler",
                 _M({"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}), "exponential"),
+    # diffusers' third-order SDE-DPMSolver++ update is k-diffusion's sample_dpmpp_3m_sde (eta 1).
+    SamplerSpec("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), "DPMSolverMultistepScheduler",
+                _M({"algorithm_type": "sde-dpmsolver++", "solver_order": 3}), "exponential"),
     SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler"),
     SamplerSpec("Euler", ("k_euler",), "EulerDiscreteScheduler"),
+    SamplerSpec("LMS", ("k_lms",), "LMSDiscreteScheduler"),  # needs scipy (a lorapipe dependency)
     SamplerSpec("Heun", ("k_heun",), "HeunDiscreteScheduler"),
     SamplerSpec("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", _M({}), "karras"),
     SamplerSpec("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", _M({}), "karras"),
