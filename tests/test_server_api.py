@@ -122,7 +122,13 @@ def test_catalogue_routes(client, generator):
     progress = client.get("/sdapi/v1/progress").json()
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
     assert client.post("/sdapi/v1/interrupt").json() == {}
-    assert client.get("/sdapi/v1/upscalers").json() == []
+    upscalers = client.get("/sdapi/v1/upscalers").json()
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
+    assert set(upscalers[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
+    modes = [m["name"] for m in client.get("/sdapi/v1/latent-upscale-modes").json()]
+    assert modes[0] == "Latent" and "Latent (nearest-exact)" in modes and len(modes) == 6
+    samplers = {s["name"]: s for s in client.get("/sdapi/v1/samplers").json()}
+    assert samplers["LMS"]["aliases"] == ["k_lms"] and "DPM++ 3M SDE" in samplers
     assert client.get("/nope").status_code == 404
 
 
@@ -167,3 +173,42 @@ def test_body_and_pixel_caps(generator):
         Image.new("L", (100, 100)).save(buffer, format="PNG", optimize=True)
         huge = base64.b64encode(buffer.getvalue()).decode()
         assert client.post("/sdapi/v1/png-info", json={"image": huge}).status_code == 422
+
+
+def test_txt2img_hires_fix(client):
+    body = {"prompt": "a toy <lora:toy:0.6>", "seed": 8, "enable_hr": True, "hr_scale": 1.5,
+            "hr_upscaler": "Latent (nearest-exact)", "denoising_strength": 0.6, "hr_second_pass_steps": 3,
+            **SMALL}
+    first = client.post("/sdapi/v1/txt2img", json=body)
+    assert first.status_code == 200
+    image = _png(first.json()["images"][0])
+    assert image.size == (96, 96)
+    info = json.loads(first.json()["info"])
+    assert (info["width"], info["height"], info["denoising_strength"]) == (64, 64, 0.6)  # A1111: first-pass size
+    extra = info["extra_generation_params"]
+    assert extra["Hires upscale"] == 1.5 and extra["Hires upscaler"] == "Latent (nearest-exact)"
+    assert extra["Hires steps"] == 3 and "Lora hashes" in extra
+    assert "Size: 64x64" in info["infotexts"][0] and "Hires upscale: 1.5, Hires steps: 3" in info["infotexts"][0]
+    again = _png(client.post("/sdapi/v1/txt2img", json=body).json()["images"][0])
+    assert again.tobytes() == image.tobytes()
+    lms = client.post("/sdapi/v1/txt2img", json={**SMALL, "sampler_name": "k_lms", "enable_hr": True,
+                                                 "hr_resize_x": 80, "hr_upscaler": "Lanczos"})
+    assert lms.status_code == 200 and _png(lms.json()["images"][0]).size == (80, 80)
+    assert "Hires resize: 80x0" in json.loads(lms.json()["info"])["infotexts"][0]
+
+
+def test_hires_fix_errors_name_the_field(client, generator):
+    unknown = client.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_upscaler": "4x-UltraSharp"})
+    assert unknown.status_code == 422
+    detail = unknown.json()["detail"][0]
+    assert detail["loc"] == ["body", "hr_upscaler"] and "4x-UltraSharp" in detail["msg"]
+    unknown_sampler = client.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_sampler_name": "Nope"})
+    assert unknown_sampler.status_code == 404
+    settings = ServerSettings(limits=Limits(max_pixels=96 * 96, max_side=128))
+    with TestClient(create_app(settings, generator=generator)) as capped:
+        too_big = capped.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 2})
+        assert too_big.status_code == 422 and too_big.json()["detail"][0]["loc"] == ["body", "hr_scale"]
+        too_wide = capped.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_resize_x": 256})
+        assert too_wide.status_code == 422 and too_wide.json()["detail"][0]["loc"] == ["body", "hr_resize_x"]
+        assert capped.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 1.5,
+                                                      "steps": 1}).status_code == 200

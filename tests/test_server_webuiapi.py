@@ -37,6 +37,16 @@ def test_txt2img_with_lora_tag(api):
     assert default.info["sampler_name"] == "Euler a"
 
 
+def test_txt2img_hires_fix(api):
+    result = api.txt2img(prompt="a toy", seed=5, steps=2, width=64, height=64, enable_hr=True, hr_scale=1.5,
+                         hr_upscaler=webuiapi.HiResUpscaler.Latent, denoising_strength=0.6, sampler_name="LMS")
+    assert result.image.size == (96, 96)
+    infotext = result.info["infotexts"][0]
+    assert "Sampler: LMS" in infotext and "Denoising strength: 0.6" in infotext
+    assert "Hires upscale: 1.5" in infotext and "Hires upscaler: Latent" in infotext
+    assert "Latent" in {mode["name"] for mode in api.get_latent_upscale_modes()}
+
+
 def test_get_loras_and_models(api):
     loras = api.get_loras()
     assert {entry["name"] for entry in loras} == {"toy", "style"}

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from lorapipe.errors import GenerationError
 from lorapipe.generate.control import GenerationCancelled, JobControl
 from lorapipe.generate.generator import GenerationRequest, GenerationResult
-from lorapipe.generate.infotext import lora_hashes_value, png_bytes
+from lorapipe.generate.infotext import png_bytes
 from lorapipe.generate.samplers import resolve_sampler
 from lorapipe.server.api_errors import ApiError
 from lorapipe.server.images import decode_image, encode_png
@@ -72,11 +72,15 @@ def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationR
         raise ApiError(422, f"Script '{body.script_name}' not found")
     for title in body.alwayson_scripts:
         raise ApiError(422, f"always on script {title} not found")
-    if body.enable_hr:
-        raise ApiError(422, "enable_hr: hires fix is not supported by lorapipe; generate at the target size")
+    hires = body.hires_fix()
+    if hires and body.hr_checkpoint_name not in (None, "", "Use same checkpoint") \
+            and body.hr_checkpoint_name not in state.generator.model.aliases():
+        raise ApiError(404, f"Could not find checkpoint with name {body.hr_checkpoint_name}")
     sampler_name = body.sampler_name or body.sampler_index
     try:
         resolve_sampler(sampler_name, body.scheduler)  # fail fast, before the queue
+        if hires and hires.sampler_name:
+            resolve_sampler(hires.sampler_name, hires.scheduler)
     except GenerationError:
         raise ApiError(404, "Sampler not found") from None
     init_images: tuple = ()
@@ -91,7 +95,7 @@ def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationR
         subseed_strength=body.subseed_strength, batch_size=body.batch_size, n_iter=body.n_iter,
         sampler_name=sampler_name, scheduler=body.scheduler, init_images=init_images,
         denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,
-        apply_loras=not body.disable_extra_networks,
+        apply_loras=not body.disable_extra_networks, hires=hires,
     )
 
 
@@ -122,10 +126,11 @@ def _info(result: GenerationResult) -> dict:
     total = len(result.images)
     prompts = [request.prompt] * total
     negatives = [request.negative_prompt] * total
-    extra = {"Schedule type": result.schedule_label}
-    hashes = lora_hashes_value([(lora.mentioned_as, lora.entry.short_hash) for lora in result.loras])
-    if hashes:
-        extra["Lora hashes"] = hashes
+    extra = {"Schedule type": result.schedule_label, **result.extra_params}
+    if result.hires_target is not None:
+        denoising = request.hires.denoising_strength
+    else:
+        denoising = request.denoising_strength if request.init_images else None
     return {
         "prompt": request.prompt, "all_prompts": prompts,
         "negative_prompt": request.negative_prompt, "all_negative_prompts": negatives,
@@ -138,7 +143,7 @@ def _info(result: GenerationResult) -> dict:
         "sd_model_name": result.model.name, "sd_model_hash": result.model.short_hash,
         "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": request.denoising_strength if request.init_images else None,
+        "denoising_strength": denoising,
         "extra_generation_params": extra, "index_of_first_image": 0,
         "infotexts": list(result.infotexts), "styles": [], "job_timestamp": result.job_timestamp,
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "lorapipe",

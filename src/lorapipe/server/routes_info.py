@@ -1,6 +1,6 @@
 """A1111 catalogue and utility routes: options, sd-models, samplers, schedulers, loras, png-info, memory, scripts.
 
-Routes that A1111 clients call but lorapipe has nothing behind (upscalers, VAEs, styles...) answer with A1111's
+Routes that A1111 clients call but lorapipe has nothing behind (VAEs, styles, hypernetworks...) answer with A1111's
 empty shapes, because clients such as webuiapi call `.json()` on every answer.
 """
 
@@ -11,6 +11,7 @@ import os
 
 from fastapi import APIRouter, Request
 
+from lorapipe.generate.hires import latent_mode_listing, upscaler_listing
 from lorapipe.generate.infotext import parse_infotext, read_infotext
 from lorapipe.generate.samplers import sampler_listing, schedule_listing
 from lorapipe.server.api_errors import ApiError
@@ -124,6 +125,17 @@ async def script_info():
     return []
 
 
+@router.get("/sdapi/v1/upscalers")
+async def upscalers():
+    """The hires-fix image upscalers that need no model (A1111 lists ESRGAN & co. here too when installed)."""
+    return upscaler_listing()
+
+
+@router.get("/sdapi/v1/latent-upscale-modes")
+async def latent_upscale_modes():
+    return latent_mode_listing()
+
+
 @router.get("/sdapi/v1/embeddings")
 async def embeddings():
     return {"loaded": {}, "skipped": {}}
@@ -133,7 +145,7 @@ def _empty_list():
     return []
 
 
-for _path in ("upscalers", "latent-upscale-modes", "sd-vae", "hypernetworks", "face-restorers",
+for _path in ("sd-vae", "hypernetworks", "face-restorers",
               "realesrgan-models", "prompt-styles", "extensions"):
     router.add_api_route(f"/sdapi/v1/{_path}", _empty_list, methods=["GET"])
 

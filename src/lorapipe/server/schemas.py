@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lorapipe.errors import GenerationError
+from lorapipe.generate.hires import HiresFix, check_hires, hires_target
 from lorapipe.server.settings import Limits
 
 
@@ -77,17 +79,45 @@ class Txt2ImgBody(BaseModel):
             raise ValueError("must be a multiple of 8")
         return value
 
+    def hires_fix(self) -> HiresFix | None:
+        """The hires fix this body asks for (None without `enable_hr`); empty strings mean "same as first pass"."""
+        if not self.enable_hr:
+            return None
+        return HiresFix(
+            scale=self.hr_scale, resize_x=self.hr_resize_x, resize_y=self.hr_resize_y,
+            upscaler=self.hr_upscaler or None, second_pass_steps=self.hr_second_pass_steps,
+            denoising_strength=self.denoising_strength if self.denoising_strength is not None else 0.7,
+            sampler_name=self.hr_sampler_name or None, scheduler=self.hr_scheduler or None,
+            prompt=self.hr_prompt, negative_prompt=self.hr_negative_prompt,
+        )
+
     def check_limits(self, limits: Limits) -> list[dict]:
-        """Errors in FastAPI's 422 `detail` shape for values beyond this server's limits."""
+        """Errors in FastAPI's 422 `detail` shape for values beyond this server's limits (on the final size)."""
         problems = []
         bounds = {"steps": limits.max_steps, "width": limits.max_side, "height": limits.max_side,
-                  "batch_size": limits.max_batch_size, "n_iter": limits.max_n_iter}
+                  "batch_size": limits.max_batch_size, "n_iter": limits.max_n_iter,
+                  "hr_second_pass_steps": limits.max_steps}
         for name, bound in bounds.items():
             if getattr(self, name) > bound:
                 problems.append(_error(name, f"Input should be less than or equal to {bound}", "less_than_equal"))
         if self.width * self.height > limits.max_pixels:
             problems.append(_error("width", f"width*height must be at most {limits.max_pixels} pixels",
                                    "too_many_pixels"))
+        hires = self.hires_fix()
+        if hires is not None:
+            try:
+                check_hires(hires)
+                target = hires_target(self.width, self.height, hires)
+            except GenerationError as exc:  # the message starts with the field name
+                field = str(exc).split(":", 1)[0].split("/", 1)[0]
+                return [*problems, _error(field, str(exc), "value_error")]
+            sizing = "hr_scale" if hires.resize_x == hires.resize_y == 0 else "hr_resize_x"
+            if target and max(target.width, target.height) > limits.max_side:
+                problems.append(_error(sizing, f"the hires size {target.width}x{target.height} exceeds "
+                                       f"{limits.max_side} pixels a side; lower {sizing}", "less_than_equal"))
+            elif target and target.width * target.height > limits.max_pixels:
+                problems.append(_error(sizing, f"the hires size {target.width}x{target.height} exceeds "
+                                       f"{limits.max_pixels} pixels; lower {sizing}", "too_many_pixels"))
         return problems
 
 
@@ -110,6 +140,9 @@ class Img2ImgBody(Txt2ImgBody):
     latent_mask: str | None = None
     include_init_images: bool = False
     denoising_strength: float | None = Field(0.75, gt=0.0, le=1.0)
+
+    def hires_fix(self) -> HiresFix | None:
+        return None  # A1111's img2img has no hires fix; its enable_hr field is inherited, not used
 
 
 class PngInfoBody(BaseModel):
