@@ -1,4 +1,4 @@
-"""Local backend: the trainer's command line in a child process (``accelerate launch`` when several GPUs).
+"""Local backend: the trainer's command line in a child process (one training process per GPU when several).
 
 The trainer is a subprocess, never an import, so the pipeline stays torch-free and a crash in training cannot take
 the run record down with it. Its output is streamed line by line into the run log.
@@ -38,7 +38,8 @@ def visible_gpu_count() -> int:
 
 
 def trainer_command(job: TrainJob, gpus: int) -> list[str]:
-    """The `lorapipe train` command line for this job, wrapped in `accelerate launch` for several GPUs."""
+    """The `lorapipe train` command line for this job; with several GPUs, `--processes N` trains one process per
+    GPU, each on its share of the batches."""
     train_args = ["train", str(job.dataset_dir), "--output-dir", str(job.output_dir)]
     if job.base_model:
         train_args += ["--base-model", job.base_model]
@@ -49,8 +50,7 @@ def trainer_command(job: TrainJob, gpus: int) -> list[str]:
     for override in job.overrides:
         train_args += ["--set", override]
     if gpus > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-                "-m", "lorapipe", *train_args]
+        train_args += ["--processes", str(gpus)]
     return [sys.executable, "-m", "lorapipe", *train_args]
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lorapipe.train.distributed import Processes, shard_batches
+
 
 @dataclass(frozen=True, eq=False)
 class TrainBatch:
@@ -62,12 +64,13 @@ def load_batch(items, blueprint, *, seed: int, epoch: int, index: int) -> TrainB
     )
 
 
-def epoch_groups(scan, blueprint, *, epoch: int, seed: int, accumulation: int) -> list[list[tuple[int, list]]]:
-    """The epoch's batches cut into optimizer-step groups of `accumulation` (the last group may be shorter,
-    as sd-scripts counts ceil(batches / accumulation) updates per epoch)."""
+def epoch_groups(scan, blueprint, *, epoch: int, seed: int, accumulation: int,
+                 processes: Processes = Processes()) -> list[list[tuple[int, list]]]:
+    """This process's share of the epoch's batches cut into optimizer-step groups of `accumulation` (the last
+    group may be shorter, as sd-scripts counts ceil(batches / processes / accumulation) updates per epoch)."""
     from lorapipe.dataset.batches import epoch_batches
 
-    batches = list(enumerate(epoch_batches(scan, blueprint, epoch, seed)))
+    batches = shard_batches(list(enumerate(epoch_batches(scan, blueprint, epoch, seed))), processes)
     return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
 
 

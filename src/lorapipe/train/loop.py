@@ -14,6 +14,7 @@ import torch
 from lorapipe.errors import TrainingError
 from lorapipe.train.checkpoints import TrainState
 from lorapipe.train.data import epoch_groups, prefetched
+from lorapipe.train.distributed import Processes, average_gradients
 from lorapipe.train.noise import step_generator
 from lorapipe.train.step import micro_batch_loss
 
@@ -24,6 +25,7 @@ class StepReport:
     epoch: int
     updates_done_in_epoch: int
     loss: float
+    stop: bool = False  # every process agreed to stop after this step (a stop request reached one of them)
 
 
 class NonFiniteLoss(TrainingError):
@@ -32,20 +34,22 @@ class NonFiniteLoss(TrainingError):
 
 def run_loop(session, plan, start: TrainState, hooks) -> TrainState:
     """Train from `start` to plan.total_steps; `hooks.after_step(report) -> bool` returns True to stop early,
-    `hooks.after_epoch(epoch, state)` runs after each full epoch. Returns the state reached."""
+    `hooks.after_epoch(epoch, state)` runs after each full epoch, `hooks.stop_requested()` says whether this
+    process was asked to stop. Returns the state reached."""
     step = start.current_step
     cfg = plan.config
     state = start
     for epoch in range(start.current_epoch, plan.epochs + 1):
         groups = epoch_groups(plan.scan, plan.blueprint, epoch=epoch, seed=plan.seed,
-                              accumulation=cfg.gradient_accumulation_steps)
+                              accumulation=cfg.gradient_accumulation_steps, processes=plan.processes)
         done = start.updates_done_in_epoch if epoch == start.current_epoch else 0
         for offset, batches in enumerate(prefetched(groups[done:], plan.blueprint, seed=plan.seed, epoch=epoch)):
-            loss = optimizer_step(session, batches, plan.seed, step, cfg.max_grad_norm)
+            outcome = optimizer_step(session, batches, plan.seed, step, cfg.max_grad_norm,
+                                     processes=plan.processes, stop_wanted=hooks.stop_requested())
             step += 1
             state = TrainState(current_step=step, current_epoch=epoch, updates_done_in_epoch=done + offset + 1,
                                dataset_hash=plan.dataset_hash)
-            if hooks.after_step(StepReport(step, epoch, done + offset + 1, loss), state):
+            if hooks.after_step(StepReport(step, epoch, done + offset + 1, outcome.loss, outcome.stop), state):
                 return state
             if step >= plan.total_steps:
                 break
@@ -58,22 +62,43 @@ def run_loop(session, plan, start: TrainState, hooks) -> TrainState:
     return state
 
 
-def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float) -> float:
-    """Forward/backward every micro-batch of the group, then clip, step the optimizer and the LR schedule."""
+@dataclass(frozen=True)
+class StepOutcome:
+    loss: float  # mean micro-batch loss (over all processes when several train)
+    stop: bool  # a stop was requested (here, or in another process)
+
+
+def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float, *,
+                   processes: Processes = Processes(), stop_wanted: bool = False) -> StepOutcome:
+    """Forward/backward every micro-batch of the group, average gradients across processes, then clip, step the
+    optimizer and the LR schedule."""
     models, accelerator = session.models, session.accelerator
-    torch.manual_seed(seed * 1_000_003 + step)  # global stream (LoRA dropout) depends only on the step
-    total = 0.0
+    # The global stream (LoRA dropout) depends only on the step and the process (rank 0 = a one-process run).
+    torch.manual_seed(seed * 1_000_003 + step + processes.rank * 7_919_993)
+    total, failure = 0.0, None
     for micro, batch in enumerate(batches):
-        generator = step_generator(seed, step, micro)
+        # Stream numbers count micro-batches across processes, so process 0 of 1 draws what a plain run draws.
+        generator = step_generator(seed, step, micro * processes.world + processes.rank)
         loss = micro_batch_loss(models, batch, session.objective, generator, latent_cache=session.latent_cache,
                                 te_cache=session.te_cache, autocast=accelerator.autocast)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} for {', '.join(map(str, batch.paths))}; "
-                                "the optimizer step was not taken; try a lower learning_rate, mixed_precision = "
-                                "\"bf16\" or no_half_vae = true, and check these images")
+            failure = (f"loss is {loss.item()} at step {step + 1} for {', '.join(map(str, batch.paths))}; the "
+                       "optimizer step was not taken; try a lower learning_rate, mixed_precision = \"bf16\" or "
+                       "no_half_vae = true, and check these images")
+            if not processes.is_distributed:
+                raise NonFiniteLoss(failure)
+            break  # the others are waiting in the all-reduce below; fail together after it
         accelerator.backward(loss / len(batches))
         total += loss.item()
     params = [p for g in session.optimizer.param_groups for p in g["params"]]
+    mean_loss, stop = total / len(batches), stop_wanted
+    if processes.is_distributed:
+        agreed = average_gradients(accelerator, params, loss=mean_loss, failed=failure is not None, stop=stop_wanted)
+        if failure or agreed.failed_elsewhere:
+            session.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(failure or f"another training process hit a non-finite loss at step {step + 1}; "
+                                "the optimizer step was not taken; its log names the images")
+        mean_loss, stop = agreed.loss, agreed.stop
     if max_grad_norm:
         norm = accelerator.clip_grad_norm_(params, max_grad_norm)
         if session.scaler is None and not math.isfinite(float(norm)):
@@ -84,4 +109,4 @@ def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float)
     session.optimizer.step()
     session.lr_scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
-    return total / len(batches)
+    return StepOutcome(loss=mean_loss, stop=stop)

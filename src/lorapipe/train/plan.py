@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.train.distributed import Processes, launch_seed, processes_from_env
 from lorapipe.train.caching import check_cache_compatibility
 from lorapipe.train.sample_prompts import SamplePrompt, load_sample_prompts
 from lorapipe.train.text_encoding import check_max_token_length
@@ -32,6 +33,7 @@ class RunPlan:
     seed: int
     max_token_length: int
     sample_prompts: tuple[SamplePrompt, ...]
+    processes: Processes = Processes()  # this process among the training processes (batches are shared out)
 
     @property
     def blueprint(self):
@@ -39,8 +41,11 @@ class RunPlan:
 
 
 def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Path | None = None,
-             config_path: Path | None = None, overrides=()) -> RunPlan:
-    """Load and check config + dataset; raise ConfigError/DatasetError/ModelLoadError before any model loads."""
+             config_path: Path | None = None, overrides=(), processes: Processes | None = None) -> RunPlan:
+    """Load and check config + dataset; raise ConfigError/DatasetError/ModelLoadError before any model loads.
+
+    `processes`: default from the launcher's environment (RANK / WORLD_SIZE); each process trains on its share of
+    an epoch's batches, so steps per epoch divide by the number of processes, as in sd-scripts."""
     from lorapipe.config import load_train_config
     from lorapipe.dataset.scan import scan_dataset, steps_per_epoch, total_steps
     from lorapipe.sdxl.load import resolve_base_model
@@ -68,19 +73,26 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
     scan = scan_dataset(cfg.dataset)
     if scan.has_errors:
         raise DatasetError(_dataset_report(scan, dataset_dir))
+    processes = processes or processes_from_env()
     steps, epochs = total_steps(scan, max_train_epochs=cfg.max_train_epochs, max_train_steps=cfg.max_train_steps,
-                                gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    batches = steps_per_epoch(scan)
+                                gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                num_processes=processes.world)
+    batches = -(-steps_per_epoch(scan) // processes.world)  # per process, as sd-scripts' len(train_dataloader)
     updates = -(-batches // cfg.gradient_accumulation_steps)
     out = Path(output_dir or cfg.output_dir or "")
     if not str(output_dir or cfg.output_dir or ""):
         raise ConfigError(f"{source}: output_dir is not set; pass --output-dir DIR")
     _check_writable(out, source)
-    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randint(0, 2**31 - 1)
+    if cfg.seed is not None:
+        seed = cfg.seed
+    elif processes.is_distributed:  # the processes must shuffle alike: one seed per launch, the same in each
+        seed = launch_seed()
+    else:
+        seed = random.SystemRandom().randint(0, 2**31 - 1)
     return RunPlan(config=cfg, warnings=tuple(loaded.warnings), scan=scan, dataset_hash=dataset_hash(scan),
                    base_model=str(model_spec), output_dir=out, output_name=cfg.output_name or "last",
                    total_steps=steps, epochs=epochs, batches_per_epoch=batches, updates_per_epoch=updates,
-                   seed=int(seed), max_token_length=max_tokens, sample_prompts=prompts)
+                   seed=int(seed), max_token_length=max_tokens, sample_prompts=prompts, processes=processes)
 
 
 def _check_writable(folder: Path, source: str) -> None:

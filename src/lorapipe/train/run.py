@@ -69,7 +69,7 @@ def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None,
                 raise out_of_memory_error(plan.config, "while loading the models") from None
             raise
         t_loaded = time.perf_counter()
-        precache(session, plan)
+        _precache_in_turn(session, plan)
         run = _Run(plan, session, Path(state_dir) if state_dir else plan.output_dir, stop_after_steps,
                    show_progress, step_lines, seconds_model_load=t_loaded - t0, stop=stop)
         run.seconds_caching = time.perf_counter() - t_loaded
@@ -88,10 +88,13 @@ class _Run:
         self.cadence = save_cadence(self.cfg)
         self.writer = LoraWriter(plan, session.models.network, session.optimizer_choice.metadata_string())
         self.stop_after_steps = stop_after_steps
-        self.show_progress, self.step_lines = show_progress, step_lines
+        # Only the main process writes files, samples and prints; the others train their share and stay quiet.
+        self.main = plan.processes.is_main
+        self.show_progress, self.step_lines = show_progress and self.main, step_lines and self.main
         self.seconds_model_load = seconds_model_load
         self.seconds_caching = 0.0
-        self.stop_requested = stop
+        self.stop_event = stop
+        self.stopping = False  # all processes agreed to stop (set from the step report)
         self.losses: list[float] = []
         self.epoch_losses: list[float] = []
         self.saved: list[Path] = []
@@ -119,7 +122,7 @@ class _Run:
         self.progress = Progress(plan.total_steps, initial_step=start.current_step, logging_dir=self.cfg.logging_dir,
                                  log_prefix=self.cfg.log_prefix, show_bar=self.show_progress,
                                  step_lines=self.step_lines)
-        for warning in plan.warnings:
+        for warning in plan.warnings if self.main else ():
             self.progress.note(f"warning: {warning}")
         t_start = self._epoch_started = time.perf_counter()
         status, state = "finished", start
@@ -128,9 +131,11 @@ class _Run:
             if self.cfg.sample_at_first and start.current_step == 0:
                 self._sample(step=0, epoch=None)
             # A stop that arrived while the models loaded ends the run before its first step.
-            state = start if self.stop_requested.is_set() else run_loop(self.session, plan, start, self)
-            if self.stop_requested.is_set() or (self.stop_after_steps and state.current_step < plan.total_steps
-                                                and state.current_step >= self.stop_after_steps):
+            # (With several processes they agree on stopping at a step, so all of them enter the loop.)
+            stop_now = self.stop_event.is_set() and not plan.processes.is_distributed
+            state = start if stop_now else run_loop(self.session, plan, start, self)
+            if stop_now or self.stopping or (self.stop_after_steps and state.current_step < plan.total_steps
+                                             and state.current_step >= self.stop_after_steps):
                 status = "interrupted"
                 self.last_state = self._save_state(step_name(plan.output_name, state.current_step), state)
         except RuntimeError as exc:
@@ -141,14 +146,15 @@ class _Run:
         except NonFiniteLoss:
             # The weights are still those of the last good step: keep them as a step file, then report.
             good = self.state
-            self.saved.append(self.writer.save(step_name(plan.output_name, good.current_step),
-                                               steps=good.current_step, epoch=good.current_epoch))
+            if self.main:
+                self.saved.append(self.writer.save(step_name(plan.output_name, good.current_step),
+                                                   steps=good.current_step, epoch=good.current_epoch))
             self._write_summary("failed", None, good, time.perf_counter() - t_start)
             raise
         finally:
             self.progress.close()
         lora = None
-        if status == "finished":
+        if status == "finished" and self.main:
             lora = self.writer.save(last_name(plan.output_name), steps=state.current_step,
                                     epoch=min(state.current_epoch, plan.epochs))
             if self.cfg.save_state or self.cfg.save_state_on_train_end:
@@ -174,18 +180,23 @@ class _Run:
             self._save_file(step_name(name, report.step), state)
             old = self.cadence.step_to_remove(report.step)
             if old:
-                remove_quietly(self.plan.output_dir / f"{step_name(name, old)}.safetensors")
+                self._remove(self.plan.output_dir / f"{step_name(name, old)}.safetensors")
             if self.cfg.save_state:
                 self._save_state(step_name(name, report.step), state)
                 old = self.cadence.step_to_remove(report.step, state=True)
                 if old:
-                    remove_quietly(self.state_dir / f"{step_name(name, old)}{STATE_SUFFIX}")
+                    self._remove(self.state_dir / f"{step_name(name, old)}{STATE_SUFFIX}")
         n = self.cfg.sample_every_n_steps or 0
         if n > 0 and not (self.cfg.sample_every_n_epochs or 0) and report.step % n == 0:
             self._sample(step=report.step, epoch=None)
         if self.stop_after_steps and report.step >= self.stop_after_steps:
             return True
-        return self.stop_requested.is_set()
+        self.stopping = report.stop
+        return report.stop
+
+    def stop_requested(self) -> bool:
+        """Whether this process was asked to stop (the loop shares it with the other processes)."""
+        return self.stop_event.is_set()
 
     def after_epoch(self, epoch: int, state: TrainState) -> bool:
         self.state = state
@@ -199,30 +210,38 @@ class _Run:
             self._save_file(epoch_name(name, epoch), state, epoch=epoch)
             old = self.cadence.epoch_to_remove(epoch)
             if old:
-                remove_quietly(self.plan.output_dir / f"{epoch_name(name, old)}.safetensors")
+                self._remove(self.plan.output_dir / f"{epoch_name(name, old)}.safetensors")
             if self.cfg.save_state:
                 self._save_state(epoch_name(name, epoch), state)
                 old = self.cadence.epoch_to_remove(epoch, state=True)
                 if old:
-                    remove_quietly(self.state_dir / f"{epoch_name(name, old)}{STATE_SUFFIX}")
+                    self._remove(self.state_dir / f"{epoch_name(name, old)}{STATE_SUFFIX}")
         n = self.cfg.sample_every_n_epochs or 0
         if n > 0 and epoch % n == 0:
             self._sample(step=state.current_step, epoch=epoch)
-        return self.stop_requested.is_set()
+        return self.stopping
 
     # ---- helpers ---------------------------------------------------------------------------------------------
+    def _remove(self, path: Path) -> None:
+        if self.main:
+            remove_quietly(path)
+
     def _save_file(self, name: str, state: TrainState, epoch: int | None = None) -> None:
+        if not self.main:
+            return
         self.saved.append(self.writer.save(name, steps=state.current_step, epoch=epoch or state.current_epoch))
 
     def _save_state(self, name: str, state: TrainState) -> Path:
         s = self.session
         folder = self.state_dir / f"{name}{STATE_SUFFIX}"
+        if not self.main:
+            return folder  # the weights and optimizer state are the same in every process
         self.last_state = save_state(folder, network=s.models.network, optimizer=s.optimizer,
                                      lr_scheduler=s.lr_scheduler, scaler=s.scaler, state=state)
         return self.last_state
 
     def _sample(self, *, step: int, epoch: int | None) -> None:
-        if not self.plan.sample_prompts:
+        if not self.plan.sample_prompts or not self.main:
             return
         from lorapipe.train.sampling import write_sample_images
 
@@ -234,6 +253,8 @@ class _Run:
 
     def _write_summary(self, status: str, lora: Path | None, state: TrainState, seconds: float) -> Path:
         plan = self.plan
+        if not self.main:
+            return plan.output_dir / "train_summary.json"
         steps_run = len(self.losses)
         summary = TrainSummary(
             status=status, lora_file=str(Path(lora).resolve()) if lora else None, output_name=plan.output_name,
@@ -251,6 +272,23 @@ class _Run:
             state_folder=str(self.last_state) if self.last_state else None,
             config=_config_dict(plan.config))
         return write_summary(plan.output_dir, summary)
+
+
+def _precache_in_turn(session, plan) -> None:
+    """Fill the caches; with several processes the main one goes first, so the others find a disk cache ready
+    instead of all encoding the same images into the same files."""
+    processes, cfg = plan.processes, plan.config
+    to_disk = cfg.cache_latents_to_disk or cfg.cache_text_encoder_outputs_to_disk
+    if not (processes.is_distributed and to_disk):
+        precache(session, plan)  # one process, or in-memory caches that every process fills for itself
+        return
+    from lorapipe.train.distributed import wait_for_everyone
+
+    if processes.is_main:
+        precache(session, plan)
+    wait_for_everyone(session.accelerator)
+    if not processes.is_main:
+        precache(session, plan)
 
 
 def _steady_rate(times: list[float], warmup: int = 3) -> float | None:

@@ -98,7 +98,7 @@ def dataset_summary(plan) -> dict:
     return {
         "num_train_images": sum(i.repeats for i in train), "num_reg_images": sum(i.repeats for i in reg),
         "num_batches_per_epoch": plan.batches_per_epoch, "batch_size_per_device": blueprint.batch_size,
-        "total_batch_size": blueprint.batch_size * plan.config.gradient_accumulation_steps,
+        "total_batch_size": blueprint.batch_size * plan.processes.world * plan.config.gradient_accumulation_steps,
         "resolution": tuple(blueprint.resolution), "enable_bucket": blueprint.enable_bucket,
         "bucket_no_upscale": blueprint.bucket_no_upscale, "min_bucket_reso": blueprint.min_bucket_reso,
         "max_bucket_reso": blueprint.max_bucket_reso,

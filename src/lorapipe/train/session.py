@@ -81,6 +81,10 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
         cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate, loraplus_unet_lr_ratio=loraplus.loraplus_unet_lr_ratio,
         loraplus_text_encoder_lr_ratio=loraplus.loraplus_text_encoder_lr_ratio)
     names = [g.pop("name", f"group{i}") for i, g in enumerate(groups)]
+    if plan.processes.is_distributed:
+        from lorapipe.train.distributed import share_main_weights
+
+        share_main_weights([p for g in groups for p in g["params"]])
     optimizer, choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate,
                                         device_type=device.type)
     lr_scheduler = build_lr_scheduler(optimizer, schedule_options(cfg), plan.total_steps,
