@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (step lines still print)")
     parser.add_argument("--processes", metavar="N", type=int, default=1,
                         help="train in N processes, one per GPU, each on its share of the batches (runs itself "
-                        "under torch.distributed.run; `accelerate launch --num_processes N -m lorapipe train` "
-                        "works too)")
+                        "under torch.distributed.run; `accelerate launch --multi_gpu --num_processes N -m lorapipe "
+                        "train` works too)")
     parser.set_defaults(handler=_run)
 
 

@@ -10,8 +10,9 @@ DDP only tolerates with `find_unused_parameters` (an extra graph walk every step
 (about 180 MB at network_dim 32 on full SDXL), so one flattened all-reduce per optimizer step through
 accelerate's `reduce` costs a few milliseconds and keeps the step logic the same for one process or many.
 
-Launchers: `lorapipe train --processes N` (which re-runs itself under `torch.distributed.run`), `accelerate
-launch --num_processes N -m lorapipe train ...` and `torchrun` all set RANK / WORLD_SIZE, which is all this needs.
+Launchers: `lorapipe train --processes N` (which re-runs itself under `torch.distributed.run`),
+`accelerate launch --multi_gpu --num_processes N -m lorapipe train ...` and `torchrun` all set RANK / WORLD_SIZE,
+which is all this needs.
 """
 
 from __future__ import annotations
