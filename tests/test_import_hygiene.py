@@ -11,21 +11,23 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lorapipe"
 HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
 # Stage order (docs/architecture.md): a module may import only from stages before it in this table.
+# The neutral modules sit upstream of every stage: errors, stdlib-only atomic writes, the safetensors header reader.
+NEUTRAL = {"errors", "atomic", "safetensors_header"}
 ALLOWED = {
     "errors": set(),
-    "atomic": set(),  # stdlib-only atomic writes, usable by every stage
-    "container_contract": {"errors", "atomic"},
-    "sdxl": {"errors", "atomic"},
-    "store": {"errors", "atomic"},
-    "dataset": {"errors", "atomic", "sdxl", "store"},
-    "config": {"errors", "atomic", "sdxl", "dataset"},
-    "lora": {"errors", "atomic", "sdxl"},
-    "train": {"errors", "atomic", "sdxl", "store", "dataset", "config", "lora", "container_contract"},
-    "registry": {"errors", "atomic", "lora"},
-    "generate": {"errors", "atomic", "sdxl", "lora", "registry"},
-    "server": {"errors", "atomic", "sdxl", "lora", "registry", "generate"},
-    "pipeline": {"errors", "atomic", "sdxl", "store", "dataset", "config", "lora", "registry", "train",
-                 "container_contract"},
+    "atomic": set(),
+    "safetensors_header": {"errors"},
+    "container_contract": NEUTRAL,
+    "sdxl": NEUTRAL,
+    "store": NEUTRAL,
+    "dataset": NEUTRAL | {"sdxl", "store"},
+    "config": NEUTRAL | {"sdxl", "dataset"},
+    "lora": NEUTRAL | {"sdxl"},
+    "train": NEUTRAL | {"sdxl", "store", "dataset", "config", "lora", "container_contract"},
+    "registry": NEUTRAL | {"lora"},
+    "generate": NEUTRAL | {"sdxl", "lora", "registry"},
+    "server": NEUTRAL | {"sdxl", "lora", "registry", "generate"},
+    "pipeline": NEUTRAL | {"sdxl", "store", "dataset", "config", "lora", "registry", "train", "container_contract"},
 }
 
 

@@ -45,10 +45,9 @@ def test_single_file_round_trip(tmp_path, tiny_pipe):
 
 
 def test_single_file_uses_original_sgm_names(tmp_path, tiny_pipe):
-    from lorapipe.sdxl.load import read_safetensors_header
+    from lorapipe.safetensors_header import read_header
 
-    header = read_safetensors_header(write_single_file(tiny_pipe, tmp_path / "m.safetensors"))
-    names = set(header) - {"__metadata__"}
+    names = set(read_header(write_single_file(tiny_pipe, tmp_path / "m.safetensors")).tensors)
     for expected in ("model.diffusion_model.input_blocks.4.1.proj_in.weight",
                      "model.diffusion_model.middle_block.1.proj_out.weight",
                      "model.diffusion_model.output_blocks.2.2.conv.weight",

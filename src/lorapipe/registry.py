@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from lorapipe.errors import GenerationError, ModelLoadError
-from lorapipe.lora.file import read_lora_header
+from lorapipe.safetensors_header import SafetensorsHeader, read_header
 
 LORA_SUFFIX = ".safetensors"
 MAX_TENSORS = 100_000
@@ -52,23 +51,19 @@ def check_lora_name(name: str) -> str:
     return name
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple], int]:
-    """Validate the header of a safetensors file and return (metadata, tensor index, data offset).
+def read_safetensors_header(path: Path) -> SafetensorsHeader:
+    """The validated header of a LoRA file (`lorapipe.safetensors_header`), as a GenerationError when it is bad.
 
-    The parsing is `lora.file.read_lora_header` (length prefix, JSON, every tensor inside the file); the registry
-    adds a cap on the tensor count, so a truncated or hostile file is refused before any tensor loader sees it.
+    The registry adds a cap on the tensor count, so a truncated or hostile file is refused before any tensor
+    loader sees it.
     """
     try:
-        metadata, tensors = read_lora_header(path)
-        with path.open("rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
+        header = read_header(path, remedy="re-copy the LoRA or remove it from the LoRA folder")
     except ModelLoadError as exc:
         raise GenerationError(str(exc)) from exc
-    except OSError as exc:
-        raise GenerationError(f"{path}: cannot read ({exc.strerror}); check the file") from exc
-    if len(tensors) > MAX_TENSORS:
-        raise GenerationError(f"{path}: {len(tensors)} tensors is more than {MAX_TENSORS}; refusing to load")
-    return dict(metadata), tensors, 8 + header_len
+    if len(header.tensors) > MAX_TENSORS:
+        raise GenerationError(f"{path}: {len(header.tensors)} tensors is more than {MAX_TENSORS}; refusing to load")
+    return header
 
 
 def tensor_data_sha256(path: Path, data_offset: int) -> str:
@@ -203,8 +198,9 @@ def _entry_for(path: Path, previous: LoraEntry | None) -> LoraEntry:
     stat = path.stat()
     if previous is not None and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
         return previous
-    metadata, _tensors, data_offset = read_safetensors_header(path)
-    tensor_hash = tensor_data_sha256(path, data_offset)
+    header = read_safetensors_header(path)
+    metadata = dict(header.metadata)
+    tensor_hash = tensor_data_sha256(path, header.data_offset)
     # Kohya writes sshs_model_hash at save time and A1111 trusts it first; fall back to the tensor-data hash.
     declared = metadata.get("sshs_model_hash", "").strip().lower()
     short = (declared or tensor_hash)[:LORA_HASH_CHARS]

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.atomic import atomic_write_text
-from lorapipe.errors import PipelineError
+from lorapipe.errors import ModelLoadError, PipelineError
 from lorapipe.pipeline.hashing import sha256_file
+from lorapipe.safetensors_header import read_header
 
 SUMMARY_NAME = "train_summary.json"
 SAMPLE_DIR = "sample"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-# A safetensors header longer than this is not a LoRA header but a corrupt length field.
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -43,24 +40,13 @@ def check_safetensors(path: Path) -> dict:
 
     Catches the truncated-file case (``MetadataIncompleteBuffer`` in loaders) before a broken LoRA is published.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        raw_length = handle.read(8)
-        if len(raw_length) != 8:
-            raise PipelineError(f"{path}: shorter than a safetensors header; the trainer did not finish writing it")
-        (length,) = struct.unpack("<Q", raw_length)
-        if length > min(size - 8, _MAX_HEADER_BYTES):
-            raise PipelineError(f"{path}: safetensors header length {length} exceeds the file; it is truncated")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PipelineError(f"{path}: safetensors header is not JSON; the file is corrupt") from exc
-    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    if 8 + length + data_end > size:
-        raise PipelineError(f"{path}: tensor data ends past the end of the file ({size} bytes); it is truncated")
-    if data_end == 0:
+    try:
+        header = read_header(path, remedy="check the train step's log (was the trainer stopped while writing it?)")
+    except ModelLoadError as exc:
+        raise PipelineError(str(exc)) from exc
+    if max((entry.offsets[1] for entry in header.tensors.values()), default=0) == 0:
         raise PipelineError(f"{path}: holds no tensors; training produced an empty LoRA")
-    return header.get("__metadata__") or {}
+    return dict(header.metadata)
 
 
 def find_artifact(folder: Path) -> Artifact:

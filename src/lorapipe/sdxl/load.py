@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lorapipe.errors import ModelLoadError
+from lorapipe.safetensors_header import read_header
 from lorapipe.sdxl.constants import SDXL_HUB_ID, SGM_SDXL_MARKERS
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -72,31 +73,15 @@ def _resolve_file(path: Path) -> BaseModelSource:
     if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
         raise ModelLoadError(f"{path}: pickle checkpoints are not loaded (they can run code); "
                              "convert it to .safetensors or pass a diffusers folder")
-    header = read_safetensors_header(path)
-    metadata = header.get("__metadata__") or {}
-    if not all(marker in header for marker in SGM_SDXL_MARKERS):
+    header = read_header(path, remedy=_WHAT_TO_PASS)
+    metadata = header.metadata
+    if not all(marker in header.tensors for marker in SGM_SDXL_MARKERS):
         raise ModelLoadError(f"{path}: not an SDXL base checkpoint (no SDXL UNet and second text encoder keys); "
                              f"{_WHAT_TO_PASS}")
     from lorapipe.sdxl.single_file import CONFIG_METADATA_KEY
 
     configs = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
     return BaseModelSource("single_file", str(path), configs)
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file, read without torch; ModelLoadError if it is not one."""
-    try:
-        with open(path, "rb") as handle:
-            raw_len = handle.read(8)
-            size = int.from_bytes(raw_len, "little") if len(raw_len) == 8 else -1
-            if size <= 0 or size > 100 * 1024 * 1024 or size > path.stat().st_size - 8:
-                raise ValueError("bad header length")
-            header = json.loads(handle.read(size))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        return header
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path}: not a readable .safetensors file ({exc}); {_WHAT_TO_PASS}") from None
 
 
 def _offline() -> bool:
