@@ -42,3 +42,37 @@ def test_entry_writes_the_failure_file(tiny_model_dir, sample_dataset_dir, tmp_p
     failure = (root / "output" / "failure").read_text()
     assert "no_such_option" in failure.splitlines()[0]
     assert not (root / "model" / "dwjz_toy.safetensors").exists()
+
+
+def test_entry_trains_in_several_processes_and_reports_a_stop_as_143(tiny_model_dir, sample_dataset_dir, tmp_path):
+    """LORAPIPE_PROCESSES=2 (on a GPU instance: one per GPU) -> two CPU processes here; SIGTERM stops both with
+    state saved in checkpoints, and the entry point exits 143 (stopped), not 1 (the launcher's own code)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    hps = {"pretrained_model_name_or_path": str(tiny_model_dir), "max_train_steps": "400", "seed": "3"}
+    root = _root(tmp_path, sample_dataset_dir, hps)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(LORAPIPE_PROCESSES="2", OMP_NUM_THREADS="1")
+    log = tmp_path / "entry.log"
+    with log.open("w") as out:
+        child = subprocess.Popen([sys.executable, "-m", "lorapipe.train.sagemaker_entry", "--opt-ml-root",
+                                  str(root), "train"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 240
+        while "step=2 " not in log.read_text() and time.monotonic() < deadline:
+            assert child.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.1)
+        child.send_signal(signal.SIGTERM)
+        code = child.wait(timeout=120)
+    text = log.read_text()
+    assert "training in 2 processes" in text
+    assert code == 143, text[-3000:]
+    assert not (root / "output" / "failure").exists()
+    summary = json.loads((root / "model" / "train_summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["batches_per_epoch"] == 120  # 12 images x 20 repeats, shared by two processes
+    states = list((root / "checkpoints").glob("dwjz_toy-step*-state"))
+    assert len(states) == 1 and (states[0] / "train_state.json").is_file()
