@@ -15,6 +15,7 @@ from lorapipe.errors import TrainingError
 from lorapipe.train.checkpoints import TrainState
 from lorapipe.train.data import epoch_groups, prefetched
 from lorapipe.train.distributed import Processes, average_gradients
+from lorapipe.train.max_norm import MaxNormReport, apply_max_norm
 from lorapipe.train.noise import step_generator
 from lorapipe.train.step import micro_batch_loss
 
@@ -26,6 +27,7 @@ class StepReport:
     updates_done_in_epoch: int
     loss: float
     stop: bool = False  # every process agreed to stop after this step (a stop request reached one of them)
+    max_norm: MaxNormReport | None = None  # scale_weight_norms' figures for this step
 
 
 class NonFiniteLoss(TrainingError):
@@ -45,11 +47,13 @@ def run_loop(session, plan, start: TrainState, hooks) -> TrainState:
         done = start.updates_done_in_epoch if epoch == start.current_epoch else 0
         for offset, batches in enumerate(prefetched(groups[done:], plan.blueprint, seed=plan.seed, epoch=epoch)):
             outcome = optimizer_step(session, batches, plan.seed, step, cfg.max_grad_norm,
-                                     processes=plan.processes, stop_wanted=hooks.stop_requested())
+                                     processes=plan.processes, stop_wanted=hooks.stop_requested(),
+                                     scale_weight_norms=cfg.scale_weight_norms)
             step += 1
             state = TrainState(current_step=step, current_epoch=epoch, updates_done_in_epoch=done + offset + 1,
                                dataset_hash=plan.dataset_hash)
-            if hooks.after_step(StepReport(step, epoch, done + offset + 1, outcome.loss, outcome.stop), state):
+            report = StepReport(step, epoch, done + offset + 1, outcome.loss, outcome.stop, outcome.max_norm)
+            if hooks.after_step(report, state):
                 return state
             if step >= plan.total_steps:
                 break
@@ -66,10 +70,12 @@ def run_loop(session, plan, start: TrainState, hooks) -> TrainState:
 class StepOutcome:
     loss: float  # mean micro-batch loss (over all processes when several train)
     stop: bool  # a stop was requested (here, or in another process)
+    max_norm: MaxNormReport | None = None
 
 
 def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float, *,
-                   processes: Processes = Processes(), stop_wanted: bool = False) -> StepOutcome:
+                   processes: Processes = Processes(), stop_wanted: bool = False,
+                   scale_weight_norms: float | None = None) -> StepOutcome:
     """Forward/backward every micro-batch of the group, average gradients across processes, then clip, step the
     optimizer and the LR schedule."""
     models, accelerator = session.models, session.accelerator
@@ -109,4 +115,6 @@ def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float,
     session.optimizer.step()
     session.lr_scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
-    return StepOutcome(loss=mean_loss, stop=stop)
+    # After the step, as sd-scripts: every process holds the same weights, so each applies the same scaling.
+    report = apply_max_norm(models.network, scale_weight_norms) if scale_weight_norms else None
+    return StepOutcome(loss=mean_loss, stop=stop, max_norm=report)

@@ -26,10 +26,14 @@ class Progress:
             name = f"{log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}"
             self._writer = SummaryWriter(log_dir=str(Path(logging_dir) / name))
 
-    def step(self, step: int, *, loss: float, avg_loss: float, lrs: dict[str, float], epoch: int) -> None:
+    def step(self, step: int, *, loss: float, avg_loss: float, lrs: dict[str, float], epoch: int,
+             max_norm=None) -> None:
+        """`max_norm`: scale_weight_norms' MaxNormReport for this step (shown and logged as sd-scripts does)."""
         main_lr = next(iter(lrs.values())) if lrs else 0.0
-        self._bar.set_postfix({"loss": f"{loss:.4f}", "avg": f"{avg_loss:.4f}", "lr": f"{main_lr:.2e}"},
-                              refresh=False)
+        postfix = {"loss": f"{loss:.4f}", "avg": f"{avg_loss:.4f}", "lr": f"{main_lr:.2e}"}
+        if max_norm is not None:
+            postfix.update({"keys scaled": max_norm.keys_scaled, "avg key norm": f"{max_norm.average_key_norm:.3g}"})
+        self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(1)
         if self._step_lines:
             # One parseable line per step; printed through tqdm so it does not tear the bar.
@@ -39,6 +43,8 @@ class Progress:
             self._writer.add_scalar("loss/average", avg_loss, step)
             for name, lr in lrs.items():
                 self._writer.add_scalar(f"lr/{name}", lr, step)
+            for name, value in (max_norm.logs().items() if max_norm is not None else ()):
+                self._writer.add_scalar(name, value, step)
 
     def epoch_end(self, epoch: int, avg_loss: float) -> None:
         if self._writer is not None:

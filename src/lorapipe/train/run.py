@@ -174,7 +174,7 @@ class _Run:
         self.epoch_losses.append(report.loss)
         avg = sum(self.epoch_losses) / len(self.epoch_losses)
         self.progress.step(report.step, loss=report.loss, avg_loss=avg, lrs=self.session.learning_rates(),
-                           epoch=report.epoch)
+                           epoch=report.epoch, max_norm=report.max_norm)
         name = self.plan.output_name
         if self.cadence.saves_at_step(report.step):
             self._save_file(step_name(name, report.step), state)
