@@ -104,3 +104,21 @@ def test_samplers_without_a_diffusers_match_are_not_found(generator):
     for name in ("DPM fast", "DPM adaptive", "Restart", "DPM++ 2S a"):
         with pytest.raises(GenerationError, match="Sampler not found"):
             generator.generate(GenerationRequest("toy", sampler_name=name, **SMALL))
+
+
+def test_cli_hires_fix(tiny_model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from lorapipe.cli.main import main
+
+    out = tmp_path / "hr.png"
+    args = ["generate", "a toy", "--base-model", str(tiny_model_dir), "-o", str(out), "--steps", "2", "--seed", "3",
+            "--width", "64", "--height", "64", "--sampler", "LMS", "--hr-scale", "1.5", "--hr-upscaler", "Lanczos",
+            "--denoising-strength", "0.6"]
+    assert main(args) == 0
+    image = Image.open(out)
+    fields = parse_infotext(image.info["parameters"])
+    assert image.size == (96, 96) and fields["Sampler"] == "LMS" and fields["Hires upscaler"] == "Lanczos"
+    assert fields["Denoising strength"] == "0.6" and fields["Hires upscale"] == "1.5"
+    assert main([*args[:-4], "--hr-upscaler", "ESRGAN_4x"]) != 0
+    assert "hr_upscaler: could not find upscaler named ESRGAN_4x" in capsys.readouterr().err
