@@ -3,11 +3,8 @@ and the failures that must leave a failed run with its reason and nothing publis
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -15,20 +12,14 @@ import pytest
 from lorapipe.errors import PipelineError
 from lorapipe.pipeline.backend import TrainJob
 from lorapipe.pipeline.records import RunStore
-from lorapipe.pipeline.request import PipelineHome, RunRequest, SageMakerOptions
+from lorapipe.pipeline.request import PipelineHome, RunRequest
 from lorapipe.pipeline.runner import execute_run
 from lorapipe.pipeline.runs import create_run
 from lorapipe.pipeline.sagemaker_backend import SageMakerBackend, job_name_for
 from lorapipe.pipeline.sagemaker_definition import RECIPE_PARAMETERS, pipeline_definition
-from tests.pipeline_fixtures import write_artifact
+from tests.pipeline_fixtures import IMAGE, ROLE, aws, fresh_bucket, model_tarball, sagemaker_options  # noqa: F401
 
-ROLE = "arn:aws:iam::123456789012:role/lorapipe-training"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/lorapipe-training:latest"
-
-
-def _options(**changes) -> SageMakerOptions:
-    return SageMakerOptions(**{"image": IMAGE, "role_arn": ROLE, "region": "us-east-1", "poll_interval_s": 0.05,
-                               **changes})
+_options = sagemaker_options
 
 
 def _job(tmp_path: Path, dataset_url: str = "s3://bucket/0001-dataset") -> TrainJob:
@@ -68,8 +59,10 @@ def test_job_request_refuses_incomplete_settings(tmp_path):
     with pytest.raises(PipelineError, match="--max-wait-s"):
         SageMakerBackend(RunRequest(**base, sagemaker=_options(spot=True, max_wait_s=10, max_runtime_s=100))
                          ).job_request(_job(tmp_path))
-    with pytest.raises(PipelineError, match="reads the dataset from S3"):
-        RunRequest(dataset="/local/0001-dataset", output="s3://b/m", backend="sagemaker")
+    with pytest.raises(PipelineError, match="--output"):
+        RunRequest(dataset="/local/0001-dataset", output="/local/models", backend="sagemaker")
+    assert RunRequest(dataset="/local/0001-dataset", output="s3://b/m", backend="sagemaker").uploads_dataset
+    assert not RunRequest(dataset="s3://b/0001-dataset/", output="s3://b/m", backend="sagemaker").uploads_dataset
 
 
 def test_pipelines_definition_keeps_the_recipe_parameter_names():
@@ -89,26 +82,7 @@ def test_pipelines_definition_keeps_the_recipe_parameter_names():
 
 
 # -- moto (SageMaker API) + SeaweedFS (S3) ---------------------------------------------------------------------------
-@pytest.fixture
-def aws(seaweed_s3, monkeypatch):  # noqa: F811
-    """moto answers SageMaker calls; S3 calls carry an explicit endpoint and reach the real SeaweedFS."""
-    moto = pytest.importorskip("moto")
-    with moto.mock_aws():
-        # mock_aws sets fake credentials; SeaweedFS needs its own (moto does not check them for SageMaker)
-        # (AWS_ENDPOINT_URL stays unset: it would send the SageMaker calls to SeaweedFS as well)
-        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed_s3.access_key)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed_s3.secret_key)
-        import boto3
-
-        yield seaweed_s3, boto3.client("sagemaker", region_name="us-east-1")
-
-
-def _bucket(server, stem: str) -> str:
-    """A fresh bucket per test: the SeaweedFS server lives for the whole session."""
-    name = f"{stem}-{uuid.uuid4().hex[:8]}"
-    server.client().create_bucket(Bucket=name)
-    return name
+_bucket = fresh_bucket
 
 
 def _upload_dataset(server, dataset_dir: Path) -> str:
@@ -118,16 +92,6 @@ def _upload_dataset(server, dataset_dir: Path) -> str:
         if path.is_file():
             client.upload_file(str(path), bucket, f"0001-dataset/{path.relative_to(dataset_dir).as_posix()}")
     return f"s3://{bucket}/0001-dataset"
-
-
-def _model_tarball(tmp_path: Path) -> bytes:
-    """What SageMaker uploads at the end of a job: /opt/ml/model as model.tar.gz."""
-    model_dir = write_artifact(tmp_path / "opt-ml-model")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(model_dir.rglob("*")):
-            tar.add(path, arcname=path.relative_to(model_dir).as_posix(), recursive=False)
-    return buffer.getvalue()
 
 
 def _sagemaker_request(server, dataset_url: str, tmp_path: Path, out: str = "unused", **changes) -> RunRequest:
@@ -145,7 +109,7 @@ def test_sagemaker_run_trains_fetches_verifies_and_publishes(aws, sample_dataset
     # Play SageMaker's part: the job's model.tar.gz appears where DescribeTrainingJob says it is.
     job_name = job_name_for(record.id)
     server.client().put_object(Bucket=out, Key=f"models/sagemaker/{job_name}/output/model.tar.gz",
-                               Body=_model_tarball(tmp_path))
+                               Body=model_tarball(tmp_path))
 
     # ... and the container's log lines appear in CloudWatch, where the backend follows them.
     import boto3

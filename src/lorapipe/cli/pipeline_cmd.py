@@ -93,7 +93,8 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     _add_home(parser)
-    parser.add_argument("--output", metavar="URL", help="folder or s3://BUCKET/PREFIX to publish to")
+    parser.add_argument("--output", metavar="URL", help="folder or s3://BUCKET/PREFIX to publish to (sagemaker: "
+                        "a local dataset is uploaded under OUTPUT/datasets/ too)")
     parser.add_argument("--backend", choices=("local", "sagemaker"), default="local")
     parser.add_argument("--base-model", metavar="PATH_OR_ID",
                         help="diffusers folder, single file or hub id (default: the config's)")

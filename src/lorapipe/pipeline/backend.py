@@ -15,7 +15,7 @@ class TrainJob:
 
     run_id: str
     dataset_dir: Path  # local copy (validated)
-    dataset_url: str  # where the user pointed: a folder or an s3:// prefix
+    dataset_url: str  # where the backend reads it: the given folder or s3:// prefix, or its uploaded copy
     output_dir: Path  # the run's train/ folder, filled by the backend
     base_model: str | None
     config: Path | None

@@ -48,7 +48,7 @@ class ContentHasher:
     def folder(self, root: Path) -> str:
         root = Path(root)
         digest = hashlib.sha256()
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and _counts(p.relative_to(root))):
+        for path in content_files(root):
             digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
             digest.update(self.file(path).encode("ascii") + b"\n")
         return digest.hexdigest()
@@ -61,6 +61,12 @@ class ContentHasher:
         if candidate.is_file():
             return self.file(candidate)
         return hashlib.sha256(f"name:{value}".encode()).hexdigest()
+
+
+def content_files(root: Path) -> list[Path]:
+    """The files that make up a folder's content hash, sorted (what an upload of the folder must carry)."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and _counts(p.relative_to(root)))
 
 
 def _counts(relative: Path) -> bool:

@@ -48,12 +48,14 @@ class RunRequest:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise PipelineError(f"--backend {self.backend!r}: unknown backend; use one of {', '.join(BACKENDS)}")
-        if self.backend == "sagemaker" and not self.dataset.startswith("s3://"):
-            raise PipelineError(
-                f"{self.dataset}: the sagemaker backend reads the dataset from S3; upload it and give s3://BUCKET/NNNN-dataset/"
-            )
         if self.backend == "sagemaker" and not (self.output or "").startswith("s3://"):
-            raise PipelineError("--output: the sagemaker backend writes to S3; give --output s3://BUCKET/PREFIX")
+            raise PipelineError("--output: the sagemaker backend writes to S3 (and uploads a local dataset there); "
+                                "give --output s3://BUCKET/PREFIX")
+
+    @property
+    def uploads_dataset(self) -> bool:
+        """A local dataset for the sagemaker backend: uploaded under --output before the job starts."""
+        return self.backend == "sagemaker" and not self.dataset.startswith("s3://")
 
     @property
     def dataset_name(self) -> str:

@@ -70,9 +70,9 @@ def execute_run(home: PipelineHome, run_id: str, cancel: Cancellation | None = N
     log.info(f"run {run_id}: {request.dataset} -> {request.output or 'run folder only'} ({request.backend})")
     current = "validate"  # the step a failure is charged to
     try:
-        dataset_dir = _step_validate(ctx)
+        dataset_dir, dataset_url = _step_validate(ctx)
         current = "train"
-        artifact = _step_train(ctx, dataset_dir, backend or make_backend(request))
+        artifact = _step_train(ctx, dataset_dir, dataset_url, backend or make_backend(request))
         current = "sample"
         _step_sample(ctx, artifact)
         current = "publish"
@@ -107,12 +107,27 @@ def _check_cancel(ctx: RunContext) -> None:
         raise RunCancelled("cancelled by `lorapipe runs cancel`")
 
 
-def _step_validate(ctx: RunContext) -> Path:
+def _step_validate(ctx: RunContext) -> tuple[Path, str]:
+    """The local dataset folder (checked) and the URL the backend reads it from (uploaded when it must be)."""
     ctx.records.set_step(ctx.run_id, "validate", "running")
     dataset_dir = materialise_dataset(ctx.request, ctx.home.dataset_cache, ctx.log)
     report = validate_dataset(dataset_dir, _config_for(ctx, dataset_dir), ctx.run_dir / "check.json", ctx.log)
+    dataset_url = ctx.request.dataset
+    if ctx.request.uploads_dataset:  # only after the check passed: a bad dataset never costs an upload
+        dataset_url = _upload_dataset(ctx, dataset_dir)
+        report = f"{report}; uploaded to {dataset_url}"
     ctx.records.set_step(ctx.run_id, "validate", "succeeded", report)
-    return dataset_dir
+    return dataset_dir, dataset_url
+
+
+def _upload_dataset(ctx: RunContext, dataset_dir: Path) -> str:
+    from lorapipe.pipeline.dataset_upload import upload_dataset
+
+    _check_cancel(ctx)
+    result = upload_dataset(dataset_dir, output_url=ctx.request.output or "", hasher=ContentHasher(ctx.records),
+                            endpoint_url=ctx.request.s3_endpoint_url, log=ctx.log,
+                            should_stop=lambda: ctx.cancel.requested)
+    return result.url
 
 
 def _config_for(ctx: RunContext, dataset_dir: Path) -> Path | None:
@@ -126,7 +141,7 @@ def _config_for(ctx: RunContext, dataset_dir: Path) -> Path | None:
     return shipped if shipped.is_file() else None
 
 
-def _step_train(ctx: RunContext, dataset_dir: Path, backend: TrainBackend) -> Artifact:
+def _step_train(ctx: RunContext, dataset_dir: Path, dataset_url: str, backend: TrainBackend) -> Artifact:
     _check_cancel(ctx)
     ctx.records.set_step(ctx.run_id, "train", "running")
     config = _config_for(ctx, dataset_dir)
@@ -144,7 +159,7 @@ def _step_train(ctx: RunContext, dataset_dir: Path, backend: TrainBackend) -> Ar
     if cached is not None:
         return cached
     resume = _resumable_state(ctx, key) if ctx.request.use_cache else None
-    job = TrainJob(ctx.run_id, dataset_dir, ctx.request.dataset, train_dir, ctx.request.base_model, config,
+    job = TrainJob(ctx.run_id, dataset_dir, dataset_url, train_dir, ctx.request.base_model, config,
                    ctx.request.overrides, key, resume)
     folder = backend.train(job, ctx.log, ctx.cancel)
     _check_cancel(ctx)

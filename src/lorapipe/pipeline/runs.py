@@ -60,7 +60,22 @@ def cancel_run(home: PipelineHome, run_id: str) -> RunRecord:
                 os.kill(record.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
+    elif record.backend == "sagemaker" and record.status == "running":
+        _stop_orphaned_job(record)
     return records.get(record.id)
+
+
+def _stop_orphaned_job(record: RunRecord) -> None:
+    """The worker is gone (killed, machine rebooted) but its SageMaker job may still be billing: stop it here."""
+    from lorapipe.pipeline.runlog import RunLog
+    from lorapipe.pipeline.sagemaker_backend import SageMakerBackend, job_name_for
+
+    line = SageMakerBackend(RunRequest.from_json(record.request)).stop(job_name_for(record.id))
+    log = RunLog(Path(record.run_dir) / "run.log")
+    try:
+        log.info(f"cancel: worker {record.pid} is gone; {line}")
+    finally:
+        log.close()
 
 
 def _alive(pid: int) -> bool:

@@ -1,7 +1,7 @@
 """SageMaker backend: one training job per run (the recipe's job, plus checkpoints, spot and a content hash).
 
 ``train`` = ``submit`` (CreateTrainingJob) -> ``wait`` (DescribeTrainingJob + CloudWatch log lines into the run
-log; SIGTERM of the worker becomes StopTrainingJob) -> ``fetch`` (download ``model.tar.gz``, unpack safely, verify).
+log; SIGTERM of the worker becomes StopTrainingJob, see ``stop``) -> ``fetch`` (download ``model.tar.gz``, unpack safely, verify).
 """
 
 from __future__ import annotations
@@ -158,8 +158,7 @@ class SageMakerBackend:
             if description["TrainingJobStatus"] in FINAL_STATUSES:
                 break
             if cancel.requested and not stop_sent:
-                client.stop_training_job(TrainingJobName=name)
-                log.info(f"train: stop requested for {name}; SageMaker sends SIGTERM, the trainer checkpoints")
+                log.info(f"train: {self.stop(name)}")
                 stop_sent = True
             cancel.event.wait(self.options.poll_interval_s)
         status = description["TrainingJobStatus"]
@@ -169,6 +168,17 @@ class SageMakerBackend:
         if status == "Stopped":
             raise PipelineError(f"sagemaker: job {name} was stopped ({reason or 'by request'})")
         return description
+
+    def stop(self, name: str) -> str:
+        """StopTrainingJob; SageMaker sends the container SIGTERM and keeps what it saved in /opt/ml/checkpoints.
+
+        Returns a line for the log; a job that is gone or already ending is not an error (cancel is idempotent).
+        """
+        try:
+            self._sagemaker().stop_training_job(TrainingJobName=name)
+        except Exception as exc:
+            return f"stop of SageMaker job {name} not needed or refused ({_aws_reason(exc)})"
+        return f"stop requested for SageMaker job {name}; SageMaker sends SIGTERM, the trainer checkpoints"
 
     def fetch(self, description: dict, output_dir: Path, log: RunLog) -> Path:
         url = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
