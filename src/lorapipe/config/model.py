@@ -165,6 +165,11 @@ class TrainConfig:
     # -- sample images
     sample_prompts: str | None = path()
     sample_every_n_steps: int | None = integer(minimum=0)
+    # Validation loss on the images validation_split holds out (a dataset option): after every N steps, every
+    # N epochs (default: each epoch when a split is set), over at most max_validation_steps batches.
+    validate_every_n_steps: int | None = integer(minimum=1)
+    validate_every_n_epochs: int | None = integer(minimum=1)
+    max_validation_steps: int | None = integer(minimum=1)
     sample_every_n_epochs: int | None = integer(minimum=0)
     sample_at_first: bool = flag()
     sample_sampler: str = text("ddim")

@@ -78,6 +78,8 @@ class DatasetBlueprint:
     max_token_length: int = 75
     prior_loss_weight: float = 1.0
     network_multiplier: float = 1.0
+    validation_split: float = 0.0  # fraction of each training subset's images held out for validation loss
+    validation_seed: int | None = None  # shuffle seed of the split (None: the training seed)
     source: str = ""
     notes: tuple[Problem, ...] = ()
 
@@ -159,8 +161,10 @@ def dataset_params(layers: tuple[Mapping[str, Any], ...], source: str) -> tuple[
             raise ConfigError(f"{source}: min_bucket_reso {min_reso} is above the resolution {resolution}; lower it")
         if not no_upscale and max(resolution) > max_reso:
             raise ConfigError(f"{source}: max_bucket_reso {max_reso} is below the resolution {resolution}; raise it")
-    if float(get("validation_split") or 0) > 0:
-        notes.append(warning(source, "validation_split is not supported by lorapipe; every image is trained"))
+    split = opt.as_float(get("validation_split") or 0.0, "validation_split", source, low=0)
+    if split >= 1:
+        raise ConfigError(f"{source}: validation_split = {split}; use a fraction below 1 (e.g. 0.1)")
+    seed = get("validation_seed")
     params = {
         "resolution": resolution,
         "enable_bucket": enable_bucket,
@@ -170,6 +174,8 @@ def dataset_params(layers: tuple[Mapping[str, Any], ...], source: str) -> tuple[
         "bucket_no_upscale": no_upscale,
         "batch_size": opt.as_int(get("batch_size"), "batch_size", source, minimum=1),
         "network_multiplier": opt.as_float(get("network_multiplier"), "network_multiplier", source),
+        "validation_split": split,
+        "validation_seed": None if seed is None else opt.as_int(seed, "validation_seed", source),
     }
     return params, notes
 

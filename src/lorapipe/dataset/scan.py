@@ -45,6 +45,7 @@ class DatasetScan:
     blueprint: DatasetBlueprint
     items: tuple[ImageItem, ...]
     problems: tuple[Problem, ...]
+    validation_items: tuple[ImageItem, ...] = ()  # held out by validation_split (never trained)
 
     @property
     def has_errors(self) -> bool:
@@ -192,8 +193,12 @@ def _flag_duplicates(items: list[ImageItem], problems: list[Problem], hash_all: 
     return hashed
 
 
-def scan_dataset(blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: bool = False) -> DatasetScan:
-    """Scan every subset of `blueprint`. Never raises for bad files: each one becomes a Problem."""
+def scan_dataset(blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: bool = False,
+                 training_seed: int | None = None) -> DatasetScan:
+    """Scan every subset of `blueprint`. Never raises for bad files: each one becomes a Problem.
+
+    With validation_split, each training subset's images are shuffled with validation_seed (else
+    `training_seed`, as sd-scripts) and the last fraction is held out as `validation_items`."""
     problems: list[Problem] = list(blueprint.notes)
     planner = BucketPlanner(blueprint)
     items: list[ImageItem] = []
@@ -214,9 +219,32 @@ def scan_dataset(blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: b
     if not items:
         problems.append(error(blueprint.source or "dataset", "no trainable images found; train_data_dir must be "
                               "the parent of <repeats>_<name> folders with images"))
+    items, held_out = _split_validation(items, blueprint, training_seed)
+    if held_out and not any(not item.subset.is_reg for item in items):
+        problems.append(error(blueprint.source or "dataset", f"validation_split = {blueprint.validation_split} "
+                              "holds out every training image; lower it"))
     items = _balance_reg_repeats(items, problems)
     items = _flag_duplicates(items, problems, hash_all)
-    return DatasetScan(blueprint, tuple(items), tuple(problems))
+    return DatasetScan(blueprint, tuple(items), tuple(problems), tuple(held_out))
+
+
+def _split_validation(items: list[ImageItem], blueprint: DatasetBlueprint,
+                      training_seed: int | None) -> tuple[list[ImageItem], list[ImageItem]]:
+    """sd-scripts' split_train_val per training subset (reg subsets are never split): shuffle the images with the
+    seed, hold out the last round(n x split). Held-out images count once each (no repeats)."""
+    import random
+
+    if blueprint.validation_split <= 0:
+        return items, []
+    seed = blueprint.validation_seed if blueprint.validation_seed is not None else (training_seed or 0)
+    held_out: list[ImageItem] = []
+    for subset in blueprint.train_subsets:
+        mine = sorted((i for i in items if i.subset == subset), key=lambda i: i.path.name)
+        random.Random(seed).shuffle(mine)
+        held_out += mine[len(mine) - round(len(mine) * blueprint.validation_split):]
+    chosen = {item.path for item in held_out}
+    kept = [item for item in items if item.path not in chosen]  # training order stays the scan's order
+    return kept, held_out
 
 
 def bucket_sample_counts(scan: DatasetScan) -> dict[tuple[int, int], int]:

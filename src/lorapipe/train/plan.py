@@ -70,10 +70,16 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
                               or cfg.cache_text_encoder_outputs_to_disk,
                               train_text_encoder=cfg.train_text_encoder, subsets=cfg.dataset.subsets, source=source)
 
-    scan = scan_dataset(cfg.dataset)
+    processes = processes or processes_from_env()
+    if cfg.seed is not None:
+        seed = cfg.seed
+    elif processes.is_distributed:  # the processes must shuffle alike: one seed per launch, the same in each
+        seed = launch_seed()
+    else:
+        seed = random.SystemRandom().randint(0, 2**31 - 1)
+    scan = scan_dataset(cfg.dataset, training_seed=seed)
     if scan.has_errors:
         raise DatasetError(_dataset_report(scan, dataset_dir))
-    processes = processes or processes_from_env()
     steps, epochs = total_steps(scan, max_train_epochs=cfg.max_train_epochs, max_train_steps=cfg.max_train_steps,
                                 gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                                 num_processes=processes.world)
@@ -83,16 +89,22 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
     if not str(output_dir or cfg.output_dir or ""):
         raise ConfigError(f"{source}: output_dir is not set; pass --output-dir DIR")
     _check_writable(out, source)
-    if cfg.seed is not None:
-        seed = cfg.seed
-    elif processes.is_distributed:  # the processes must shuffle alike: one seed per launch, the same in each
-        seed = launch_seed()
-    else:
-        seed = random.SystemRandom().randint(0, 2**31 - 1)
-    return RunPlan(config=cfg, warnings=tuple(loaded.warnings), scan=scan, dataset_hash=dataset_hash(scan),
+    warnings = tuple(loaded.warnings) + _validation_warnings(cfg, scan, source)
+    return RunPlan(config=cfg, warnings=warnings, scan=scan, dataset_hash=dataset_hash(scan),
                    base_model=str(model_spec), output_dir=out, output_name=cfg.output_name or "last",
                    total_steps=steps, epochs=epochs, batches_per_epoch=batches, updates_per_epoch=updates,
                    seed=int(seed), max_token_length=max_tokens, sample_prompts=prompts, processes=processes)
+
+
+def _validation_warnings(cfg, scan, source: str) -> tuple[str, ...]:
+    split = scan.blueprint.validation_split
+    if not split and (cfg.validate_every_n_steps or cfg.validate_every_n_epochs or cfg.max_validation_steps):
+        return (f"{source}: validate_every_n_steps/validate_every_n_epochs/max_validation_steps have no effect "
+                "without validation_split (the fraction of images to hold out)",)
+    if split and cfg.seed is None and scan.blueprint.validation_seed is None:
+        return (f"{source}: validation_split without seed or validation_seed holds out different images each run "
+                "(and a resumed run would see a different dataset); set validation_seed",)
+    return ()
 
 
 def _check_writable(folder: Path, source: str) -> None:

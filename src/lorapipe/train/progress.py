@@ -46,6 +46,17 @@ class Progress:
             for name, value in (max_norm.logs().items() if max_norm is not None else ()):
                 self._writer.add_scalar(name, value, step)
 
+    def validation(self, step: int, loss: float, *, epoch: int | None = None) -> None:
+        """A validation loss: one parseable line, and TensorBoard (sd-scripts' tag names)."""
+        if self._step_lines:
+            where = f" epoch={epoch}" if epoch is not None else ""
+            self._bar.write(f"validation step={step}{where} loss={loss:.6f}", file=sys.stdout)
+        if self._writer is not None:
+            if epoch is None:
+                self._writer.add_scalar("loss/validation/step_current", loss, step)
+            else:
+                self._writer.add_scalar("loss/validation/epoch_average", loss, epoch)
+
     def epoch_end(self, epoch: int, avg_loss: float) -> None:
         if self._writer is not None:
             self._writer.add_scalar("loss/epoch", avg_loss, epoch)

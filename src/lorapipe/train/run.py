@@ -100,6 +100,10 @@ class _Run:
         self.saved: list[Path] = []
         self.samples: list[Path] = []
         self.last_state: Path | None = None
+        from lorapipe.train.validation import validation_plan
+
+        self.validation = validation_plan(plan)
+        self.validation_losses: list[dict] = []
         self.progress = None
         self.state: TrainState | None = None
         self.epoch_seconds: list[float] = []
@@ -189,6 +193,8 @@ class _Run:
         n = self.cfg.sample_every_n_steps or 0
         if n > 0 and not (self.cfg.sample_every_n_epochs or 0) and report.step % n == 0:
             self._sample(step=report.step, epoch=None)
+        if self.validation.due_after_step(report.step):
+            self._validate(step=report.step, epoch=None)
         if self.stop_after_steps and report.step >= self.stop_after_steps:
             return True
         self.stopping = report.stop
@@ -219,6 +225,8 @@ class _Run:
         n = self.cfg.sample_every_n_epochs or 0
         if n > 0 and epoch % n == 0:
             self._sample(step=state.current_step, epoch=epoch)
+        if self.validation.due_after_epoch(epoch):
+            self._validate(step=state.current_step, epoch=epoch)
         return self.stopping
 
     # ---- helpers ---------------------------------------------------------------------------------------------
@@ -251,6 +259,16 @@ class _Run:
             v_parameterization=self.cfg.v_parameterization, fallback_seed=self.plan.seed,
             device=self.session.models.device)
 
+    def _validate(self, *, step: int, epoch: int | None) -> None:
+        """Main process only: the others go on to the next step and wait for it there."""
+        if not self.main:
+            return
+        from lorapipe.train.validation import validation_loss
+
+        loss = validation_loss(self.session, self.plan, self.validation)
+        self.validation_losses.append({"step": step, "epoch": epoch, "loss": round(loss, 6)})
+        self.progress.validation(step, loss, epoch=epoch)
+
     def _write_summary(self, status: str, lora: Path | None, state: TrainState, seconds: float) -> Path:
         plan = self.plan
         if not self.main:
@@ -270,6 +288,7 @@ class _Run:
             saved_files=[str(p) for p in self.saved], sample_images=[str(p) for p in self.samples],
             warnings=list(plan.warnings), seed=plan.seed, losses=[round(x, 6) for x in self.losses],
             state_folder=str(self.last_state) if self.last_state else None,
+            num_validation_images=len(self.validation.items), validation_losses=list(self.validation_losses),
             config=_config_dict(plan.config))
         return write_summary(plan.output_dir, summary)
 

@@ -68,7 +68,8 @@ class LoraWriter:
 
 def _dataset_config_keys(blueprint) -> dict:
     return {"resolution": list(blueprint.resolution), "prior_loss_weight": blueprint.prior_loss_weight,
-            "max_token_length": blueprint.max_token_length}
+            "max_token_length": blueprint.max_token_length, "validation_split": blueprint.validation_split,
+            "validation_seed": blueprint.validation_seed}
 
 
 def dataset_summary(plan) -> dict:
@@ -97,6 +98,7 @@ def dataset_summary(plan) -> dict:
     subsets = blueprint.subsets
     return {
         "num_train_images": sum(i.repeats for i in train), "num_reg_images": sum(i.repeats for i in reg),
+        "num_validation_images": len(plan.scan.validation_items),
         "num_batches_per_epoch": plan.batches_per_epoch, "batch_size_per_device": blueprint.batch_size,
         "total_batch_size": blueprint.batch_size * plan.processes.world * plan.config.gradient_accumulation_steps,
         "resolution": tuple(blueprint.resolution), "enable_bucket": blueprint.enable_bucket,

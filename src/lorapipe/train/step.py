@@ -46,12 +46,16 @@ def unet_prediction(models, x_t, timesteps, context, pooled, time_ids):
 
 
 def micro_batch_loss(models, batch: TrainBatch, objective: Objective, generator: torch.Generator, *,
-                     latent_cache=None, te_cache=None, autocast=None) -> torch.Tensor:
-    """The scalar loss of one batch (not yet divided for gradient accumulation)."""
+                     latent_cache=None, te_cache=None, autocast=None, timestep: int | None = None) -> torch.Tensor:
+    """The scalar loss of one batch (not yet divided for gradient accumulation); `timestep` fixes every sample's
+    timestep instead of drawing them (validation)."""
     latents = batch_latents(models, batch, latent_cache, generator)
     context, pooled = batch_text(models, batch, te_cache)
     noise = make_noise(latents, objective.noise, generator)
-    timesteps = sample_timesteps(latents.shape[0], objective.noise, generator)
+    if timestep is None:
+        timesteps = sample_timesteps(latents.shape[0], objective.noise, generator)
+    else:
+        timesteps = torch.full((latents.shape[0],), int(timestep), dtype=torch.long)
     x_t = noisy_latents(objective.noise_scheduler, latents, noise, timesteps, objective.noise, generator)
     time_ids = torch.tensor(batch.time_ids, dtype=torch.float32)
     with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):

@@ -53,6 +53,8 @@ class TrainSummary:
     seconds_per_epoch: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     state_folder: str | None = None
+    num_validation_images: int = 0
+    validation_losses: list[dict[str, Any]] = field(default_factory=list)  # {"step", "epoch", "loss"}
     config: dict[str, Any] = field(default_factory=dict)
 
 
