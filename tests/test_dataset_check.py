@@ -69,6 +69,7 @@ def test_bad_files_are_reported_per_file(sample):
     shutil.copy(subset / "01-sky-gradient-tilt.png", subset / "copy-of-01.png")
     _image(subset / "is-a-png.jpg", fmt="PNG")
     (subset / "notes.gif").write_bytes(b"GIF89a")
+    (subset / "01.png.sha256").write_text("0" * 64)  # the store's checksum sidecar: expected, not reported
     (subset / "empty.txt").write_text("")
     _image(subset / "empty.png")
     _image(subset / "tiny.png", size=(16, 16))
@@ -85,6 +86,7 @@ def test_bad_files_are_reported_per_file(sample):
     assert has("copy-of-01.png", "warning", "byte-identical")
     assert has("is-a-png.jpg", "warning", "PNG file named .jpg")
     assert has("notes.gif", "warning", "not a training image")
+    assert "01.png.sha256" not in by_file
     assert has("empty.txt", "error", "empty")
     assert has("tiny.png", "warning", "below min_bucket_reso")
     assert has("photos", "warning", "<repeats>_<trigger> [class]")

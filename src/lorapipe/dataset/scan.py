@@ -21,7 +21,9 @@ from lorapipe.dataset.problems import Problem, error, warning
 from lorapipe.errors import DatasetError
 
 # Files that may sit beside images without being reported (caches sd-scripts itself writes).
-_QUIET_EXTENSIONS = frozenset(KNOWN_CAPTION_EXTENSIONS) | {".npz", ".json", ".toml", ".md"}
+# Files that belong beside images without being images: captions, latent caches, configs, and the `.sha256`
+# sidecars the store writes beside every object it uploads (a dataset uploaded for SageMaker has one per file).
+_QUIET_EXTENSIONS = frozenset(KNOWN_CAPTION_EXTENSIONS) | {".npz", ".json", ".toml", ".md", ".sha256"}
 _HASH_CHUNK = 1 << 20
 
 
