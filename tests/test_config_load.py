@@ -146,7 +146,7 @@ def test_sectioned_error_names_the_section(dataset_copy: Path) -> None:
         ("network_args", ["block_dims=1,2,3"], "block_dims"),
         ("optimizer_args", ["weight_decay"], "not key=value"),
         ("v2", True, "SDXL only"),
-        ("masked_loss", True, "masked loss"),
+        ("weighted_captions", True, "caption weights"),
         ("LoRA_type", "LyCORIS/LoHa", "LoRA_type"),
         ("log_with", "wandb", "wandb is not available"),
         ("network_dropout", 1.5, "at most 1"),

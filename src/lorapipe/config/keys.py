@@ -142,9 +142,8 @@ _REJECTED: dict[str, str] = {
     "in_json": "fine-tuning metadata datasets are not supported; use <repeats>_<name> folders or dataset_config",
     "dataset_class": "custom dataset classes are not supported",
     "weighted_captions": "(word:1.2) caption weights " + _NOT_IMPL,
-    "alpha_mask": "masked loss " + _NOT_IMPL,
-    "masked_loss": "masked loss " + _NOT_IMPL,
-    "conditioning_data_dir": "masked loss " + _NOT_IMPL,
+    "conditioning_data_dir": "mask images for masked_loss " + _NOT_IMPL + "; put the mask in the images' alpha "
+                             "channel and set alpha_mask = true",
     "save_n_epoch_ratio": _NOT_IMPL + "; use save_every_n_epochs",
     "resume_from_huggingface": "resuming from the Hub " + _NOT_IMPL + "; download the state folder and use resume",
     "output_config": "use `lorapipe config check FILE` to see the effective config",

@@ -19,7 +19,7 @@ from PIL import Image
 from lorapipe.dataset.blueprint import DatasetBlueprint
 from lorapipe.dataset.buckets import BucketChoice, crop_ltrb, trim_and_resize
 from lorapipe.dataset.captions import process_caption
-from lorapipe.dataset.images import decode_image
+from lorapipe.dataset.images import decode_image, decode_image_with_alpha
 from lorapipe.dataset.scan import DatasetScan, ImageItem
 
 
@@ -35,6 +35,7 @@ class Sample:
     loss_weight: float
     path: Path
     flipped: bool = False
+    alpha_mask: np.ndarray | None = field(default=None, repr=False)  # uint8 H x W (subset alpha_mask, image has alpha)
 
 
 def epoch_batches(scan: DatasetScan, blueprint: DatasetBlueprint, epoch: int, seed: int) -> list[list[ImageItem]]:
@@ -63,17 +64,25 @@ def _color_aug(image: Image.Image, rng: random.Random) -> Image.Image:
 def load_sample(item: ImageItem, blueprint: DatasetBlueprint, epoch: int, rng: random.Random) -> Sample:
     """Decode `item` and produce its pixels, caption and SDXL size conditioning for `epoch`."""
     subset = item.subset
-    image = decode_image(item.path)
+    image, alpha = decode_image_with_alpha(item.path) if subset.alpha_mask else (decode_image(item.path), None)
     if subset.color_aug:
         image = _color_aug(image, rng)
     choice = BucketChoice(item.bucket, item.resized_size, 0.0)
+    crop_state = rng.getstate()  # the mask is cut exactly as the pixels (same random crop)
     pixels = trim_and_resize(
         image, choice, random_crop=subset.random_crop, rng=rng, interpolation=subset.resize_interpolation
     )
+    mask = None
+    if alpha is not None:
+        mask_rng = random.Random()
+        mask_rng.setstate(crop_state)
+        mask = trim_and_resize(alpha.convert("RGB"), choice, random_crop=subset.random_crop, rng=mask_rng,
+                               interpolation=subset.resize_interpolation)[..., 0]
     left, top, right, _ = crop_ltrb(item.bucket, image.size)
     flipped = subset.flip_aug and rng.random() < 0.5
     if flipped:
         pixels = np.ascontiguousarray(pixels[:, ::-1])
+        mask = None if mask is None else np.ascontiguousarray(mask[:, ::-1])
         left = item.bucket[0] - right  # sd-scripts mirrors the crop offset with the image
     caption = process_caption(item.caption, subset, epoch, rng)
     return Sample(
@@ -85,4 +94,5 @@ def load_sample(item: ImageItem, blueprint: DatasetBlueprint, epoch: int, rng: r
         loss_weight=blueprint.prior_loss_weight if subset.is_reg else 1.0,
         path=item.path,
         flipped=flipped,
+        alpha_mask=mask,
     )

@@ -57,6 +57,7 @@ class SubsetSpec:
     flip_aug: bool = False
     color_aug: bool = False
     resize_interpolation: str | None = None
+    alpha_mask: bool = False  # the image's alpha channel weights the loss (transparent = not learned)
 
     @property
     def name(self) -> str:
@@ -131,6 +132,7 @@ def subset_from_layers(
         flip_aug=opt.as_bool(get("flip_aug"), "flip_aug", source),
         color_aug=opt.as_bool(get("color_aug"), "color_aug", source),
         resize_interpolation=interpolation,
+        alpha_mask=opt.as_bool(get("alpha_mask"), "alpha_mask", source),
     )
     return spec, notes
 

@@ -26,7 +26,8 @@ from lorapipe.dataset.problems import Problem, warning
 from lorapipe.errors import ConfigError, DatasetError
 
 _SUBSET_ONLY = frozenset({"image_dir", "is_reg", "alpha_mask", "metadata_file", "conditioning_data_dir"})
-_SUBSET_ASCENDABLE = frozenset(opt.SUBSET_DEFAULTS)
+# alpha_mask has a default (the flat --alpha_mask flag) but, as in sd-scripts, only subsets may set it in the TOML.
+_SUBSET_ASCENDABLE = frozenset(opt.SUBSET_DEFAULTS) - {"alpha_mask"}
 _DATASET_ONLY = frozenset(opt.DATASET_DEFAULTS)
 _GENERAL_KEYS = _SUBSET_ASCENDABLE | _DATASET_ONLY
 _DATASET_KEYS = _GENERAL_KEYS | {"subsets"}
@@ -97,6 +98,9 @@ def read_dataset_config(path: Path, args: Mapping[str, Any]) -> DatasetBlueprint
         _check_keys(raw, _SUBSET_KEYS, where, path)
         if "metadata_file" in raw:
             raise ConfigError(f"{path}: {where}: metadata_file (fine-tuning datasets) is not supported; use image_dir")
+        if "conditioning_data_dir" in raw:
+            raise ConfigError(f"{path}: {where}: conditioning_data_dir (mask images for masked_loss) is not "
+                              "supported; put the mask in the images' alpha channel and set alpha_mask = true")
         if "image_dir" not in raw:
             raise ConfigError(f"{path}: {where}: image_dir is required")
         image_dir = _resolve_image_dir(raw["image_dir"], path)

@@ -96,6 +96,14 @@ def extension_matches(path: Path, header: ImageHeader) -> bool:
     return expected == header.format or (expected == "JPEG" and header.format == "MPO")
 
 
+def _alpha_of(image: Image.Image) -> Image.Image | None:
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return image.convert("RGBA").getchannel("A")
+    return None
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB the way a person would expect to see it."""
     mode = image.mode
@@ -124,6 +132,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def decode_image(path: Path) -> Image.Image:
     """Fully decode `path` to an RGB PIL image, EXIF orientation applied."""
+    return decode_image_with_alpha(path)[0]
+
+
+def decode_image_with_alpha(path: Path) -> tuple[Image.Image, Image.Image | None]:
+    """(RGB image, its alpha channel as an "L" image or None when the file has no transparency)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -131,7 +144,8 @@ def decode_image(path: Path) -> Image.Image:
                 image.seek(0)  # animated files: the first frame
                 image.load()
                 oriented = ImageOps.exif_transpose(image)
-                return _to_rgb(oriented if oriented is not None else image)
+                oriented = oriented if oriented is not None else image
+                return _to_rgb(oriented), _alpha_of(oriented)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DatasetError(f"{path}: image is too large (decompression bomb guard); resize it below 100 Mpx") from None
     except UnidentifiedImageError:

@@ -15,6 +15,7 @@ from lorapipe.errors import ConfigError
 SUBSET_DEFAULTS: dict[str, Any] = {
     "num_repeats": 1,
     "class_tokens": None,
+    "alpha_mask": False,
     "caption_extension": ".caption",
     "shuffle_caption": False,
     "caption_separator": ",",

@@ -57,6 +57,7 @@ _FROM_CONFIG: dict[str, tuple[str, Any]] = {
     "ss_prior_loss_weight": ("prior_loss_weight", 1.0),
     "ss_min_snr_gamma": ("min_snr_gamma", None),
     "ss_scale_weight_norms": ("scale_weight_norms", None),
+    "ss_masked_loss": ("masked_loss", False),
     "ss_validation_seed": ("validation_seed", None),
     "ss_validation_split": ("validation_split", None),
     "ss_max_validation_steps": ("max_validation_steps", None),

@@ -30,6 +30,7 @@ class TrainBatch:
     loss_weights: list[float]
     paths: list[Path]
     original_sizes_wh: list[tuple[int, int]]
+    alpha_masks: list[np.ndarray | None] | None = None  # None: no sample of the batch carries a mask
 
 
 def dataset_hash(scan) -> str:
@@ -61,6 +62,7 @@ def load_batch(items, blueprint, *, seed: int, epoch: int, index: int) -> TrainB
         loss_weights=[float(s.loss_weight) for s in samples],
         paths=[Path(s.path) for s in samples],
         original_sizes_wh=[(int(s.original_size[1]), int(s.original_size[0])) for s in samples],
+        alpha_masks=[s.alpha_mask for s in samples] if any(s.alpha_mask is not None for s in samples) else None,
     )
 
 

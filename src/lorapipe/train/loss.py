@@ -70,12 +70,20 @@ def snr_weights(timesteps: torch.Tensor, snr: torch.Tensor, options: LossOptions
     return weight
 
 
-def training_loss(pred, target, timesteps, loss_weights, options: LossOptions, snr, alphas_cumprod):
-    """Scalar loss: element loss -> mean per sample -> x loss weight -> SNR weightings -> batch mean."""
+def training_loss(pred, target, timesteps, loss_weights, options: LossOptions, snr, alphas_cumprod, mask=None):
+    """Scalar loss: element loss (x mask) -> mean per sample -> x loss weight -> SNR weightings -> batch mean.
+
+    `mask`: B x 1 x H x W in [0, 1] at pixel size (alpha_mask), shrunk to the latent size by area averaging and
+    multiplied in before the per-sample mean, as sd-scripts' apply_masked_loss."""
     huber_c = None
     if options.loss_type in ("huber", "smooth_l1"):
         huber_c = huber_c_per_sample(timesteps, options, alphas_cumprod)
-    per_sample = element_loss(pred, target, options, huber_c).mean(dim=list(range(1, pred.ndim)))
+    elements = element_loss(pred, target, options, huber_c)
+    if mask is not None:
+        mask = torch.nn.functional.interpolate(mask.to(elements.device, elements.dtype), size=elements.shape[2:],
+                                               mode="area")
+        elements = elements * mask
+    per_sample = elements.mean(dim=list(range(1, pred.ndim)))
     per_sample = per_sample * loss_weights.to(per_sample.device).float()
     per_sample = per_sample * snr_weights(timesteps.to(per_sample.device), snr, options)
     if options.v_pred_like_loss:

@@ -63,4 +63,14 @@ def micro_batch_loss(models, batch: TrainBatch, objective: Objective, generator:
     target = prediction_target(objective.noise_scheduler, latents, noise, timesteps, objective.noise)
     weights = torch.tensor(batch.loss_weights, dtype=torch.float32)
     return training_loss(pred, target, timesteps.to(pred.device), weights, objective.loss, objective.snr,
-                         objective.alphas_cumprod)
+                         objective.alphas_cumprod, mask=_loss_mask(batch))
+
+
+def _loss_mask(batch: TrainBatch) -> torch.Tensor | None:
+    """B x 1 x H x W in [0, 1] from the images' alpha channels (a sample without alpha counts everywhere)."""
+    if batch.alpha_masks is None:
+        return None
+    height, width = batch.pixels[0].shape[:2]
+    planes = [torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) if m is not None
+              else torch.ones(height, width) for m in batch.alpha_masks]
+    return torch.stack(planes)[:, None]
