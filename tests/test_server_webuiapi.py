@@ -71,3 +71,19 @@ def test_wrong_credentials_are_refused(server):
     assert bad.get_sd_models()["detail"] == "Incorrect username or password"  # getters return the JSON as is
     with pytest.raises(RuntimeError):
         bad.txt2img(prompt="toy", steps=1, width=64, height=64)
+
+
+def test_img2img_inpainting_with_mask_image(api):
+    import numpy as np
+    from PIL import Image
+
+    init = Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 40, 40))
+    result = api.img2img(images=[init], mask_image=mask, mask_blur=2, inpainting_fill=1, inpaint_full_res=False,
+                         denoising_strength=0.8, prompt="a toy", seed=21, steps=3, width=64, height=64)
+    diff = np.abs(np.asarray(result.image.convert("RGB"), np.int16) - np.asarray(init, np.int16)).sum(-1)
+    outside = np.ones((64, 64), bool)
+    outside[10:46, 10:46] = False
+    assert diff[outside].max() == 0 and diff[22:34, 22:34].mean() > 30
+    assert "Mask blur: 2" in result.info["infotexts"][0]

@@ -19,6 +19,8 @@ from lorapipe.errors import GenerationError
 from lorapipe.generate.control import JobControl
 from lorapipe.generate.hires import HiresFix, HiresTarget, check_hires, hires_infotext, hires_target
 from lorapipe.generate.infotext import create_infotext, lora_hashes_value
+from lorapipe.generate.inpaint import (BLANK_MASK_WARNING, InpaintOptions, check_inpaint, inpaint_infotext,
+                                       is_blank, prepare_mask)
 from lorapipe.generate.latents import decode_latents, slerp
 from lorapipe.generate.lora_set import ActiveLora, FusedLoraSet
 from lorapipe.generate.model_info import ModelInfo, describe_model
@@ -31,7 +33,7 @@ MAX_SEED = 4294967294  # A1111 draws random seeds from [0, 4294967294)
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A txt2img (or, with `init_images`, img2img) request in A1111's terms."""
+    """A txt2img (or, with `init_images`, img2img; with `inpaint` too, inpainting) request in A1111's terms."""
 
     prompt: str
     negative_prompt: str = ""
@@ -50,6 +52,7 @@ class GenerationRequest:
     denoising_strength: float = 0.75
     apply_loras: bool = True  # False = A1111 `disable_extra_networks`: tags are removed but not applied
     hires: HiresFix | None = None  # A1111 `enable_hr` (txt2img only)
+    inpaint: InpaintOptions | None = None  # A1111's mask group (img2img only)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Generator:
         self._schedulers: dict[tuple[str, str], object] = {}
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._img2img = None
+        self._inpaint = None
 
     @classmethod
     def load(cls, base_model: str, *, lora_dir: str | Path | None = None, device: str | None = None,
@@ -159,6 +163,9 @@ class Generator:
         subseeds = [subseed + i for i in range(total)]
 
         positive, negative = encode_pair(parsed.text, negative_text, self.pipe)
+        mask = prepare_mask(request.inpaint) if request.inpaint else None
+        if mask is not None and is_blank(mask):
+            warnings.append(BLANK_MASK_WARNING)
         images = []
         job_timestamp = time.strftime("%Y%m%d%H%M%S")
         for iteration in range(request.n_iter):
@@ -167,7 +174,8 @@ class Generator:
             batch = slice(iteration * request.batch_size, (iteration + 1) * request.batch_size)
             control.begin_batch(iteration * passes, _steps_run(request))
             if plan is None:
-                images += self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control)
+                images += self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control,
+                                          mask=mask)
                 continue
             self.loras.apply(active)  # no-op unless the previous hires pass switched the set
             first = self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control,
@@ -193,12 +201,15 @@ class Generator:
             extra_params=MappingProxyType(extra),
         )
 
-    def _run_batch(self, pipe, request, positive, negative, seeds, subseeds, control, output_type="pil"):
+    def _run_batch(self, pipe, request, positive, negative, seeds, subseeds, control, output_type="pil",
+                   mask=None):
         import torch
         from diffusers.utils.torch_utils import randn_tensor
 
         size = len(seeds)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        if mask is not None:
+            return self._run_inpaint_batch(pipe, request, positive, negative, seeds, generators, control, mask)
         embed_dtype = self.pipe.unet.dtype
         kwargs = {}
         if request.init_images:
@@ -217,6 +228,20 @@ class Generator:
             kwargs["width"], kwargs["height"] = request.width, request.height
         return self._denoise(pipe, positive, negative, generators, control, steps=request.steps,
                              cfg_scale=request.cfg_scale, output_type=output_type, **kwargs)
+
+    def _run_inpaint_batch(self, pipe, request, positive, negative, seeds, generators, control, mask) -> list:
+        from lorapipe.generate.inpaint import inpaint_batch
+
+        inits = [request.init_images[i % len(request.init_images)] for i in range(len(seeds))]
+        if is_blank(mask):  # nothing to repaint: the init image as whole-picture inpainting would return it
+            return [_resized(image, request) for image in inits]
+
+        def denoise(**kwargs):
+            return self._denoise(pipe, positive, negative, generators, control, steps=request.steps,
+                                 cfg_scale=request.cfg_scale, strength=request.denoising_strength, **kwargs)
+
+        return inpaint_batch(pipe, request.inpaint, mask, inits, width=request.width, height=request.height,
+                             seeds=seeds, denoise=denoise)
 
     def _run_hires_pass(self, plan: _HiresPlan, request, first, seeds, control) -> list:
         """Upscale the first pass and denoise it again at the target size (A1111 sample_hr_pass)."""
@@ -299,6 +324,13 @@ class Generator:
         return tuple(active), warnings
 
     def _pipeline_for(self, request: GenerationRequest):
+        if request.inpaint:
+            if self._inpaint is None:  # a view on the same components, as the img2img pipeline is
+                from diffusers import StableDiffusionXLInpaintPipeline
+
+                self._inpaint = StableDiffusionXLInpaintPipeline.from_pipe(self.pipe)
+                self._inpaint.set_progress_bar_config(disable=True)
+            return self._inpaint
         return self._img2img_pipeline() if request.init_images else self.pipe
 
     def _img2img_pipeline(self):
@@ -317,8 +349,9 @@ class Generator:
 
     @staticmethod
     def _extra_params(request, resolved, plan: _HiresPlan | None, active) -> dict[str, object]:
-        """A1111's extra_generation_params: the hires fields, then `Lora hashes` (kept over the hires pass)."""
-        extra: dict[str, object] = {}
+        """A1111's extra_generation_params: the mask or hires fields, then `Lora hashes` (kept over the hires
+        pass)."""
+        extra: dict[str, object] = dict(inpaint_infotext(request.inpaint)) if request.inpaint else {}
         loras = list(active)
         if plan:
             extra.update(hires_infotext(
@@ -361,6 +394,10 @@ def _check_request(request: GenerationRequest) -> None:
         if request.init_images:
             raise GenerationError("enable_hr: hires fix is for txt2img only; leave it off with init_images")
         check_hires(request.hires)
+    if request.inpaint is not None:
+        if not request.init_images:
+            raise GenerationError("mask: inpainting needs init_images (the picture to repaint)")
+        check_inpaint(request.inpaint)
 
 
 def _steps_run(request: GenerationRequest) -> int:

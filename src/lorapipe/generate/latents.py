@@ -1,4 +1,5 @@
-"""Latent tensors the pipelines do not handle for us: variation-seed noise mixing and decoding saved latents."""
+"""Latent tensors the pipelines do not handle for us: variation-seed noise mixing, decoding saved latents, and
+the masked start latents of A1111's latent inpainting fills."""
 
 from __future__ import annotations
 
@@ -42,3 +43,37 @@ def decode_latents(pipe, latents) -> list:
     if upcast:
         vae.to(dtype=torch.float16)
     return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
+
+
+def encode_images(pipe, pixels):
+    """Encode (N, 3, H, W) pixels in [-1, 1] to SDXL latents as the diffusers SDXL inpaint pipeline does, taking
+    the posterior's mean (a deterministic start; the pipeline adds the seed's noise on top)."""
+    import torch
+
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    if upcast:
+        vae.to(dtype=torch.float32)
+    with torch.no_grad():
+        latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+    if upcast:
+        vae.to(dtype=torch.float16)
+    return latents.to(pipe.unet.dtype) * vae.config.scaling_factor
+
+
+def masked_start_latents(pipe, images, masks, seeds, *, noise: bool):
+    """A1111's "latent noise" / "latent nothing": the images' latents with the masked part replaced by each
+    seed's noise (as A1111 draws it from the image seeds) or by zeros. `masks` go through the pipeline's own
+    mask processor so the replaced area is the one its latent blend repaints."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    latents = encode_images(pipe, pipe.image_processor.preprocess(images))
+    mask = pipe.mask_processor.preprocess(masks)
+    mask = torch.nn.functional.interpolate(mask, size=latents.shape[-2:]).to(latents)  # as prepare_mask_latents
+    if noise:
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        fill = randn_tensor(latents.shape, generator=generators, device=latents.device, dtype=latents.dtype)
+    else:
+        fill = torch.zeros_like(latents)
+    return latents * (1 - mask) + fill * mask

@@ -84,19 +84,35 @@ def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationR
     except GenerationError:
         raise ApiError(404, "Sampler not found") from None
     init_images: tuple = ()
+    inpaint = None
     if isinstance(body, Img2ImgBody):
         if not body.init_images:
             raise ApiError(404, "Init image not found")
         limit = state.settings.limits.max_pixels
         init_images = tuple(decode_image(data, max_pixels=limit) for data in body.init_images)
+        inpaint = _inpaint_options(body, limit)
     return GenerationRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
         width=body.width, height=body.height, seed=body.seed, subseed=body.subseed,
         subseed_strength=body.subseed_strength, batch_size=body.batch_size, n_iter=body.n_iter,
         sampler_name=sampler_name, scheduler=body.scheduler, init_images=init_images,
         denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,
-        apply_loras=not body.disable_extra_networks, hires=hires,
+        apply_loras=not body.disable_extra_networks, hires=hires, inpaint=inpaint,
     )
+
+
+def _inpaint_options(body: Img2ImgBody, max_pixels: int):
+    """The request's mask group, or None without a mask; a mask that is not an image is a 422 naming `mask`."""
+    if body.latent_mask:
+        raise ApiError(422, "latent_mask: a separate latent mask is not supported; send only mask")
+    if not body.mask:
+        return None
+    try:
+        mask = decode_image(body.mask, max_pixels=max_pixels)
+    except ApiError as exc:
+        reason = "not a decodable image" if exc.status_code == 500 else exc.detail
+        raise ApiError(422, f"mask: {reason}; send a base64 PNG or JPEG (white = repaint)") from None
+    return body.inpaint_options(mask)
 
 
 async def _wait(job: Job, request: Request) -> GenerationResult:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lorapipe.errors import GenerationError
 from lorapipe.generate.hires import HiresFix, check_hires, hires_target
+from lorapipe.generate.inpaint import MASKED_CONTENT, InpaintOptions
 from lorapipe.server.settings import Limits
 
 
@@ -128,14 +129,14 @@ class Img2ImgBody(Txt2ImgBody):
     resize_mode: int = 0
     image_cfg_scale: float | None = None
     mask: str | None = None
-    mask_blur_x: int = 4
-    mask_blur_y: int = 4
-    mask_blur: int | None = None
+    mask_blur_x: int = Field(4, ge=0)
+    mask_blur_y: int = Field(4, ge=0)
+    mask_blur: int | None = Field(None, ge=0)
     mask_round: bool = True
-    inpainting_fill: int = 0
+    inpainting_fill: int = Field(0, ge=0, le=3)  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
     inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: int = 0
+    inpaint_full_res_padding: int = Field(0, ge=0)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
     initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
     include_init_images: bool = False
@@ -143,6 +144,16 @@ class Img2ImgBody(Txt2ImgBody):
 
     def hires_fix(self) -> HiresFix | None:
         return None  # A1111's img2img has no hires fix; its enable_hr field is inherited, not used
+
+    def inpaint_options(self, mask) -> InpaintOptions:
+        """The mask group as the Generator takes it (`mask` already decoded); `mask_blur` sets both directions."""
+        blur_x = self.mask_blur if self.mask_blur is not None else self.mask_blur_x
+        blur_y = self.mask_blur if self.mask_blur is not None else self.mask_blur_y
+        return InpaintOptions(
+            mask=mask, blur_x=blur_x, blur_y=blur_y, mask_round=self.mask_round,
+            masked_content=MASKED_CONTENT[self.inpainting_fill], invert=bool(self.inpainting_mask_invert),
+            only_masked=self.inpaint_full_res, only_masked_padding=self.inpaint_full_res_padding,
+        )
 
 
 class PngInfoBody(BaseModel):
