@@ -226,7 +226,7 @@ class Generator:
                 latents = slerp(request.subseed_strength, latents, sub)
             kwargs["latents"] = latents
             kwargs["width"], kwargs["height"] = request.width, request.height
-        return self._denoise(pipe, positive, negative, generators, control, steps=request.steps,
+        return self._denoise(pipe, positive, negative, generators, control, steps=_scheduler_steps(request),
                              cfg_scale=request.cfg_scale, output_type=output_type, **kwargs)
 
     def _run_inpaint_batch(self, pipe, request, positive, negative, seeds, generators, control, mask) -> list:
@@ -237,7 +237,7 @@ class Generator:
             return [_resized(image, request) for image in inits]
 
         def denoise(**kwargs):
-            return self._denoise(pipe, positive, negative, generators, control, steps=request.steps,
+            return self._denoise(pipe, positive, negative, generators, control, steps=_scheduler_steps(request),
                                  cfg_scale=request.cfg_scale, strength=request.denoising_strength, **kwargs)
 
         return inpaint_batch(pipe, request.inpaint, mask, inits, width=request.width, height=request.height,
@@ -398,6 +398,14 @@ def _check_request(request: GenerationRequest) -> None:
         if not request.init_images:
             raise GenerationError("mask: inpainting needs init_images (the picture to repaint)")
         check_inpaint(request.inpaint)
+
+
+def _scheduler_steps(request: GenerationRequest) -> int:
+    """The schedule length handed to diffusers. img2img runs int(steps x strength) of it, and diffusers fails on
+    zero (1 step at strength 0.75), so the schedule is lengthened until one step runs, as the hires pass does."""
+    if request.init_images and int(request.steps * request.denoising_strength) < 1:
+        return math.ceil(1 / request.denoising_strength)
+    return request.steps
 
 
 def _steps_run(request: GenerationRequest) -> int:
