@@ -4,6 +4,7 @@ changed content never overwrites an earlier upload, and a dataset with problems 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import time
@@ -124,3 +125,24 @@ def test_dataset_with_problems_is_refused_before_any_upload(aws, local_dataset, 
     assert [s.status for s in failed.steps] == ["failed", "pending", "pending", "pending"]
     assert server.client().list_objects_v2(Bucket=out).get("KeyCount", 0) == 0, "nothing uploaded"
     assert sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_an_explicit_config_travels_as_the_config_channel(aws, local_dataset, tmp_path):
+    """--config beside the dataset's own TOML: uploaded under --output/configs/ and given to the job as the
+    `config` channel (the container's entry point prefers it), instead of being left behind."""
+    server, sagemaker = aws
+    out = fresh_bucket(server, "cfg")
+    config = tmp_path / "my-run.toml"
+    config.write_text('max_train_steps = 7\nresolution = "64,64"\ncaption_extension = ".txt"\n')
+    home = PipelineHome.resolve(tmp_path / "home")
+    request = _request(server, local_dataset, out, tmp_path)
+    record = create_run(dataclasses.replace(request, config=str(config)), home)
+    server.client().put_object(Bucket=out, Key=f"models/sagemaker/{job_name_for(record.id)}/output/model.tar.gz",
+                               Body=model_tarball(tmp_path))
+    assert execute_run(home, record.id) == "succeeded", RunStore(home.database).get(record.id).error
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in sagemaker.describe_training_job(TrainingJobName=job_name_for(record.id))["InputDataConfig"]}
+    prefix = f"models/configs/{_sha(config.read_bytes())[:12]}/"
+    assert channels["config"] == f"s3://{out}/{prefix}"
+    body = server.client().get_object(Bucket=out, Key=prefix + "kohya-sdxl-config.toml")["Body"].read()
+    assert body == config.read_bytes()

@@ -35,6 +35,18 @@ def test_entry_trains_into_model_dir_and_resumes_from_checkpoints(tiny_model_dir
     assert summary["steps_done"] == 3 and len(summary["losses"]) == 1
 
 
+def test_the_config_channel_wins_over_the_dataset_toml(tiny_model_dir, sample_dataset_dir, tmp_path):
+    """The pipeline ships an explicit --config as the `config` channel; the dataset's own TOML says 32 steps."""
+    root = _root(tmp_path, sample_dataset_dir, {"pretrained_model_name_or_path": str(tiny_model_dir),
+                                                 "sample_prompts": "", "sample_every_n_steps": "0"})
+    config = root / "input" / "data" / "config"
+    config.mkdir(parents=True)
+    dataset_toml = (root / "input" / "data" / "train" / "kohya-sdxl-config.toml").read_text()
+    (config / "kohya-sdxl-config.toml").write_text(dataset_toml.replace("max_train_steps = 32", "max_train_steps = 1"))
+    assert main(["--opt-ml-root", str(root)]) == 0
+    assert json.loads((root / "model" / "train_summary.json").read_text())["steps_done"] == 1
+
+
 def test_entry_writes_the_failure_file(tiny_model_dir, sample_dataset_dir, tmp_path):
     root = _root(tmp_path, sample_dataset_dir, {"pretrained_model_name_or_path": str(tiny_model_dir),
                                                  "no_such_option": "1"})

@@ -25,6 +25,7 @@ from lorapipe.errors import ConfigError, DatasetError
 DEFAULT_ROOT = Path("/opt/ml")
 ROOT_ENV = "LORAPIPE_OPT_ML"
 TRAIN_CHANNEL = "train"
+CONFIG_CHANNEL = "config"  # optional channel: the training TOML given with --config, apart from the dataset
 DATASET_CONFIG_NAME = "kohya-sdxl-config.toml"
 # SageMaker keeps only this many characters of output/failure as the job's FailureReason.
 FAILURE_LIMIT = 1024
@@ -163,6 +164,17 @@ def find_dataset_config(channel: Path) -> Path | None:
     """The recipe's ``kohya-sdxl-config.toml`` at the top of the channel, if the dataset ships one."""
     candidate = channel / DATASET_CONFIG_NAME
     return candidate if candidate.is_file() else None
+
+
+def find_training_config(opt_ml: OptMl, channel: Path) -> Path | None:
+    """The training TOML of the job: the ``config`` channel's (an explicit ``--config`` the pipeline shipped)
+    wins over the one inside the dataset channel."""
+    folder = opt_ml.channel_dir(CONFIG_CHANNEL)
+    tomls = sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    if len(tomls) > 1:
+        raise DatasetError(f"{folder}: the '{CONFIG_CHANNEL}' channel holds {len(tomls)} .toml files; "
+                           "it must hold exactly the one training config")
+    return tomls[0] if tomls else find_dataset_config(channel)
 
 
 def failure_text(cause: str, detail: str = "") -> str:

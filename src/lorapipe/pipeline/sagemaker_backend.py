@@ -10,7 +10,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from lorapipe.container_contract import TRAIN_CHANNEL, normalise_s3_prefix
+from lorapipe.container_contract import CONFIG_CHANNEL, DATASET_CONFIG_NAME, TRAIN_CHANNEL, normalise_s3_prefix
 from lorapipe.errors import PipelineError
 from lorapipe.pipeline.backend import TrainJob
 from lorapipe.pipeline.request import RunRequest
@@ -74,8 +74,10 @@ class SageMakerBackend:
         return self._boto_session().client("s3", endpoint_url=self.request.s3_endpoint_url)
 
     # -- the request ---------------------------------------------------------------------------------------------
-    def job_request(self, job: TrainJob, content_sha256: str | None = None) -> dict:
-        """The CreateTrainingJob arguments for this job (pure: tested without any AWS call)."""
+    def job_request(self, job: TrainJob, content_sha256: str | None = None, config_url: str | None = None) -> dict:
+        """The CreateTrainingJob arguments for this job (pure: tested without any AWS call).
+
+        `config_url`: the S3 prefix holding an explicit --config TOML, sent as the `config` channel."""
         options = self.options
         if not options.image:
             raise PipelineError("--sagemaker-image: the sagemaker backend needs the training image URI; "
@@ -105,14 +107,8 @@ class SageMakerBackend:
             },
             "RoleArn": options.role_arn,
             "HyperParameters": hyperparameters_for(job),
-            "InputDataConfig": [{
-                "ChannelName": TRAIN_CHANNEL,
-                "DataSource": {"S3DataSource": {
-                    "S3DataType": "S3Prefix",
-                    "S3Uri": normalise_s3_prefix(job.dataset_url),
-                    "S3DataDistributionType": "FullyReplicated",
-                }},
-            }],
+            "InputDataConfig": [_channel(TRAIN_CHANNEL, job.dataset_url)]
+            + ([_channel(CONFIG_CHANNEL, config_url)] if config_url else []),
             "OutputDataConfig": {"S3OutputPath": f"{output}/sagemaker/"},
             "ResourceConfig": {
                 "InstanceType": options.instance_type,
@@ -129,7 +125,7 @@ class SageMakerBackend:
 
     # -- the three phases ----------------------------------------------------------------------------------------
     def submit(self, job: TrainJob, log: RunLog) -> str:
-        arguments = self.job_request(job, job.cache_key or None)
+        arguments = self.job_request(job, job.cache_key or None, config_url=self._stage_config(job, log))
         client = self._sagemaker()
         try:
             client.create_training_job(**arguments)
@@ -168,6 +164,28 @@ class SageMakerBackend:
         if status == "Stopped":
             raise PipelineError(f"sagemaker: job {name} was stopped ({reason or 'by request'})")
         return description
+
+    def _stage_config(self, job: TrainJob, log: RunLog) -> str | None:
+        """Upload an explicit --config TOML to `<output>/configs/<sha12>/` and return that prefix; None when the
+        config is the dataset's own kohya-sdxl-config.toml (it travels in the dataset channel)."""
+        import hashlib
+
+        from lorapipe.errors import StoreError
+        from lorapipe.store import open_store
+
+        shipped = Path(job.dataset_dir) / DATASET_CONFIG_NAME
+        if job.config is None or Path(job.config).resolve() == shipped.resolve():
+            return None
+        digest = hashlib.sha256(Path(job.config).read_bytes()).hexdigest()
+        rel = f"configs/{digest[:12]}/{DATASET_CONFIG_NAME}"
+        try:
+            store = open_store(self.request.output or "", endpoint_url=self.request.s3_endpoint_url)
+            store.upload_file(Path(job.config), rel)
+            url = store.url_of(f"configs/{digest[:12]}") + "/"
+        except StoreError as exc:
+            raise PipelineError(f"--config {job.config}: cannot upload it for the SageMaker job ({exc})") from exc
+        log.info(f"train: --config {job.config} sent as the '{CONFIG_CHANNEL}' channel ({url})")
+        return url
 
     def stop(self, name: str) -> str:
         """StopTrainingJob; SageMaker sends the container SIGTERM and keeps what it saved in /opt/ml/checkpoints.
@@ -219,6 +237,11 @@ class SageMakerBackend:
                 tokens[stream_name] = page.get("nextForwardToken", tokens.get(stream_name, ""))
         except Exception:  # logs are a convenience; the job status is what decides the run
             return
+
+
+def _channel(name: str, url: str) -> dict:
+    return {"ChannelName": name, "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": normalise_s3_prefix(url), "S3DataDistributionType": "FullyReplicated"}}}
 
 
 def _aws_reason(exc: Exception) -> str:

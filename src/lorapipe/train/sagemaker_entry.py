@@ -2,7 +2,8 @@
 
 `python -m lorapipe.train.sagemaker_entry [--opt-ml-root DIR] [train]`
 
-Reads the training channel (`<root>/input/data/train`, Kohya layout, optional kohya-sdxl-config.toml on top) and
+Reads the training channel (`<root>/input/data/train`, Kohya layout, optional kohya-sdxl-config.toml on top; a
+TOML in the optional `config` channel wins over it) and
 `hyperparameters.json` (every value a string -> `--set key=value`), writes the LoRA and `train_summary.json` to
 `<root>/model`, keeps state folders in `<root>/checkpoints` (SageMaker syncs them to S3) and resumes from the
 newest complete one. SIGTERM (StopTrainingJob, spot reclaim) saves a state there and exits 143 (no failure
@@ -30,7 +31,7 @@ PROCESSES_ENV = "LORAPIPE_PROCESSES"  # training processes on this host (default
 
 
 def main(argv=None) -> int:
-    from lorapipe.container_contract import (OptMl, find_dataset_config, hyperparameters_to_overrides,
+    from lorapipe.container_contract import (OptMl, find_training_config, hyperparameters_to_overrides,
                                              read_hyperparameters, read_resource_config, require_channel,
                                              write_failure)
     from lorapipe.errors import LorapipeError
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         overrides = hyperparameters_to_overrides(read_hyperparameters(opt_ml))
         checkpoints = opt_ml.checkpoints_dir
         checkpoints.mkdir(parents=True, exist_ok=True)
-        result = _train(channel, find_dataset_config(channel), overrides, opt_ml.model_dir, checkpoints)
+        result = _train(channel, find_training_config(opt_ml, channel), overrides, opt_ml.model_dir, checkpoints)
     except LorapipeError as exc:
         text = str(exc)
         write_failure(opt_ml, text.splitlines()[0], detail=text)
