@@ -145,3 +145,27 @@ def test_bad_options_name_the_field(generator):
         generator.generate(GenerationRequest("toy", **SMALL, inpaint=InpaintOptions(_mask())))
     with pytest.raises(GenerationError, match="^inpaint_full_res_padding:"):
         _inpaint(generator, _init(), only_masked_padding=-1)
+
+
+def test_cli_inpaints_at_the_init_image_size(tiny_model_dir, tmp_path, capsys):
+    from lorapipe.cli.main import main
+
+    init, mask = _init((96, 64)), _mask((96, 64))
+    init.save(tmp_path / "init.png")
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    code = main(["generate", "a toy", "--base-model", str(tiny_model_dir), "-o", str(out), "--steps", "3",
+                 "--seed", "3", "--init-image", str(tmp_path / "init.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--mask-blur", str(BLUR), "--denoising-strength", "0.9"])
+    assert code == 0
+    with Image.open(out) as result:
+        text = result.info["parameters"]
+        pixels = np.asarray(result.convert("RGB"))
+    assert pixels.shape == (64, 96, 3)  # the init image's size when --width/--height are not given
+    original = np.asarray(init)
+    outside = _outside(pixels.shape)
+    assert np.array_equal(pixels[outside], original[outside])
+    assert not np.array_equal(pixels[_inside()], original[_inside()])
+    assert "Denoising strength: 0.9" in text and f"Mask blur: {BLUR}" in text
+    assert main(["generate", "x", "--base-model", str(tiny_model_dir), "--mask", str(tmp_path / "mask.png")]) != 0
+    assert "--mask: inpainting needs --init-image" in capsys.readouterr().err

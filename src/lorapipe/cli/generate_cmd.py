@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=-1, help="-1 picks a random seed (printed)")
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--width", type=int, help="default 1024, or the --init-image's width")
+    parser.add_argument("--height", type=int, help="default 1024, or the --init-image's height")
     parser.add_argument("--sampler", default="DPM++ 2M", help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M'")
     parser.add_argument("--scheduler", default="automatic", help="A1111 schedule type: automatic, karras, ...")
     parser.add_argument("--cfg-scale", type=float, default=7.0)
@@ -42,10 +42,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "'Latent (antialiased)', 'Latent (bicubic antialiased)', 'Latent (nearest)', 'Lanczos', "
                        "'Nearest' or 'None'")
     hires.add_argument("--hr-second-pass-steps", type=int, default=0, metavar="N", help="0: same as --steps")
-    hires.add_argument("--denoising-strength", type=float, default=0.7, help="second-pass strength (0, 1]")
     hires.add_argument("--hr-sampler", help="second-pass sampler (default: --sampler)")
     hires.add_argument("--hr-prompt", default="", help="second-pass prompt (default: the prompt)")
     hires.add_argument("--hr-negative", default="", help="second-pass negative prompt (default: --negative)")
+    parser.add_argument("--denoising-strength", type=float, metavar="S",
+                        help="how much is repainted, (0, 1]: img2img/inpainting (default 0.75) or the hires pass "
+                        "(default 0.7)")
+    img2img = parser.add_argument_group(
+        "img2img and inpainting", "Start from --init-image instead of noise; with --mask (white = repaint, black = "
+        "keep, or the alpha of a transparent mask) only the masked part changes, as A1111's inpaint tab.")
+    img2img.add_argument("--init-image", metavar="IMAGE", help="the picture to start from (img2img)")
+    img2img.add_argument("--mask", metavar="IMAGE", help="inpainting mask for --init-image")
+    img2img.add_argument("--mask-blur", type=int, default=4, metavar="PX", help="feather the mask edge (default 4)")
+    img2img.add_argument("--invert-mask", action="store_true", help="repaint the black part instead")
+    img2img.add_argument("--masked-content", default="original",
+                         choices=("fill", "original", "latent noise", "latent nothing"),
+                         help="what the masked area starts from (A1111's 'Masked content')")
+    img2img.add_argument("--only-masked", action="store_true",
+                         help="inpaint a crop around the mask at --width x --height and paste it back "
+                         "(A1111's 'Inpaint area: Only masked')")
+    img2img.add_argument("--only-masked-padding", type=int, default=32, metavar="PX")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on cuda, fp32 on cpu")
     parser.set_defaults(handler=_run)
@@ -62,12 +78,14 @@ def _run(args: argparse.Namespace) -> int:
     from lorapipe.generate.infotext import png_bytes
     from lorapipe.generate.quiet import quiet_model_loading
 
+    init_images, inpaint, size = _img2img_inputs(args)
     hires = None
     if args.enable_hr or args.hr_scale is not None or args.hr_resize_x or args.hr_resize_y:
         hires = HiresFix(
             scale=2.0 if args.hr_scale is None else args.hr_scale, resize_x=args.hr_resize_x,
             resize_y=args.hr_resize_y, upscaler=args.hr_upscaler, second_pass_steps=args.hr_second_pass_steps,
-            denoising_strength=args.denoising_strength, sampler_name=args.hr_sampler, prompt=args.hr_prompt,
+            denoising_strength=0.7 if args.denoising_strength is None else args.denoising_strength,
+            sampler_name=args.hr_sampler, prompt=args.hr_prompt,
             negative_prompt=args.hr_negative,
         )
         check_hires(hires)  # a misspelt upscaler fails before minutes of model loading
@@ -76,8 +94,9 @@ def _run(args: argparse.Namespace) -> int:
                                dtype=args.dtype)
     result = generator.generate(GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg_scale,
-        width=args.width, height=args.height, seed=args.seed, batch_size=args.batch_size, n_iter=args.n_iter,
-        sampler_name=args.sampler, scheduler=args.scheduler, hires=hires,
+        width=size[0], height=size[1], seed=args.seed, batch_size=args.batch_size, n_iter=args.n_iter,
+        sampler_name=args.sampler, scheduler=args.scheduler, hires=hires, init_images=init_images, inpaint=inpaint,
+        denoising_strength=0.75 if args.denoising_strength is None else args.denoising_strength,
     ))
     for warning in result.warnings:
         print(f"lorapipe: warning: {warning}", file=sys.stderr)
@@ -89,3 +108,40 @@ def _run(args: argparse.Namespace) -> int:
         atomic_write_bytes(path, png_bytes(image, text))
         print(f"{path}  seed {text.rsplit('Seed: ', 1)[-1].split(',')[0]}")
     return 0
+
+
+def _img2img_inputs(args: argparse.Namespace):
+    """(init images, InpaintOptions or None, (width, height)) from the img2img flags; errors name the flag."""
+    from lorapipe.errors import GenerationError
+    from lorapipe.generate.inpaint import InpaintOptions, check_inpaint
+
+    if args.mask and not args.init_image:
+        raise GenerationError("--mask: inpainting needs --init-image (the picture to repaint)")
+    if not args.init_image:
+        return (), None, (args.width or 1024, args.height or 1024)
+    if args.enable_hr or args.hr_scale is not None or args.hr_resize_x or args.hr_resize_y:
+        raise GenerationError("--enable-hr: hires fix is for txt2img; drop it, or drop --init-image")
+    init = _open_image("--init-image", args.init_image)
+    # The init image's own size by default (as a person expects), on the multiple of 8 SDXL needs.
+    size = (args.width or init.width // 8 * 8, args.height or init.height // 8 * 8)
+    inpaint = None
+    if args.mask:
+        inpaint = InpaintOptions(mask=_open_image("--mask", args.mask, keep_alpha=True), blur_x=args.mask_blur,
+                                 blur_y=args.mask_blur, masked_content=args.masked_content,
+                                 invert=args.invert_mask, only_masked=args.only_masked,
+                                 only_masked_padding=args.only_masked_padding)
+        check_inpaint(inpaint)
+    return (init,), inpaint, size
+
+
+def _open_image(flag: str, path: str, *, keep_alpha: bool = False):
+    from PIL import Image, UnidentifiedImageError
+
+    from lorapipe.errors import GenerationError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy() if keep_alpha else image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise GenerationError(f"{flag} {path}: not a readable image ({exc})") from None
