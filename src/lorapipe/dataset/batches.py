@@ -39,18 +39,20 @@ class Sample:
 
 
 def epoch_batches(scan: DatasetScan, blueprint: DatasetBlueprint, epoch: int, seed: int) -> list[list[ImageItem]]:
-    """All batches of `epoch` (1-based) in training order; a batch never mixes buckets."""
-    buckets: dict[tuple[int, int], list[ImageItem]] = defaultdict(list)
+    """All batches of `epoch` (1-based) in training order; a batch never mixes buckets or datasets, and is cut at
+    its dataset's batch size (sd-scripts' DatasetGroup: every dataset's batches, shuffled together)."""
+    buckets: dict[tuple[int, tuple[int, int]], list[ImageItem]] = defaultdict(list)
     for item in scan.items:
-        buckets[item.bucket].extend([item] * item.repeats)
-    ordered = [buckets[key] for key in sorted(buckets)]
-    size = blueprint.batch_size
-    chunks = [(b, n) for b, members in enumerate(ordered) for n in range(math.ceil(len(members) / size))]
+        buckets[(item.subset.dataset_index, item.bucket)].extend([item] * item.repeats)
+    keys = sorted(buckets)
+    ordered = [buckets[key] for key in keys]
+    sizes = [blueprint.batch_size_of(index) for index, _ in keys]
+    chunks = [(b, n) for b, members in enumerate(ordered) for n in range(math.ceil(len(members) / sizes[b]))]
     rng = random.Random(seed + epoch)
     rng.shuffle(chunks)
     for members in ordered:
         rng.shuffle(members)
-    return [ordered[b][n * size : (n + 1) * size] for b, n in chunks]
+    return [ordered[b][n * sizes[b] : (n + 1) * sizes[b]] for b, n in chunks]
 
 
 def _color_aug(image: Image.Image, rng: random.Random) -> Image.Image:

@@ -8,7 +8,7 @@ only thing the scanner, the batcher, `dataset check` and the trainer need.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class SubsetSpec:
     color_aug: bool = False
     resize_interpolation: str | None = None
     alpha_mask: bool = False  # the image's alpha channel weights the loss (transparent = not learned)
+    dataset_index: int = 0  # which [[datasets]] table of a dataset_config it belongs to
 
     @property
     def name(self) -> str:
@@ -66,7 +67,11 @@ class SubsetSpec:
 
 @dataclass(frozen=True)
 class DatasetBlueprint:
-    """Dataset-wide options (sd-scripts defaults) and the subsets; `notes` are warnings found while building it."""
+    """Dataset-wide options (sd-scripts defaults) and the subsets; `notes` are warnings found while building it.
+
+    A dataset_config with several [[datasets]] tables (each with its own resolution, buckets and batch size, as
+    sd-scripts' DatasetGroup) is one blueprint whose options are the first table's, whose `subsets` are all of
+    them, and whose `more_datasets` hold the other tables; `datasets()` gives one blueprint per table."""
 
     resolution: tuple[int, int]
     subsets: tuple[SubsetSpec, ...]
@@ -83,6 +88,18 @@ class DatasetBlueprint:
     validation_seed: int | None = None  # shuffle seed of the split (None: the training seed)
     source: str = ""
     notes: tuple[Problem, ...] = ()
+    more_datasets: tuple[DatasetBlueprint, ...] = ()  # the 2nd, 3rd, ... [[datasets]] tables
+
+    def datasets(self) -> tuple[DatasetBlueprint, ...]:
+        """One single-table blueprint per [[datasets]] table (just this one for a plain dataset)."""
+        if not self.more_datasets:
+            return (self,)
+        first = replace(self, subsets=tuple(s for s in self.subsets if s.dataset_index == 0), more_datasets=(),
+                        notes=())
+        return (first, *self.more_datasets)
+
+    def batch_size_of(self, dataset_index: int) -> int:
+        return self.datasets()[dataset_index].batch_size if self.more_datasets else self.batch_size
 
     @property
     def train_subsets(self) -> tuple[SubsetSpec, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,39 +81,54 @@ def read_dataset_config(path: Path, args: Mapping[str, Any]) -> DatasetBlueprint
     datasets = data.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise ConfigError(f"{path}: no [[datasets]] table; add one with [[datasets.subsets]] image_dir = ...")
-    if len(datasets) > 1:
-        raise ConfigError(f"{path}: {len(datasets)} [[datasets]] tables; lorapipe trains one dataset, merge them")
-    dataset = datasets[0]
-    _check_keys(dataset, _DATASET_KEYS, "[[datasets]]", path)
     flat = flat_layer(args)
-    params, notes = dataset_params((dataset, general, flat), source)
+    notes: list[Problem] = []
     if args.get("train_data_dir") or args.get("reg_data_dir"):
         notes.append(warning(source, "train_data_dir/reg_data_dir are ignored because dataset_config is set"))
-    subsets: list[SubsetSpec] = []
+    tables = []
+    for number, dataset in enumerate(datasets):
+        where = "[[datasets]]" if len(datasets) == 1 else f"[[datasets]] #{number + 1}"
+        tables.append(_read_table(dataset, general, flat, number, where, path, notes))
+    run = run_params(args, source)
+    first_params, first_subsets = tables[0]
+    more = tuple(DatasetBlueprint(subsets=subsets, source=source, **params, **run) for params, subsets in tables[1:])
+    return DatasetBlueprint(subsets=tuple(s for _, subsets in tables for s in subsets), source=source,
+                            notes=tuple(notes), more_datasets=more, **first_params, **run)
+
+
+def _read_table(dataset, general, flat, number: int, where: str, path: Path,
+                notes: list[Problem]) -> tuple[dict, tuple[SubsetSpec, ...]]:
+    """One [[datasets]] table: its options and its subsets (tagged with the table's number). The same image_dir
+    may appear in two tables (the same photos at two resolutions), not twice in one."""
+    source = str(path)
     seen: set[Path] = set()
+    if not isinstance(dataset, dict):
+        raise ConfigError(f"{path}: {where} must be a table")
+    _check_keys(dataset, _DATASET_KEYS, where, path)
+    params, table_notes = dataset_params((dataset, general, flat), source)
+    notes.extend(table_notes)
+    subsets: list[SubsetSpec] = []
     raw_subsets = dataset.get("subsets")
     if not isinstance(raw_subsets, list) or not raw_subsets:
-        raise ConfigError(f"{path}: [[datasets]] has no [[datasets.subsets]]; add one with image_dir = ...")
+        raise ConfigError(f"{path}: {where} has no [[datasets.subsets]]; add one with image_dir = ...")
     for index, raw in enumerate(raw_subsets, start=1):
-        where = f"[[datasets.subsets]] #{index}"
-        _check_keys(raw, _SUBSET_KEYS, where, path)
+        place = f"{where} [[datasets.subsets]] #{index}" if number else f"[[datasets.subsets]] #{index}"
+        _check_keys(raw, _SUBSET_KEYS, place, path)
         if "metadata_file" in raw:
-            raise ConfigError(f"{path}: {where}: metadata_file (fine-tuning datasets) is not supported; use image_dir")
+            raise ConfigError(f"{path}: {place}: metadata_file (fine-tuning datasets) is not supported; use image_dir")
         if "conditioning_data_dir" in raw:
-            raise ConfigError(f"{path}: {where}: conditioning_data_dir (mask images for masked_loss) is not "
+            raise ConfigError(f"{path}: {place}: conditioning_data_dir (mask images for masked_loss) is not "
                               "supported; put the mask in the images' alpha channel and set alpha_mask = true")
         if "image_dir" not in raw:
-            raise ConfigError(f"{path}: {where}: image_dir is required")
+            raise ConfigError(f"{path}: {place}: image_dir is required")
         image_dir = _resolve_image_dir(raw["image_dir"], path)
         if image_dir in seen:
-            notes.append(warning(image_dir, f"{where} repeats an image_dir of this dataset and is ignored"))
+            notes.append(warning(image_dir, f"{place} repeats an image_dir of this dataset and is ignored"))
             continue
         seen.add(image_dir)
         is_reg = opt.as_bool(raw.get("is_reg", False), "is_reg", source)
         spec, subset_notes = subset_from_layers(image_dir, (raw, dataset, general, flat), source, is_reg=is_reg)
-        subsets.append(spec)
+        subsets.append(replace(spec, dataset_index=number))
         notes.extend(subset_notes)
-    notes_tuple: tuple[Problem, ...] = tuple(notes)
-    return DatasetBlueprint(
-        subsets=tuple(subsets), source=source, notes=notes_tuple, **params, **run_params(args, source)
-    )
+    return params, tuple(subsets)
+

@@ -200,7 +200,14 @@ def scan_dataset(blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: b
     """Scan every subset of `blueprint`. Never raises for bad files: each one becomes a Problem.
 
     With validation_split, each training subset's images are shuffled with validation_seed (else
-    `training_seed`, as sd-scripts) and the last fraction is held out as `validation_items`."""
+    `training_seed`, as sd-scripts) and the last fraction is held out as `validation_items`. Several [[datasets]]
+    tables are scanned one by one (own buckets, reg balancing and split) and their items joined."""
+    if blueprint.more_datasets:
+        parts = [scan_dataset(table, deep=deep, hash_all=hash_all, training_seed=training_seed)
+                 for table in blueprint.datasets()]
+        return DatasetScan(blueprint, tuple(i for p in parts for i in p.items),
+                           tuple(blueprint.notes) + tuple(x for p in parts for x in p.problems),
+                           tuple(i for p in parts for i in p.validation_items))
     problems: list[Problem] = list(blueprint.notes)
     planner = BucketPlanner(blueprint)
     items: list[ImageItem] = []
@@ -258,9 +265,13 @@ def bucket_sample_counts(scan: DatasetScan) -> dict[tuple[int, int], int]:
 
 
 def steps_per_epoch(scan: DatasetScan, batch_size: int | None = None) -> int:
-    """Batches per epoch: each bucket's samples cut into chunks of batch_size (sd-scripts' len(dataloader))."""
-    size = batch_size or scan.blueprint.batch_size
-    return sum(math.ceil(n / size) for n in bucket_sample_counts(scan).values() if n)
+    """Batches per epoch: each bucket's samples cut into chunks of its dataset's batch_size (sd-scripts'
+    len(dataloader)); `batch_size` overrides every dataset's."""
+    counts: dict[tuple[int, tuple[int, int]], int] = defaultdict(int)
+    for item in scan.items:
+        counts[(item.subset.dataset_index, item.bucket)] += item.repeats
+    return sum(math.ceil(n / (batch_size or scan.blueprint.batch_size_of(index)))
+               for (index, _), n in counts.items() if n)
 
 
 def total_steps(

@@ -100,7 +100,7 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
 
 
 def _validation_warnings(cfg, scan, source: str) -> tuple[str, ...]:
-    split = scan.blueprint.validation_split
+    split = max(table.validation_split for table in scan.blueprint.datasets())
     if not split and (cfg.validate_every_n_steps or cfg.validate_every_n_epochs or cfg.max_validation_steps):
         return (f"{source}: validate_every_n_steps/validate_every_n_epochs/max_validation_steps have no effect "
                 "without validation_split (the fraction of images to hold out)",)

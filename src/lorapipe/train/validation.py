@@ -58,13 +58,14 @@ def validation_plan(plan) -> ValidationPlan:
 
 
 def validation_batches(vplan: ValidationPlan, blueprint) -> list[list]:
-    """Held-out items in fixed batches: by bucket, then file name; at most max_batches of them."""
+    """Held-out items in fixed batches: by dataset and bucket, then file name; at most max_batches of them."""
     by_bucket = defaultdict(list)
-    for item in sorted(vplan.items, key=lambda i: (i.bucket, i.path.name)):
-        by_bucket[item.bucket].append(item)
-    size = blueprint.batch_size
-    batches = [members[i : i + size] for _, members in sorted(by_bucket.items())
-               for i in range(0, len(members), size)]
+    for item in sorted(vplan.items, key=lambda i: (i.subset.dataset_index, i.bucket, i.path.name)):
+        by_bucket[(item.subset.dataset_index, item.bucket)].append(item)
+    batches = []
+    for (index, _), members in sorted(by_bucket.items()):
+        size = blueprint.batch_size_of(index)
+        batches += [members[i : i + size] for i in range(0, len(members), size)]
     return batches[: vplan.max_batches] if vplan.max_batches else batches
 
 
