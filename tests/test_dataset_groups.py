@@ -93,3 +93,22 @@ def test_training_on_two_tables(tiny_model_dir, sample_dataset_dir, tmp_path):
     summary = json.loads(result.summary_path.read_text())
     assert summary["steps_done"] == 4 and result.lora_path.is_file()
     assert summary["batches_per_epoch"] == 18 + 24  # 36 samples at 64 px in twos (even per bucket) + 24 singles
+
+
+def test_dataset_config_runs_write_ss_datasets(tiny_model_dir, sample_dataset_dir, tmp_path):
+    from safetensors import safe_open
+
+    toml = _two_tables(sample_dataset_dir, tmp_path)
+    result = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out",
+                          overrides=(f"dataset_config={toml}", "max_train_steps=1", "seed=1", 'sample_prompts=""',
+                                     "sample_every_n_steps=0"),
+                          show_progress=False, step_lines=False)
+    with safe_open(str(result.lora_path), "pt") as f:
+        meta = f.metadata()
+    tables = json.loads(meta["ss_datasets"])
+    assert [t["resolution"] for t in tables] == [[64, 64], [32, 32]]
+    assert [t["batch_size_per_device"] for t in tables] == [2, 1]
+    assert [t["num_train_images"] for t in tables] == [36, 24]
+    assert [t["subsets"][0]["num_repeats"] for t in tables] == [3, 2]
+    assert tables[0]["subsets"][0]["image_dir"] == SUBSET and tables[0]["subsets"][0]["img_count"] == 12
+    assert "ss_resolution" not in meta  # folder-mode keys are not written in dataset_config mode, as sd-scripts

@@ -89,6 +89,7 @@ class DatasetBlueprint:
     source: str = ""
     notes: tuple[Problem, ...] = ()
     more_datasets: tuple[DatasetBlueprint, ...] = ()  # the 2nd, 3rd, ... [[datasets]] tables
+    from_dataset_config: bool = False  # built from a dataset_config TOML (sd-scripts then writes ss_datasets)
 
     def datasets(self) -> tuple[DatasetBlueprint, ...]:
         """One single-table blueprint per [[datasets]] table (just this one for a plain dataset)."""

@@ -93,7 +93,7 @@ def read_dataset_config(path: Path, args: Mapping[str, Any]) -> DatasetBlueprint
     first_params, first_subsets = tables[0]
     more = tuple(DatasetBlueprint(subsets=subsets, source=source, **params, **run) for params, subsets in tables[1:])
     return DatasetBlueprint(subsets=tuple(s for _, subsets in tables for s in subsets), source=source,
-                            notes=tuple(notes), more_datasets=more, **first_params, **run)
+                            notes=tuple(notes), more_datasets=more, from_dataset_config=True, **first_params, **run)
 
 
 def _read_table(dataset, general, flat, number: int, where: str, path: Path,

@@ -109,4 +109,41 @@ def dataset_summary(plan) -> dict:
         "keep_tokens": max((s.keep_tokens for s in subsets), default=0),
         "dataset_dirs": dirs, "reg_dataset_dirs": reg_dirs,
         "tag_frequency": {k: dict(v) for k, v in tags.items()}, "bucket_info": bucket_info,
+        "datasets": _datasets_metadata(blueprint, items, tags) if blueprint.from_dataset_config else (),
     }
+
+
+def _datasets_metadata(blueprint, items, tags) -> tuple[dict, ...]:
+    """sd-scripts' `ss_datasets` (dataset_config mode): one entry per [[datasets]] table with its subsets."""
+    out = []
+    for index, table in enumerate(blueprint.datasets()):
+        mine = [i for i in items if i.subset.dataset_index == index]
+        buckets = Counter()
+        for item in mine:
+            buckets[item.bucket] += item.repeats
+        subsets = []
+        for subset in table.subsets:
+            count = sum(1 for i in mine if i.subset == subset)
+            subsets.append({
+                "img_count": count, "num_repeats": subset.num_repeats, "color_aug": subset.color_aug,
+                "flip_aug": subset.flip_aug, "random_crop": subset.random_crop,
+                "shuffle_caption": subset.shuffle_caption, "keep_tokens": subset.keep_tokens,
+                "keep_tokens_separator": subset.keep_tokens_separator,
+                "secondary_separator": subset.secondary_separator, "enable_wildcard": subset.enable_wildcard,
+                "caption_prefix": subset.caption_prefix, "caption_suffix": subset.caption_suffix,
+                "resize_interpolation": subset.resize_interpolation, "image_dir": subset.image_dir.name,
+                "class_tokens": subset.class_tokens, "is_reg": subset.is_reg,
+            })
+        out.append({
+            "is_dreambooth": True, "batch_size_per_device": table.batch_size,
+            "num_train_images": sum(i.repeats for i in mine if not i.subset.is_reg),
+            "num_reg_images": sum(i.repeats for i in mine if i.subset.is_reg),
+            "resolution": list(table.resolution), "enable_bucket": table.enable_bucket,
+            "min_bucket_reso": table.min_bucket_reso, "max_bucket_reso": table.max_bucket_reso,
+            "tag_frequency": {s.image_dir.name: dict(tags.get(s.image_dir.name, {})) for s in table.subsets},
+            "bucket_info": {"buckets": {i: {"resolution": list(b), "count": n}
+                                        for i, (b, n) in enumerate(sorted(buckets.items()))},
+                            "mean_img_ar_error": 0.0},
+            "resize_interpolation": None, "subsets": subsets,
+        })
+    return tuple(out)
