@@ -129,7 +129,6 @@ _REJECTED: dict[str, str] = {
     "v2": "lorapipe trains SDXL only (sd-scripts asserts v2 is off for SDXL too)",
     "fp8_base": "fp8 base weights " + _NOT_IMPL + "; use mixed_precision = \"bf16\"",
     "fp8_base_unet": "fp8 base weights " + _NOT_IMPL + "; use mixed_precision = \"bf16\"",
-    "dim_from_weights": _NOT_IMPL + "; set network_dim/network_alpha to the values of network_weights",
     "base_weights": "merging LoRAs into the base model before training " + _NOT_IMPL,
     "base_weights_multiplier": "merging LoRAs into the base model before training " + _NOT_IMPL,
     "lr_scheduler_type": "custom scheduler classes are not supported; pick an lr_scheduler name",

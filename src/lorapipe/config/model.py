@@ -100,6 +100,7 @@ class TrainConfig:
     conv_alpha: float | None = _opt(None, DERIVED)  # from network_args "conv_alpha=A" (1 when only conv_dim is set)
     network_options: NetworkOptions = _opt(NetworkOptions(), DERIVED)  # the other network_args, parsed
     network_weights: str | None = path()
+    dim_from_weights: bool = flag()  # take every module's rank and alpha from network_weights
     network_train_unet_only: bool = flag()
     network_train_text_encoder_only: bool = flag()
     training_comment: str | None = text()

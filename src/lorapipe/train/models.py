@@ -85,6 +85,34 @@ def training_dtypes(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, n
     return weight, lora, vae
 
 
+def _network_weights(cfg):
+    """The tensors of network_weights (None without it); dim_from_weights needs the file."""
+    if cfg.dim_from_weights and not cfg.network_weights:
+        raise ConfigError("dim_from_weights: needs network_weights (the LoRA whose ranks to take)")
+    if not cfg.network_weights:
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(cfg.network_weights))
+
+
+def _ranks_from_weights(weights, unet, te1, te2, cfg) -> dict[str, tuple[int, float]]:
+    """sd-scripts' create_network_from_weights for training: every module the file has, at its rank and alpha,
+    within the parts this run trains."""
+    from lorapipe.lora.from_weights import module_ranks_of
+    from lorapipe.lora.network import diffusers_style_aliases
+    from lorapipe.lora.targets import kohya_target_names
+
+    candidates = kohya_target_names(unet, te1, te2, conv=True)
+    ranks = module_ranks_of(weights, diffusers_style_aliases(candidates))
+    known = {t.kohya_name for t in candidates}
+    present = {name: value for name, value in ranks.items() if name in known}
+    if not present:
+        raise ConfigError(f"network_weights {cfg.network_weights}: no Kohya LoRA module of this SDXL model in the "
+                          "file, so dim_from_weights has no ranks to take")
+    return present
+
+
 def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_length: int,
                       seed: int, speed: SpeedOptions = SpeedOptions()) -> TrainModels:
     """Load the base model, put each part in its dtype/device, freeze it and attach the Kohya LoRA."""
@@ -108,15 +136,15 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
     vae.eval()
     opts = cfg.network_options
     block_ranks = BlockRanks.parse(opts.block_dims, opts.block_alphas, opts.conv_block_dims, opts.conv_block_alphas)
+    weights = _network_weights(cfg)
     network = attach_kohya_lora(
         unet, te1, te2, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha, conv_dim=cfg.conv_dim,
         conv_alpha=cfg.conv_alpha, dropout=cfg.network_dropout, train_unet=train_unet,
         train_text_encoder=train_te, seed=seed, lora_dtype=lora_dtype, rank_dropout=opts.rank_dropout,
-        module_dropout=opts.module_dropout, block_ranks=block_ranks)
-    if cfg.network_weights:
-        from safetensors.torch import load_file
-
-        report = network.load_kohya_state_dict(load_file(str(cfg.network_weights)), source=str(cfg.network_weights))
+        module_dropout=opts.module_dropout, block_ranks=block_ranks,
+        module_ranks=_ranks_from_weights(weights, unet, te1, te2, cfg) if cfg.dim_from_weights else None)
+    if weights is not None:
+        report = network.load_kohya_state_dict(weights, source=str(cfg.network_weights))
         if report.missing or report.unexpected:  # sd-scripts prints the same counts and carries on
             print(f"warning: network_weights {cfg.network_weights}: {report.loaded} modules loaded, "
                   f"{len(report.missing)} left at their initial values, {len(report.unexpected)} keys unused",

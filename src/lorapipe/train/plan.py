@@ -77,6 +77,8 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
         seed = launch_seed()
     else:
         seed = random.SystemRandom().randint(0, 2**31 - 1)
+    if cfg.dim_from_weights and not cfg.network_weights:
+        raise ConfigError(f"{source}: dim_from_weights = true needs network_weights (the LoRA whose ranks to take)")
     if cfg.masked_loss and not any(s.alpha_mask for s in cfg.dataset.subsets):
         raise ConfigError(f"{source}: masked_loss = true needs masks: set alpha_mask = true (the images' alpha "
                           "channel is the mask; conditioning_data_dir mask images are not supported)")
