@@ -77,3 +77,19 @@ def test_caption_processing_rules():
         assert out.startswith("sks, dog, ") and out.endswith(", best")
     tags = SubsetSpec(image_dir=Path("x"), caption_tag_dropout_rate=1.0, keep_tokens=1)
     assert process_caption("sks, a, b", tags, 1, random.Random(0)) == "sks"
+
+
+def test_token_warmup_adds_one_tag_at_a_time():
+    """sd-scripts: floor(step x (tags - min) / warmup) + min tags until step `warmup`, after keep_tokens."""
+    caption = "sks, a, b, c, d, e"
+    warm = SubsetSpec(image_dir=Path("x"), keep_tokens=1, token_warmup_min=1, token_warmup_step=5)
+
+    def tags(step, subset=warm, total=None):
+        return process_caption(caption, subset, 1, random.Random(0), step=step, total_steps=total)
+
+    # 5 flexible tags, min 1, warm-up 5 steps: floor(step x 4 / 5) + 1 of them.
+    assert [tags(s) for s in (0, 1, 2, 4, 5, 50)] == [
+        "sks, a", "sks, a", "sks, a, b", "sks, a, b, c, d", caption, caption]
+    fraction = SubsetSpec(image_dir=Path("x"), keep_tokens=1, token_warmup_step=0.5)  # half of 10 steps = 5
+    assert tags(2, fraction, total=10) == tags(2)
+    assert tags(None) == caption  # sample images and validation see the whole caption

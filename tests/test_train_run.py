@@ -150,3 +150,14 @@ def test_bf16_mixed_precision_and_extra_objectives_run_on_cpu(tiny_model_dir, sa
     assert all(t.dtype == torch.bfloat16 for t in tensors.values())
     assert any(t.ndim == 4 and t.shape[-1] == 3 for t in tensors.values())  # conv LoRA (3x3 down weights)
     assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_token_warmup_reaches_the_training_captions(tiny_model_dir, sample_dataset_dir, tmp_path):
+    """With token_warmup_min = 0 the first steps train on (almost) empty captions: the losses change."""
+    common = ("max_train_steps=2", "seed=6", 'sample_prompts=""', "sample_every_n_steps=0")
+    plain = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "a",
+                         overrides=common, show_progress=False, step_lines=False)
+    warm = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "b",
+                        overrides=(*common, "token_warmup_step=100", "token_warmup_min=0"), show_progress=False,
+                        step_lines=False)
+    assert warm.losses[0] != plain.losses[0]

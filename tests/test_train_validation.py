@@ -56,3 +56,4 @@ def test_validation_does_not_change_training(tiny_model_dir, sample_dataset_dir,
     assert with_val.losses == without.losses
     summary = json.loads(without.summary_path.read_text())
     assert [v["step"] for v in summary["validation_losses"]] == []
+

@@ -63,8 +63,10 @@ def _color_aug(image: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
 
 
-def load_sample(item: ImageItem, blueprint: DatasetBlueprint, epoch: int, rng: random.Random) -> Sample:
-    """Decode `item` and produce its pixels, caption and SDXL size conditioning for `epoch`."""
+def load_sample(item: ImageItem, blueprint: DatasetBlueprint, epoch: int, rng: random.Random, *,
+                step: int | None = None, total_steps: int | None = None) -> Sample:
+    """Decode `item` and produce its pixels, caption and SDXL size conditioning for `epoch` (`step` and
+    `total_steps`: for token warm-up)."""
     subset = item.subset
     image, alpha = decode_image_with_alpha(item.path) if subset.alpha_mask else (decode_image(item.path), None)
     if subset.color_aug:
@@ -86,7 +88,7 @@ def load_sample(item: ImageItem, blueprint: DatasetBlueprint, epoch: int, rng: r
         pixels = np.ascontiguousarray(pixels[:, ::-1])
         mask = None if mask is None else np.ascontiguousarray(mask[:, ::-1])
         left = item.bucket[0] - right  # sd-scripts mirrors the crop offset with the image
-    caption = process_caption(item.caption, subset, epoch, rng)
+    caption = process_caption(item.caption, subset, epoch, rng, step=step, total_steps=total_steps)
     return Sample(
         pixels=pixels,
         caption=caption,

@@ -58,6 +58,8 @@ class SubsetSpec:
     color_aug: bool = False
     resize_interpolation: str | None = None
     alpha_mask: bool = False  # the image's alpha channel weights the loss (transparent = not learned)
+    token_warmup_min: int = 1  # tags used at step 0 when token_warmup_step is set
+    token_warmup_step: float = 0.0  # step (or fraction of all steps when < 1) by which every tag is used
     dataset_index: int = 0  # which [[datasets]] table of a dataset_config it belongs to
 
     @property
@@ -117,8 +119,6 @@ def subset_from_layers(
     """Build a SubsetSpec from option layers (most specific first), validating every value."""
     get = lambda key: opt.lookup(key, layers, opt.SUBSET_DEFAULTS[key])  # noqa: E731
     notes: list[Problem] = []
-    if float(get("token_warmup_step") or 0) > 0:
-        notes.append(warning(image_dir, "token_warmup_step is not applied by lorapipe; all tags are used from step 0"))
     if get("face_crop_aug_range") is not None:
         notes.append(warning(image_dir, "face_crop_aug_range is not supported by lorapipe and is ignored"))
     interpolation = get("resize_interpolation")
@@ -151,6 +151,8 @@ def subset_from_layers(
         color_aug=opt.as_bool(get("color_aug"), "color_aug", source),
         resize_interpolation=interpolation,
         alpha_mask=opt.as_bool(get("alpha_mask"), "alpha_mask", source),
+        token_warmup_min=opt.as_int(get("token_warmup_min"), "token_warmup_min", source, minimum=0),
+        token_warmup_step=opt.as_float(get("token_warmup_step") or 0, "token_warmup_step", source, low=0),
     )
     return spec, notes
 

@@ -8,6 +8,7 @@ keep_tokens / keep_tokens_separator, shuffle, tag dropout, secondary separator â
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -70,12 +71,24 @@ def _expand_wildcards(caption: str, rng: random.Random) -> str:
     return line.replace("{{", "{").replace("}}", "}")
 
 
+def _warmup_steps(subset: SubsetSpec, total_steps: int | None) -> float:
+    """token_warmup_step in steps: a value below 1 is a fraction of all steps (sd-scripts)."""
+    value = subset.token_warmup_step
+    if 0 < value < 1:
+        return int(value * total_steps) if total_steps else 0
+    return value
+
+
 def _split_tags(text: str, separator: str) -> list[str]:
     return [t.strip() for t in text.split(separator) if t.strip()]
 
 
-def process_caption(caption: str, subset: SubsetSpec, epoch: int, rng: random.Random) -> str:
-    """The caption one sample sees in `epoch` (1-based, as sd-scripts counts), drawn with `rng`."""
+def process_caption(caption: str, subset: SubsetSpec, epoch: int, rng: random.Random, *,
+                    step: int | None = None, total_steps: int | None = None) -> str:
+    """The caption one sample sees in `epoch` (1-based, as sd-scripts counts), drawn with `rng`.
+
+    `step` (optimizer steps done before this batch) and `total_steps` drive token warm-up; without them (sample
+    images, validation) every tag is used."""
     if subset.caption_prefix:
         caption = subset.caption_prefix + " " + caption
     if subset.caption_suffix:
@@ -86,7 +99,8 @@ def process_caption(caption: str, subset: SubsetSpec, epoch: int, rng: random.Ra
         return ""
     if subset.enable_wildcard:
         caption = _expand_wildcards(caption, rng)
-    if subset.shuffle_caption or subset.caption_tag_dropout_rate > 0:
+    warmup = _warmup_steps(subset, total_steps) if step is not None else 0
+    if subset.shuffle_caption or subset.caption_tag_dropout_rate > 0 or warmup:
         separator = subset.caption_separator
         fixed: list[str] = []
         suffix: list[str] = []
@@ -102,6 +116,9 @@ def process_caption(caption: str, subset: SubsetSpec, epoch: int, rng: random.Ra
             flex = [t.strip() for t in caption.strip().split(separator)]
             if subset.keep_tokens > 0:
                 fixed, flex = flex[: subset.keep_tokens], flex[subset.keep_tokens :]
+        if warmup and step < warmup:
+            # sd-scripts' token warm-up: the first tags only, one more every so often, all by step `warmup`.
+            flex = flex[: math.floor(step * (len(flex) - subset.token_warmup_min) / warmup) + subset.token_warmup_min]
         if subset.shuffle_caption:
             rng.shuffle(flex)
         if subset.caption_tag_dropout_rate > 0:

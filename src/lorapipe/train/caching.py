@@ -183,7 +183,7 @@ def check_cache_compatibility(*, cache_latents: bool, cache_text_encoder_outputs
                               "text-encoder LoRA cannot be trained from cached outputs)")
         for subset in subsets:
             changing = [k for k in ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-                                    "caption_tag_dropout_rate") if getattr(subset, k, 0)]
+                                    "caption_tag_dropout_rate", "token_warmup_step") if getattr(subset, k, 0)]
             if changing:
                 raise ConfigError(f"{source}: cache_text_encoder_outputs cannot be used with {changing[0]} "
                                   f"(subset {subset.name}); captions must not change between epochs")

@@ -49,11 +49,12 @@ def sample_rng(seed: int, epoch: int, batch_index: int, slot: int) -> random.Ran
     return random.Random(f"{seed}:{epoch}:{batch_index}:{slot}")
 
 
-def load_batch(items, blueprint, *, seed: int, epoch: int, index: int) -> TrainBatch:
+def load_batch(items, blueprint, *, seed: int, epoch: int, index: int, step: int | None = None,
+               total_steps: int | None = None) -> TrainBatch:
     from lorapipe.dataset.batches import load_sample
 
-    samples = [load_sample(item, blueprint, epoch, sample_rng(seed, epoch, index, slot))
-               for slot, item in enumerate(items)]
+    samples = [load_sample(item, blueprint, epoch, sample_rng(seed, epoch, index, slot), step=step,
+                           total_steps=total_steps) for slot, item in enumerate(items)]
     return TrainBatch(
         epoch=epoch, index=index,
         pixels=[s.pixels for s in samples],
@@ -76,14 +77,19 @@ def epoch_groups(scan, blueprint, *, epoch: int, seed: int, accumulation: int,
     return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
 
 
-def prefetched(groups, blueprint, *, seed: int, epoch: int) -> Iterator[list[TrainBatch]]:
-    """Yield each group's loaded batches while the next group loads on a worker thread (PIL releases the GIL)."""
-    def load(group):
-        return [load_batch(items, blueprint, seed=seed, epoch=epoch, index=index) for index, items in group]
+def prefetched(groups, blueprint, *, seed: int, epoch: int, first_step: int | None = None,
+               total_steps: int | None = None) -> Iterator[list[TrainBatch]]:
+    """Yield each group's loaded batches while the next group loads on a worker thread (PIL releases the GIL).
+
+    Group k is trained at optimizer step `first_step + k` (steps done before it), which token warm-up reads."""
+    def load(position, group):
+        step = None if first_step is None else first_step + position
+        return [load_batch(items, blueprint, seed=seed, epoch=epoch, index=index, step=step,
+                           total_steps=total_steps) for index, items in group]
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorapipe-data") as pool:
-        pending = pool.submit(load, groups[0]) if groups else None
-        for next_group in list(groups[1:]) + [None]:
+        pending = pool.submit(load, 0, groups[0]) if groups else None
+        for position, next_group in enumerate(list(groups[1:]) + [None], start=1):
             current = pending.result()
-            pending = pool.submit(load, next_group) if next_group is not None else None
+            pending = pool.submit(load, position, next_group) if next_group is not None else None
             yield current

@@ -45,7 +45,9 @@ def run_loop(session, plan, start: TrainState, hooks) -> TrainState:
         groups = epoch_groups(plan.scan, plan.blueprint, epoch=epoch, seed=plan.seed,
                               accumulation=cfg.gradient_accumulation_steps, processes=plan.processes)
         done = start.updates_done_in_epoch if epoch == start.current_epoch else 0
-        for offset, batches in enumerate(prefetched(groups[done:], plan.blueprint, seed=plan.seed, epoch=epoch)):
+        batches_of = prefetched(groups[done:], plan.blueprint, seed=plan.seed, epoch=epoch, first_step=step,
+                                total_steps=plan.total_steps)
+        for offset, batches in enumerate(batches_of):
             outcome = optimizer_step(session, batches, plan.seed, step, cfg.max_grad_norm,
                                      processes=plan.processes, stop_wanted=hooks.stop_requested(),
                                      scale_weight_norms=cfg.scale_weight_norms)
