@@ -36,6 +36,20 @@ def module_ranks_of(state_dict: Mapping[str, Any], aliases: Mapping[str, str]) -
     return {stem: (rank, alphas.get(stem) or float(rank)) for stem, rank in downs.items()}
 
 
+def file_module_ranks(unet: Any, text_encoder: Any, text_encoder_2: Any, state_dict: Mapping[str, Any], *,
+                      source: str = "network_weights") -> dict[str, tuple[int, float]]:
+    """kohya_name -> (rank, alpha) for the file's modules that this SDXL model has (conv targets included);
+    ModelLoadError naming `source` when there is none."""
+    candidates = kohya_target_names(unet, text_encoder, text_encoder_2, conv=True)
+    ranks = module_ranks_of(state_dict, diffusers_style_aliases(candidates))
+    known = {t.kohya_name for t in candidates}
+    present = {name: value for name, value in ranks.items() if name in known}
+    if not present:
+        raise ModelLoadError(f"{source}: no Kohya LoRA module of this SDXL model in the file; is it an SDXL "
+                             "networks.lora file?")
+    return present
+
+
 def attach_kohya_lora_from_weights(
     unet: Any,
     text_encoder: Any,
@@ -46,13 +60,8 @@ def attach_kohya_lora_from_weights(
     lora_dtype: Any = "float32",
 ) -> tuple[KohyaLoraNetwork, KohyaLoadReport]:
     """Attach a network with the file's modules, ranks and alphas, then load its weights."""
+    present = file_module_ranks(unet, text_encoder, text_encoder_2, state_dict, source=source)
     candidates = kohya_target_names(unet, text_encoder, text_encoder_2, conv=True)
-    ranks = module_ranks_of(state_dict, diffusers_style_aliases(candidates))
-    known = {t.kohya_name for t in candidates}
-    present = {name: value for name, value in ranks.items() if name in known}
-    if not present:
-        raise ModelLoadError(f"{source}: no Kohya LoRA module of this SDXL model in the file; is it an SDXL "
-                             "networks.lora file?")
     parts = {t.part for t in candidates if t.kohya_name in present}
     common_rank, common_alpha = Counter(present.values()).most_common(1)[0][0]
     network = attach_kohya_lora(

@@ -99,18 +99,9 @@ def _network_weights(cfg):
 def _ranks_from_weights(weights, unet, te1, te2, cfg) -> dict[str, tuple[int, float]]:
     """sd-scripts' create_network_from_weights for training: every module the file has, at its rank and alpha,
     within the parts this run trains."""
-    from lorapipe.lora.from_weights import module_ranks_of
-    from lorapipe.lora.network import diffusers_style_aliases
-    from lorapipe.lora.targets import kohya_target_names
+    from lorapipe.lora.from_weights import file_module_ranks
 
-    candidates = kohya_target_names(unet, te1, te2, conv=True)
-    ranks = module_ranks_of(weights, diffusers_style_aliases(candidates))
-    known = {t.kohya_name for t in candidates}
-    present = {name: value for name, value in ranks.items() if name in known}
-    if not present:
-        raise ConfigError(f"network_weights {cfg.network_weights}: no Kohya LoRA module of this SDXL model in the "
-                          "file, so dim_from_weights has no ranks to take")
-    return present
+    return file_module_ranks(unet, te1, te2, weights, source=f"network_weights {cfg.network_weights}")
 
 
 def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_length: int,
