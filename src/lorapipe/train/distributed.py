@@ -6,9 +6,10 @@ weights. Only the main process writes files, samples images and prints progress.
 
 Why not `accelerator.prepare(model)` (DDP): the LoRA lives in three modules (UNet and both text encoders), DDP
 wraps one, and with dropout or cached text-encoder outputs some LoRA parameters get no gradient in a step, which
-DDP only tolerates with `find_unused_parameters` (an extra graph walk every step). The LoRA's gradients are small
-(about 180 MB at network_dim 32 on full SDXL), so one flattened all-reduce per optimizer step through
-accelerate's `reduce` costs a few milliseconds and keeps the step logic the same for one process or many.
+DDP only tolerates with `find_unused_parameters` (an extra graph walk every step). One flattened all-reduce per
+optimizer step through accelerate's `reduce` keeps the step logic the same for one process or many; the LoRA's
+gradients are 114M values (435 MiB in fp32) at network_dim 32 on full SDXL. Unlike DDP the transfer does not
+overlap with the backward pass; its cost on GPUs is not measured yet (bench/train_processes.py, CPU only so far).
 
 Launchers: `lorapipe train --processes N` (which re-runs itself under `torch.distributed.run`),
 `accelerate launch --multi_gpu --num_processes N -m lorapipe train ...` and `torchrun` all set RANK / WORLD_SIZE,
