@@ -169,3 +169,25 @@ def test_cli_inpaints_at_the_init_image_size(tiny_model_dir, tmp_path, capsys):
     assert "Denoising strength: 0.9" in text and f"Mask blur: {BLUR}" in text
     assert main(["generate", "x", "--base-model", str(tiny_model_dir), "--mask", str(tmp_path / "mask.png")]) != 0
     assert "--mask: inpainting needs --init-image" in capsys.readouterr().err
+
+
+def test_resize_modes_bring_the_init_image_to_size_as_a1111():
+    from diffusers.image_processor import VaeImageProcessor
+
+    from lorapipe.generate.resize import check_resize_mode, fit
+
+    processor = VaeImageProcessor()
+    wide = np.zeros((64, 128, 3), np.uint8)
+    wide[:, :32] = (255, 0, 0)  # red left quarter, blue right quarter, green middle
+    wide[:, 32:96] = (0, 255, 0)
+    wide[:, 96:] = (0, 0, 255)
+    image = Image.fromarray(wide)
+    stretched = np.asarray(fit(image, 64, 64, 0, processor))
+    cropped = np.asarray(fit(image, 64, 64, 1, processor))
+    filled = np.asarray(fit(image, 64, 64, 2, processor))
+    assert stretched[32, 2, 0] > 200 and stretched[32, 61, 2] > 200  # squeezed: red and blue at the sides
+    assert cropped[32, 2, 1] > 200 and cropped[32, 61, 1] > 200  # centre crop: only green is left
+    assert filled[32, 2, 0] > 200 and filled[32, 61, 2] > 200  # fitted inside ...
+    assert filled.shape == (64, 64, 3) and filled[2, 32, 1] > 200  # ... with the band above filled from the edge
+    with pytest.raises(GenerationError, match="resize_mode"):
+        check_resize_mode(3)

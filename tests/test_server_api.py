@@ -90,6 +90,10 @@ def test_img2img_accepts_data_uri_and_blanks_init_images_in_echo(client):
     assert "Denoising strength: 0.5" in json.loads(response.json()["info"])["infotexts"][0]
     bad = client.post("/sdapi/v1/img2img", json={"init_images": ["not-an-image"], **SMALL})
     assert bad.status_code == 500 and bad.json()["detail"] == "Invalid encoded image"
+    cropped = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [data_uri], "resize_mode": 1})
+    assert cropped.status_code == 200
+    latent = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [data_uri], "resize_mode": 3})
+    assert latent.status_code == 422 and "resize_mode" in json.dumps(latent.json())
     # 1 step at strength 0.75 is int(0.75) = 0 steps in diffusers; it still runs one, not a 500.
     one_step = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [data_uri], "steps": 1,
                                                       "denoising_strength": 0.75})

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "img2img and inpainting", "Start from --init-image instead of noise; with --mask (white = repaint, black = "
         "keep, or the alpha of a transparent mask) only the masked part changes, as A1111's inpaint tab.")
     img2img.add_argument("--init-image", metavar="IMAGE", help="the picture to start from (img2img)")
+    img2img.add_argument("--resize-mode", choices=("resize", "crop", "fill"), default="resize",
+                         help="an --init-image of another size than --width x --height is stretched (resize), "
+                         "cropped to cover (crop) or fitted inside with the edges filled (fill), as A1111's modes")
     img2img.add_argument("--mask", metavar="IMAGE", help="inpainting mask for --init-image")
     img2img.add_argument("--mask-blur", type=int, default=4, metavar="PX", help="feather the mask edge (default 4)")
     img2img.add_argument("--invert-mask", action="store_true", help="repaint the black part instead")
@@ -97,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         width=size[0], height=size[1], seed=args.seed, batch_size=args.batch_size, n_iter=args.n_iter,
         sampler_name=args.sampler, scheduler=args.scheduler, hires=hires, init_images=init_images, inpaint=inpaint,
         denoising_strength=0.75 if args.denoising_strength is None else args.denoising_strength,
+        resize_mode=("resize", "crop", "fill").index(args.resize_mode),
     ))
     for warning in result.warnings:
         print(f"lorapipe: warning: {warning}", file=sys.stderr)

@@ -25,6 +25,7 @@ from lorapipe.generate.latents import decode_latents, slerp
 from lorapipe.generate.lora_set import ActiveLora, FusedLoraSet
 from lorapipe.generate.model_info import ModelInfo, describe_model
 from lorapipe.generate.prompt_syntax import parse_extra_networks
+from lorapipe.generate.resize import check_resize_mode, fit
 from lorapipe.generate.samplers import ResolvedSampler, build_scheduler, resolve_sampler
 from lorapipe.registry import LoraRegistry
 
@@ -53,6 +54,7 @@ class GenerationRequest:
     apply_loras: bool = True  # False = A1111 `disable_extra_networks`: tags are removed but not applied
     hires: HiresFix | None = None  # A1111 `enable_hr` (txt2img only)
     inpaint: InpaintOptions | None = None  # A1111's mask group (img2img only)
+    resize_mode: int = 0  # how init images of another size reach width x height (generate/resize.py)
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ class Generator:
         embed_dtype = self.pipe.unet.dtype
         kwargs = {}
         if request.init_images:
-            kwargs["image"] = [_resized(request.init_images[i % len(request.init_images)], request)
+            kwargs["image"] = [self._fitted(request.init_images[i % len(request.init_images)], request)
                                for i in range(size)]
             kwargs["strength"] = request.denoising_strength
         else:
@@ -234,7 +236,14 @@ class Generator:
 
         inits = [request.init_images[i % len(request.init_images)] for i in range(len(seeds))]
         if is_blank(mask):  # nothing to repaint: the init image as whole-picture inpainting would return it
-            return [_resized(image, request) for image in inits]
+            return [self._fitted(image, request) for image in inits]
+        if not request.inpaint.only_masked and request.resize_mode:
+            # As A1111: the picture and its mask are brought to the size the same way before inpainting.
+            size = inits[0].size
+            mask = mask if mask.size == size else mask.resize(size)
+            mask = fit(mask, request.width, request.height, request.resize_mode, self.pipe.image_processor)
+            mask = mask.convert("L")  # diffusers' fill pastes onto an RGB canvas
+            inits = [self._fitted(image, request) for image in inits]
 
         def denoise(**kwargs):
             return self._denoise(pipe, positive, negative, generators, control, steps=_scheduler_steps(request),
@@ -260,6 +269,11 @@ class Generator:
         positive, negative = plan.conds
         return self._denoise(img2img, positive, negative, generators, control, steps=plan.steps,
                              cfg_scale=request.cfg_scale, image=image, strength=plan.options.denoising_strength)
+
+    def _fitted(self, image, request: GenerationRequest):
+        """An init image at the request's size, brought there as its resize_mode says."""
+        return fit(image.convert("RGB"), request.width, request.height, request.resize_mode,
+                   self.pipe.image_processor)
 
     def _denoise(self, pipe, positive, negative, generators, control, *, steps, cfg_scale, output_type="pil",
                  **kwargs):
@@ -394,6 +408,8 @@ def _check_request(request: GenerationRequest) -> None:
         if request.init_images:
             raise GenerationError("enable_hr: hires fix is for txt2img only; leave it off with init_images")
         check_hires(request.hires)
+    if request.init_images:
+        check_resize_mode(request.resize_mode)
     if request.inpaint is not None:
         if not request.init_images:
             raise GenerationError("mask: inpainting needs init_images (the picture to repaint)")
@@ -420,9 +436,4 @@ def _fixed_seed(seed: int | None) -> int:
     return int(seed)
 
 
-def _resized(image, request: GenerationRequest):
-    image = image.convert("RGB")
-    if image.size != (request.width, request.height):
-        image = image.resize((request.width, request.height))
-    return image
 

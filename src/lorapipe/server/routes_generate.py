@@ -98,6 +98,7 @@ def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationR
         sampler_name=sampler_name, scheduler=body.scheduler, init_images=init_images,
         denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,
         apply_loras=not body.disable_extra_networks, hires=hires, inpaint=inpaint,
+        resize_mode=body.resize_mode if isinstance(body, Img2ImgBody) else 0,
     )
 
 

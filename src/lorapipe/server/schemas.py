@@ -126,7 +126,8 @@ class Img2ImgBody(Txt2ImgBody):
     """`/sdapi/v1/img2img`: txt2img fields plus the init image group."""
 
     init_images: list[str] | None = None
-    resize_mode: int = 0
+    # 0 just resize, 1 crop and resize, 2 resize and fill; 3 (latent upscale) is not offered
+    resize_mode: int = Field(0, ge=0, le=2)
     image_cfg_scale: float | None = None
     mask: str | None = None
     mask_blur_x: int = Field(4, ge=0)
