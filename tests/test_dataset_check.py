@@ -61,6 +61,10 @@ def test_txt_captions_with_default_extension_fail_loudly(sample):
     errors = [p for p in problems if p["severity"] == "error"]
     assert len(errors) == 1 and errors[0]["path"].endswith("20_dwjz toy")
     assert "12 caption(s) exist as .txt but caption_extension is .caption" in errors[0]["reason"]
+    captions = sorted(str(p) for p in (sample / "20_dwjz toy").glob("*.txt"))
+    assert sorted(errors[0]["files"]) == captions  # every caption the folder-level error concerns, by name
+    text = _cli(sample, "--no-tokens").stdout
+    assert all(f"        {Path(c).name}\n" in text for c in captions)
 
 
 def test_bad_files_are_reported_per_file(sample):

@@ -55,6 +55,12 @@ def load_train_config(
     if not dataset_dir.is_dir():
         raise DatasetError(f"{dataset_dir}: dataset folder does not exist; pass the folder holding "
                            f"{DEFAULT_CONFIG_NAME} and the <repeats>_<name> folders")
+    if config_path is None and not (dataset_dir / DEFAULT_CONFIG_NAME).exists():
+        from lorapipe.dataset.prepare import unprepared_hint
+
+        hint = unprepared_hint(dataset_dir)
+        if hint:
+            raise DatasetError(hint)
     config_path = Path(config_path) if config_path is not None else dataset_dir / DEFAULT_CONFIG_NAME
     raw = read_training_toml(config_path)
     values = dict(raw.values)

@@ -16,6 +16,10 @@ Interfaces (as built; numpy/PIL only, no torch):
   endpoint_url, cache_dir, count_tokens, hash_all, deep) -> CheckReport` (`.has_errors`, `.problems`,
   `.to_json()`), `render_text(report)`, `read_flat_config(path)`.
 - `sample`: `write_sample_dataset(out_root) -> out_root/"0001-dataset"`.
+- `prepare`: `prepare_dataset(photos, out=None, *, trigger, class_name, preset, steps, progress, base_model)
+  -> PrepareResult`; `preset`: shipped Kohya TOML presets (`presets/*.toml`), `plan_schedule`, `render_config`.
+- `caption`: `caption_dataset(dataset_dir, *, captioner, model, overwrite, batch_size, progress, device)
+  -> CaptionSummary`; `captioners`: `load_captioner(kind, model, device=)`, `tiny.make_tiny_captioner(out, kind)`.
 - Lower level: `layout` (folder rule), `images` (`probe_image`, `decode_image`), `captions`, `buckets`,
   `problems.Problem(path, severity, reason)`.
 """

@@ -165,8 +165,10 @@ def report_for(
     )
 
 
-def _check_local_folder(folder: Path, config_path: Path | None, dataset_config_path: Path | None,
-                        **options: Any) -> DatasetReport:
+def folder_blueprint(folder: Path, config_path: Path | None = None, dataset_config_path: Path | None = None
+                     ) -> tuple[DatasetBlueprint, dict[str, Any], tuple[Problem, ...]]:
+    """The blueprint training would read for one local dataset folder (its own config unless one is given), the
+    flat training args, and a note when the folder has no config at all."""
     extra: list[Problem] = []
     config_path = config_path or (folder / DATASET_CONFIG_NAME if (folder / DATASET_CONFIG_NAME).is_file() else None)
     if config_path is not None:
@@ -181,8 +183,15 @@ def _check_local_folder(folder: Path, config_path: Path | None, dataset_config_p
         blueprint = blueprint_from_dataset_config(dataset_config_path, args)
     else:
         blueprint = blueprint_from_args(args, source=source, dataset_dir=folder)
-    return report_for(folder.name, folder, blueprint, train_args=args, config=str(config_path or "") or None,
-                      extra_problems=tuple(extra), **options)
+    return blueprint, args, tuple(extra)
+
+
+def _check_local_folder(folder: Path, config_path: Path | None, dataset_config_path: Path | None,
+                        **options: Any) -> DatasetReport:
+    blueprint, args, extra = folder_blueprint(folder, config_path, dataset_config_path)
+    config = config_path or (folder / DATASET_CONFIG_NAME if (folder / DATASET_CONFIG_NAME).is_file() else None)
+    return report_for(folder.name, folder, blueprint, train_args=args, config=str(config or "") or None,
+                      extra_problems=extra, **options)
 
 
 def _relabel(report: DatasetReport, local_root: Path, url: str) -> DatasetReport:
@@ -192,7 +201,8 @@ def _relabel(report: DatasetReport, local_root: Path, url: str) -> DatasetReport
     def fix(text: str) -> str:
         return url + text[len(prefix):] if text.startswith(prefix) else text
 
-    problems = tuple(Problem(fix(p.path), p.severity, p.reason.replace(prefix, url)) for p in report.problems)
+    problems = tuple(Problem(fix(p.path), p.severity, p.reason.replace(prefix, url), tuple(fix(f) for f in p.files))
+                     for p in report.problems)
     subsets = tuple(SubsetReport(**{**asdict(s), "folder": fix(s.folder)}) for s in report.subsets)
     return DatasetReport(**{**{f: getattr(report, f) for f in report.__dataclass_fields__},
                             "path": url, "problems": problems, "subsets": subsets})

@@ -58,8 +58,24 @@ def _tail_is_complete(path: Path, image_format: str, file_size: int) -> bool:
     return True
 
 
+def register_phone_formats() -> None:
+    """Teach Pillow HEIC/HEIF (iPhone photos) through pillow-heif; AVIF is native in Pillow >= 11.3."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+
+
 def probe_image(path: Path) -> ImageHeader:
     """Read the header of `path`; raise DatasetError with the reason if it cannot be trained on."""
+    header = read_image_header(path)
+    if header.format not in ACCEPTED_FORMATS:
+        raise DatasetError(f"{path}: {header.format} images are not trained; convert it to PNG or JPEG "
+                           "(`lorapipe dataset prepare` does)")
+    return header
+
+
+def read_image_header(path: Path) -> ImageHeader:
+    """Like `probe_image`, for any format Pillow opens (`dataset prepare` converts the ones training refuses)."""
     try:
         file_size = path.stat().st_size
         with warnings.catch_warnings():
@@ -77,11 +93,9 @@ def probe_image(path: Path) -> ImageHeader:
     except UnidentifiedImageError:
         raise DatasetError(f"{path}: not a readable image (corrupt, or another format with an image extension)") from None
     except OSError as exc:
-        if "truncated" in str(exc):
+        if "truncated" in str(exc).lower():
             raise DatasetError(f"{path}: file is truncated (incomplete download or copy); replace it") from None
         raise DatasetError(f"{path}: cannot read image header ({exc})") from None
-    if image_format not in ACCEPTED_FORMATS:
-        raise DatasetError(f"{path}: {image_format} images are not trained; convert it to PNG or JPEG")
     if stored[0] * stored[1] > MAX_PIXELS:
         raise DatasetError(f"{path}: image is too large ({stored[0]}x{stored[1]}); resize it below 100 Mpx")
     if stored[0] < 1 or stored[1] < 1:

@@ -56,14 +56,14 @@ def find_folder_subsets(parent: Path, *, is_reg: bool) -> tuple[tuple[FolderSubs
     kind = "reg_data_dir" if is_reg else "train_data_dir"
     subsets: list[FolderSubset] = []
     problems: list[Problem] = []
-    stray_images: list[str] = []
+    stray_images: list[Path] = []
     example = "1_dog" if is_reg else "20_dwjz toy"
     for child in sorted(parent.iterdir(), key=lambda p: p.name):
         if child.name.startswith("."):
             continue  # hidden folders/files (caches, .ipynb_checkpoints) are never datasets
         if child.is_file():
             if is_image_name(child.name):
-                stray_images.append(child.name)
+                stray_images.append(child)
             continue
         if not child.is_dir():
             continue
@@ -77,12 +77,12 @@ def find_folder_subsets(parent: Path, *, is_reg: bool) -> tuple[tuple[FolderSubs
             continue
         subsets.append(FolderSubset(child, repeats, class_tokens))
     if stray_images:
-        names = ", ".join(stray_images[:3]) + (" ..." if len(stray_images) > 3 else "")
+        names = ", ".join(p.name for p in stray_images[:3]) + (" ..." if len(stray_images) > 3 else "")
         reason = (
             f"{len(stray_images)} image(s) directly inside {kind} are not trained ({names}); "
             f"{kind} must be the parent of <repeats>_<name> folders — move them into e.g. '{parent / example}'"
         )
-        problems.append(error(parent, reason) if not subsets else warning(parent, reason))
+        problems.append(error(parent, reason, stray_images) if not subsets else warning(parent, reason, stray_images))
     elif not subsets:
         problems.append(error(parent, f"no <repeats>_<name> folders in {kind}; put images in e.g. '{parent / example}'"))
     return tuple(subsets), tuple(problems)

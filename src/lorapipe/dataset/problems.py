@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 ERROR = "error"
@@ -15,14 +16,15 @@ class Problem:
     path: str
     severity: str
     reason: str
+    files: tuple[str, ...] = ()  # every file a folder-level finding concerns, so each can be fixed
 
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "severity": self.severity, "reason": self.reason}
-
-
-def error(path: object, reason: str) -> Problem:
-    return Problem(str(path), ERROR, reason)
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "severity": self.severity, "reason": self.reason, "files": list(self.files)}
 
 
-def warning(path: object, reason: str) -> Problem:
-    return Problem(str(path), WARNING, reason)
+def error(path: object, reason: str, files: Iterable[object] = ()) -> Problem:
+    return Problem(str(path), ERROR, reason, tuple(str(f) for f in files))
+
+
+def warning(path: object, reason: str, files: Iterable[object] = ()) -> Problem:
+    return Problem(str(path), WARNING, reason, tuple(str(f) for f in files))

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lorapipe.dataset.check import CheckReport, DatasetReport
 
+MAX_LISTED_FILES = 20  # per problem in the text report; the JSON report lists all
+
 
 def _dataset_block(d: DatasetReport) -> list[str]:
     lines = [f"dataset {d.name}  ({d.path})"]
@@ -35,6 +37,17 @@ def _dataset_block(d: DatasetReport) -> list[str]:
     return lines
 
 
+def _file_lines(folder: str, files: tuple[str, ...]) -> list[str]:
+    """The files a folder-level problem concerns, relative to the folder; long lists end with a count."""
+    prefix = folder.rstrip("/") + "/"
+    names = [f.removeprefix(prefix) for f in files]
+    shown = names[:MAX_LISTED_FILES]
+    lines = [f"        {name}" for name in shown]
+    if len(names) > len(shown):
+        lines.append(f"        ... and {len(names) - len(shown)} more (--json lists every file)")
+    return lines
+
+
 def render_report(report: CheckReport) -> str:
     lines: list[str] = []
     for dataset in report.datasets:
@@ -45,6 +58,7 @@ def render_report(report: CheckReport) -> str:
     warnings = len(problems) - errors
     for p in sorted(problems, key=lambda p: (p.severity != "error", p.path)):
         lines.append(f"{p.severity.upper():7} {p.path}: {p.reason}")
+        lines.extend(_file_lines(p.path, p.files))
     verdict = "FAILED" if errors else "OK"
     lines.append(f"{verdict}: {errors} error(s), {warnings} warning(s)")
     return "\n".join(lines) + "\n"

@@ -87,7 +87,7 @@ def _list_subset(subset: SubsetSpec, problems: list[Problem]) -> list[Path]:
     return images
 
 
-def _caption_for(image: Path, subset: SubsetSpec, problems: list[Problem], misplaced: dict[str, int]):
+def _caption_for(image: Path, subset: SubsetSpec, problems: list[Problem], misplaced: dict[str, list[Path]]):
     try:
         found = read_caption(image, subset.caption_extension, enable_wildcard=subset.enable_wildcard)
     except DatasetError as exc:
@@ -100,7 +100,7 @@ def _caption_for(image: Path, subset: SubsetSpec, problems: list[Problem], mispl
         return found.text, found.path
     others = other_caption_extensions(image, subset.caption_extension)
     for extension in others:
-        misplaced[extension] += 1
+        misplaced[extension].append(image.with_name(image.stem + extension))
     if not others:
         if subset.class_tokens:
             problems.append(warning(image, f"no {subset.caption_extension} caption; the folder name "
@@ -167,11 +167,11 @@ def _balance_reg_repeats(items: list[ImageItem], problems: list[Problem]) -> lis
             if count >= train_samples:
                 break
         first_loop = False
-    unused = len(reg_indices) - len(registered)
+    unused = [items[n].path for n in reg_indices if n not in registered]
     if unused:
         problems.append(warning(items[reg_indices[0]].subset.image_dir,
-                                f"{unused} regularization image(s) are not used: reg samples are capped at the "
-                                f"{train_samples} training samples per epoch"))
+                                f"{len(unused)} regularization image(s) are not used: reg samples are capped at the "
+                                f"{train_samples} training samples per epoch", unused))
     return [replace(i, repeats=repeats[n]) if n in repeats else i for n, i in enumerate(items)]
 
 
@@ -212,7 +212,7 @@ def scan_dataset(blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: b
     planner = BucketPlanner(blueprint)
     items: list[ImageItem] = []
     for subset in blueprint.subsets:
-        misplaced: dict[str, int] = defaultdict(int)
+        misplaced: dict[str, list[Path]] = defaultdict(list)
         for image in _list_subset(subset, problems):
             sizes = _scan_image(image, subset, planner, blueprint, problems, deep)
             if sizes is None:
@@ -221,10 +221,10 @@ def scan_dataset(blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: b
             original, bucket, resized = sizes
             items.append(ImageItem(image, subset, caption, caption_path, original, bucket, resized,
                                    subset.num_repeats))
-        for extension, count in misplaced.items():
-            problems.append(error(subset.image_dir, f"{count} caption(s) exist as {extension} but caption_extension "
-                                  f"is {subset.caption_extension}, so they would be ignored; set "
-                                  f"caption_extension = \"{extension}\""))
+        for extension, files in misplaced.items():
+            problems.append(error(subset.image_dir, f"{len(files)} caption(s) exist as {extension} but "
+                                  f"caption_extension is {subset.caption_extension}, so they would be ignored; set "
+                                  f"caption_extension = \"{extension}\" (or rename them)", files))
     if not items:
         problems.append(error(blueprint.source or "dataset", "no trainable images found; train_data_dir must be "
                               "the parent of <repeats>_<name> folders with images"))

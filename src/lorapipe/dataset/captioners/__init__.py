@@ -1,0 +1,71 @@
+"""Auto-captioners: one module per model family behind one small protocol.
+
+Each family module (`blip`, `florence2`, `wd14`) has `DEFAULT_MODEL` (the checkpoint kohya_ss users know) and
+`load(model, device) -> Captioner`; `model` is a local folder or a hub id. The models are only ever used to
+write caption files (`lorapipe.dataset.caption`); nothing else in lorapipe reads them. Heavy imports (torch,
+transformers, onnxruntime) happen inside `load`, never when this package is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from lorapipe.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+CAPTIONERS = ("blip",)
+DEFAULT_CAPTIONER = "blip"
+
+
+class Captioner(Protocol):
+    """Turns a batch of RGB images into one caption (plain text or comma-separated tags) per image."""
+
+    name: str  # family and model, e.g. "blip Salesforce/blip-image-captioning-large"
+
+    def caption(self, images: Sequence[Image.Image]) -> list[str]: ...
+
+
+def captioner_module(kind: str):
+    if kind not in CAPTIONERS:
+        raise ModelLoadError(f"--captioner {kind!r}: unknown captioner; use one of {', '.join(CAPTIONERS)}")
+    return importlib.import_module(f"{__name__}.{kind}")
+
+
+def default_model(kind: str) -> str:
+    return captioner_module(kind).DEFAULT_MODEL
+
+
+def load_captioner(
+    kind: str = DEFAULT_CAPTIONER, model: str | Path | None = None, *, device: str | None = None
+) -> Captioner:
+    """Load a captioner of family `kind` from `model` (local folder or hub id; default: the family's usual one)."""
+    module = captioner_module(kind)
+    return module.load(str(model or module.DEFAULT_MODEL), device or best_device())
+
+
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def hub_or_local(model: str, kind: str) -> str:
+    """`model` as given when it is a folder or could be a hub id; a clear error for a missing local path."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{model}: a {kind} captioner is a folder (config, weights, processor files); "
+                "pass the folder, or a hub id"
+            )
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelLoadError(
+            f"{model}: no such {kind} captioner folder, and not a hub id (owner/name); fix --captioner-model"
+        )
+    return model

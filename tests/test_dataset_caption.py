@@ -1,0 +1,104 @@
+"""`dataset caption` with tiny random-weight captioners built from config: the whole path writes captions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lorapipe.cli.main import main
+from lorapipe.dataset.caption import caption_dataset
+from lorapipe.dataset.captioners import load_captioner
+from lorapipe.dataset.captioners.tiny import make_tiny_captioner
+from lorapipe.dataset.layout import DATASET_CONFIG_NAME
+from lorapipe.errors import ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def tiny_blip(tmp_path_factory):
+    return make_tiny_captioner(tmp_path_factory.mktemp("captioners") / "blip", "blip")
+
+
+def _dataset(root, images=5):
+    """A prepared-looking dataset: config with caption_extension .txt, one subset, one reg folder."""
+    dataset = root / "0001-dataset"
+    subset = dataset / "10_sks dog"
+    subset.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for n in range(images):
+        Image.fromarray(rng.integers(0, 255, (40 + 8 * n, 48, 3), dtype=np.uint8)).save(subset / f"p{n}.png")
+    (subset / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all" * 4)
+    (dataset / DATASET_CONFIG_NAME).write_text(
+        'caption_extension = ".txt"\nresolution = "64,64"\ntrain_data_dir = "/opt/ml/input/data/train"\n',
+        encoding="utf-8",
+    )
+    return dataset, subset
+
+
+def test_caption_writes_trigger_first_batched_and_never_overwrites(tiny_blip, tmp_path):
+    dataset, subset = _dataset(tmp_path)
+    (subset / "p0.txt").write_text("sks dog, my own words\n", encoding="utf-8")
+    ticks = []
+    summary = caption_dataset(
+        dataset,
+        model=str(tiny_blip),
+        batch_size=2,
+        device="cpu",
+        progress=lambda done, total: ticks.append((done, total)),
+    )
+    assert ticks == [(2, 4), (4, 4)]  # four images to caption, two per model call
+    assert summary.captioned == 4 and [p.name for p in summary.kept] == ["p0.png"]
+    assert [f.path.name for f in summary.failed] == ["broken.jpg"]
+    assert summary.captioner == f"blip {tiny_blip}"
+    for n in range(1, 5):
+        text = (subset / f"p{n}.txt").read_text(encoding="utf-8")
+        assert text.startswith("sks dog, ") and text.endswith("\n") and text.count("\n") == 1
+        assert len(text.split(", ", 1)[1].split()) >= 3  # the model's words after the folder tokens
+    assert (subset / "p0.txt").read_text(encoding="utf-8") == "sks dog, my own words\n"
+    assert not [p for p in subset.iterdir() if ".tmp-" in p.name]
+
+    again = caption_dataset(dataset, model=str(tiny_blip), device="cpu")
+    assert again.captioned == 0 and len(again.kept) == 5
+    replaced = caption_dataset(dataset, model=str(tiny_blip), device="cpu", overwrite=True, batch_size=8)
+    assert replaced.captioned == 5 and (subset / "p0.txt").read_text(encoding="utf-8").startswith("sks dog, ")
+    assert (subset / "p0.txt").read_text(encoding="utf-8") != "sks dog, my own words\n"
+
+
+def test_batched_and_single_captions_agree(tiny_blip):
+    captioner = load_captioner("blip", tiny_blip, device="cpu")
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (32 + 8 * n, 32, 3), dtype=np.uint8)) for n in range(3)]
+    assert captioner.caption(images) == [captioner.caption([image])[0] for image in images]
+
+
+def test_cli_caption_and_model_errors(tiny_blip, tmp_path, capsys):
+    dataset, _ = _dataset(tmp_path, images=2)
+    assert main(["dataset", "caption", str(dataset), "--captioner-model", str(tiny_blip), "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "2 captioned, 0 kept, 1 failed" in out and "broken.jpg" in out
+    with pytest.raises(ModelLoadError, match=f"{tmp_path / 'missing'}: no such blip captioner folder"):
+        caption_dataset(dataset, model=str(tmp_path / "missing"), overwrite=True)
+    with pytest.raises(ModelLoadError, match="unknown captioner"):
+        caption_dataset(dataset, captioner="llava", overwrite=True)
+
+
+def test_photos_to_lora_prepare_caption_check_train(tiny_blip, tiny_model_dir, tmp_path, capsys):
+    """The README's path for your own photos, with a user preset file: no extra flags at train time."""
+    from importlib import resources
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(2)
+    for n in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 80 + 16 * n, 3), dtype=np.uint8)).save(photos / f"IMG_{n}.jpg")
+    preset = tmp_path / "tiny-preset.toml"  # the sample dataset's tiny-model settings, as a user's own preset
+    preset.write_text(resources.files("lorapipe.dataset").joinpath("templates", DATASET_CONFIG_NAME).read_text())
+    dataset = tmp_path / "0001-dataset"
+    assert main(["dataset", "prepare", str(photos), "--trigger", "sks", "--class", "dog", "--out", str(dataset),
+                 "--preset", str(preset), "--steps", "2", "--base-model", str(tiny_model_dir)]) == 0
+    assert main(["dataset", "caption", str(dataset), "--captioner-model", str(tiny_blip), "--device", "cpu"]) == 0
+    assert main(["dataset", "check", str(dataset), "--no-tokens"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(dataset)]) == 0
+    lora = tmp_path / "output" / "0001-dataset" / "sks_dog.safetensors"
+    assert lora.is_file()
