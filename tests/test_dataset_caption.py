@@ -64,11 +64,52 @@ def test_caption_writes_trigger_first_batched_and_never_overwrites(tiny_blip, tm
     assert (subset / "p0.txt").read_text(encoding="utf-8") != "sks dog, my own words\n"
 
 
-def test_batched_and_single_captions_agree(tiny_blip):
-    captioner = load_captioner("blip", tiny_blip, device="cpu")
+@pytest.fixture(scope="module")
+def tiny_captioners(tiny_blip, tmp_path_factory):
+    root = tmp_path_factory.mktemp("more-captioners")
+    return {"blip": tiny_blip, **{kind: make_tiny_captioner(root / kind, kind) for kind in ("florence2", "wd14")}}
+
+
+@pytest.mark.parametrize("kind", ["blip", "florence2", "wd14"])
+def test_each_family_loads_its_folder_and_batches_like_single_images(kind, tiny_captioners):
+    captioner = load_captioner(kind, tiny_captioners[kind], device="cpu")
     rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 255, (32 + 8 * n, 32, 3), dtype=np.uint8)) for n in range(3)]
-    assert captioner.caption(images) == [captioner.caption([image])[0] for image in images]
+    images = [Image.fromarray(rng.integers(0, 255, (32 + 8 * n, 40, 3), dtype=np.uint8)) for n in range(3)]
+    batched = captioner.caption(images)
+    assert len(batched) == 3 and all(text.strip() for text in batched)
+    assert batched == [captioner.caption([image])[0] for image in images]
+
+
+def test_wd14_tags_thresholds_order_and_underscores(tiny_captioners):
+    from lorapipe.dataset.captioners.wd14 import CHARACTER, GENERAL, Tag, WD14Tagger
+
+    tags = (
+        Tag("rating_general", 9),
+        Tag("long_hair", GENERAL),
+        Tag("^_^", GENERAL),
+        Tag("smile", GENERAL),
+        Tag("sks_(dog)", CHARACTER),
+        Tag("blue_sky", GENERAL),
+    )
+    tagger = WD14Tagger("wd14 test", None, tags)
+    row = [0.99, 0.5, 0.9, 0.2, 0.4, 0.35]
+    assert tagger._tags_of(row) == ["sks (dog)", "^_^", "long hair", "blue sky"]  # character first, then confidence
+    written = (tiny_captioners["wd14"] / "selected_tags.csv").read_text().splitlines()
+    assert written[0] == "tag_id,name,category,count" and ",9," in written[1]
+
+
+def test_wd14_tag_list_must_match_the_model(tiny_captioners, tmp_path):
+    import shutil
+
+    broken = tmp_path / "wd14"
+    shutil.copytree(tiny_captioners["wd14"], broken)
+    with (broken / "selected_tags.csv").open("a") as handle:
+        handle.write("999,extra_tag,0,1\n")
+    with pytest.raises(ModelLoadError, match="selected_tags.csv: lists .* tags but .*model.onnx predicts"):
+        load_captioner("wd14", broken, device="cpu")
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelLoadError, match="model.onnx: not a loadable ONNX model"):
+        load_captioner("wd14", broken, device="cpu")
 
 
 def test_cli_caption_and_model_errors(tiny_blip, tmp_path, capsys):
@@ -80,6 +121,26 @@ def test_cli_caption_and_model_errors(tiny_blip, tmp_path, capsys):
         caption_dataset(dataset, model=str(tmp_path / "missing"), overwrite=True)
     with pytest.raises(ModelLoadError, match="unknown captioner"):
         caption_dataset(dataset, captioner="llava", overwrite=True)
+
+
+def test_cli_caption_with_the_tagger_overwrites_only_when_asked(tiny_captioners, tmp_path, capsys):
+    dataset, subset = _dataset(tmp_path, images=2)
+    args = [
+        "dataset",
+        "caption",
+        str(dataset),
+        "--captioner",
+        "wd14",
+        "--captioner-model",
+        str(tiny_captioners["wd14"]),
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 1  # broken.jpg fails; the two good images are tagged
+    tags = (subset / "p0.txt").read_text(encoding="utf-8").strip().split(", ")
+    assert tags[:2] == ["sks dog", "dwjz (robot)"] and "rating" not in tags and len(tags) > 3
+    main(args)
+    assert "0 captioned, 2 kept (--overwrite replaces them)" in capsys.readouterr().out
 
 
 def test_photos_to_lora_prepare_caption_check_train(tiny_blip, tiny_model_dir, tmp_path, capsys):
@@ -94,8 +155,28 @@ def test_photos_to_lora_prepare_caption_check_train(tiny_blip, tiny_model_dir, t
     preset = tmp_path / "tiny-preset.toml"  # the sample dataset's tiny-model settings, as a user's own preset
     preset.write_text(resources.files("lorapipe.dataset").joinpath("templates", DATASET_CONFIG_NAME).read_text())
     dataset = tmp_path / "0001-dataset"
-    assert main(["dataset", "prepare", str(photos), "--trigger", "sks", "--class", "dog", "--out", str(dataset),
-                 "--preset", str(preset), "--steps", "2", "--base-model", str(tiny_model_dir)]) == 0
+    assert (
+        main(
+            [
+                "dataset",
+                "prepare",
+                str(photos),
+                "--trigger",
+                "sks",
+                "--class",
+                "dog",
+                "--out",
+                str(dataset),
+                "--preset",
+                str(preset),
+                "--steps",
+                "2",
+                "--base-model",
+                str(tiny_model_dir),
+            ]
+        )
+        == 0
+    )
     assert main(["dataset", "caption", str(dataset), "--captioner-model", str(tiny_blip), "--device", "cpu"]) == 0
     assert main(["dataset", "check", str(dataset), "--no-tokens"]) == 0
     capsys.readouterr()

@@ -18,7 +18,7 @@ from lorapipe.errors import ModelLoadError
 if TYPE_CHECKING:
     from PIL import Image
 
-CAPTIONERS = ("blip",)
+CAPTIONERS = ("blip", "florence2", "wd14")
 DEFAULT_CAPTIONER = "blip"
 
 
