@@ -93,3 +93,13 @@ def test_truncated_corrupt_animated_and_bombs(tmp_path):
         probe_image(bomb)
     with pytest.raises(DatasetError, match="too large"):
         decode_image(bomb)
+
+
+def test_decode_with_min_side_reduces_jpegs_but_keeps_enough_pixels(tmp_path):
+    from lorapipe.dataset.images import decode_image
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (2000, 1600), (10, 200, 30)).save(path, quality=90)
+    assert decode_image(path, min_side=500).size == (1000, 800)  # 1/2 scale; 1/4 would be under 500 px
+    assert decode_image(path, min_side=2000).size == (2000, 1600)  # never upscales, never drops below the ask
+    assert decode_image(path).size == (2000, 1600)

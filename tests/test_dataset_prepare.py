@@ -48,6 +48,8 @@ def phone_folder(tmp_path: Path) -> Path:
     rotated.save(photos / "rotated.jpg", exif=exif, quality=90)
     (photos / "IMG_0000 copy.JPG").write_bytes((photos / "IMG_0000.JPG").read_bytes())
     (photos / "empty.jpg").write_bytes(b"")
+    whole = (photos / "IMG_0001.JPG").read_bytes()
+    (photos / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # an interrupted copy: header fine, data cut
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
     (photos / "clip.MOV").write_bytes(b"\x00" * 64)
     (photos / "two\nlines.png").write_bytes(_encoded(_pixels(13), "PNG"))
@@ -74,7 +76,7 @@ def test_prepare_copies_converts_and_names_what_it_leaves_out(phone_folder, tmp_
         progress=lambda done, total: ticks.append((done, total)),
     )
     assert _snapshot(phone_folder) == before  # originals never change
-    assert ticks[-1] == (len(ticks), len(ticks)) and len(ticks) == 11  # every photo-named file, .MOV excluded
+    assert ticks[-1] == (len(ticks), len(ticks)) and len(ticks) == 12  # every photo-named file, .MOV excluded
 
     assert result.dataset_dir == tmp_path / "0001-dataset"
     assert result.subset_dir.name == f"{result.repeats}_sks dog" and result.subset_dir.parent == result.dataset_dir
@@ -104,7 +106,8 @@ def test_prepare_copies_converts_and_names_what_it_leaves_out(phone_folder, tmp_
     assert "0 bytes" in skipped[b"empty.jpg"]
     assert "truncated" in skipped[b"broken.jpg"]
     assert "not a photo" in skipped[b"clip.MOV"]
-    assert len(skipped) == 4
+    assert "truncated" in skipped[b"cut.jpg"]
+    assert len(skipped) == 5
 
     config = tomllib.loads(result.config_path.read_text(encoding="utf-8"))
     assert config["output_name"] == "sks_dog" and config["max_train_epochs"] == result.epochs

@@ -27,6 +27,7 @@ from lorapipe.dataset.images import (
     extension_matches,
     read_image_header,
     register_phone_formats,
+    verify_decodes,
 )
 from lorapipe.dataset.layout import DATASET_CONFIG_NAME, DATASET_FOLDER_RE, IMAGE_EXTENSIONS, parse_subset_folder_name
 from lorapipe.dataset.names import printable, safe_stem
@@ -169,13 +170,13 @@ class _Writer:
         header = read_image_header(source)
         if header.truncated:
             raise DatasetError(f"{printable(source)}: {header.format} file is truncated (incomplete copy)")
-        rgb, alpha = decode_image_with_alpha(source)  # a full decode: a photo that breaks here never reaches training
-        upright = header.orientation == 1 and not header.animated
-        if header.format in ACCEPTED_FORMATS and upright:
+        if header.format in ACCEPTED_FORMATS and header.orientation == 1 and not header.animated:
+            verify_decodes(source)  # a photo that breaks here would break training
             extension = source.suffix if extension_matches(source, header) else ACCEPTED_FORMATS[header.format]
             target, renamed = self._target(source, extension)
             shutil.copyfile(source, target)
             return PreparedPhoto(source, target, renamed or "copied")
+        rgb, alpha = decode_image_with_alpha(source)
         as_png = alpha is not None or header.format == "PNG"
         target, renamed = self._target(source, ".png" if as_png else ".jpg")
         if as_png:
