@@ -118,6 +118,7 @@ def test_prepare_copies_converts_and_names_what_it_leaves_out(phone_folder, tmp_
     assert "sks dog" in result.prompts_path.read_text(encoding="utf-8")
     assert not any(p.severity == "error" for p in result.problems)
     assert check_dataset(result.dataset_dir, count_tokens=False).datasets[0].total_steps == result.expected_steps
+    assert main(["config", "check", str(result.config_path)]) == 0  # the written config is a valid Kohya config
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
@@ -186,7 +187,7 @@ def test_train_on_a_photo_folder_says_how_to_prepare_it(phone_folder, capsys):
     code = main(["train", str(phone_folder), "--base-model", "unused"])
     err = capsys.readouterr().err
     assert code != 0
-    assert f"lorapipe dataset prepare {phone_folder}" in err and "'subject' preset" in err
+    assert f"lorapipe dataset prepare {phone_folder} --trigger sks" in err and "preset 'subject'" in err
     assert DATASET_CONFIG_NAME in err
 
 
@@ -214,3 +215,23 @@ def test_cli_prepare_prints_what_it_did(phone_folder, tmp_path, capsys):
     assert "left out" in text and "broken.jpg" in text and "byte-identical" in text
     assert f"lorapipe dataset caption {out}" in text
     assert tomllib.loads((out / DATASET_CONFIG_NAME).read_text())["shuffle_caption"] is True
+
+
+def test_a_sectioned_user_preset_is_filled_in_and_points_at_the_photos(phone_folder, tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text(
+        '[model_arguments]\npretrained_model_name_or_path = "base" # my model\n'
+        '[dataset_arguments]\ntrain_data_dir = "/home/me/old-photos"\nresolution = "768,768"\n'
+        "[training_arguments]\nmax_train_steps = 800 # my budget\nnetwork_dim = 8\n",
+        encoding="utf-8",
+    )
+    result = prepare_dataset(phone_folder, tmp_path / "0001-dataset", trigger="ohwx", preset=str(preset))
+    text = result.config_path.read_text(encoding="utf-8")
+    values = {k: v for section in tomllib.loads(text).values() for k, v in section.items()}
+    assert "train_data_dir" not in values and "max_train_steps" not in values
+    assert (
+        values["network_dim"] == 8 and values["output_name"] == "ohwx" and values["max_train_epochs"] == result.epochs
+    )
+    assert 'pretrained_model_name_or_path = "base" # my model' in text
+    assert result.preset == "mine" and abs(result.expected_steps - 800) <= 200
+    assert "--w 768 --h 768" in result.prompts_path.read_text(encoding="utf-8")

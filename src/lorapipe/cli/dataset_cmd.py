@@ -147,8 +147,8 @@ def _run_presets(args: argparse.Namespace) -> int:
         return 0
     for name in PRESET_NAMES:
         preset = load_preset(name)
-        first = preset.text.splitlines()[0].removeprefix("# ")
-        print(f"{name:8} {preset.step_budget:>5} steps  {first}")
+        summary = preset.text.splitlines()[0].split(": ", 1)[-1]  # the first comment line says what it is for
+        print(f"{name:8} {preset.step_budget:>5} steps  {summary}")
     return 0
 
 

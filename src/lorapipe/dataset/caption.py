@@ -9,7 +9,7 @@ every file is written atomically, so an interrupted run leaves whole captions an
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from lorapipe.dataset.check import folder_blueprint
 from lorapipe.dataset.images import decode_image
 from lorapipe.dataset.layout import is_image_name
 from lorapipe.dataset.names import printable
+from lorapipe.dataset.prepare import Progress, reason_of
 from lorapipe.dataset.scan import ImageItem, scan_dataset
 from lorapipe.errors import DatasetError
 
@@ -27,8 +28,6 @@ DEFAULT_BATCH_SIZE = 8
 # this many pixels on the shorter side, a quarter or less of a 12 MP photo's decoding work.
 DECODE_MIN_SIDE = 1024
 _SPACES = re.compile(r"\s+")
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ def _caption_batch(loaded, batch: Sequence[ImageItem], failed: list[CaptionFailu
             images.append(decode_image(item.path, min_side=DECODE_MIN_SIDE))
             items.append(item)
         except DatasetError as exc:
-            failed.append(CaptionFailure(item.path, str(exc).split(": ", 1)[-1]))
+            failed.append(CaptionFailure(item.path, reason_of(exc, item.path)))
     written = []
     for item, generated in zip(items, loaded.caption(images) if images else []):
         text = caption_text(item.subset.class_tokens or "", generated)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,18 @@ from lorapipe.dataset.images import (
     register_phone_formats,
     verify_decodes,
 )
-from lorapipe.dataset.layout import DATASET_CONFIG_NAME, DATASET_FOLDER_RE, IMAGE_EXTENSIONS, parse_subset_folder_name
+from lorapipe.dataset.layout import (
+    DATASET_CONFIG_NAME,
+    DATASET_FOLDER_RE,
+    IMAGE_EXTENSIONS,
+    SAGEMAKER_PREFIX,
+    parse_subset_folder_name,
+)
 from lorapipe.dataset.names import printable, safe_stem
 from lorapipe.dataset.preset import (
     DEFAULT_PRESET,
     PROMPTS_NAME,
+    Preset,
     load_preset,
     plan_schedule,
     render_config,
@@ -83,6 +91,15 @@ class PrepareResult:
     epochs: int
     expected_steps: int  # as sd-scripts counts them (buckets and batch size included)
     problems: tuple[Problem, ...]  # what `dataset check` says about the result
+
+
+def reason_of(exc: DatasetError, path: Path) -> str:
+    """The message of a dataset-layer error about `path` without its leading "<path>: "."""
+    text = str(exc)
+    for prefix in (f"{path}: ", f"{printable(path)}: "):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
 
 
 def validate_names(trigger: str, class_name: str | None) -> tuple[str, str]:
@@ -150,6 +167,7 @@ class _Writer:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.folder.mkdir()
         self.stems: set[str] = set()
 
     def _target(self, source: Path, extension: str) -> tuple[Path, str]:
@@ -224,12 +242,12 @@ def prepare_dataset(
     _check_output(photos, out)
     register_phone_formats()
     candidates, skipped = list_photos(photos)
-    staging = out.absolute().parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    images_dir = staging / "images"
-    images_dir.mkdir(parents=True)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    # A fresh hidden folder beside `out`: same filesystem, so the final rename is atomic; unique per call, so two
+    # prepares in one process (as the studio may run) never share one.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
     try:
-        kept = _copy_photos(candidates, _Writer(images_dir), skipped, progress)
+        kept = _copy_photos(candidates, _Writer(staging / "images"), skipped, progress)
         if not kept:
             reasons = "; ".join(f"{printable(s.source.name)}: {s.reason}" for s in skipped[:3])
             raise DatasetError(
@@ -239,25 +257,13 @@ def prepare_dataset(
         repeats, epochs = plan_schedule(len(kept), steps or chosen.step_budget, chosen.batch_size)
         subject = f"{trigger} {class_name}".strip()
         subset_name = f"{repeats}_{subject}"
-        os.replace(images_dir, staging / subset_name)
-        settings = {
-            "output_name": safe_stem("_".join(subject.split())),
-            "max_train_epochs": epochs,
-            "sample_prompts": PROMPTS_NAME,
-        }
-        if base_model:
-            settings["pretrained_model_name_or_path"] = base_model
+        os.replace(staging / "images", staging / subset_name)
         budget = (
             f"{steps or chosen.step_budget} steps budget of {chosen.name}: {len(kept)} photos x {repeats} "
             f"repeats x {epochs} epochs (max_train_epochs overrides it)"
         )
-        atomic_write_text(
-            staging / DATASET_CONFIG_NAME, render_config(chosen, settings, drop={"max_train_steps": budget})
-        )
-        atomic_write_text(staging / PROMPTS_NAME, sample_prompts(chosen, subject))
-        if out.is_dir():
-            out.rmdir()  # checked empty above; os.replace needs the name free
-        os.replace(staging, out)
+        _write_config(staging, chosen, subject, epochs, budget, base_model)
+        _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -279,6 +285,38 @@ def prepare_dataset(
     )
 
 
+def _write_config(folder: Path, preset: Preset, subject: str, epochs: int, budget: str, base_model: str | None) -> None:
+    settings: dict[str, object] = {
+        "output_name": safe_stem("_".join(subject.split())),
+        "max_train_epochs": epochs,
+        "sample_prompts": PROMPTS_NAME,
+    }
+    if base_model:
+        settings["pretrained_model_name_or_path"] = base_model
+    drop = {"max_train_steps": budget}
+    # A user's preset may point at other images; the photos now sit beside this config, where lorapipe looks
+    # (and SageMaker's /opt/ml/input/data/train channel maps), so other image sources are commented out.
+    configured = str(preset.values.get("train_data_dir") or "")
+    if configured and not configured.startswith(SAGEMAKER_PREFIX):
+        drop["train_data_dir"] = "prepare put the photos beside this file (lorapipe trains from here)"
+    if preset.values.get("dataset_config"):
+        drop["dataset_config"] = "prepare wrote the <repeats>_<name> folder beside this file instead"
+    atomic_write_text(folder / DATASET_CONFIG_NAME, render_config(preset, settings, drop=drop))
+    atomic_write_text(folder / PROMPTS_NAME, sample_prompts(preset, subject))
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    try:
+        if out.is_dir():
+            out.rmdir()  # checked empty above; the rename needs the name free
+        os.replace(staging, out)
+    except OSError as exc:  # another run wrote `out` meanwhile (e.g. two prepares picking the same default)
+        raise DatasetError(
+            f"{printable(out)}: was created by another run while preparing ({exc.strerror}); run prepare again "
+            "or choose another --out"
+        ) from None
+
+
 def _copy_photos(
     candidates: list[Path], writer: _Writer, skipped: list[SkippedPhoto], progress: Progress | None
 ) -> list[PreparedPhoto]:
@@ -293,7 +331,7 @@ def _copy_photos(
                 kept.append(writer.add(source))
                 first_with[digest] = source
         except DatasetError as exc:
-            skipped.append(SkippedPhoto(source, str(exc).split(": ", 1)[-1]))
+            skipped.append(SkippedPhoto(source, reason_of(exc, source)))
         except OSError as exc:  # unreadable file (permissions, vanished): leave it out, say why
             skipped.append(SkippedPhoto(source, f"cannot read ({exc.strerror or exc})"))
         if progress is not None:
@@ -310,10 +348,10 @@ def unprepared_hint(folder: Path) -> str | None:
         return None
     out = default_output(folder)
     return (
-        f"{printable(folder)} holds {len(photos)} photo(s) but no {DATASET_CONFIG_NAME}: it is not a Kohya "
-        f"dataset yet. Prepare one with the '{DEFAULT_PRESET}' preset (--preset face|style for others):\n"
-        f'  lorapipe dataset prepare {_quote(folder)} --trigger sks --class "dog" --out {_quote(out)}\n'
-        f"then caption it (lorapipe dataset caption {_quote(out)}) and train {_quote(out)}"
+        f"{printable(folder)} holds {len(photos)} photo(s) but no {DATASET_CONFIG_NAME}, so it is not a Kohya "
+        f"dataset yet. Prepare one (preset '{DEFAULT_PRESET}'; --preset face or style for others):\n"
+        f"  lorapipe dataset prepare {_quote(folder)} --trigger sks --class dog --out {_quote(out)}\n"
+        f"then: lorapipe dataset caption {_quote(out)} && lorapipe train {_quote(out)}"
     )
 
 
