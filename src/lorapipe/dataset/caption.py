@@ -8,8 +8,10 @@ every file is written atomically, so an interrupted run leaves whole captions an
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ DEFAULT_BATCH_SIZE = 8
 # Captioners look at 384-768 px (BLIP 384, WD14 448, Florence-2 768): JPEGs decode at the smallest scale that keeps
 # this many pixels on the shorter side, a quarter or less of a 12 MP photo's decoding work.
 DECODE_MIN_SIDE = 1024
+DECODE_THREADS = min(4, os.cpu_count() or 1)
 _SPACES = re.compile(r"\s+")
 
 
@@ -96,32 +99,50 @@ def caption_dataset(
     if todo:
         loaded = load_captioner(captioner, model, device=device)
         name = loaded.name
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            written += _caption_batch(loaded, batch, failed)
+        done = 0
+        for batch in _decoded_batches(todo, batch_size, failed):
+            written += _write_captions(loaded, batch, failed)
+            done += batch_size
             if progress is not None:
-                progress(min(start + batch_size, len(todo)), len(todo))
+                progress(min(done, len(todo)), len(todo))
     return CaptionSummary(name, tuple(written), tuple(kept), tuple(failed))
 
 
-def _caption_batch(loaded, batch: Sequence[ImageItem], failed: list[CaptionFailure]) -> list[Path]:
-    images, items = [], []
-    for item in batch:
-        try:
-            images.append(decode_image(item.path, min_side=DECODE_MIN_SIDE))
-            items.append(item)
-        except DatasetError as exc:
-            failed.append(CaptionFailure(item.path, reason_of(exc, item.path)))
+def _decode(item: ImageItem):
+    try:
+        return decode_image(item.path, min_side=DECODE_MIN_SIDE), None
+    except DatasetError as exc:
+        return None, CaptionFailure(item.path, reason_of(exc, item.path))
+
+
+def _decoded_batches(todo: Sequence[ImageItem], batch_size: int, failed: list[CaptionFailure]) -> Iterator[list]:
+    """(item, image) batches; the next batch decodes in threads while the model captions this one (Pillow
+    releases the GIL while decoding), with at most two batches of images in memory."""
+    chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        pending = [pool.submit(_decode, item) for item in chunks[0]]
+        for index, chunk in enumerate(chunks):
+            current = pending
+            if index + 1 < len(chunks):
+                pending = [pool.submit(_decode, item) for item in chunks[index + 1]]
+            batch = []
+            for item, future in zip(chunk, current):
+                image, failure = future.result()
+                if failure is not None:
+                    failed.append(failure)
+                else:
+                    batch.append((item, image))
+            yield batch
+
+
+def _write_captions(loaded, batch: list, failed: list[CaptionFailure]) -> list[Path]:
     written = []
-    for item, generated in zip(items, loaded.caption(images) if images else []):
-        text = caption_text(item.subset.class_tokens or "", generated)
+    generated = loaded.caption([image for _, image in batch]) if batch else []
+    for (item, _), words in zip(batch, generated):
+        text = caption_text(item.subset.class_tokens or "", words)
         if not text:
-            failed.append(
-                CaptionFailure(
-                    item.path,
-                    "the captioner returned no words and the folder has no class tokens; write this caption by hand",
-                )
-            )
+            reason = "the captioner returned no words and the folder has no class tokens; write this caption by hand"
+            failed.append(CaptionFailure(item.path, reason))
             continue
         target = caption_target(item)
         atomic_write_text(target, text + "\n")

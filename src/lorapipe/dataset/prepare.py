@@ -190,8 +190,11 @@ class _Writer:
             raise DatasetError(f"{printable(source)}: {header.format} file is truncated (incomplete copy)")
         if header.format in ACCEPTED_FORMATS and header.orientation == 1 and not header.animated:
             verify_decodes(source)  # a photo that breaks here would break training
-            extension = source.suffix if extension_matches(source, header) else ACCEPTED_FORMATS[header.format]
-            target, renamed = self._target(source, extension)
+            if extension_matches(source, header):
+                target, renamed = self._target(source, source.suffix)
+            else:  # a PNG named .jpg: other Kohya tools pick the decoder by extension
+                target, renamed = self._target(source, ACCEPTED_FORMATS[header.format])
+                renamed = renamed or f"copied as {target.suffix} (a {header.format} file named {source.suffix})"
             shutil.copyfile(source, target)
             return PreparedPhoto(source, target, renamed or "copied")
         rgb, alpha = decode_image_with_alpha(source)

@@ -136,7 +136,10 @@ def load(model: str, device: str) -> WD14Tagger:
     if device.startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     try:
-        session = onnxruntime.InferenceSession(str(model_file), providers=providers)
+        options = onnxruntime.SessionOptions()
+        # Idle ORT threads spin by default, starving the threads that decode the next batch meanwhile.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(str(model_file), options, providers=providers)
     except (
         onnxruntime.capi.onnxruntime_pybind11_state.Fail,
         onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf,
