@@ -105,7 +105,8 @@ def test_images_in_the_wrong_folder_and_missing_folders(tmp_path):
     (root / "kohya-sdxl-config.toml").write_text('resolution = "64,64"\n')
     report = check_dataset(root, count_tokens=False)
     assert report.has_errors
-    assert any("must be the parent of <repeats>_<name> folders" in p.reason for p in report.problems)
+    stray = next(p for p in report.problems if "must be the parent of <repeats>_<name> folders" in p.reason)
+    assert stray.files == (str(root / "a.png"),)  # the folder-level problem names the image to move
     empty = tmp_path / "empty" / "0002-dataset"
     (empty / "3_thing").mkdir(parents=True)
     (empty / "kohya-sdxl-config.toml").write_text('resolution = "64,64"\n')
@@ -162,3 +163,14 @@ def test_bad_values_name_the_key(tmp_path, key, value, message):
     _image(tmp_path / "1_x" / "a.png")
     with pytest.raises(ConfigError, match=f"cfg.toml: {key}.*{message}|cfg.toml: .*{message}"):
         blueprint_from_args({**BASE_ARGS, "train_data_dir": str(tmp_path), key: value}, source="cfg.toml")
+
+
+def test_unused_regularization_images_are_named(tmp_path):
+    _image(tmp_path / "img" / "1_sks dog" / "0.png")
+    for n in range(3):
+        _image(tmp_path / "reg" / "1_dog" / f"{n}.png", seed=20 + n)
+    blueprint = blueprint_from_args({**BASE_ARGS, "train_data_dir": str(tmp_path / "img"),
+                                     "reg_data_dir": str(tmp_path / "reg")}, source="test.toml")
+    unused = next(p for p in scan_dataset(blueprint).problems if "not used" in p.reason)
+    assert unused.reason.startswith("2 regularization image(s)")
+    assert unused.files == tuple(str(tmp_path / "reg" / "1_dog" / f"{n}.png") for n in (1, 2))

@@ -56,7 +56,7 @@ from lorapipe.errors import DatasetError
 CONVERTED_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".tif", ".tiff", ".gif"})
 PHOTO_EXTENSIONS = IMAGE_EXTENSIONS | CONVERTED_EXTENSIONS
 JPEG_QUALITY = 95  # with 4:4:4 chroma: visually lossless, a quarter of PNG's size for photos
-_TRIGGER_RE = re.compile(r"^[^\s,/\\_]+$")
+_TRIGGER_RE = re.compile(r"^[^\s,/\\]+$")  # one word: Kohya users read the first word of the folder as the trigger
 
 Progress = Callable[[int, int], None]
 
@@ -110,7 +110,7 @@ def validate_names(trigger: str, class_name: str | None) -> tuple[str, str]:
         raise DatasetError("--trigger: a trigger word is required; pick a rare token such as 'sks' or 'ohwx'")
     if not _TRIGGER_RE.match(trigger) or not trigger.isprintable():
         raise DatasetError(
-            f"--trigger {trigger!r}: must be one word without spaces, commas, '_' or slashes; put "
+            f"--trigger {trigger!r}: must be one word without spaces, commas or slashes; put "
             "the rest in --class (e.g. --trigger sks --class 'dog')"
         )
     if any(c in class_name for c in "/\\,") or not class_name.isprintable():
