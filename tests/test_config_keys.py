@@ -68,7 +68,7 @@ def test_gui_only_keys_are_in_the_table_and_never_supported_directly() -> None:
 
 
 def test_supported_keys_are_exactly_the_trainconfig_attributes() -> None:
-    bookkeeping = {"dataset", "source", "dataset_dir", "conv_dim", "conv_alpha", "network_options"}
+    bookkeeping = {"dataset", "source", "dataset_dir", "conv_dim", "conv_alpha", "network_options", "lycoris"}
     attributes = {f.name for f in dataclasses.fields(TrainConfig)} - bookkeeping
     supported = {name for name, spec in KEY_TABLE.items() if spec.status == SUPPORTED}
     assert supported == attributes
@@ -84,9 +84,8 @@ def test_network_args_split_into_implemented_and_refused() -> None:
         "conv_block_dims", "conv_block_alphas", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
         "loraplus_text_encoder_lr_ratio",
     }
-    for name in NETWORK_ARGS_REJECTED:
-        assert KEY_TABLE[name].status == REJECTED and KEY_TABLE[name].gui, name
-    for name in ("block_dims", "rank_dropout", "loraplus_lr_ratio", "conv_block_alphas"):
+    # The GUI fields of refused arguments become network_args like the others; the network_args reader refuses them.
+    for name in ("block_dims", "rank_dropout", "loraplus_lr_ratio", "conv_block_alphas", *NETWORK_ARGS_REJECTED):
         assert KEY_TABLE[name].status == MAPPED and KEY_TABLE[name].maps_to == "network_args", name
     assert KEY_TABLE["torch_compile"].status == SUPPORTED and KEY_TABLE["dynamo_backend"].status == SUPPORTED
 

@@ -153,8 +153,16 @@ def test_dataset_config_strict_keys_and_fallbacks(tmp_path):
         blueprint_from_dataset_config(config, {})
 
 
+def test_bucket_steps_not_a_multiple_of_32_round_up_with_a_warning(tmp_path):
+    # A kohya_ss GUI preset ships bucket_reso_steps = 1; SDXL needs multiples of 32 (sd-scripts stops on it).
+    _image(tmp_path / "1_x" / "a.png")
+    blueprint = blueprint_from_args({**BASE_ARGS, "train_data_dir": str(tmp_path), "enable_bucket": True,
+                                     "bucket_reso_steps": 48}, source="cfg.toml")
+    assert blueprint.bucket_reso_steps == 64
+    assert any("bucket_reso_steps = 48" in note.reason and "using 64" in note.reason for note in blueprint.notes)
+
+
 @pytest.mark.parametrize("key, value, message", [
-    ("bucket_reso_steps", 48, "multiple of 32"),
     ("max_token_length", 100, "75, 150 or 225"),
     ("enable_bucket", "maybe", "not true/false"),
     ("caption_dropout_rate", 2, "between 0"),

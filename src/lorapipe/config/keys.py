@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lorapipe.config.gui import GUI_NETWORK_FIELDS, LORA_MODULE, LORA_TYPES, LYCORIS_MODULE, RENAMED_FIELDS
 from lorapipe.config.model import kohya_fields
 from lorapipe.dataset.blueprint import DATASET_KEYS
 
@@ -55,8 +56,8 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
 LOSS_TYPES = ("l1", "l2", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("constant", "exponential", "snr")
-LOG_WITH = ("tensorboard",)
-NETWORK_MODULES = ("networks.lora",)
+LOG_WITH = ("tensorboard", "wandb")
+NETWORK_MODULES = (LORA_MODULE, LYCORIS_MODULE)
 # networks.lora's network_args: those lorapipe honours (`network_args.py` parses them; `dropout` is read only to
 # warn that networks.lora ignores it), and those it refuses (block-wise LR weights, which also change which modules
 # train, are not implemented).
@@ -66,16 +67,11 @@ NETWORK_ARGS_SUPPORTED = (
     "loraplus_text_encoder_lr_ratio",
 )
 NETWORK_ARGS_REJECTED = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
-# kohya_ss GUI fields the GUI writes into network_args as "key=value" (when set); lorapipe does the same.
-GUI_NETWORK_ARGS = tuple(name for name in NETWORK_ARGS_SUPPORTED if name not in ("conv_dim", "conv_alpha", "dropout"))
 # torch.compile backends sd-scripts' --dynamo_backend offers; "no" is what the kohya_ss GUI writes for "off".
 DYNAMO_BACKENDS = (
     "eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs", "ofi", "fx2trt", "onnxrt",
     "tensorrt", "ipex", "tvm",
 )
-# kohya_ss LoRA_type values that train networks.lora; conv_dim/conv_alpha reach network_args only for LoCon.
-LORA_TYPES_PLAIN = ("Standard",)
-LORA_TYPES_LOCON = ("Kohya LoCon",)
 
 _NO_EFFECT = "has no effect on the trained LoRA"
 _ATTENTION = "lorapipe always uses PyTorch scaled-dot-product attention (what `sdpa` selects)"
@@ -110,9 +106,9 @@ _IGNORED: dict[str, str] = {
     "console_log_file": "lorapipe's console output is fixed",
     "console_log_simple": "lorapipe's console output is fixed",
     "log_config": "the effective config is written to train_summary.json instead",
-    "log_tracker_config": "only TensorBoard logging is available",
-    "wandb_run_name": "wandb is not available; use logging_dir (TensorBoard)",
-    "wandb_api_key": "wandb is not available; use logging_dir (TensorBoard)",
+    "log_tracker_config": "trackers are configured by lorapipe (TensorBoard under logging_dir, wandb offline)",
+    "wandb_run_name": "wandb runs are named <log_prefix><timestamp>, like the TensorBoard ones",
+    "wandb_api_key": "lorapipe logs wandb runs offline (`wandb sync` uploads them); no key is read from the config",
     "huggingface_repo_id": "lorapipe publishes through its own store/pipeline, not the Hugging Face Hub",
     "huggingface_repo_type": "lorapipe publishes through its own store/pipeline, not the Hugging Face Hub",
     "huggingface_path_in_repo": "lorapipe publishes through its own store/pipeline, not the Hugging Face Hub",
@@ -163,15 +159,8 @@ _GUI_ONLY = "kohya_ss GUI setting that sd-scripts ignores"
 _GUI_IGNORED: dict[str, str] = {
     "sdxl": _GUI_ONLY + " (it only picks sdxl_train_network.py)",
     "model_list": _GUI_ONLY + " (model dropdown state)",
-    "LoRA_type": _GUI_ONLY + " (it picks network_module and which GUI keys become network_args)",
     "noise_offset_type": _GUI_ONLY + " (it picks which noise keys the GUI writes)",
-    "unit": _GUI_ONLY + " (DyLoRA unit; networks.lora has none)",
-    "train_on_input": _GUI_ONLY + " (LyCORIS iA3 argument; networks.lora has none)",
-    "conv_dim": _GUI_ONLY + " at the top level; the GUI turns it into network_args only for LoRA_type \"Kohya LoCon\"",
-    "conv_alpha": _GUI_ONLY + " at the top level; the GUI turns it into network_args only for LoRA_type \"Kohya LoCon\"",
-    "epoch": _GUI_ONLY + " (the GUI uses it to compute max_train_steps); use max_train_epochs",
     "additional_parameters": _GUI_ONLY + " (raw extra command-line text); write the options as keys instead",
-    "lr_warmup": _GUI_ONLY + " (a percentage); use lr_warmup_steps",
     "learning_rate_te": _GUI_ONLY + " (DreamBooth tab); use text_encoder_lr",
     "learning_rate_te1": _GUI_ONLY + " (DreamBooth tab); use text_encoder_lr",
     "learning_rate_te2": _GUI_ONLY + " (DreamBooth tab); use text_encoder_lr",
@@ -192,11 +181,15 @@ _GUI_IGNORED: dict[str, str] = {
     "dynamo_use_dynamic": "accelerate launch setting, not a training option",
     "extra_accelerate_launch_args": "accelerate launch setting, not a training option",
 }
-# GUI fields the GUI turns into network_args / LyCORIS arguments that lorapipe does not implement: refused when set.
-_GUI_NETWORK_FIELDS = NETWORK_ARGS_REJECTED + (
-    "factor", "use_cp", "use_tucker", "use_scalar", "decompose_both", "rank_dropout_scale", "bypass_mode", "dora_wd",
-    "constrain", "rescaled", "train_norm", "LyCORIS_preset",
-)
+# kohya_ss GUI fields that become other keys (config/gui.py applies them before the table is consulted).
+_GUI_MAPPED: dict[str, tuple[str, str]] = {
+    "LoRA_type": ("network_module", "kohya_ss GUI field; picks network_module and which GUI fields become "
+                                    f"network_args, as the GUI does ({', '.join(LORA_TYPES)})"),
+    "epoch": ("max_train_epochs", "kohya_ss GUI field; the GUI trains this many epochs when max_train_steps is "
+                                  "not set"),
+    "lr_warmup": ("lr_warmup_steps", "kohya_ss GUI field (percent of all steps); read as a fraction"),
+    **{old: ("network_args", f"older kohya_ss GUI name of {new}") for old, new in RENAMED_FIELDS.items()},
+}
 
 
 def _build_table() -> dict[str, KeySpec]:
@@ -214,14 +207,12 @@ def _build_table() -> dict[str, KeySpec]:
         table.setdefault(name, KeySpec(name, MAPPED, reason, maps_to=target, gui=not name.startswith("use_")))
     for name, reason in _GUI_IGNORED.items():
         table.setdefault(name, KeySpec(name, IGNORED, reason, gui=True))
-    for name in GUI_NETWORK_ARGS:
-        table.setdefault(name, KeySpec(name, MAPPED, "kohya_ss GUI field that the GUI writes into network_args",
+    for name, (target, reason) in _GUI_MAPPED.items():
+        table.setdefault(name, KeySpec(name, MAPPED, reason, maps_to=target, gui=True))
+    for name in GUI_NETWORK_FIELDS:
+        table.setdefault(name, KeySpec(name, MAPPED, "kohya_ss GUI field; becomes network_args for the LoRA_types "
+                                       "the GUI uses it with, ignored with a warning for the others",
                                        maps_to="network_args", gui=True))
-    for name in _GUI_NETWORK_FIELDS:
-        table.setdefault(
-            name, KeySpec(name, REJECTED, "kohya_ss GUI network field for an argument lorapipe does not implement "
-                          "(block-wise learning-rate weights, LyCORIS options)", gui=True)
-        )
     return table
 
 

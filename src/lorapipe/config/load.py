@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lorapipe.config import keys as k
 from lorapipe.config.checks import apply_implied, check_config
+from lorapipe.config.gui import LYCORIS_MODULE, apply_gui_rules
+from lorapipe.config.lycoris_args import parse_lycoris_args
 from lorapipe.config.model import LoadedConfig, TrainConfig, kohya_fields
 from lorapipe.config.network_args import parse_network_args, parse_optimizer_args
 from lorapipe.config.read import SET_SOURCE, parse_overrides, read_training_toml
@@ -97,9 +100,11 @@ class _Builder:
 
     # -- the steps, in order
     def build(self, values: dict[str, Any], *, output_dir: Path | None, base_model: str | None) -> TrainConfig:
-        raw = values
-        values = self._classify(values)
-        self._gui_network_fields(raw, values)
+        gui = apply_gui_rules(values, self.origins, str(self.config_path))
+        self.origins = gui.origins
+        self.errors.extend(gui.errors)
+        self.warnings.extend(gui.warnings)
+        values = self._classify(gui.values)
         te_lr = values.get("text_encoder_lr")
         if isinstance(te_lr, (list, tuple)) and len(set(te_lr)) > 1:
             self.warn("text_encoder_lr", f"text_encoder_lr = {te_lr!r}: networks.lora uses the first value for "
@@ -152,16 +157,11 @@ class _Builder:
         if spec.name == "xformers" and isinstance(value, str) and not is_off(value):
             self.warn(spec.name, f"xformers = {value!r} is the kohya_ss GUI form (sd-scripts wants true/false); "
                                  f"ignored: {spec.reason}")
-        elif spec.name in ("conv_dim", "conv_alpha"):
-            return  # handled with LoRA_type in _map_gui_network_fields
         elif spec.gui or not is_off(value):
             self.warn(spec.name, f"{spec.name} ignored: {spec.reason}")
 
     def _mapped(self, spec: k.KeySpec, value: Any, kept: dict[str, Any]) -> None:
         target = spec.maps_to or ""
-        if target == "network_args":
-            self._gui_network_arg(spec, value, kept)
-            return
         if spec.name in ("use_8bit_adam", "use_lion_optimizer"):
             if is_off(value):
                 return
@@ -175,50 +175,6 @@ class _Builder:
         kept[target] = value
         self.origins.setdefault(target, self.where(spec.name))
         self.warn(spec.name, f"{spec.name}: {spec.reason}; read as {target} = {value!r}")
-
-    def _gui_network_arg(self, spec: k.KeySpec, value: Any, kept: dict[str, Any]) -> None:
-        """A top-level GUI field (rank_dropout, block_dims, loraplus_lr_ratio, ...) joins network_args as
-        "key=value", as the kohya_ss GUI writes it when set; network_args wins when it sets the key itself."""
-        if is_off(value):
-            return
-        existing = _listed(kept.get("network_args"))
-        if any(str(item).partition("=")[0].strip() == spec.name for item in existing):
-            self.warn(spec.name, f"{spec.name} ignored: network_args already sets {spec.name}")
-            return
-        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-        kept["network_args"] = existing + [f"{spec.name}={text}"]
-        self.origins.setdefault("network_args", self.where(spec.name))
-        self.warn(spec.name, f"{spec.name}: {spec.reason}; read as network_args \"{spec.name}={text}\"")
-
-    def _gui_network_fields(self, raw: Mapping[str, Any], kept: dict[str, Any]) -> None:
-        """Top-level conv_dim/conv_alpha join network_args only where the GUI puts them there (Kohya LoCon)."""
-        lora_type = raw.get("LoRA_type")
-        if lora_type is not None and lora_type not in k.LORA_TYPES_PLAIN + k.LORA_TYPES_LOCON:
-            self.error("LoRA_type", f"LoRA_type = {lora_type!r} trains a network lorapipe does not (it trains "
-                                    f"networks.lora); use \"Standard\" or \"Kohya LoCon\"")
-            return
-        present = [key for key in ("conv_dim", "conv_alpha") if key in raw]
-        if not present:
-            return
-        names = "/".join(present)
-        if lora_type not in k.LORA_TYPES_LOCON:
-            self.warn(present[0], f"{names} ignored: top-level kohya_ss GUI keys that sd-scripts ignores; the GUI "
-                                  f"turns them into network_args only for LoRA_type \"Kohya LoCon\" (this file: "
-                                  f"{lora_type or 'no LoRA_type, i.e. Standard'}); for conv LoRA write "
-                                  f"network_args = [\"conv_dim=N\", \"conv_alpha=A\"]")
-            return
-        if is_off(raw.get("conv_dim")):
-            self.warn(present[0], f"{names} ignored: conv_dim is off, so LoRA_type \"Kohya LoCon\" adds no conv LoRA")
-            return
-        existing = _listed(kept.get("network_args"))
-        if any(str(item).strip().startswith("conv_dim") for item in existing):
-            self.warn(present[0], f"{names} ignored: network_args already sets conv_dim")
-            return
-        added = [f"conv_dim={raw['conv_dim']}", f"conv_alpha={raw.get('conv_alpha', 1)}"]
-        kept["network_args"] = existing + added
-        self.origins.setdefault("network_args", self.where(present[0]))
-        self.warn(present[0], f"{names}: LoRA_type \"Kohya LoCon\" puts them into network_args, as the "
-                              f"kohya_ss GUI does: {added}")
 
     def _normalise_choices(self, kwargs: dict[str, Any]) -> None:
         def choose(key: str, allowed: Sequence[str], hint: str = "") -> None:
@@ -236,12 +192,21 @@ class _Builder:
         choose("loss_type", k.LOSS_TYPES)
         choose("huber_schedule", k.HUBER_SCHEDULES)
         choose("sample_sampler", k.SAMPLE_SAMPLERS)
-        choose("log_with", k.LOG_WITH, " (wandb is not available)")
+        choose("log_with", k.LOG_WITH)
+        self._wandb(kwargs)
         choose("dynamo_backend", k.DYNAMO_BACKENDS + ("no",))
         self._optimizer(kwargs)
         self._scheduler(kwargs)
         self._save_model_as(kwargs)
         self._max_token_length(kwargs)
+
+    def _wandb(self, kwargs: dict[str, Any]) -> None:
+        """log_with = "wandb" logs to wandb (offline) when the package is installed; otherwise a warning."""
+        if kwargs.get("log_with") == "wandb" and importlib.util.find_spec("wandb") is None:
+            fallback = "TensorBoard" if kwargs.get("logging_dir") else "no tracker"
+            self.warn("log_with", f"log_with = \"wandb\": the wandb package is not installed; using {fallback} "
+                                  f"(pip install wandb to log there)")
+            kwargs["log_with"] = "tensorboard" if kwargs.get("logging_dir") else None
 
     def _names_and_length(self, kwargs: dict[str, Any]) -> None:
         name = kwargs.get("output_name")
@@ -305,11 +270,16 @@ class _Builder:
             self.error("max_token_length", f"max_token_length = {value} must be 75, 150 or 225")
 
     def _network(self, kwargs: dict[str, Any]) -> None:
-        module = kwargs.get("network_module")
-        if module is not None and module.strip() not in k.NETWORK_MODULES:
-            self.error("network_module", f"network_module = {module!r}: lorapipe trains networks.lora "
-                                         f"(LoRA, and LoCon via network_args conv_dim) only; set "
-                                         f"network_module = \"networks.lora\"")
+        module = (kwargs.get("network_module") or "").strip() or None
+        if module is not None and module not in k.NETWORK_MODULES:
+            self.error("network_module", f"network_module = {module!r}: lorapipe trains networks.lora (LoRA, and "
+                                         f"LoCon via network_args conv_dim) and lycoris.kohya (LoCon, LoHa, LoKr, "
+                                         f"DoRA); set one of them")
+        if module is not None:
+            kwargs["network_module"] = module
+        if module == LYCORIS_MODULE:
+            self._lycoris(kwargs)
+            return
         args = kwargs.get("network_args", ())
         parsed = parse_network_args(args)
         for problem in parsed.errors:
@@ -321,6 +291,14 @@ class _Builder:
         kwargs["network_options"] = parsed.options
         if "network_dropout" not in kwargs and parsed.dropout is not None:
             self.warn("network_args", "network_args dropout is ignored by networks.lora; use network_dropout")
+
+    def _lycoris(self, kwargs: dict[str, Any]) -> None:
+        parsed = parse_lycoris_args(kwargs.get("network_args", ()))
+        for problem in parsed.errors:
+            self.error("network_args", f"network_args (lycoris.kohya) {problem}")
+        for note in parsed.warnings:
+            self.warn("network_args", f"network_args (lycoris.kohya) {note}")
+        kwargs["lycoris"] = parsed.options
 
     # -- paths
     def _paths(self, kwargs: dict[str, Any], *, output_dir: Path | None, base_model: str | None) -> None:
@@ -395,13 +373,6 @@ class _Builder:
             prefix = "dataset error: " if note.severity == "error" else ""
             self.warnings.append(f"{note.path}: {prefix}{note.reason}")
         return blueprint
-
-
-def _listed(value: Any) -> list[Any]:
-    """network_args as a list, whether the file holds a list or one space-separated string."""
-    if not value:
-        return []
-    return value.split() if isinstance(value, str) else list(value)
 
 
 def _suggest(key: str) -> str:

@@ -67,6 +67,37 @@ class NetworkOptions:
 
 
 @dataclass(frozen=True)
+class LycorisOptions:
+    """`network_module = "lycoris.kohya"`'s network_args, parsed (`config/lycoris_args.py`) with LyCORIS's defaults.
+
+    `algo` is LyCORIS's module name (locon, loha, lokr); `conv_dim`/`conv_alpha` None mean LyCORIS's default
+    (network_dim / network_alpha); `factor` -1 lets LyCORIS factorise LoKr's matrices; `dora_wd` is DoRA's weight
+    decomposition, for any algo.
+    """
+
+    algo: str = "locon"
+    preset: str = "full"
+    conv_dim: int | None = None
+    conv_alpha: float | None = None
+    dropout: float = 0.0
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    factor: int = -1
+    use_tucker: bool = False
+    use_scalar: bool = False
+    decompose_both: bool = False
+    dora_wd: bool = False
+    wd_on_output: bool = True
+    rank_dropout_scale: bool = False
+    bypass_mode: bool = False
+    full_matrix: bool = False
+    unbalanced_factorization: bool = False
+    rs_lora: bool = False
+    loraplus_unet_lr_ratio: float | None = None
+    loraplus_text_encoder_lr_ratio: float | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The effective training options (sd-scripts names and defaults) plus the dataset blueprint.
 
@@ -90,7 +121,7 @@ class TrainConfig:
     gradient_checkpointing: bool = flag()
     torch_compile: bool = flag()
     dynamo_backend: str = text("inductor")  # lower-case backend name for torch.compile (sd-scripts' choices)
-    # -- network (networks.lora)
+    # -- network (networks.lora, or lycoris.kohya with `lycoris` set)
     network_module: str = text("networks.lora")
     network_dim: int = integer(4, minimum=1)
     network_alpha: float = number(1.0, low=0)
@@ -99,6 +130,7 @@ class TrainConfig:
     conv_dim: int | None = _opt(None, DERIVED)  # from network_args "conv_dim=N"; None = no conv LoRA
     conv_alpha: float | None = _opt(None, DERIVED)  # from network_args "conv_alpha=A" (1 when only conv_dim is set)
     network_options: NetworkOptions = _opt(NetworkOptions(), DERIVED)  # the other network_args, parsed
+    lycoris: LycorisOptions | None = _opt(None, DERIVED)  # network_module "lycoris.kohya": its network_args, parsed
     network_weights: str | None = path()
     dim_from_weights: bool = flag()  # take every module's rank and alpha from network_weights
     network_train_unet_only: bool = flag()

@@ -1,7 +1,9 @@
-"""Read a Kohya training TOML the way sd-scripts does (sections flattened) and parse `--set key=value` overrides."""
+"""Read a Kohya training TOML the way sd-scripts does (sections flattened), or the kohya_ss GUI's saved JSON, and
+parse `--set key=value` overrides."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ def read_training_toml(path: Path) -> RawConfig:
     """
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist; pass an existing Kohya TOML with --config")
+    if path.suffix.lower() == ".json":
+        return read_gui_json(path)
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -56,6 +60,25 @@ def read_training_toml(path: Path) -> RawConfig:
             values[key] = value
             origins[key] = where
     return RawConfig(values, origins, tuple(warnings))
+
+
+def read_gui_json(path: Path) -> RawConfig:
+    """The kohya_ss GUI's saved configuration (one flat JSON object of its form fields); null means not set."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix that line") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: a kohya_ss GUI config is one JSON object of field: value pairs")
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}: {key} is a nested object; kohya_ss GUI configs are flat")
+        if value is not None:
+            values[key] = value
+    return RawConfig(values, {key: str(path) for key in values})
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

@@ -167,7 +167,11 @@ def dataset_params(layers: tuple[Mapping[str, Any], ...], source: str) -> tuple[
     enable_bucket = opt.as_bool(get("enable_bucket"), "enable_bucket", source)
     steps = opt.as_int(get("bucket_reso_steps"), "bucket_reso_steps", source, minimum=1)
     if steps % SDXL_BUCKET_STEP_MULTIPLE:
-        raise ConfigError(f"{source}: bucket_reso_steps = {steps} must be a multiple of 32 for SDXL; use 32 or 64")
+        # sd-scripts stops here; a kohya_ss GUI preset ships bucket_reso_steps = 1, so round up and say so.
+        rounded = steps + SDXL_BUCKET_STEP_MULTIPLE - steps % SDXL_BUCKET_STEP_MULTIPLE
+        notes.append(warning(source, f"bucket_reso_steps = {steps} is not a multiple of {SDXL_BUCKET_STEP_MULTIPLE}, "
+                                     f"which SDXL's VAE and UNet need (sd-scripts refuses it); using {rounded}"))
+        steps = rounded
     min_reso = opt.as_int(get("min_bucket_reso"), "min_bucket_reso", source, minimum=1)
     max_reso = opt.as_int(get("max_bucket_reso"), "max_bucket_reso", source, minimum=1)
     no_upscale = opt.as_bool(get("bucket_no_upscale"), "bucket_no_upscale", source)
