@@ -134,3 +134,34 @@ def test_module_set_is_kohya_locon_and_training_changes_only_the_network(tiny_mo
     net.remove()
     assert torch.allclose(unet(sample, 10, **kwargs).sample, before, atol=1e-6)  # removed = the base again
     assert any(k.endswith(".hada_w1_a") for k in state) and all(k.startswith(("lora_unet_", "lora_te")) for k in state)
+
+
+def test_lycoris_loha_trains_saves_and_resumes_like_sd_scripts(tiny_model_dir, sample_dataset_dir, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from lorapipe.train.run import run_training
+
+    args = '["algo=loha", "conv_dim=2", "conv_alpha=1", "rank_dropout=0.1", "module_dropout=0.1"]'
+    common = ("network_module=\"lycoris.kohya\"", f"network_args={args}", "network_dim=4", "network_alpha=2",
+              "unet_lr=0.001", "text_encoder_lr=0.0005", "scale_weight_norms=1.0", "seed=3")
+    result = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out",
+                          show_progress=False, step_lines=False,
+                          overrides=(*common, "max_train_steps=3", "save_state=true"))
+    assert result.status == "finished" and result.steps_done == 3
+    with safe_open(str(result.lora_path), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+        w2 = {k: f.get_tensor(k) for k in keys if k.endswith(".hada_w2_a")}
+    assert meta["ss_network_module"] == "lycoris.kohya" and meta["ss_network_dim"] == "4"
+    assert json.loads(meta["ss_network_args"])["algo"] == "loha"
+    assert any(k.startswith("lora_unet_input_blocks_") and k.endswith(".hada_w1_a") for k in keys)
+    assert any(k.startswith("lora_te2_text_model_encoder_") for k in keys)
+    assert all(not k.startswith("lora_unet_down_blocks") for k in keys)  # SGM names only, as sd-scripts writes
+    assert w2 and any(t.abs().max() > 0 for t in w2.values())
+    # A second run continues from the saved state (LyCORIS tensors restored by name).
+    state = next(p for p in (tmp_path / "out").iterdir() if p.is_dir() and p.name.endswith("-state"))
+    resumed = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "again",
+                           show_progress=False, step_lines=False,
+                           overrides=(*common, "max_train_steps=4", f"resume=\"{state}\""))
+    assert resumed.status == "finished" and resumed.steps_done == 4

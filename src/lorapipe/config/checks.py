@@ -62,6 +62,9 @@ def check_config(config: TrainConfig) -> tuple[list[str], list[str]]:
         errors.append("scale_v_pred_loss_like_noise_pred works only with v_parameterization = true")
     if c.adaptive_noise_scale is not None and c.noise_offset is None:
         errors.append("adaptive_noise_scale needs noise_offset; set noise_offset too")
+    if c.lycoris is not None and c.dim_from_weights:
+        errors.append("dim_from_weights with network_module = \"lycoris.kohya\": lorapipe reads ranks from Kohya "
+                      "networks.lora files only; set network_dim/conv_dim to the file's ranks instead")
     errors.extend(_timestep_errors(c))
     errors.extend(_scheduler_errors(c))
     warnings.extend(_advice(c))

@@ -6,7 +6,6 @@ Precedence, lowest first: sd-scripts defaults, the TOML file, `--set key=value`,
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib.util
 from collections.abc import Mapping, Sequence

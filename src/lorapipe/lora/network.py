@@ -190,6 +190,13 @@ class KohyaLoraNetwork:
         self.lora_layer(target).scaling[ADAPTER_NAME] = alpha / self.ranks[target.kohya_name]
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
+    def train_mode(self) -> None:
+        """Only the LoRA layers train (their dropout hooks read it); the frozen base stays in eval mode."""
+        for target in self.targets:
+            layer = self.lora_layer(target)
+            layer.lora_A[ADAPTER_NAME].train()
+            layer.lora_B[ADAPTER_NAME].train()
+
     def remove(self) -> dict[str, Any]:
         """Take the LoRA layers out again; returns the clean models per part (same objects, restored in place)."""
         for hook in self._hooks:

@@ -42,6 +42,10 @@ def module_update(down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.T
 @torch.no_grad()
 def apply_max_norm(network, max_norm: float) -> MaxNormReport:
     """Shrink every LoRA module whose update norm exceeds `max_norm`; returns what sd-scripts reports."""
+    from lorapipe.lora.lycoris_network import LycorisKohyaNetwork
+
+    if isinstance(network, LycorisKohyaNetwork):  # LyCORIS modules know their own update (LoHa, LoKr, ...)
+        return MaxNormReport(*network.apply_max_norm(max_norm))
     scaled, norms = 0, []
     for target in network.targets:
         layer = network.lora_layer(target)

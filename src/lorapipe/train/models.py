@@ -104,11 +104,30 @@ def _ranks_from_weights(weights, unet, te1, te2, cfg) -> dict[str, tuple[int, fl
     return file_module_ranks(unet, te1, te2, weights, source=f"network_weights {cfg.network_weights}")
 
 
+def _attach_network(cfg, unet, te1, te2, weights, *, seed: int, lora_dtype) -> Any:
+    """The network `network_module` names: Kohya's networks.lora (peft layers) or lycoris.kohya (LyCORIS modules)."""
+    from lorapipe.lora.network import attach_kohya_lora
+    from lorapipe.lora.ranks import BlockRanks
+
+    if cfg.lycoris is not None:
+        from lorapipe.lora.lycoris_network import attach_lycoris
+
+        return attach_lycoris(unet, te1, te2, cfg.lycoris, network_dim=cfg.network_dim,
+                              network_alpha=cfg.network_alpha, train_unet=cfg.train_unet,
+                              train_text_encoder=cfg.train_text_encoder, seed=seed, lora_dtype=lora_dtype)
+    opts = cfg.network_options
+    block_ranks = BlockRanks.parse(opts.block_dims, opts.block_alphas, opts.conv_block_dims, opts.conv_block_alphas)
+    return attach_kohya_lora(
+        unet, te1, te2, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha, conv_dim=cfg.conv_dim,
+        conv_alpha=cfg.conv_alpha, dropout=cfg.network_dropout, train_unet=cfg.train_unet,
+        train_text_encoder=cfg.train_text_encoder, seed=seed, lora_dtype=lora_dtype, rank_dropout=opts.rank_dropout,
+        module_dropout=opts.module_dropout, block_ranks=block_ranks,
+        module_ranks=_ranks_from_weights(weights, unet, te1, te2, cfg) if cfg.dim_from_weights else None)
+
+
 def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_length: int,
                       seed: int, speed: SpeedOptions = SpeedOptions()) -> TrainModels:
     """Load the base model, put each part in its dtype/device, freeze it and attach the Kohya LoRA."""
-    from lorapipe.lora.network import attach_kohya_lora
-    from lorapipe.lora.ranks import BlockRanks
     from lorapipe.sdxl.load import load_sdxl_pipeline
 
     weight_dtype, lora_dtype, vae_dtype = training_dtypes(
@@ -117,7 +136,7 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
     pipe = load_sdxl_pipeline(base_model)
     unet, vae = pipe.unet, pipe.vae
     te1, te2 = pipe.text_encoder, pipe.text_encoder_2
-    train_unet, train_te = cfg.train_unet, cfg.train_text_encoder
+    train_te = cfg.train_text_encoder
     for model in (unet, te1, te2, vae):
         model.requires_grad_(False)
     unet.to(device, weight_dtype)
@@ -125,15 +144,8 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
     te2.to(device, weight_dtype)
     vae.to(device, vae_dtype)
     vae.eval()
-    opts = cfg.network_options
-    block_ranks = BlockRanks.parse(opts.block_dims, opts.block_alphas, opts.conv_block_dims, opts.conv_block_alphas)
     weights = _network_weights(cfg)
-    network = attach_kohya_lora(
-        unet, te1, te2, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha, conv_dim=cfg.conv_dim,
-        conv_alpha=cfg.conv_alpha, dropout=cfg.network_dropout, train_unet=train_unet,
-        train_text_encoder=train_te, seed=seed, lora_dtype=lora_dtype, rank_dropout=opts.rank_dropout,
-        module_dropout=opts.module_dropout, block_ranks=block_ranks,
-        module_ranks=_ranks_from_weights(weights, unet, te1, te2, cfg) if cfg.dim_from_weights else None)
+    network = _attach_network(cfg, unet, te1, te2, weights, seed=seed, lora_dtype=lora_dtype)
     if weights is not None:
         report = network.load_kohya_state_dict(weights, source=str(cfg.network_weights))
         if report.missing or report.unexpected:  # sd-scripts prints the same counts and carries on
@@ -158,16 +170,7 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
     if cfg.gradient_checkpointing and train_te:  # transformers only checkpoints layers in train mode
         te1.train()
         te2.train()
-    _lora_train_mode(network)
+    network.train_mode()
     return TrainModels(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=pipe.tokenizer,
                        tokenizer_2=pipe.tokenizer_2, network=network, device=device, weight_dtype=weight_dtype,
                        vae_dtype=vae_dtype, train_text_encoder=train_te, max_token_length=max_token_length)
-
-
-def _lora_train_mode(network) -> None:
-    from lorapipe.lora.network import ADAPTER_NAME
-
-    for target in network.targets:
-        layer = network.lora_layer(target)
-        layer.lora_A[ADAPTER_NAME].train()
-        layer.lora_B[ADAPTER_NAME].train()

@@ -60,7 +60,8 @@ class LoraWriter:
         return build_kohya_metadata(
             config_dict=config_dict, dataset_summary=dataset_summary(plan), base_model_name=plan.base_model,
             training_started_at=self.started_at, steps=steps, epoch=epoch, network_dim=cfg.network_dim,
-            network_alpha=cfg.network_alpha, network_args=network_args or None, session_id=self.session_id,
+            network_alpha=cfg.network_alpha, network_args=network_args or None, network_module=cfg.network_module,
+            session_id=self.session_id,
             training_finished_at=reproducible_time() or time.time(), output_name=plan.output_name,
             num_epochs=plan.epochs, max_train_steps=plan.total_steps, text_encoder_lr=cfg.text_encoder_lr,
             optimizer=self.optimizer_text, no_metadata=cfg.no_metadata)
