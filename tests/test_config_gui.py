@@ -136,3 +136,19 @@ def test_hand_written_empty_string_for_a_text_key_is_still_an_error(dataset_copy
     path.write_text(path.read_text().replace('training_comment = ""', 'output_name = ""'))
     with pytest.raises(ConfigProblems, match="output_name"):
         load_train_config(dataset_copy, config_path=path)
+
+
+def test_wandb_tracker_writes_an_offline_run(tiny_model_dir, sample_dataset_dir, tmp_path) -> None:
+    pytest.importorskip("wandb")  # an optional tracker; `make test` installs it
+    from lorapipe.train.run import run_training
+
+    result = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out",
+                          show_progress=False, step_lines=False,
+                          overrides=("max_train_steps=2", "log_with=\"wandb\"", "log_prefix=\"gui-\""))
+    assert result.status == "finished"
+    (run,) = (tmp_path / "out" / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
+    # The run file holds protobuf records whose history items carry the tag and the value as JSON text.
+    data = run.read_bytes()
+    assert b"loss/current" in data and b"global_step" in data and b"lr/unet" in data
+    for loss in result.losses:
+        assert json.dumps(loss).encode() in data

@@ -1,18 +1,18 @@
 """What a run tells the person watching: a tqdm bar (loss, lr, it/s, ETA), one `step=... loss=... lr=...` line
-per step for log scrapers (SageMaker MetricDefinitions), and TensorBoard scalars when logging_dir is set."""
+per step for log scrapers (SageMaker MetricDefinitions), and tracker scalars (TensorBoard when logging_dir is set,
+wandb with log_with = "wandb"; `trackers.py`)."""
 
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 
 class Progress:
     """Owns the bar, the step lines and the TensorBoard writer of one run."""
 
     def __init__(self, total_steps: int, *, initial_step: int = 0, logging_dir: str | None = None,
-                 log_prefix: str | None = None, show_bar: bool = True, step_lines: bool = True, stream=None):
+                 log_prefix: str | None = None, log_with: str | None = None, config: dict | None = None,
+                 show_bar: bool = True, step_lines: bool = True, stream=None):
         from tqdm import tqdm
 
         self._stream = stream or sys.stderr
@@ -21,10 +21,9 @@ class Progress:
                          disable=not show_bar, file=self._stream, dynamic_ncols=True)
         self._writer = None
         if logging_dir:
-            from torch.utils.tensorboard import SummaryWriter
+            from lorapipe.train.trackers import open_tracker
 
-            name = f"{log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}"
-            self._writer = SummaryWriter(log_dir=str(Path(logging_dir) / name))
+            self._writer = open_tracker(log_with, logging_dir, log_prefix=log_prefix, config=config)
 
     def step(self, step: int, *, loss: float, avg_loss: float, lrs: dict[str, float], epoch: int,
              max_norm=None) -> None:

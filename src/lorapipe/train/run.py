@@ -123,9 +123,13 @@ class _Run:
         from lorapipe.train.progress import Progress
 
         plan = self.plan
-        self.progress = Progress(plan.total_steps, initial_step=start.current_step, logging_dir=self.cfg.logging_dir,
-                                 log_prefix=self.cfg.log_prefix, show_bar=self.show_progress,
-                                 step_lines=self.step_lines)
+        # wandb keeps its offline run beside the outputs when no logging_dir is given.
+        logging_dir = self.cfg.logging_dir or (str(Path(plan.output_dir) / "logs") if self.cfg.log_with == "wandb"
+                                               else None)
+        self.progress = Progress(plan.total_steps, initial_step=start.current_step, logging_dir=logging_dir,
+                                 log_prefix=self.cfg.log_prefix, log_with=self.cfg.log_with,
+                                 config=self.cfg.to_dict() if self.cfg.log_with == "wandb" else None,
+                                 show_bar=self.show_progress, step_lines=self.step_lines)
         for warning in plan.warnings if self.main else ():
             self.progress.note(f"warning: {warning}")
         t_start = self._epoch_started = time.perf_counter()
