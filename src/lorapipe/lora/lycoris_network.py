@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lorapipe.errors import ConfigError, TrainingError
@@ -39,8 +39,6 @@ class LycorisKohyaNetwork:
 
     network: Any  # lycoris.kohya.LycorisNetworkKohya (a torch Module holding every LyCORIS module)
     modules: dict[str, list[Any]]  # part -> LyCORIS modules of that part
-    network_module: str = "lycoris.kohya"
-    _applied: bool = field(default=False, repr=False)
 
     @property
     def num_modules(self) -> dict[str, int]:
@@ -48,8 +46,7 @@ class LycorisKohyaNetwork:
 
     def lora_parameters(self, part: str | None = None) -> list[Any]:
         parts = PARTS if part is None else (part,)
-        return [p for name in parts for module in self.modules.get(name, []) for p in module.parameters()
-                if p.requires_grad or p.is_floating_point()]
+        return [p for name in parts for module in self.modules.get(name, []) for p in module.parameters()]
 
     def parameter_groups(
         self,
@@ -196,7 +193,7 @@ def attach_lycoris(
     if device is not None:
         network.to(device)
     network.requires_grad_(True)
-    return LycorisKohyaNetwork(network=network, modules=modules, _applied=True)
+    return LycorisKohyaNetwork(network=network, modules=modules)
 
 
 @contextmanager
