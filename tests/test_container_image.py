@@ -79,19 +79,34 @@ def test_dockerfile_installs_package_and_pins_torch_without_torchvision():
     assert "torchvision" not in text.replace("keeps torchvision out", "").replace("torchvision stays out", "")
 
 
-def test_train_program_is_executable_python_that_calls_the_entry_point():
-    program = CONTAINER / "train"
+@pytest.mark.parametrize(("name", "entry"), [("train", "lorapipe.train.sagemaker_entry"),
+                                             ("serve", "lorapipe.server.hosting")])
+def test_programs_are_executable_python_that_call_the_entry_points(name, entry):
+    program = CONTAINER / name
     assert os.access(program, os.X_OK)
     source = program.read_text()
     assert source.startswith("#!/usr/bin/env python3")
     compile(source, str(program), "exec")
-    assert "lorapipe.train.sagemaker_entry" in source
+    assert entry in source
+
+
+def test_one_image_trains_and_serves_on_sagemakers_port():
+    """`docker run IMAGE serve` finds the serve program on PATH; port 8080 is declared; the build imports both."""
+    from lorapipe.hosting_contract import SERVING_PORT
+
+    parsed = _parsed()
+    copies = [entry["value"].split() for entry in parsed.structure if entry["instruction"] == "COPY"]
+    assert ["container/train", "container/serve", "/opt/program/"] in copies
+    exposed = [entry["value"] for entry in parsed.structure if entry["instruction"] == "EXPOSE"]
+    assert exposed == [str(SERVING_PORT)]
+    assert "lorapipe.server.hosting" in DOCKERFILE.read_text()
+    assert [entry["instruction"] for entry in parsed.structure].count("FROM") == 1, "one stage, one image"
 
 
 def test_dockerignore_lets_through_what_the_dockerfile_copies():
     lines = (CONTAINER / "Dockerfile.dockerignore").read_text().splitlines()
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert {"pyproject.toml", "README.md", "src", "container/train"} <= allowed
+    assert {"pyproject.toml", "README.md", "src", "container/train", "container/serve"} <= allowed
 
 
 def test_buildspec_builds_this_dockerfile_and_pushes_to_ecr():

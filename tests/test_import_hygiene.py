@@ -25,9 +25,12 @@ ALLOWED = {
     "lora": NEUTRAL | {"sdxl"},
     "train": NEUTRAL | {"sdxl", "store", "dataset", "config", "lora", "container_contract"},
     "registry": NEUTRAL | {"lora"},
+    "hosting_contract": NEUTRAL | {"store", "registry"},
     "generate": NEUTRAL | {"sdxl", "lora", "registry"},
-    "server": NEUTRAL | {"sdxl", "lora", "registry", "generate"},
-    "pipeline": NEUTRAL | {"sdxl", "store", "dataset", "config", "lora", "registry", "train", "container_contract"},
+    "server": NEUTRAL | {"sdxl", "lora", "registry", "generate", "store", "container_contract", "hosting_contract"},
+    "deploy": NEUTRAL | {"store", "registry", "container_contract", "hosting_contract"},
+    "pipeline": NEUTRAL | {"sdxl", "store", "dataset", "config", "lora", "registry", "train", "container_contract",
+                           "hosting_contract", "deploy"},
 }
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorapipe.atomic import atomic_copy, atomic_write_bytes
+from lorapipe.atomic import atomic_copy, atomic_target, atomic_write_bytes
 from lorapipe.errors import StoreError
 
 DATASET_NAME_RE = re.compile(r"^\d+-dataset$")
@@ -220,6 +220,48 @@ class Store:
         os.replace(target, retired)
         os.replace(staging, target)
         shutil.rmtree(retired, ignore_errors=True)
+
+    def fetch_file(self, rel: str, target: Path) -> Path:
+        """A local copy of one object at `target`, verified against its `.sha256` sidecar when there is one.
+
+        A copy made earlier from the same version (size and ETag, recorded in a hidden file beside it) and not
+        touched since is reused after one metadata request, so a republished object is picked up at once.
+        """
+        with self._errors(rel):
+            info = self._fs.info(self._path(rel))
+        version = {"size": int(info.get("size") or 0), "etag": str(info.get("ETag") or info.get("mtime"))}
+        record_path = target.with_name(f".{target.name}.version")
+        record = self._read_record(record_path)
+        if target.is_file() and {k: record.get(k) for k in version} == version \
+                and record.get("local") == [target.stat().st_size, target.stat().st_mtime_ns]:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_target(target) as scratch:
+            with self._errors(rel):
+                self._fs.get_file(self._path(rel), str(scratch))
+            digest = sha256_file(scratch)
+            self._check_sidecar(rel, digest)
+        stat = target.stat()
+        atomic_write_bytes(record_path, json.dumps({**version, "sha256": digest,
+                                                    "local": [stat.st_size, stat.st_mtime_ns]}).encode())
+        return target
+
+    def _check_sidecar(self, rel: str, digest: str) -> None:
+        sidecar = rel + SHA256_SUFFIX
+        with self._errors(sidecar):
+            if not self._fs.exists(self._path(sidecar)):
+                return
+            expected = self._fs.cat_file(self._path(sidecar)).decode("utf-8", "replace").split()
+        if expected and expected[0].lower() != digest:
+            raise StoreError(f"{self.url_of(rel)}: sha256 {digest[:12]}... does not match its .sha256 file "
+                             f"({expected[0][:12]}...); re-upload it")
+
+    @staticmethod
+    def _read_record(path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
 
     def upload_file(self, local: Path, dest: str) -> str:
         """Upload `local` to `dest` (relative to the root) plus `dest.sha256`; return the URL of `dest`."""

@@ -1,13 +1,18 @@
 """The FastAPI app factory: A1111 routes, the web page, guards, and a lifespan that loads the model.
 
 `create_app(settings)` loads the base model inside the lifespan (so `--help` and imports stay fast and a bad
-model path fails at startup with one line); tests pass a ready Generator instead.
+model path fails at startup with one line); tests pass a ready Generator instead. With `loader`, the app serves
+at once and loads in the background (SageMaker hosting: /ping answers 503 until the model is there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import logging
+import threading
+from collections.abc import Callable
 from importlib import resources
 
 from fastapi import FastAPI
@@ -23,12 +28,21 @@ from lorapipe.server.routes_info import router as info_router
 from lorapipe.server.settings import ServerSettings
 from lorapipe.server.state import ServerState
 
+log = logging.getLogger(__name__)
 
-def create_app(settings: ServerSettings, generator=None) -> FastAPI:
-    """Build the app. With `generator=None` the lifespan loads `settings.base_model` (+ `lora_dir`)."""
+
+def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[], object] | None = None) -> FastAPI:
+    """Build the app. With `generator=None` the lifespan loads `settings.base_model` (+ `lora_dir`).
+
+    `loader` (returns a Generator) runs in a background thread instead, after the app starts serving:
+    `app.state.lorapipe` appears when it returns, `app.state.load_error` says why it failed."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if loader is not None:
+            async with _loading_in_background(app, settings, loader):
+                yield
+            return
         gen = generator
         if gen is None:
             from lorapipe.generate.generator import Generator
@@ -37,13 +51,11 @@ def create_app(settings: ServerSettings, generator=None) -> FastAPI:
             quiet_model_loading()
             gen = await asyncio.to_thread(Generator.load, settings.base_model, lora_dir=settings.lora_dir,
                                           device=settings.device, dtype=settings.dtype)
-        jobs = JobQueue(gen, maxsize=settings.queue_size)
-        jobs.start()
-        app.state.lorapipe = ServerState(settings=settings, generator=gen, jobs=jobs)
+        app.state.lorapipe = _serving_state(settings, gen)
         try:
             yield
         finally:
-            await asyncio.to_thread(jobs.stop)
+            await asyncio.to_thread(app.state.lorapipe.jobs.stop)
 
     app = FastAPI(title="lorapipe", version=__version__, lifespan=lifespan,
                   description="AUTOMATIC1111-compatible API for SDXL with LoRAs")
@@ -79,3 +91,42 @@ def create_app(settings: ServerSettings, generator=None) -> FastAPI:
                            allow_headers=["*"], allow_credentials=True)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     return app
+
+
+def _serving_state(settings: ServerSettings, generator) -> ServerState:
+    jobs = JobQueue(generator, maxsize=settings.queue_size)
+    jobs.start()
+    return ServerState(settings=settings, generator=generator, jobs=jobs)
+
+
+@contextlib.asynccontextmanager
+async def _loading_in_background(app: FastAPI, settings: ServerSettings, loader: Callable[[], object]):
+    """Run `loader` in a daemon thread (a stop during a long load must not wait for it) while the app serves."""
+    app.state.load_error = None
+    finished: concurrent.futures.Future = concurrent.futures.Future()
+
+    def load() -> None:
+        try:
+            finished.set_result(loader())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, which reports it
+            finished.set_exception(exc)
+
+    async def install() -> None:
+        try:
+            generator = await asyncio.wrap_future(finished)
+        except Exception as exc:  # noqa: BLE001 - process boundary: a failed load answers 503, never a crash loop
+            app.state.load_error = str(exc) or type(exc).__name__
+            log.error("model not loaded: %s", app.state.load_error)
+            return
+        app.state.lorapipe = _serving_state(settings, generator)
+        log.info("model loaded; serving")
+
+    threading.Thread(target=load, name="lorapipe-model-loader", daemon=True).start()
+    installing = asyncio.create_task(install())
+    try:
+        yield
+    finally:
+        installing.cancel()
+        state = getattr(app.state, "lorapipe", None)
+        if state is not None:
+            await asyncio.to_thread(state.jobs.stop)

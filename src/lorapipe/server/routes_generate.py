@@ -44,10 +44,16 @@ async def img2img(body: Img2ImgBody, request: Request):
 
 
 async def _generate(body: Txt2ImgBody, request: Request, *, kind: str):
-    state = _state(request)
-    problems = body.check_limits(state.settings.limits)
+    problems = body.check_limits(_state(request).settings.limits)
     if problems:
         return JSONResponse({"detail": problems}, status_code=422)
+    return a1111_response(body, await run_generation(body, request, kind=kind), kind=kind)
+
+
+async def run_generation(body: Txt2ImgBody, request: Request, *, kind: str) -> GenerationResult:
+    """Queue one request (already within the limits) and await its images; the A1111 routes and SageMaker
+    hosting's /invocations both go through here."""
+    state = _state(request)
     generation = _to_generation_request(body, state)
     task_id = body.force_task_id or new_task_id(kind)
     control = JobControl(deadline=time.monotonic() + state.settings.request_timeout_s)
@@ -64,7 +70,7 @@ async def _generate(body: Txt2ImgBody, request: Request, *, kind: str):
         raise ApiError(499, str(exc)) from None
     except GenerationError as exc:
         raise ApiError(400, str(exc)) from None
-    return _response(body, result, kind=kind)
+    return result
 
 
 def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationRequest:
@@ -127,7 +133,8 @@ async def _wait(job: Job, request: Request) -> GenerationResult:
             job.control.cancel("client disconnected")
 
 
-def _response(body: Txt2ImgBody, result: GenerationResult, *, kind: str) -> dict:
+def a1111_response(body: Txt2ImgBody, result: GenerationResult, *, kind: str) -> dict:
+    """A1111's `{"images", "parameters", "info"}` for a finished request."""
     images = [encode_png(png_bytes(img, text)) for img, text in zip(result.images, result.infotexts)]
     parameters = body.model_dump()
     if kind == "img2img" and not parameters.get("include_init_images"):
