@@ -37,3 +37,7 @@ class GenerationError(LorapipeError):
 
 class PipelineError(LorapipeError):
     """A pipeline run that cannot start or was refused by its backend."""
+
+
+class DeployError(LorapipeError):
+    """A SageMaker endpoint that cannot be created, updated, deleted or invoked."""

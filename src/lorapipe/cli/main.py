@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "lorapipe.cli.train_cmd",
     "lorapipe.cli.generate_cmd",
     "lorapipe.cli.serve_cmd",
+    "lorapipe.cli.deploy_cmd",
     "lorapipe.cli.pipeline_cmd",
     "lorapipe.cli.model_cmd",
 )
