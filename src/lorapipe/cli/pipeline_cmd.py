@@ -106,6 +106,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-endpoint", metavar="URL", default=os.environ.get("AWS_ENDPOINT_URL"),
                         help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     parser.add_argument("--no-cache", action="store_true", help="train even if an identical run succeeded")
+    parser.add_argument("--deploy", metavar="ENDPOINT", help="after publish, add the LoRA to this SageMaker endpoint "
+                        "(see `lorapipe deploy`; needs --output s3://... unless the endpoint has a LoRA prefix)")
     sagemaker = parser.add_argument_group("sagemaker backend")
     sagemaker.add_argument("--sagemaker-image", metavar="URI", help="training image (TrainingDockerImage)")
     sagemaker.add_argument("--sagemaker-role", metavar="ARN", help="the job's execution role")
@@ -139,6 +141,7 @@ def _request(args: argparse.Namespace, dataset: str):
         lora_name=args.lora_name,
         s3_endpoint_url=args.s3_endpoint,
         use_cache=not args.no_cache,
+        deploy_endpoint=args.deploy,
         sagemaker=SageMakerOptions(
             image=args.sagemaker_image, role_arn=args.sagemaker_role, instance_type=args.instance_type,
             instance_count=args.instance_count, volume_size_gb=args.volume_size_gb,

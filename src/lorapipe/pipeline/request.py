@@ -44,6 +44,7 @@ class RunRequest:
     s3_endpoint_url: str | None = None
     use_cache: bool = True
     sagemaker: SageMakerOptions = field(default_factory=SageMakerOptions)
+    deploy_endpoint: str | None = None  # after publish, add the LoRA to this SageMaker endpoint
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -206,14 +206,20 @@ def _step_sample(ctx: RunContext, artifact: Artifact) -> None:
 def _step_publish(ctx: RunContext, artifact: Artifact) -> None:
     ctx.records.set_step(ctx.run_id, "publish", "running")
     lora_dir = Path(ctx.request.lora_dir).expanduser() if ctx.request.lora_dir else ctx.home.default_lora_dir
+    lora_name = ctx.request.lora_name or artifact.lora.stem
     result = publish_artifact(
         artifact,
         run_id=ctx.run_id,
         output_url=ctx.request.output,
         lora_dir=lora_dir,
-        lora_name=ctx.request.lora_name or artifact.lora.stem,
+        lora_name=lora_name,
         endpoint_url=ctx.request.s3_endpoint_url,
         log=ctx.log,
     )
+    if ctx.request.deploy_endpoint:
+        from lorapipe.pipeline.deploy_step import deploy_published
+
+        result["deploy"] = deploy_published(ctx.request, Path(result["lora_path"]), lora_name,
+                                            result.get("output_prefix"), ctx.log)
     atomic_write_text(ctx.run_dir / "publish.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     ctx.records.set_step(ctx.run_id, "publish", "succeeded", result.get("output_prefix") or result["lora_path"])
