@@ -107,10 +107,14 @@ class HostedLoras:
             threading.Lock()
         )  # one download at a time: two requests naming the same LoRA share it
 
+    def looks_up(self, name: str) -> bool:
+        """Whether `name` is looked up in the prefix (the archive's own LoRAs are pinned and never are)."""
+        return self._store is not None and name not in self.bundled
+
     def fetch(self, name: str) -> None:
         """Bring the prefix's newest `name` into the folder when the prefix has it; a cached copy outlives S3
-        being unreachable. The archive's own LoRAs are pinned and never looked up."""
-        if self._store is None or name in self.bundled:
+        being unreachable."""
+        if not self.looks_up(name):
             return
         rel = f"{name}{LORA_SUFFIX}"
         target = self.folder / rel
@@ -268,7 +272,8 @@ async def _require_loras(body: Txt2ImgBody, registry, loras: HostedLoras) -> Non
     for name in sorted(names):
         try:
             check_lora_name(name)
-            await asyncio.to_thread(loras.fetch, name)
+            if loras.looks_up(name):  # S3 round trips off the event loop; nothing to wait for otherwise
+                await asyncio.to_thread(loras.fetch, name)
         except GenerationError as exc:
             raise ApiError(404, f"prompt: {exc}") from None
         except StoreError as exc:
