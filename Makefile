@@ -43,8 +43,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test system-test-deps
 	$(PY) -m pytest -q tests
 
-CPU_BENCHES := dataset_check generate_vs_diffusers generate_lora_step server_overhead train_speed train_learning \
-	lora_save pipeline_overhead server_concurrency train_compile caption prepare
+CPU_BENCHES := dataset_check generate_vs_diffusers generate_lora_step server_overhead invocations train_speed \
+	train_learning lora_save pipeline_overhead server_concurrency train_compile caption prepare
 bench: $(VENV)/.installed-test
 	@for b in $(CPU_BENCHES); do echo "== bench/$$b.py"; OMP_NUM_THREADS=1 $(PY) bench/$$b.py || exit 1; done
 
