@@ -35,27 +35,42 @@ def main() -> None:
     app = create_app(ServerSettings(), generator=generator)
     app.include_router(router)
     app.state.hosted_loras = HostedLoras(lora_dir, HostedModel(base_model=str(model_dir)))
-    body = {"prompt": "a photo of dwjz toy <lora:toy:0.8>", "steps": args.steps, "width": args.size,
-            "height": args.size, "seed": 5, "sampler_name": "Euler"}
+    body = {
+        "prompt": "a photo of dwjz toy <lora:toy:0.8>",
+        "steps": args.steps,
+        "width": args.size,
+        "height": args.size,
+        "seed": 5,
+        "sampler_name": "Euler",
+    }
     with RunningServer(app) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+
         def post(path: str, **headers):
             def call():
                 response = client.post(path, json=body, headers=headers)
                 assert response.status_code == 200, response.text
+
             return call
 
-        calls = {"txt2img": post("/sdapi/v1/txt2img"), "invocations": post("/invocations"),
-                 "invocations_png": post("/invocations", accept="image/png")}
+        calls = {
+            "txt2img": post("/sdapi/v1/txt2img"),
+            "invocations": post("/invocations"),
+            "invocations_png": post("/invocations", accept="image/png"),
+        }
         for call in calls.values():
             call()  # warm-up: LoRA fused, schedulers built
         times = interleaved(calls, args.repeats)
     ratio = times["invocations"] / times["txt2img"]
-    print(f"/sdapi/v1/txt2img: {times['txt2img'] * 1000:.1f} ms/image   /invocations: "
-          f"{times['invocations'] * 1000:.1f} ms/image   /invocations (Accept: image/png): "
-          f"{times['invocations_png'] * 1000:.1f} ms/image  ({args.steps} steps, {args.size}px, median of "
-          f"{args.repeats}, interleaved)")
-    print(f"/invocations / txt2img: ratio {ratio:.3f}, overhead {(ratio - 1) * 100:+.1f}%  (target <= 2%: "
-          f"{'PASS' if ratio <= 1.02 else 'FAIL'})")
+    print(
+        f"/sdapi/v1/txt2img: {times['txt2img'] * 1000:.1f} ms/image   /invocations: "
+        f"{times['invocations'] * 1000:.1f} ms/image   /invocations (Accept: image/png): "
+        f"{times['invocations_png'] * 1000:.1f} ms/image  ({args.steps} steps, {args.size}px, median of "
+        f"{args.repeats}, interleaved)"
+    )
+    print(
+        f"/invocations / txt2img: ratio {ratio:.3f}, overhead {(ratio - 1) * 100:+.1f}%  (target <= 2%: "
+        f"{'PASS' if ratio <= 1.02 else 'FAIL'})"
+    )
 
 
 if __name__ == "__main__":

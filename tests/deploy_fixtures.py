@@ -24,14 +24,10 @@ def moto_update_endpoint():
     from moto.sagemaker.responses import SageMakerResponse
 
     def backend_update(self, endpoint_name: str, endpoint_config_name: str):
-        endpoint = self.endpoints[
-            endpoint_name
-        ]  # KeyError -> moto's 500, as for any unknown name
+        endpoint = self.endpoints[endpoint_name]  # KeyError -> moto's 500, as for any unknown name
         config = self.describe_endpoint_config(endpoint_config_name)
         endpoint.endpoint_config_name = endpoint_config_name
-        endpoint.production_variants = endpoint._process_production_variants(
-            config["ProductionVariants"]
-        )
+        endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
         return endpoint
 
     def response_update(self):

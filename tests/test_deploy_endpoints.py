@@ -8,8 +8,9 @@ import io
 import json
 import tarfile
 
+import deploy_fixtures
 import pytest
-from deploy_fixtures import IMAGE, MOTO_GPU, ROLE, moto_aws  # noqa: F401
+from deploy_fixtures import IMAGE, MOTO_GPU, ROLE
 from PIL import Image
 
 from lorapipe.cli.main import main
@@ -29,6 +30,7 @@ from lorapipe.errors import DeployError
 from lorapipe.hosting_contract import BASE_MODEL_ENV, LORA_PREFIX_ENV, MANIFEST_NAME
 
 ARCHIVE = "s3://models/lorapipe/model.tar.gz"
+moto_aws = deploy_fixtures.moto_aws  # the fixture, used by name below
 
 
 def _spec(**changes) -> EndpointSpec:
@@ -42,15 +44,10 @@ def _spec(**changes) -> EndpointSpec:
 
 
 def test_realtime_requests_carry_the_archive_prefix_and_long_startup():
-    spec = _spec(
-        lora_prefix="s3://models/loras", environment=(("LORAPIPE_DTYPE", "bf16"),)
-    )
+    spec = _spec(lora_prefix="s3://models/loras", environment=(("LORAPIPE_DTYPE", "bf16"),))
     model = model_request(spec, "20260101-000000")
     container = model["PrimaryContainer"]
-    assert (
-        model["ModelName"] == "studio-20260101-000000"
-        and model["ExecutionRoleArn"] == ROLE
-    )
+    assert model["ModelName"] == "studio-20260101-000000" and model["ExecutionRoleArn"] == ROLE
     assert container["ModelDataUrl"] == ARCHIVE and container["Image"] == IMAGE
     assert container["Environment"] == {
         LORA_PREFIX_ENV: "s3://models/loras/",
@@ -58,10 +55,7 @@ def test_realtime_requests_carry_the_archive_prefix_and_long_startup():
     }
     config = endpoint_config_request(spec, model["ModelName"], "20260101-000000")
     variant = config["ProductionVariants"][0]
-    assert (
-        variant["InstanceType"] == "ml.g5.xlarge"
-        and variant["InitialInstanceCount"] == 1
-    )
+    assert variant["InstanceType"] == "ml.g5.xlarge" and variant["InitialInstanceCount"] == 1
     assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] >= 600
     assert "AsyncInferenceConfig" not in config
 
@@ -78,16 +72,13 @@ def test_async_config_has_s3_output_and_sns_topics_and_may_scale_to_zero():
     config = endpoint_config_request(spec, "m", "s")
     output = config["AsyncInferenceConfig"]["OutputConfig"]
     assert (
-        output["S3OutputPath"] == "s3://out/studio/results/"
-        and output["S3FailurePath"] == "s3://out/studio/failures/"
+        output["S3OutputPath"] == "s3://out/studio/results/" and output["S3FailurePath"] == "s3://out/studio/failures/"
     )
     assert output["NotificationConfig"] == {
         "SuccessTopic": spec.success_topic,
         "ErrorTopic": spec.error_topic,
     }
-    assert (
-        config["ProductionVariants"][0]["InitialInstanceCount"] == 1
-    )  # created with one, scaled to zero later
+    assert config["ProductionVariants"][0]["InitialInstanceCount"] == 1  # created with one, scaled to zero later
 
 
 @pytest.mark.parametrize(
@@ -109,11 +100,7 @@ def test_impossible_endpoints_are_refused_by_name(changes, words):
 
 def test_long_jobs_are_hires_batches_and_many_steps():
     assert not is_long_job({"prompt": "x", "steps": 30})
-    assert (
-        is_long_job({"enable_hr": True})
-        and is_long_job({"batch_size": 2})
-        and is_long_job({"n_iter": 3})
-    )
+    assert is_long_job({"enable_hr": True}) and is_long_job({"batch_size": 2}) and is_long_job({"n_iter": 3})
     assert is_long_job({"steps": 80})
 
 
@@ -121,9 +108,7 @@ def _cli(*args: str) -> int:
     return main(["deploy", *args, "--region", "us-east-1", "--poll", "0"])
 
 
-def test_realtime_endpoint_create_update_delete_with_invocations_scaling(
-    moto_aws, capsys
-):
+def test_realtime_endpoint_create_update_delete_with_invocations_scaling(moto_aws, capsys):
     assert (
         _cli(
             "endpoint",
@@ -148,22 +133,15 @@ def test_realtime_endpoint_create_update_delete_with_invocations_scaling(
     assert endpoint["EndpointStatus"] == "InService"
     first_config = endpoint["EndpointConfigName"]
     autoscaling = moto_aws.client("application-autoscaling")
-    target = autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
-        "ScalableTargets"
-    ][0]
+    target = autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]
     assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == (
         resource_id("studio"),
         1,
         3,
     )
-    policy = autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")[
-        "ScalingPolicies"
-    ][0]
+    policy = autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0]
     tracking = policy["TargetTrackingScalingPolicyConfiguration"]
-    assert (
-        tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
-        == INVOCATIONS_METRIC
-    )
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == INVOCATIONS_METRIC
 
     assert (
         _cli(
@@ -178,52 +156,24 @@ def test_realtime_endpoint_create_update_delete_with_invocations_scaling(
     )
     endpoint = sagemaker.describe_endpoint(EndpointName="studio")
     assert endpoint["EndpointConfigName"] != first_config
-    config = sagemaker.describe_endpoint_config(
-        EndpointConfigName=endpoint["EndpointConfigName"]
-    )
-    model = sagemaker.describe_model(
-        ModelName=config["ProductionVariants"][0]["ModelName"]
-    )
-    assert (
-        model["PrimaryContainer"]["ModelDataUrl"]
-        == "s3://models/lorapipe/v2/model.tar.gz"
-    )
-    assert (
-        model["ExecutionRoleArn"] == ROLE
-        and config["ProductionVariants"][0]["InstanceType"] == MOTO_GPU
-    )
-    assert (
-        autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
-            "ScalableTargets"
-        ][0]["MaxCapacity"]
-        == 5
-    )
-    names = [
-        c["EndpointConfigName"]
-        for c in sagemaker.list_endpoint_configs()["EndpointConfigs"]
-    ]
-    assert names == [endpoint["EndpointConfigName"]], (
-        "the replaced config is cleaned up"
-    )
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://models/lorapipe/v2/model.tar.gz"
+    assert model["ExecutionRoleArn"] == ROLE and config["ProductionVariants"][0]["InstanceType"] == MOTO_GPU
+    assert autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]["MaxCapacity"] == 5
+    names = [c["EndpointConfigName"] for c in sagemaker.list_endpoint_configs()["EndpointConfigs"]]
+    assert names == [endpoint["EndpointConfigName"]], "the replaced config is cleaned up"
 
     assert _cli("delete", "studio") == 0
     assert not sagemaker.list_endpoints()["Endpoints"]
-    assert (
-        not sagemaker.list_endpoint_configs()["EndpointConfigs"]
-        and not sagemaker.list_models()["Models"]
-    )
-    assert not autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
-        "ScalableTargets"
-    ]
+    assert not sagemaker.list_endpoint_configs()["EndpointConfigs"] and not sagemaker.list_models()["Models"]
+    assert not autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
     assert "endpoint studio deleted" in capsys.readouterr().out
 
 
 def test_async_endpoint_scales_to_zero_with_the_backlog_alarm(moto_aws):
     sns = moto_aws.client("sns")
-    ok, bad = (
-        sns.create_topic(Name=name)["TopicArn"]
-        for name in ("lorapipe-ok", "lorapipe-failed")
-    )
+    ok, bad = (sns.create_topic(Name=name)["TopicArn"] for name in ("lorapipe-ok", "lorapipe-failed"))
     assert (
         _cli(
             "endpoint",
@@ -252,38 +202,22 @@ def test_async_endpoint_scales_to_zero_with_the_backlog_alarm(moto_aws):
     )
     sagemaker = moto_aws.client("sagemaker")
     config = sagemaker.describe_endpoint_config(
-        EndpointConfigName=sagemaker.describe_endpoint(EndpointName="batch")[
-            "EndpointConfigName"
-        ]
+        EndpointConfigName=sagemaker.describe_endpoint(EndpointName="batch")["EndpointConfigName"]
     )
     assert config["AsyncInferenceConfig"]["OutputConfig"]["NotificationConfig"] == {
         "SuccessTopic": ok,
         "ErrorTopic": bad,
     }
-    model = sagemaker.describe_model(
-        ModelName=config["ProductionVariants"][0]["ModelName"]
-    )
+    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
     assert "ModelDataUrl" not in model["PrimaryContainer"]
-    assert (
-        model["PrimaryContainer"]["Environment"][BASE_MODEL_ENV]
-        == "stabilityai/stable-diffusion-xl-base-1.0"
-    )
+    assert model["PrimaryContainer"]["Environment"][BASE_MODEL_ENV] == "stabilityai/stable-diffusion-xl-base-1.0"
     autoscaling = moto_aws.client("application-autoscaling")
-    assert (
-        autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
-            "ScalableTargets"
-        ][0]["MinCapacity"]
-        == 0
-    )
+    assert autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]["MinCapacity"] == 0
     policies = {
         p["PolicyType"]: p
-        for p in autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")[
-            "ScalingPolicies"
-        ]
+        for p in autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
     }
-    backlog = policies["TargetTrackingScaling"][
-        "TargetTrackingScalingPolicyConfiguration"
-    ]
+    backlog = policies["TargetTrackingScaling"]["TargetTrackingScalingPolicyConfiguration"]
     assert backlog["CustomizedMetricSpecification"]["MetricName"] == BACKLOG_METRIC
     alarm = moto_aws.client("cloudwatch").describe_alarms()["MetricAlarms"][0]
     assert alarm["MetricName"] == NO_CAPACITY_METRIC
@@ -333,9 +267,7 @@ def test_invoke_async_uploads_the_request_and_saves_the_answer(moto_aws, tmp_pat
         == 0
     )
     runtime = sagemakerruntime_backends["123456789012"]["us-east-1"]
-    runtime.async_results_queue.append(
-        (False, _a1111_answer().decode())
-    )  # what the container would write
+    runtime.async_results_queue.append((False, _a1111_answer().decode()))  # what the container would write
     assert (
         _cli(
             "invoke",
@@ -348,10 +280,7 @@ def test_invoke_async_uploads_the_request_and_saves_the_answer(moto_aws, tmp_pat
         )
         == 0
     )
-    request_keys = [
-        o["Key"]
-        for o in s3.list_objects_v2(Bucket="out", Prefix="batch/inputs/")["Contents"]
-    ]
+    request_keys = [o["Key"] for o in s3.list_objects_v2(Bucket="out", Prefix="batch/inputs/")["Contents"]]
     assert len(request_keys) == 1
     sent = json.loads(s3.get_object(Bucket="out", Key=request_keys[0])["Body"].read())
     assert sent["prompt"] == "a toy <lora:toy:1>" and sent["steps"] == 30
@@ -361,9 +290,7 @@ def test_invoke_async_uploads_the_request_and_saves_the_answer(moto_aws, tmp_pat
     assert _cli("invoke", "batch", "--async", "--prompt", "x", "-o", str(tmp_path)) == 2
 
 
-def test_invoke_realtime_routes_long_jobs_to_the_async_endpoint(
-    moto_aws, tmp_path, capsys
-):
+def test_invoke_realtime_routes_long_jobs_to_the_async_endpoint(moto_aws, tmp_path, capsys):
     from moto.sagemakerruntime.models import sagemakerruntime_backends
 
     moto_aws.client("s3").create_bucket(Bucket="out")
@@ -384,9 +311,7 @@ def test_invoke_realtime_routes_long_jobs_to_the_async_endpoint(
             == 0
         )
     runtime = sagemakerruntime_backends["123456789012"]["us-east-1"]
-    runtime.results_queue.append(
-        (_a1111_answer().decode(), "application/json", "AllTraffic", "")
-    )
+    runtime.results_queue.append((_a1111_answer().decode(), "application/json", "AllTraffic", ""))
     assert (
         _cli(
             "invoke",
@@ -447,9 +372,7 @@ def test_package_builds_an_archive_the_hosting_reader_accepts(tmp_path, capsys):
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == [MANIFEST_NAME, "loras/dwjz.safetensors"]
     hosted = unpack_model_archive(archive, tmp_path / "model")
-    assert hosted.base_model == "s3://models/sdxl-base/" and set(hosted.loras) == {
-        "dwjz"
-    }
+    assert hosted.base_model == "s3://models/sdxl-base/" and set(hosted.loras) == {"dwjz"}
     assert hosted.lora_prefix == "s3://models/loras/"
     assert (
         main(

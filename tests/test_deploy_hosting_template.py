@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_deploy_template import _CfnLoader, _lint, _statements
 
 from lorapipe.deploy.endpoints import MODEL_DOWNLOAD_S, STARTUP_HEALTH_CHECK_S
-from lorapipe.deploy.scaling import (BACKLOG_METRIC, DIMENSION, INVOCATIONS_METRIC, NAMESPACE, NO_CAPACITY_METRIC,
-                                     VARIANT)
+from lorapipe.deploy.scaling import (
+    BACKLOG_METRIC,
+    DIMENSION,
+    INVOCATIONS_METRIC,
+    NAMESPACE,
+    NO_CAPACITY_METRIC,
+    VARIANT,
+)
 from lorapipe.hosting_contract import BASE_MODEL_ENV, LORA_PREFIX_ENV
-from test_deploy_template import _CfnLoader, _lint, _statements
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "hosting.yaml"
 
@@ -29,17 +35,28 @@ def test_hosting_template_passes_cfn_lint():
 
 def test_cfn_lint_catches_a_broken_hosting_template(tmp_path):
     broken = tmp_path / "broken.yaml"
-    broken.write_text(TEMPLATE.read_text().replace("ContainerStartupHealthCheckTimeoutInSeconds: 900",
-                                                   "ContainerStartupHealthCheckTimeoutInSeconds: nine hundred"))
+    broken.write_text(
+        TEMPLATE.read_text().replace(
+            "ContainerStartupHealthCheckTimeoutInSeconds: 900",
+            "ContainerStartupHealthCheckTimeoutInSeconds: nine hundred",
+        )
+    )
     assert _lint(broken)
 
 
 def test_same_resources_and_names_as_the_deploy_commands(template):
     resources = template["Resources"]
     types = {resource["Type"] for resource in resources.values()}
-    assert {"AWS::SageMaker::Model", "AWS::SageMaker::EndpointConfig", "AWS::SageMaker::Endpoint",
-            "AWS::ApplicationAutoScaling::ScalableTarget", "AWS::ApplicationAutoScaling::ScalingPolicy",
-            "AWS::CloudWatch::Alarm", "AWS::SNS::Topic", "AWS::IAM::Role"} <= types
+    assert {
+        "AWS::SageMaker::Model",
+        "AWS::SageMaker::EndpointConfig",
+        "AWS::SageMaker::Endpoint",
+        "AWS::ApplicationAutoScaling::ScalableTarget",
+        "AWS::ApplicationAutoScaling::ScalingPolicy",
+        "AWS::CloudWatch::Alarm",
+        "AWS::SNS::Topic",
+        "AWS::IAM::Role",
+    } <= types
     environment = resources["Model"]["Properties"]["PrimaryContainer"]["Environment"]
     assert set(environment) == {BASE_MODEL_ENV, LORA_PREFIX_ENV}
     variant = resources["EndpointConfig"]["Properties"]["ProductionVariants"][0]
@@ -57,14 +74,15 @@ def test_same_resources_and_names_as_the_deploy_commands(template):
     alarm = resources["BacklogWithoutCapacityAlarm"]
     assert alarm["Condition"] == "ScalesFromZero" and alarm["Properties"]["MetricName"] == NO_CAPACITY_METRIC
     assert alarm["Properties"]["AlarmActions"] == [{"Ref": "ScaleOutFromZeroPolicy"}]
-    assert template["Rules"]["RealTimeKeepsAnInstance"]["RuleCondition"] == {"Equals": [{"Ref": "Asynchronous"},
-                                                                                         "false"]}
+    assert template["Rules"]["RealTimeKeepsAnInstance"]["RuleCondition"] == {
+        "Equals": [{"Ref": "Asynchronous"}, "false"]
+    }
 
 
 def test_execution_role_only_serves(template):
     assert "ManagedPolicyArns" not in template["Resources"]["HostingRole"]["Properties"]
     wildcard_resource_ok = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
-    statements = dict((s.get("Sid"), s) for _, s in _statements(template))
+    statements = {s.get("Sid"): s for _, s in _statements(template)}
     for sid, statement in statements.items():
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         assert statement["Effect"] == "Allow"

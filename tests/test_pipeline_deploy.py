@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 from deploy_fixtures import MOTO_GPU, moto_update_endpoint
+
 from lorapipe.deploy.aws import Aws
 from lorapipe.deploy.endpoints import EndpointSpec, create_endpoint
 from lorapipe.hosting_contract import build_model_archive
@@ -17,26 +18,18 @@ from lorapipe.pipeline.runner import execute_run
 from lorapipe.pipeline.runs import create_run
 from lorapipe.pipeline.sagemaker_backend import job_name_for
 from lorapipe.store import open_store
-from tests.pipeline_fixtures import (
-    IMAGE,
-    ROLE,
-    aws,
-    fresh_bucket,
-    model_tarball,
-    sagemaker_options,
-)  # noqa: F401
+from tests import pipeline_fixtures
+from tests.pipeline_fixtures import IMAGE, ROLE, fresh_bucket, model_tarball, sagemaker_options
+
+aws = pipeline_fixtures.aws  # the fixture (moto for SageMaker, SeaweedFS for S3), used by name below
 
 
-def _run_with_deploy(
-    server, dataset: Path, tmp_path: Path, endpoint: str
-) -> tuple[PipelineHome, str, str]:
+def _run_with_deploy(server, dataset: Path, tmp_path: Path, endpoint: str) -> tuple[PipelineHome, str, str]:
     client = server.client()
     data = fresh_bucket(server, "data")
     for path in sorted(dataset.rglob("*")):
         if path.is_file():
-            client.upload_file(
-                str(path), data, f"0001-dataset/{path.relative_to(dataset).as_posix()}"
-            )
+            client.upload_file(str(path), data, f"0001-dataset/{path.relative_to(dataset).as_posix()}")
     out = fresh_bucket(server, "out")
     request = RunRequest(
         dataset=f"s3://{data}/0001-dataset",
@@ -60,9 +53,7 @@ def _run_with_deploy(
 def _endpoint(server, tmp_path: Path, **spec) -> Aws:
     deploy_aws = Aws("us-east-1", s3_endpoint_url=server.endpoint_url)
     create_endpoint(
-        EndpointSpec(
-            name="studio", image=IMAGE, role_arn=ROLE, instance_type=MOTO_GPU, **spec
-        ),
+        EndpointSpec(name="studio", image=IMAGE, role_arn=ROLE, instance_type=MOTO_GPU, **spec),
         deploy_aws,
         say=lambda _line: None,
         poll_s=0,
@@ -73,18 +64,12 @@ def _endpoint(server, tmp_path: Path, **spec) -> Aws:
 def _serving_model(deploy_aws: Aws) -> dict:
     sagemaker = deploy_aws.client("sagemaker")
     config = sagemaker.describe_endpoint_config(
-        EndpointConfigName=sagemaker.describe_endpoint(EndpointName="studio")[
-            "EndpointConfigName"
-        ]
+        EndpointConfigName=sagemaker.describe_endpoint(EndpointName="studio")["EndpointConfigName"]
     )
-    return sagemaker.describe_model(
-        ModelName=config["ProductionVariants"][0]["ModelName"]
-    )["PrimaryContainer"]
+    return sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])["PrimaryContainer"]
 
 
-def test_deploy_rebuilds_the_archive_with_the_new_lora_and_rolls_the_endpoint(
-    aws, sample_dataset_dir, tmp_path
-):
+def test_deploy_rebuilds_the_archive_with_the_new_lora_and_rolls_the_endpoint(aws, sample_dataset_dir, tmp_path):
     server, _ = aws
     models = fresh_bucket(server, "models")
     old_lora = tmp_path / "old.safetensors"
@@ -94,24 +79,16 @@ def test_deploy_rebuilds_the_archive_with_the_new_lora_and_rolls_the_endpoint(
         "stabilityai/stable-diffusion-xl-base-1.0",
         {"old": old_lora},
     )
-    server.client().upload_file(
-        str(tmp_path / "model.tar.gz"), models, "v1/model.tar.gz"
-    )
+    server.client().upload_file(str(tmp_path / "model.tar.gz"), models, "v1/model.tar.gz")
     with moto_update_endpoint():
-        deploy_aws = _endpoint(
-            server, tmp_path, model_data_url=f"s3://{models}/v1/model.tar.gz"
-        )
-        home, run_id, out = _run_with_deploy(
-            server, sample_dataset_dir, tmp_path, "studio"
-        )
-        assert execute_run(home, run_id) == "succeeded", (
-            RunStore(home.database).get(run_id).error
-        )
+        deploy_aws = _endpoint(server, tmp_path, model_data_url=f"s3://{models}/v1/model.tar.gz")
+        home, run_id, out = _run_with_deploy(server, sample_dataset_dir, tmp_path, "studio")
+        assert execute_run(home, run_id) == "succeeded", RunStore(home.database).get(run_id).error
         container = _serving_model(deploy_aws)
     assert container["ModelDataUrl"] == f"s3://{out}/models/{run_id}/model.tar.gz"
-    archive = open_store(
-        f"s3://{out}/models/{run_id}", endpoint_url=server.endpoint_url
-    ).fetch_file("model.tar.gz", tmp_path / "new.tar.gz")
+    archive = open_store(f"s3://{out}/models/{run_id}", endpoint_url=server.endpoint_url).fetch_file(
+        "model.tar.gz", tmp_path / "new.tar.gz"
+    )
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
     assert {"loras/old.safetensors", "loras/dwjz_toy.safetensors"} <= names
@@ -119,9 +96,7 @@ def test_deploy_rebuilds_the_archive_with_the_new_lora_and_rolls_the_endpoint(
     assert "endpoint studio: updating" in log
 
 
-def test_deploy_to_an_endpoint_with_a_lora_prefix_uploads_without_rollover(
-    aws, sample_dataset_dir, tmp_path
-):
+def test_deploy_to_an_endpoint_with_a_lora_prefix_uploads_without_rollover(aws, sample_dataset_dir, tmp_path):
     server, _ = aws
     loras = fresh_bucket(server, "loras")
     with moto_update_endpoint():
@@ -132,15 +107,9 @@ def test_deploy_to_an_endpoint_with_a_lora_prefix_uploads_without_rollover(
             lora_prefix=f"s3://{loras}/published/",
         )
         before = _serving_model(deploy_aws)
-        home, run_id, _ = _run_with_deploy(
-            server, sample_dataset_dir, tmp_path, "studio"
-        )
-        assert execute_run(home, run_id) == "succeeded", (
-            RunStore(home.database).get(run_id).error
-        )
-        assert _serving_model(deploy_aws) == before, (
-            "nothing to roll over: instances fetch the LoRA on first use"
-        )
+        home, run_id, _ = _run_with_deploy(server, sample_dataset_dir, tmp_path, "studio")
+        assert execute_run(home, run_id) == "succeeded", RunStore(home.database).get(run_id).error
+        assert _serving_model(deploy_aws) == before, "nothing to roll over: instances fetch the LoRA on first use"
     keys = {o["Key"] for o in server.client().list_objects_v2(Bucket=loras)["Contents"]}
     assert keys == {
         "published/dwjz_toy.safetensors",
@@ -148,9 +117,7 @@ def test_deploy_to_an_endpoint_with_a_lora_prefix_uploads_without_rollover(
     }
 
 
-def test_deploy_to_a_missing_endpoint_fails_the_run_after_publishing(
-    aws, sample_dataset_dir, tmp_path
-):
+def test_deploy_to_a_missing_endpoint_fails_the_run_after_publishing(aws, sample_dataset_dir, tmp_path):
     server, _ = aws
     home, run_id, _ = _run_with_deploy(server, sample_dataset_dir, tmp_path, "nowhere")
     assert execute_run(home, run_id) == "failed"

@@ -124,9 +124,7 @@ def lora_files(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("hosting-loras")
     return {
         "toy": write_kohya_lora(folder / "toy.safetensors", tiny_model_dir, seed=1),
-        "style": write_kohya_lora(
-            folder / "style.safetensors", tiny_model_dir, seed=2, text_encoders=False
-        ),
+        "style": write_kohya_lora(folder / "style.safetensors", tiny_model_dir, seed=2, text_encoders=False),
     }
 
 
@@ -139,9 +137,7 @@ def lora_prefix(seaweed_s3, lora_files) -> str:
     with pytest.MonkeyPatch.context() as patch:
         for key, value in seaweed_s3.env().items():
             patch.setenv(key, value)
-        open_store("s3://hosting-loras/published").upload_file(
-            lora_files["style"], "style.safetensors"
-        )
+        open_store("s3://hosting-loras/published").upload_file(lora_files["style"], "style.safetensors")
     return "s3://hosting-loras/published/"
 
 
@@ -155,12 +151,8 @@ def server(tmp_path_factory, tiny_model_dir, lora_files, lora_prefix, seaweed_s3
         {"toy": lora_files["toy"]},
         lora_prefix=lora_prefix,
     )
-    unpack_model_archive(
-        archive, root / "opt-ml" / "model"
-    )  # what SageMaker does with ModelDataUrl
-    serving = Serving(
-        root / "opt-ml", root / "cache", seaweed_s3.env(), "--max-body-mb", "1"
-    )
+    unpack_model_archive(archive, root / "opt-ml" / "model")  # what SageMaker does with ModelDataUrl
+    serving = Serving(root / "opt-ml", root / "cache", seaweed_s3.env(), "--max-body-mb", "1")
     try:
         serving.before_load = serving.first_ping()
         serving.wait_ready()
@@ -188,10 +180,7 @@ def test_invocations_answer_a1111_json_with_the_archived_lora(server):
     info = json.loads(data["info"])
     assert info["all_seeds"] == [3, 4]
     assert info["extra_generation_params"]["Lora hashes"].startswith("toy: ")
-    assert (
-        _image(base64.b64decode(data["images"][0])).info["parameters"]
-        == info["infotexts"][0]
-    )
+    assert _image(base64.b64decode(data["images"][0])).info["parameters"] == info["infotexts"][0]
 
 
 def test_invocations_png_matches_the_txt2img_route_image(server):
@@ -204,9 +193,7 @@ def test_invocations_png_matches_the_txt2img_route_image(server):
     )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     again = httpx.post(f"{server.url}/invocations", json=body, timeout=120).json()
-    assert png.content == base64.b64decode(again["images"][0]), (
-        "same seed, same bytes through both answers"
-    )
+    assert png.content == base64.b64decode(again["images"][0]), "same seed, same bytes through both answers"
     batch = httpx.post(
         f"{server.url}/invocations",
         json={**body, "batch_size": 2},
@@ -227,9 +214,7 @@ def test_img2img_through_invocations(server):
     response = httpx.post(f"{server.url}/invocations", json=body, timeout=120)
     assert response.status_code == 200, response.text
     assert json.loads(response.json()["info"])["denoising_strength"] == 0.5
-    assert (
-        response.json()["parameters"]["init_images"] is None
-    )  # A1111 drops them unless include_init_images
+    assert response.json()["parameters"]["init_images"] is None  # A1111 drops them unless include_init_images
 
 
 def test_lora_from_the_s3_prefix_is_fetched_verified_and_cached(server, lora_files):
@@ -239,14 +224,9 @@ def test_lora_from_the_s3_prefix_is_fetched_verified_and_cached(server, lora_fil
         timeout=120,
     )
     assert response.status_code == 200, response.text
-    assert (
-        "style: "
-        in json.loads(response.json()["info"])["extra_generation_params"]["Lora hashes"]
-    )
+    assert "style: " in json.loads(response.json()["info"])["extra_generation_params"]["Lora hashes"]
     copies = list(server.cache.rglob("style.safetensors"))
-    assert (
-        len(copies) == 1 and copies[0].read_bytes() == lora_files["style"].read_bytes()
-    )
+    assert len(copies) == 1 and copies[0].read_bytes() == lora_files["style"].read_bytes()
 
 
 def test_bad_input_is_a1111_style_4xx_and_the_server_keeps_serving(server):
@@ -259,9 +239,7 @@ def test_bad_input_is_a1111_style_4xx_and_the_server_keeps_serving(server):
 
     url = f"{server.url}/invocations"
     check(
-        httpx.post(
-            url, content=b"{not json", headers={"content-type": "application/json"}
-        ),
+        httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}),
         400,
         "not valid JSON",
     )
@@ -273,9 +251,7 @@ def test_bad_input_is_a1111_style_4xx_and_the_server_keeps_serving(server):
         "<lora:nope>",
         "toy",
     )
-    check(
-        httpx.post(url, json={"prompt": "<lora:../etc/passwd:1>", **SMALL}), 404, "path"
-    )
+    check(httpx.post(url, json={"prompt": "<lora:../etc/passwd:1>", **SMALL}), 404, "path")
     check(httpx.post(url, json={**SMALL, "steps": 10_000}), 422, "steps")
     check(
         httpx.post(
@@ -291,10 +267,7 @@ def test_bad_input_is_a1111_style_4xx_and_the_server_keeps_serving(server):
         404,
         "not a SageMaker hosting route",
     )
-    assert (
-        httpx.post(url, json={"prompt": "still fine", **SMALL}, timeout=120).status_code
-        == 200
-    )
+    assert httpx.post(url, json={"prompt": "still fine", **SMALL}, timeout=120).status_code == 200
 
 
 def test_sigterm_drains_queued_and_running_requests(server):
@@ -303,11 +276,7 @@ def test_sigterm_drains_queued_and_running_requests(server):
     results: list[httpx.Response] = []
 
     def call(seed: int) -> None:
-        results.append(
-            httpx.post(
-                f"{server.url}/invocations", json={**body, "seed": seed}, timeout=300
-            )
-        )
+        results.append(httpx.post(f"{server.url}/invocations", json={**body, "seed": seed}, timeout=300))
 
     callers = [threading.Thread(target=call, args=(seed,)) for seed in (1, 2)]
     for caller in callers:
@@ -319,17 +288,13 @@ def test_sigterm_drains_queued_and_running_requests(server):
         caller.join(300)
     assert code in CLEAN_EXIT, server.output()[-3000:]
     assert "Application shutdown complete" in server.output()
-    assert [r.status_code for r in results] == [200, 200], [
-        r.text[:300] for r in results
-    ]
+    assert [r.status_code for r in results] == [200, 200], [r.text[:300] for r in results]
     assert all(len(r.json()["images"]) == 1 for r in results)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/ping", timeout=2)
 
 
-def test_malformed_model_folder_fails_ping_with_a_log_line_and_no_crash(
-    tmp_path, tiny_model_dir
-):
+def test_malformed_model_folder_fails_ping_with_a_log_line_and_no_crash(tmp_path, tiny_model_dir):
     model_dir = tmp_path / "opt-ml" / "model"
     model_dir.mkdir(parents=True)
     (model_dir / MANIFEST_NAME).write_text(
@@ -337,9 +302,7 @@ def test_malformed_model_folder_fails_ping_with_a_log_line_and_no_crash(
             {
                 "format": "lorapipe-model/1",
                 "base_model": str(tiny_model_dir),
-                "loras": {
-                    "gone": {"file": "loras/gone.safetensors", "sha256": "0" * 64}
-                },
+                "loras": {"gone": {"file": "loras/gone.safetensors", "sha256": "0" * 64}},
             }
         )
     )
@@ -347,45 +310,27 @@ def test_malformed_model_folder_fails_ping_with_a_log_line_and_no_crash(
     try:
         serving.first_ping()
         deadline = time.monotonic() + 60
-        while (
-            "model not loaded" not in serving.output() and time.monotonic() < deadline
-        ):
+        while "model not loaded" not in serving.output() and time.monotonic() < deadline:
             time.sleep(0.1)
         ping = httpx.get(f"{serving.url}/ping")
         assert ping.status_code == 503 and ping.json()["error"] == "ModelNotLoaded"
-        assert (
-            "loras.gone" in ping.json()["detail"] and "missing" in ping.json()["detail"]
-        )
+        assert "loras.gone" in ping.json()["detail"] and "missing" in ping.json()["detail"]
         log_line = next(line for line in serving.lines if "model not loaded" in line)
-        assert (
-            "loras/gone.safetensors" in log_line and "Traceback" not in serving.output()
-        )
-        invocation = httpx.post(
-            f"{serving.url}/invocations", json={"prompt": "x", **SMALL}
-        )
-        assert (
-            invocation.status_code == 503
-            and "loras.gone" in invocation.json()["detail"]
-        )
+        assert "loras/gone.safetensors" in log_line and "Traceback" not in serving.output()
+        invocation = httpx.post(f"{serving.url}/invocations", json={"prompt": "x", **SMALL})
+        assert invocation.status_code == 503 and "loras.gone" in invocation.json()["detail"]
         time.sleep(1)
-        assert serving.process.poll() is None, (
-            "a bad model folder must not end the process (no crash loop)"
-        )
+        assert serving.process.poll() is None, "a bad model folder must not end the process (no crash loop)"
     finally:
         assert serving.stop() in CLEAN_EXIT
 
 
 def test_no_manifest_and_no_environment_names_both(tmp_path):
-    serving = Serving(
-        tmp_path / "opt-ml", tmp_path / "cache", {"LORAPIPE_BASE_MODEL": ""}
-    )
+    serving = Serving(tmp_path / "opt-ml", tmp_path / "cache", {"LORAPIPE_BASE_MODEL": ""})
     try:
         serving.first_ping()
         deadline = time.monotonic() + 60
-        while (
-            httpx.get(f"{serving.url}/ping").json().get("error") == "ModelLoading"
-            and time.monotonic() < deadline
-        ):
+        while httpx.get(f"{serving.url}/ping").json().get("error") == "ModelLoading" and time.monotonic() < deadline:
             time.sleep(0.1)
         detail = httpx.get(f"{serving.url}/ping").json()["detail"]
         assert MANIFEST_NAME in detail and "LORAPIPE_BASE_MODEL" in detail

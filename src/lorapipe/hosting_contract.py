@@ -49,9 +49,7 @@ class HostedModel:
     source: str = ""  # where this came from, for log lines
 
 
-def read_hosted_model(
-    model_dir: Path, environ: Mapping[str, str] = os.environ
-) -> HostedModel:
+def read_hosted_model(model_dir: Path, environ: Mapping[str, str] = os.environ) -> HostedModel:
     """The model folder's manifest (bundled LoRAs checked against their sha256), else the environment.
 
     Raises ModelLoadError naming the missing or malformed piece; the hosting server logs it and answers /ping 503.
@@ -74,22 +72,15 @@ def read_hosted_model(
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(
-            f"{manifest_path}: not readable JSON ({exc}); rebuild it with "
-            "`lorapipe deploy package`"
+            f"{manifest_path}: not readable JSON ({exc}); rebuild it with `lorapipe deploy package`"
         ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ModelLoadError(
-            f"{manifest_path}: format is not {FORMAT!r}; rebuild it with `lorapipe deploy package`"
-        )
+        raise ModelLoadError(f"{manifest_path}: format is not {FORMAT!r}; rebuild it with `lorapipe deploy package`")
     base = data.get("base_model")
     if not isinstance(base, str) or not base.strip():
-        raise ModelLoadError(
-            f"{manifest_path}: key 'base_model' missing or empty; name the base model's location"
-        )
+        raise ModelLoadError(f"{manifest_path}: key 'base_model' missing or empty; name the base model's location")
     loras = _bundled_loras(model_dir, manifest_path, data.get("loras") or {})
-    prefix = (
-        env_prefix or data.get("lora_prefix") or None
-    )  # the environment wins: an update may move the prefix
+    prefix = env_prefix or data.get("lora_prefix") or None  # the environment wins: an update may move the prefix
     return HostedModel(
         base_model=_resolve_base(model_dir, base),
         loras=loras,
@@ -108,29 +99,25 @@ def _resolve_base(model_dir: Path, base: str) -> str:
 
 def _bundled_loras(model_dir: Path, manifest_path: Path, entries) -> dict[str, Path]:
     if not isinstance(entries, dict):
-        raise ModelLoadError(
-            f"{manifest_path}: key 'loras' must map names to {{file, sha256}}"
-        )
+        raise ModelLoadError(f"{manifest_path}: key 'loras' must map names to {{file, sha256}}")
     root = model_dir.resolve()
     loras: dict[str, Path] = {}
     for name, entry in entries.items():
         where = f"{manifest_path}: loras.{name}"
+        try:
+            check_lora_name(str(name))
+        except GenerationError as exc:
+            raise ModelLoadError(f"{where}: {exc}") from None
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise ModelLoadError(f'{where}: expected {{"file": ..., "sha256": ...}}')
         path = (model_dir / entry["file"]).resolve()
         if root not in path.parents:
-            raise ModelLoadError(
-                f"{where}: file {entry['file']!r} is outside the model folder"
-            )
+            raise ModelLoadError(f"{where}: file {entry['file']!r} is outside the model folder")
         if not path.is_file():
-            raise ModelLoadError(
-                f"{where}: file {entry['file']} is missing from the model archive"
-            )
+            raise ModelLoadError(f"{where}: file {entry['file']} is missing from the model archive")
         expected = entry.get("sha256")
         if expected and sha256_file(path) != expected:
-            raise ModelLoadError(
-                f"{where}: {entry['file']} does not match its sha256; rebuild the archive"
-            )
+            raise ModelLoadError(f"{where}: {entry['file']} does not match its sha256; rebuild the archive")
         loras[str(name)] = path
     return loras
 
@@ -139,20 +126,14 @@ def _prefix(url: str | None, key: str) -> str | None:
     if not url:
         return None
     if not url.startswith("s3://") or len(url.rstrip("/")) <= len("s3://"):
-        raise ModelLoadError(
-            f"{key} {url!r}: not an s3:// prefix; give s3://BUCKET/PREFIX/"
-        )
+        raise ModelLoadError(f"{key} {url!r}: not an s3:// prefix; give s3://BUCKET/PREFIX/")
     return url if url.endswith("/") else url + "/"
 
 
-def manifest_for(
-    base_model: str, loras: Mapping[str, Path], lora_prefix: str | None = None
-) -> dict:
+def manifest_for(base_model: str, loras: Mapping[str, Path], lora_prefix: str | None = None) -> dict:
     """The manifest of an archive holding `loras` (name -> local file) under loras/<name>.safetensors."""
     if not base_model:
-        raise ModelLoadError(
-            "--base-model: the hosted model needs a base model location (hub id, path or s3://)"
-        )
+        raise ModelLoadError("--base-model: the hosted model needs a base model location (hub id, path or s3://)")
     return {
         "format": FORMAT,
         "base_model": base_model,

@@ -56,14 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S3_PREFIX",
         help="upload the archive (with .sha256) under this prefix",
     )
-    package.add_argument(
-        "--s3-endpoint", metavar="URL", default=os.environ.get("AWS_ENDPOINT_URL")
-    )
+    package.add_argument("--s3-endpoint", metavar="URL", default=os.environ.get("AWS_ENDPOINT_URL"))
     package.set_defaults(handler=_package)
 
-    endpoint = commands.add_parser(
-        "endpoint", help="create model, endpoint config, endpoint and autoscaling"
-    )
+    endpoint = commands.add_parser("endpoint", help="create model, endpoint config, endpoint and autoscaling")
     _add_name(endpoint)
     endpoint.add_argument(
         "--image",
@@ -146,13 +142,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_aws(endpoint)
     endpoint.set_defaults(handler=_endpoint)
 
-    update = commands.add_parser(
-        "update", help="new model + endpoint config, then UpdateEndpoint (no downtime)"
-    )
+    update = commands.add_parser("update", help="new model + endpoint config, then UpdateEndpoint (no downtime)")
     _add_name(update)
-    update.add_argument(
-        "--model-data", metavar="S3_URL", help="a new model.tar.gz (a new LoRA set)"
-    )
+    update.add_argument("--model-data", metavar="S3_URL", help="a new model.tar.gz (a new LoRA set)")
     update.add_argument("--loras", metavar="S3_PREFIX", help="a new LoRA prefix")
     update.add_argument(
         "--add-lora",
@@ -170,23 +162,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_aws(update)
     update.set_defaults(handler=_update)
 
-    delete = commands.add_parser(
-        "delete", help="delete the endpoint, its autoscaling, config and model"
-    )
+    delete = commands.add_parser("delete", help="delete the endpoint, its autoscaling, config and model")
     _add_name(delete)
     _add_aws(delete)
     delete.set_defaults(handler=_delete)
 
-    invoke = commands.add_parser(
-        "invoke", help="send one A1111 txt2img/img2img request and save the images"
-    )
+    invoke = commands.add_parser("invoke", help="send one A1111 txt2img/img2img request and save the images")
     _add_name(invoke)
-    invoke.add_argument(
-        "--json", metavar="FILE", help="the request body (A1111 JSON; '-' reads stdin)"
-    )
-    invoke.add_argument(
-        "--prompt", help="without --json: a txt2img prompt (<lora:NAME:w> works)"
-    )
+    invoke.add_argument("--json", metavar="FILE", help="the request body (A1111 JSON; '-' reads stdin)")
+    invoke.add_argument("--prompt", help="without --json: a txt2img prompt (<lora:NAME:w> works)")
     invoke.add_argument("--steps", type=int, default=30)
     invoke.add_argument("--width", type=int, default=1024)
     invoke.add_argument("--height", type=int, default=1024)
@@ -205,12 +189,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     invoke.add_argument(
         "--input",
         metavar="S3_PREFIX",
-        help="--async: where the request goes (default: "
-        "<the endpoint's async output>/inputs/)",
+        help="--async: where the request goes (default: <the endpoint's async output>/inputs/)",
     )
-    invoke.add_argument(
-        "--png", action="store_true", help="ask for the PNG itself (Accept: image/png)"
-    )
+    invoke.add_argument("--png", action="store_true", help="ask for the PNG itself (Accept: image/png)")
     invoke.add_argument(
         "-o",
         "--output-dir",
@@ -240,9 +221,7 @@ def _add_name(parser: argparse.ArgumentParser) -> None:
 
 def _add_aws(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", help="AWS region (default: the AWS config's)")
-    parser.add_argument(
-        "--sagemaker-endpoint", metavar="URL", help="SageMaker API endpoint override"
-    )
+    parser.add_argument("--sagemaker-endpoint", metavar="URL", help="SageMaker API endpoint override")
     parser.add_argument(
         "--s3-endpoint",
         metavar="URL",
@@ -285,20 +264,14 @@ def _package(args: argparse.Namespace) -> int:
 
     loras: dict[str, Path] = {}
     if args.lora_dir:
-        loras.update(
-            {entry.name: entry.path for entry in LoraRegistry(args.lora_dir).entries()}
-        )
+        loras.update({entry.name: entry.path for entry in LoraRegistry(args.lora_dir).entries()})
     for text in args.lora:
         name, path = _named_file(text)
         loras[name] = path
     if not loras and not args.lora_prefix:
-        raise ConfigError(
-            "--lora/--lora-dir/--lora-prefix: give at least one LoRA or a prefix to fetch them from"
-        )
+        raise ConfigError("--lora/--lora-dir/--lora-prefix: give at least one LoRA or a prefix to fetch them from")
     output = Path(args.output)
-    manifest = build_model_archive(
-        output, args.base_model, loras, lora_prefix=args.lora_prefix
-    )
+    manifest = build_model_archive(output, args.base_model, loras, lora_prefix=args.lora_prefix)
     print(
         f"{output}: {len(manifest['loras'])} LoRA(s) ({', '.join(manifest['loras']) or 'none'}), "
         f"base model {args.base_model}"
@@ -306,9 +279,7 @@ def _package(args: argparse.Namespace) -> int:
     if args.upload:
         from lorapipe.store import open_store
 
-        print(
-            f"uploaded: {open_store(args.upload, endpoint_url=args.s3_endpoint).upload_file(output, output.name)}"
-        )
+        print(f"uploaded: {open_store(args.upload, endpoint_url=args.s3_endpoint).upload_file(output, output.name)}")
     return 0
 
 
@@ -322,18 +293,14 @@ def _endpoint(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
         environment.append((key, value))
-    minimum = (
-        args.min_instances
-        if args.min_instances is not None
-        else (0 if args.asynchronous else 1)
-    )
+    minimum = args.min_instances if args.min_instances is not None else (0 if args.asynchronous else 1)
     spec = EndpointSpec(
         name=args.name,
         image=args.image,
         role_arn=args.role,
         instance_type=args.instance_type,
         min_instances=minimum,
-        max_instances=max(args.max_instances, minimum, 1),
+        max_instances=args.max_instances,
         model_data_url=args.model_data,
         base_model=args.base_model,
         lora_prefix=args.loras,
@@ -361,9 +328,7 @@ def _update(args: argparse.Namespace) -> int:
         from lorapipe.deploy.lora_set import add_lora_to_endpoint
 
         name, path = _named_file(args.add_lora)
-        add_lora_to_endpoint(
-            aws, args.name, path, name, args.staging or "", poll_s=args.poll
-        )
+        add_lora_to_endpoint(aws, args.name, path, name, args.staging or "", poll_s=args.poll)
         return 0
     change = EndpointChange(
         model_data_url=args.model_data,
@@ -374,8 +339,7 @@ def _update(args: argparse.Namespace) -> int:
     )
     if change == EndpointChange():
         raise ConfigError(
-            "deploy update: nothing to change; give --model-data, --loras, --add-lora, --image, "
-            "--min or --max"
+            "deploy update: nothing to change; give --model-data, --loras, --add-lora, --image, --min or --max"
         )
     update_endpoint(aws, args.name, change, poll_s=args.poll)
     return 0
@@ -400,11 +364,7 @@ def _invoke(args: argparse.Namespace) -> int:
     from lorapipe.errors import ConfigError
 
     if args.json:
-        text = (
-            sys.stdin.read()
-            if args.json == "-"
-            else Path(args.json).read_text(encoding="utf-8")
-        )
+        text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text(encoding="utf-8")
         try:
             request = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -424,9 +384,7 @@ def _invoke(args: argparse.Namespace) -> int:
     endpoint, asynchronous = args.name, args.asynchronous
     if args.async_endpoint and is_long_job(request):
         endpoint, asynchronous = args.async_endpoint, True
-        print(
-            f"long job (hires fix, batch or many steps): sent asynchronously to {endpoint}"
-        )
+        print(f"long job (hires fix, batch or many steps): sent asynchronously to {endpoint}")
     if asynchronous:
         answer = invoke_async(
             aws,
@@ -459,9 +417,7 @@ def _save(answer, folder: Path, stem: str) -> list[Path]:
             data = json.loads(answer.body)
             images = [base64.b64decode(image) for image in data["images"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise DeployError(
-                f"endpoint {stem}: the answer is not A1111 JSON ({answer.body[:200]!r})"
-            ) from exc
+            raise DeployError(f"endpoint {stem}: the answer is not A1111 JSON ({answer.body[:200]!r})") from exc
         info = json.loads(data.get("info") or "{}")
         if info.get("comments"):
             print(info["comments"])

@@ -28,9 +28,7 @@ from lorapipe.errors import DeployError
 from lorapipe.hosting_contract import BASE_MODEL_ENV, LORA_PREFIX_ENV
 
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-STARTUP_HEALTH_CHECK_S = (
-    900  # SageMaker's wait for the first /ping 200: an SDXL load from S3 takes minutes
-)
+STARTUP_HEALTH_CHECK_S = 900  # SageMaker's wait for the first /ping 200: an SDXL load from S3 takes minutes
 MODEL_DOWNLOAD_S = 1800
 FINAL_STATES = frozenset({"InService", "Failed", "OutOfService"})
 Say = Callable[[str], None]
@@ -46,75 +44,51 @@ class EndpointSpec:
     instance_type: str = "ml.g5.xlarge"
     min_instances: int = 1
     max_instances: int = 1
-    model_data_url: str | None = (
-        None  # s3://.../model.tar.gz from `lorapipe deploy package`
-    )
+    model_data_url: str | None = None  # s3://.../model.tar.gz from `lorapipe deploy package`
     base_model: str | None = None  # without model data: $LORAPIPE_BASE_MODEL
-    lora_prefix: str | None = (
-        None  # $LORAPIPE_LORA_PREFIX: LoRAs fetched at request time
-    )
+    lora_prefix: str | None = None  # $LORAPIPE_LORA_PREFIX: LoRAs fetched at request time
     asynchronous: bool = False
     async_output: str | None = None  # s3:// prefix for async results (and failures/)
     success_topic: str | None = None  # SNS topic ARNs for async notifications
     error_topic: str | None = None
-    target: float | None = (
-        None  # invocations/instance/minute (real-time), waiting requests/instance (async)
-    )
+    target: float | None = None  # invocations/instance/minute (real-time), waiting requests/instance (async)
     environment: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         check_endpoint_name(self.name)
         if not self.image:
-            raise DeployError(
-                "--image: the endpoint needs the lorapipe image URI (ECR); see container/"
-            )
+            raise DeployError("--image: the endpoint needs the lorapipe image URI (ECR); see container/")
         if not self.role_arn.startswith("arn:"):
-            raise DeployError(
-                f"--role {self.role_arn!r}: give the SageMaker execution role ARN; see deploy/"
-            )
+            raise DeployError(f"--role {self.role_arn!r}: give the SageMaker execution role ARN; see deploy/")
         if not (self.model_data_url or self.base_model):
             raise DeployError(
                 "--model-data or --base-model: the endpoint needs a model.tar.gz "
                 "(`lorapipe deploy package`) or a base model location"
             )
         if self.model_data_url and not (
-            self.model_data_url.startswith("s3://")
-            and self.model_data_url.endswith(".tar.gz")
+            self.model_data_url.startswith("s3://") and self.model_data_url.endswith(".tar.gz")
         ):
-            raise DeployError(
-                f"--model-data {self.model_data_url}: give the s3:// URL of a model.tar.gz"
-            )
+            raise DeployError(f"--model-data {self.model_data_url}: give the s3:// URL of a model.tar.gz")
         if self.lora_prefix and not self.lora_prefix.startswith("s3://"):
-            raise DeployError(
-                f"--loras {self.lora_prefix}: give an s3:// prefix of .safetensors LoRAs"
-            )
+            raise DeployError(f"--loras {self.lora_prefix}: give an s3:// prefix of .safetensors LoRAs")
         lowest = 0 if self.asynchronous else 1
-        if (
-            not lowest <= self.min_instances <= self.max_instances
-            or self.max_instances < 1
-        ):
+        if not lowest <= self.min_instances <= self.max_instances or self.max_instances < 1:
             raise DeployError(
                 f"--min {self.min_instances} --max {self.max_instances}: need {lowest} <= min <= max "
                 f"and max >= 1{'' if self.asynchronous else ' (only --async endpoints scale to zero)'}"
             )
         if self.asynchronous and not (self.async_output or "").startswith("s3://"):
-            raise DeployError(
-                "--async-output: an asynchronous endpoint writes results to S3; give s3://BUCKET/PREFIX/"
-            )
+            raise DeployError("--async-output: an asynchronous endpoint writes results to S3; give s3://BUCKET/PREFIX/")
 
     @property
     def scaling(self) -> Scaling:
-        default = (
-            2.0 if self.asynchronous else 10.0
-        )  # ~5 s per SDXL image: 10/min keeps one GPU about busy
+        default = 2.0 if self.asynchronous else 10.0  # ~5 s per SDXL image: 10/min keeps one GPU about busy
         return Scaling(self.min_instances, self.max_instances, self.target or default)
 
 
 def check_endpoint_name(name: str) -> str:
     if not _NAME.match(name or ""):
-        raise DeployError(
-            f"endpoint name {name!r}: use 1-63 letters, digits and hyphens (no leading hyphen)"
-        )
+        raise DeployError(f"endpoint name {name!r}: use 1-63 letters, digits and hyphens (no leading hyphen)")
     return name
 
 
@@ -131,11 +105,7 @@ def model_request(spec: EndpointSpec, stamp: str) -> dict:
     if spec.base_model:
         environment[BASE_MODEL_ENV] = spec.base_model
     if spec.lora_prefix:
-        environment[LORA_PREFIX_ENV] = (
-            spec.lora_prefix
-            if spec.lora_prefix.endswith("/")
-            else spec.lora_prefix + "/"
-        )
+        environment[LORA_PREFIX_ENV] = spec.lora_prefix if spec.lora_prefix.endswith("/") else spec.lora_prefix + "/"
     container = {"Image": spec.image, "Mode": "SingleModel", "Environment": environment}
     if spec.model_data_url:
         container["ModelDataUrl"] = spec.model_data_url
@@ -185,9 +155,7 @@ def endpoint_config_request(spec: EndpointSpec, model_name: str, stamp: str) -> 
 # -- operations ------------------------------------------------------------------------------------------------------
 
 
-def create_endpoint(
-    spec: EndpointSpec, aws: Aws, *, say: Say = print, poll_s: float = 30.0
-) -> dict:
+def create_endpoint(spec: EndpointSpec, aws: Aws, *, say: Say = print, poll_s: float = 30.0) -> dict:
     """Model -> endpoint config -> endpoint; once InService, the autoscaling policy (it needs a live variant)."""
     sagemaker = aws.client("sagemaker")
     stamp = now_stamp()
@@ -201,9 +169,7 @@ def create_endpoint(
             f"endpoint config {config['EndpointConfigName']} created "
             f"({spec.instance_type}, {'asynchronous' if spec.asynchronous else 'real-time'})"
         )
-        sagemaker.create_endpoint(
-            EndpointName=spec.name, EndpointConfigName=config["EndpointConfigName"]
-        )
+        sagemaker.create_endpoint(EndpointName=spec.name, EndpointConfigName=config["EndpointConfigName"])
     except Exception as exc:
         raise DeployError(
             f"endpoint {spec.name}: SageMaker refused it ({aws_reason(exc)}); check the role, image, "
@@ -217,9 +183,7 @@ def create_endpoint(
     }
     wait_in_service(aws, spec.name, say=say, poll_s=poll_s)
     try:
-        result["scaling"] = apply_scaling(
-            aws, spec.name, spec.scaling, asynchronous=spec.asynchronous
-        )
+        result["scaling"] = apply_scaling(aws, spec.name, spec.scaling, asynchronous=spec.asynchronous)
     except Exception as exc:
         raise DeployError(
             f"endpoint {spec.name}: in service, but autoscaling was refused ({aws_reason(exc)}); "
@@ -249,33 +213,25 @@ def wait_in_service(
         if status in FINAL_STATES:
             break
         if time.monotonic() > deadline:
-            raise DeployError(
-                f"endpoint {name}: still {status} after {timeout_s:g} s; see the SageMaker console"
-            )
+            raise DeployError(f"endpoint {name}: still {status} after {timeout_s:g} s; see the SageMaker console")
         time.sleep(poll_s)
     if status != "InService":
         reason = description.get("FailureReason") or "no reason given"
         raise DeployError(
-            f"endpoint {name}: {status} ({reason}); the container log is in CloudWatch "
-            f"/aws/sagemaker/Endpoints/{name}"
+            f"endpoint {name}: {status} ({reason}); the container log is in CloudWatch /aws/sagemaker/Endpoints/{name}"
         )
     return description
 
 
 def describe_endpoint(aws: Aws, name: str) -> dict:
     try:
-        return aws.client("sagemaker").describe_endpoint(
-            EndpointName=check_endpoint_name(name)
-        )
+        return aws.client("sagemaker").describe_endpoint(EndpointName=check_endpoint_name(name))
     except Exception as exc:
         if is_not_found(exc):
             raise DeployError(
-                f"endpoint {name}: not found in this account and region; check the name and "
-                "--region"
+                f"endpoint {name}: not found in this account and region; check the name and --region"
             ) from exc
-        raise DeployError(
-            f"endpoint {name}: cannot read it ({aws_reason(exc)})"
-        ) from exc
+        raise DeployError(f"endpoint {name}: cannot read it ({aws_reason(exc)})") from exc
 
 
 @dataclass(frozen=True)
@@ -304,12 +260,8 @@ def update_endpoint(
     sagemaker = aws.client("sagemaker")
     endpoint = describe_endpoint(aws, name)
     if endpoint["EndpointStatus"] != "InService":
-        raise DeployError(
-            f"endpoint {name}: {endpoint['EndpointStatus']}; an update needs it InService"
-        )
-    old_config = sagemaker.describe_endpoint_config(
-        EndpointConfigName=endpoint["EndpointConfigName"]
-    )
+        raise DeployError(f"endpoint {name}: {endpoint['EndpointStatus']}; an update needs it InService")
+    old_config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     old_model_name = old_config["ProductionVariants"][0]["ModelName"]
     old_model = sagemaker.describe_model(ModelName=old_model_name)
     container = dict(old_model["PrimaryContainer"])
@@ -318,9 +270,7 @@ def update_endpoint(
         container["ModelDataUrl"] = change.model_data_url
     if change.lora_prefix:
         environment[LORA_PREFIX_ENV] = (
-            change.lora_prefix
-            if change.lora_prefix.endswith("/")
-            else change.lora_prefix + "/"
+            change.lora_prefix if change.lora_prefix.endswith("/") else change.lora_prefix + "/"
         )
     if change.image:
         container["Image"] = change.image
@@ -353,9 +303,7 @@ def update_endpoint(
             RetainAllVariantProperties=True,
         )
     except Exception as exc:
-        raise DeployError(
-            f"endpoint {name}: update refused ({aws_reason(exc)})"
-        ) from exc
+        raise DeployError(f"endpoint {name}: update refused ({aws_reason(exc)})") from exc
     say(
         f"endpoint {name}: updating to {config['EndpointConfigName']} (model {model_name}); the old instances "
         "serve until the new ones answer /ping"
@@ -369,10 +317,7 @@ def update_endpoint(
             max_instances=_either(change.max_instances, current.max_instances),
         )
         asynchronous = "AsyncInferenceConfig" in config
-        if (
-            scaling.min_instances < (0 if asynchronous else 1)
-            or scaling.min_instances > scaling.max_instances
-        ):
+        if scaling.min_instances < (0 if asynchronous else 1) or scaling.min_instances > scaling.max_instances:
             raise DeployError(
                 f"--min {scaling.min_instances} --max {scaling.max_instances}: need min <= max"
                 f"{'' if asynchronous else ' and min >= 1 (only --async endpoints scale to zero)'}"
@@ -403,11 +348,7 @@ def _current_scaling(aws: Aws, name: str) -> Scaling:
         ResourceId=resource_id(name),
         PolicyNames=[policy_names(name)["target"]],
     )["ScalingPolicies"]
-    target = (
-        policies[0]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"]
-        if policies
-        else 10.0
-    )
+    target = policies[0]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] if policies else 10.0
     if not targets:
         return Scaling(1, 1, target)
     return Scaling(targets[0]["MinCapacity"], targets[0]["MaxCapacity"], target)
@@ -418,23 +359,17 @@ def delete_endpoint(aws: Aws, name: str, *, say: Say = print) -> None:
     sagemaker = aws.client("sagemaker")
     endpoint = describe_endpoint(aws, name)
     try:
-        config = sagemaker.describe_endpoint_config(
-            EndpointConfigName=endpoint["EndpointConfigName"]
-        )
+        config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     except Exception as exc:
         if not is_not_found(exc):
-            raise DeployError(
-                f"endpoint {name}: cannot read its config ({aws_reason(exc)})"
-            ) from exc
+            raise DeployError(f"endpoint {name}: cannot read its config ({aws_reason(exc)})") from exc
         config = None
     try:
         for line in remove_scaling(aws, name):
             say(line)
         sagemaker.delete_endpoint(EndpointName=name)
     except Exception as exc:
-        raise DeployError(
-            f"endpoint {name}: delete refused ({aws_reason(exc)})"
-        ) from exc
+        raise DeployError(f"endpoint {name}: delete refused ({aws_reason(exc)})") from exc
     say(f"endpoint {name} deleted")
     if config is not None:
         _delete_quietly(

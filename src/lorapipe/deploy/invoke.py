@@ -33,16 +33,10 @@ class Answer:
 def is_long_job(request: dict) -> bool:
     """Hires fix, several images, or many steps: route it to an asynchronous endpoint."""
     images = int(request.get("batch_size") or 1) * int(request.get("n_iter") or 1)
-    return (
-        bool(request.get("enable_hr"))
-        or images > 1
-        or int(request.get("steps") or 0) > LONG_STEPS
-    )
+    return bool(request.get("enable_hr")) or images > 1 or int(request.get("steps") or 0) > LONG_STEPS
 
 
-def invoke(
-    aws: Aws, endpoint: str, request: dict, *, accept: str = CONTENT_TYPE
-) -> Answer:
+def invoke(aws: Aws, endpoint: str, request: dict, *, accept: str = CONTENT_TYPE) -> Answer:
     runtime = aws.client("sagemaker-runtime")
     try:
         response = runtime.invoke_endpoint(
@@ -52,9 +46,7 @@ def invoke(
             Body=json.dumps(request).encode(),
         )
     except Exception as exc:
-        raise DeployError(
-            f"endpoint {endpoint}: invocation failed ({aws_reason(exc)})"
-        ) from exc
+        raise DeployError(f"endpoint {endpoint}: invocation failed ({aws_reason(exc)})") from exc
     return Answer(response["Body"].read(), response.get("ContentType", accept))
 
 
@@ -71,9 +63,7 @@ def invoke_async(
 ) -> Answer:
     """Upload `request` under `input_prefix`, InvokeEndpointAsync, and poll S3 until the answer or failure lands."""
     if not input_prefix.startswith("s3://"):
-        raise DeployError(
-            f"--input {input_prefix}: asynchronous requests travel through S3; give s3://BUCKET/PREFIX/"
-        )
+        raise DeployError(f"--input {input_prefix}: asynchronous requests travel through S3; give s3://BUCKET/PREFIX/")
     bucket, key = _split(f"{input_prefix.rstrip('/')}/{uuid.uuid4().hex}.json")
     s3 = aws.client("s3")
     try:
@@ -90,17 +80,13 @@ def invoke_async(
             Accept=accept,
         )
     except Exception as exc:
-        raise DeployError(
-            f"endpoint {endpoint}: asynchronous invocation failed ({aws_reason(exc)})"
-        ) from exc
+        raise DeployError(f"endpoint {endpoint}: asynchronous invocation failed ({aws_reason(exc)})") from exc
     output, failure = response["OutputLocation"], response.get("FailureLocation")
     say(f"queued as {response.get('InferenceId', '?')}; waiting for {output}")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if failure and (found := _read(s3, failure)) is not None:
-            raise DeployError(
-                f"endpoint {endpoint}: the request failed: {found[0].decode('utf-8', 'replace')[:1000]}"
-            )
+            raise DeployError(f"endpoint {endpoint}: the request failed: {found[0].decode('utf-8', 'replace')[:1000]}")
         if (found := _read(s3, output)) is not None:
             return Answer(found[0], found[1], location=output)
         time.sleep(poll_s)

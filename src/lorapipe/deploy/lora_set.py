@@ -39,9 +39,7 @@ def current_model(aws: Aws, endpoint: str) -> dict:
     config = sagemaker.describe_endpoint_config(
         EndpointConfigName=describe_endpoint(aws, endpoint)["EndpointConfigName"]
     )
-    return sagemaker.describe_model(
-        ModelName=config["ProductionVariants"][0]["ModelName"]
-    )["PrimaryContainer"]
+    return sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])["PrimaryContainer"]
 
 
 def add_lora_to_endpoint(
@@ -59,12 +57,8 @@ def add_lora_to_endpoint(
     prefix = (container.get("Environment") or {}).get(LORA_PREFIX_ENV)
     try:
         if prefix:
-            url = open_store(prefix, endpoint_url=aws.s3_endpoint_url).upload_file(
-                lora, f"{name}{LORA_SUFFIX}"
-            )
-            say(
-                f"deploy: {url} uploaded; {endpoint} serves <lora:{name}:1> from its next request"
-            )
+            url = open_store(prefix, endpoint_url=aws.s3_endpoint_url).upload_file(lora, f"{name}{LORA_SUFFIX}")
+            say(f"deploy: {url} uploaded; {endpoint} serves <lora:{name}:1> from its next request")
             return {"endpoint": endpoint, "lora_url": url, "updated": False}
         archive_url = container.get("ModelDataUrl")
         if not archive_url:
@@ -76,19 +70,13 @@ def add_lora_to_endpoint(
     except DeployError:
         raise
     except LorapipeError as exc:
-        raise DeployError(
-            f"endpoint {endpoint}: cannot add LoRA {name} ({exc})"
-        ) from exc
+        raise DeployError(f"endpoint {endpoint}: cannot add LoRA {name} ({exc})") from exc
     say(f"deploy: {new_url} built with <lora:{name}>")
-    result = update_endpoint(
-        aws, endpoint, EndpointChange(model_data_url=new_url), say=say, poll_s=poll_s
-    )
+    result = update_endpoint(aws, endpoint, EndpointChange(model_data_url=new_url), say=say, poll_s=poll_s)
     return {**result, "model_data_url": new_url, "updated": True}
 
 
-def _rebuilt_archive(
-    archive_url: str, lora: Path, name: str, staging_url: str, aws: Aws
-) -> str:
+def _rebuilt_archive(archive_url: str, lora: Path, name: str, staging_url: str, aws: Aws) -> str:
     folder, _, archive_name = archive_url.rpartition("/")
     with tempfile.TemporaryDirectory(prefix="lorapipe-archive-") as scratch:
         old = open_store(folder, endpoint_url=aws.s3_endpoint_url).fetch_file(
@@ -98,9 +86,7 @@ def _rebuilt_archive(
         hosted = unpack_model_archive(old, unpacked)
         written = json.loads((unpacked / MANIFEST_NAME).read_text(encoding="utf-8"))
         if hosted.base_model.startswith(str(unpacked)):
-            raise DeployError(
-                f"{archive_url}: bundles its base model; rebuild it with `lorapipe deploy package`"
-            )
+            raise DeployError(f"{archive_url}: bundles its base model; rebuild it with `lorapipe deploy package`")
         new = Path(scratch) / ARCHIVE_NAME
         build_model_archive(
             new,
@@ -108,6 +94,4 @@ def _rebuilt_archive(
             {**hosted.loras, name: lora},
             lora_prefix=written.get("lora_prefix"),
         )
-        return open_store(staging_url, endpoint_url=aws.s3_endpoint_url).upload_file(
-            new, ARCHIVE_NAME
-        )
+        return open_store(staging_url, endpoint_url=aws.s3_endpoint_url).upload_file(new, ARCHIVE_NAME)

@@ -29,9 +29,7 @@ class Scaling:
     min_instances: int
     max_instances: int
     target: float
-    scale_in_cooldown_s: int = (
-        600  # an SDXL instance takes minutes to start: do not give it back too eagerly
-    )
+    scale_in_cooldown_s: int = 600  # an SDXL instance takes minutes to start: do not give it back too eagerly
     scale_out_cooldown_s: int = 120
 
 
@@ -57,9 +55,7 @@ def scalable_target_request(endpoint: str, scaling: Scaling) -> dict:
     }
 
 
-def target_tracking_request(
-    endpoint: str, scaling: Scaling, *, asynchronous: bool
-) -> dict:
+def target_tracking_request(endpoint: str, scaling: Scaling, *, asynchronous: bool) -> dict:
     if asynchronous:
         metric = {
             "CustomizedMetricSpecification": {
@@ -70,11 +66,7 @@ def target_tracking_request(
             }
         }
     else:
-        metric = {
-            "PredefinedMetricSpecification": {
-                "PredefinedMetricType": INVOCATIONS_METRIC
-            }
-        }
+        metric = {"PredefinedMetricSpecification": {"PredefinedMetricType": INVOCATIONS_METRIC}}
     return {
         "PolicyName": policy_names(endpoint)["target"],
         "ServiceNamespace": NAMESPACE,
@@ -102,9 +94,7 @@ def scale_from_zero_request(endpoint: str, scaling: Scaling) -> dict:
             "AdjustmentType": "ChangeInCapacity",
             "MetricAggregationType": "Average",
             "Cooldown": scaling.scale_out_cooldown_s,
-            "StepAdjustments": [
-                {"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}
-            ],
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
         },
     }
 
@@ -127,25 +117,17 @@ def no_capacity_alarm_request(endpoint: str, policy_arn: str) -> dict:
     }
 
 
-def apply_scaling(
-    aws, endpoint: str, scaling: Scaling, *, asynchronous: bool
-) -> list[str]:
+def apply_scaling(aws, endpoint: str, scaling: Scaling, *, asynchronous: bool) -> list[str]:
     """Register the variant and put its policies (and the async alarm); returns what was done, for the user."""
     autoscaling = aws.client("application-autoscaling")
     autoscaling.register_scalable_target(**scalable_target_request(endpoint, scaling))
-    autoscaling.put_scaling_policy(
-        **target_tracking_request(endpoint, scaling, asynchronous=asynchronous)
-    )
+    autoscaling.put_scaling_policy(**target_tracking_request(endpoint, scaling, asynchronous=asynchronous))
     metric = BACKLOG_METRIC if asynchronous else INVOCATIONS_METRIC
     bounds = f"{scaling.min_instances}..{scaling.max_instances}"
     done = [f"autoscaling {bounds} instances, target {scaling.target:g} {metric}"]
     if asynchronous and scaling.min_instances == 0:
-        policy = autoscaling.put_scaling_policy(
-            **scale_from_zero_request(endpoint, scaling)
-        )
-        aws.client("cloudwatch").put_metric_alarm(
-            **no_capacity_alarm_request(endpoint, policy["PolicyARN"])
-        )
+        policy = autoscaling.put_scaling_policy(**scale_from_zero_request(endpoint, scaling))
+        aws.client("cloudwatch").put_metric_alarm(**no_capacity_alarm_request(endpoint, policy["PolicyARN"]))
         done.append(f"alarm {policy_names(endpoint)['alarm']} scales out from zero")
     return done
 

@@ -19,7 +19,7 @@ def error_body(status_detail: str, *, error: str = "HTTPException", errors: str 
     return json.dumps({"error": error, "detail": status_detail, "body": "", "errors": errors}).encode()
 
 
-async def _send_json(send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})
@@ -58,7 +58,7 @@ class BasicAuthMiddleware:
 
     @staticmethod
     async def _refuse(send, detail: str) -> None:
-        await _send_json(send, 401, error_body(detail), [(b"www-authenticate", b'Basic realm="lorapipe"')])
+        await send_json(send, 401, error_body(detail), [(b"www-authenticate", b'Basic realm="lorapipe"')])
 
 
 class BodyLimitMiddleware:
@@ -73,7 +73,7 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await _send_json(send, 413, error_body(f"request body over {self.max_bytes} bytes"))
+            return await send_json(send, 413, error_body(f"request body over {self.max_bytes} bytes"))
         received = 0
         started = False
 
@@ -96,7 +96,7 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _send_json(send, 413, error_body(f"request body over {self.max_bytes} bytes"))
+                await send_json(send, 413, error_body(f"request body over {self.max_bytes} bytes"))
 
 
 class _BodyTooLarge(Exception):

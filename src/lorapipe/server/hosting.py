@@ -35,6 +35,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from lorapipe.atomic import atomic_copy
 from lorapipe.errors import GenerationError, StoreError
 from lorapipe.generate.infotext import png_bytes
 from lorapipe.generate.prompt_syntax import parse_extra_networks
@@ -42,7 +43,7 @@ from lorapipe.hosting_contract import SERVING_PORT, HostedModel, read_hosted_mod
 from lorapipe.registry import LORA_SUFFIX, check_lora_name
 from lorapipe.server.api_errors import ApiError, a1111_error
 from lorapipe.server.app import create_app
-from lorapipe.server.guards import error_body
+from lorapipe.server.guards import error_body, send_json
 from lorapipe.server.routes_generate import a1111_response, run_generation
 from lorapipe.server.schemas import Img2ImgBody, Txt2ImgBody
 from lorapipe.server.settings import Limits, ServerSettings
@@ -57,9 +58,7 @@ class HostingOptions:
     """How this container serves; each has an environment variable because SageMaker passes no arguments."""
 
     opt_ml_root: str | None = None  # default: $LORAPIPE_OPT_ML or /opt/ml
-    cache_dir: Path = field(
-        default_factory=lambda: Path(tempfile.gettempdir()) / "lorapipe-hosting"
-    )
+    cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "lorapipe-hosting")
     device: str | None = None
     dtype: str | None = None
     queue_size: int = 8
@@ -80,8 +79,6 @@ class HostedLoras:
     """The generator's LoRA folder on this instance: the archive's LoRAs, plus those fetched from the S3 prefix."""
 
     def __init__(self, folder: Path, model: HostedModel):
-        from lorapipe.atomic import atomic_copy
-
         self.folder = folder
         self.bundled = frozenset(model.loras)
         self.prefix = model.lora_prefix
@@ -89,9 +86,7 @@ class HostedLoras:
         for (
             name,
             path,
-        ) in (
-            model.loras.items()
-        ):  # one folder for the registry; a hard link costs no copy
+        ) in model.loras.items():  # one folder for the registry; a hard link costs no copy
             target = folder / f"{name}{LORA_SUFFIX}"
             target.unlink(missing_ok=True)
             try:
@@ -103,9 +98,7 @@ class HostedLoras:
             from lorapipe.store import open_store
 
             self._store = open_store(self.prefix)
-        self._lock = (
-            threading.Lock()
-        )  # one download at a time: two requests naming the same LoRA share it
+        self._lock = threading.Lock()  # one download at a time: two requests naming the same LoRA share it
 
     def looks_up(self, name: str) -> bool:
         """Whether `name` is looked up in the prefix (the archive's own LoRAs are pinned and never are)."""
@@ -140,9 +133,7 @@ def load_hosted_generator(app: FastAPI, options: HostingOptions):
     base = _local_base_model(model.base_model, options.cache_dir / "base")
     log.info("loading base model %s (from %s)", base, model.source)
     quiet_model_loading()
-    generator = Generator.load(
-        base, lora_dir=loras.folder, device=options.device, dtype=options.dtype
-    )
+    generator = Generator.load(base, lora_dir=loras.folder, device=options.device, dtype=options.dtype)
     app.state.hosted_loras = loras
     names = ", ".join(sorted(loras.bundled)) or "none"
     log.info(
@@ -189,8 +180,7 @@ async def invocations(request: Request):
     if state is None:
         raise ApiError(
             503,
-            getattr(request.app.state, "load_error", None)
-            or "the base model is still loading",
+            getattr(request.app.state, "load_error", None) or "the base model is still loading",
             error="ModelNotLoaded",
         )
     body, kind = _parse_body(await request.body())
@@ -198,9 +188,7 @@ async def invocations(request: Request):
     if problems:
         raise ApiError(
             422,
-            "; ".join(
-                f"{'.'.join(map(str, p['loc'][1:]))}: {p['msg']}" for p in problems
-            ),
+            "; ".join(f"{'.'.join(map(str, p['loc'][1:]))}: {p['msg']}" for p in problems),
             error="ValidationError",
             errors=json.dumps(problems),
         )
@@ -214,9 +202,7 @@ async def invocations(request: Request):
     await _require_loras(body, state.generator.registry, request.app.state.hosted_loras)
     result = await run_generation(body, request, kind=kind)
     if wants_png:
-        return Response(
-            png_bytes(result.images[0], result.infotexts[0]), media_type=PNG
-        )
+        return Response(png_bytes(result.images[0], result.infotexts[0]), media_type=PNG)
     return a1111_response(body, result, kind=kind)
 
 
@@ -232,20 +218,15 @@ def _parse_body(raw: bytes) -> tuple[Txt2ImgBody, str]:
     if not isinstance(payload, dict):
         raise ApiError(
             400,
-            f"request body: a JSON {type(payload).__name__}, not an object; send A1111 txt2img or "
-            "img2img JSON",
+            f"request body: a JSON {type(payload).__name__}, not an object; send A1111 txt2img or img2img JSON",
             error="ValidationError",
         )
     kind = "img2img" if payload.get("init_images") else "txt2img"
     try:
-        body = (Img2ImgBody if kind == "img2img" else Txt2ImgBody).model_validate(
-            payload
-        )
+        body = (Img2ImgBody if kind == "img2img" else Txt2ImgBody).model_validate(payload)
     except ValidationError as exc:
         problems = exc.errors(include_url=False, include_context=False)
-        detail = "; ".join(
-            f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems
-        )
+        detail = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
         raise ApiError(
             422,
             detail,
@@ -264,11 +245,7 @@ async def _require_loras(body: Txt2ImgBody, registry, loras: HostedLoras) -> Non
     """Every LoRA the prompts name is on this instance (fetched from the prefix if need be), else a 404."""
     if body.disable_extra_networks:
         return
-    names = {
-        tag.name
-        for text in (body.prompt, body.hr_prompt)
-        for tag in parse_extra_networks(text).loras
-    }
+    names = {tag.name for text in (body.prompt, body.hr_prompt) for tag in parse_extra_networks(text).loras}
     for name in sorted(names):
         try:
             check_lora_name(name)
@@ -283,13 +260,10 @@ async def _require_loras(body: Txt2ImgBody, registry, loras: HostedLoras) -> Non
             ) from None
         if registry.resolve(name) is None:
             where = f" or {loras.prefix}{name}{LORA_SUFFIX}" if loras.prefix else ""
-            known = (
-                ", ".join(sorted(entry.name for entry in registry.entries())) or "none"
-            )
+            known = ", ".join(sorted(entry.name for entry in registry.entries())) or "none"
             raise ApiError(
                 404,
-                f"prompt: <lora:{name}> not found in the endpoint's model{where}; "
-                f"LoRAs here: {known}",
+                f"prompt: <lora:{name}> not found in the endpoint's model{where}; LoRAs here: {known}",
                 error="LoraNotFound",
             )
 
@@ -303,26 +277,12 @@ class OnlyHostingRoutes:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in HOSTING_PATHS:
             return await self.app(scope, receive, send)
-        body = error_body(
-            f"{scope['path']}: not a SageMaker hosting route; use GET /ping or POST /invocations"
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 404,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"{scope['path']}: not a SageMaker hosting route; use GET /ping or POST /invocations"
+        await send_json(send, 404, error_body(detail))
 
 
 def create_hosting_app(options: HostingOptions) -> FastAPI:
-    app = create_app(
-        options.server_settings(), loader=lambda: load_hosted_generator(app, options)
-    )
+    app = create_app(options.server_settings(), loader=lambda: load_hosted_generator(app, options))
     app.include_router(router)
     app.add_middleware(OnlyHostingRoutes)
     return app
@@ -333,9 +293,7 @@ def create_hosting_app(options: HostingOptions) -> FastAPI:
 
 def main(argv=None) -> int:
     env = os.environ
-    parser = argparse.ArgumentParser(
-        prog="serve", description="SageMaker hosting: /ping and /invocations"
-    )
+    parser = argparse.ArgumentParser(prog="serve", description="SageMaker hosting: /ping and /invocations")
     parser.add_argument(
         "--host",
         default=env.get("LORAPIPE_HOST", "0.0.0.0"),
@@ -346,9 +304,7 @@ def main(argv=None) -> int:
         type=int,
         default=int(env.get("SAGEMAKER_BIND_TO_PORT") or SERVING_PORT),
     )
-    parser.add_argument(
-        "--opt-ml-root", help="SageMaker root (default: $LORAPIPE_OPT_ML or /opt/ml)"
-    )
+    parser.add_argument("--opt-ml-root", help="SageMaker root (default: $LORAPIPE_OPT_ML or /opt/ml)")
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -360,24 +316,16 @@ def main(argv=None) -> int:
         default=env.get("LORAPIPE_DEVICE"),
         help="torch device (default: cuda if present)",
     )
-    parser.add_argument(
-        "--dtype", default=env.get("LORAPIPE_DTYPE"), choices=("fp32", "fp16", "bf16")
-    )
-    parser.add_argument(
-        "--queue-size", type=int, default=int(env.get("LORAPIPE_QUEUE_SIZE", 8))
-    )
+    parser.add_argument("--dtype", default=env.get("LORAPIPE_DTYPE"), choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--queue-size", type=int, default=int(env.get("LORAPIPE_QUEUE_SIZE", 8)))
     parser.add_argument(
         "--timeout",
         type=float,
         default=float(env.get("LORAPIPE_TIMEOUT_S", 600)),
         help="seconds per request, queue wait included; also the SIGTERM drain limit",
     )
-    parser.add_argument(
-        "--max-body-mb", type=float, default=float(env.get("LORAPIPE_MAX_BODY_MB", 64))
-    )
-    parser.add_argument(
-        "mode", nargs="?", default="serve", help="SageMaker passes 'serve'; ignored"
-    )
+    parser.add_argument("--max-body-mb", type=float, default=float(env.get("LORAPIPE_MAX_BODY_MB", 64)))
+    parser.add_argument("mode", nargs="?", default="serve", help="SageMaker passes 'serve'; ignored")
     args = parser.parse_args(argv)
     options = HostingOptions(
         opt_ml_root=args.opt_ml_root,
