@@ -83,10 +83,8 @@ class HostedLoras:
         self.bundled = frozenset(model.loras)
         self.prefix = model.lora_prefix
         folder.mkdir(parents=True, exist_ok=True)
-        for (
-            name,
-            path,
-        ) in model.loras.items():  # one folder for the registry; a hard link costs no copy
+        # One folder for the registry: the archive's LoRAs are linked in (a hard link copies nothing).
+        for name, path in model.loras.items():
             target = folder / f"{name}{LORA_SUFFIX}"
             target.unlink(missing_ok=True)
             try:
@@ -153,7 +151,7 @@ def _local_base_model(location: str, cache: Path) -> str:
 
     parent, _, name = location.rstrip("/").rpartition("/")
     store = open_store(parent)
-    if name.endswith((".safetensors", ".ckpt")):
+    if name.endswith(".safetensors"):  # a single-file checkpoint; otherwise a diffusers folder prefix
         return str(store.fetch_file(name, cache / name))
     return str(store.fetch_dataset(name, cache))
 
