@@ -125,3 +125,27 @@ def test_cli_check_on_bucket(bucket_with_dataset, s3_env, tmp_path):
     assert dataset["images"] == 12 and dataset["captions"] == 12
     assert all(p["path"].startswith("s3://") for p in report["datasets"][0]["problems"])
     assert Path(tmp_path / "cache").is_dir()
+
+
+def test_fetch_file_reuses_an_intact_copy_refetches_a_republished_one_and_checks_the_sidecar(s3_env, shared_bucket,
+                                                                                               tmp_path):
+    store = open_store(f"s3://{shared_bucket}/loras-{uuid.uuid4().hex[:8]}")
+    source = tmp_path / "toy.safetensors"
+    source.write_bytes(b"first version")
+    store.upload_file(source, "toy.safetensors")
+    target = tmp_path / "cache" / "toy.safetensors"
+    assert store.fetch_file("toy.safetensors", target).read_bytes() == b"first version"
+    stamp = target.stat().st_mtime_ns
+    store.fetch_file("toy.safetensors", target)
+    assert target.stat().st_mtime_ns == stamp, "same version, intact copy: not downloaded again"
+
+    source.write_bytes(b"second version")
+    store.upload_file(source, "toy.safetensors")  # republished under the same name
+    assert store.fetch_file("toy.safetensors", target).read_bytes() == b"second version"
+
+    store._fs.pipe_file(store._path("toy.safetensors"), b"tampered")  # bytes no longer match the .sha256
+    with pytest.raises(StoreError, match="does not match its .sha256"):
+        store.fetch_file("toy.safetensors", target)
+    assert target.read_bytes() == b"second version", "a failed fetch leaves the previous copy whole"
+    with pytest.raises(StoreError, match="not found"):
+        store.fetch_file("nope.safetensors", tmp_path / "cache" / "nope.safetensors")
