@@ -4,7 +4,7 @@ Target: /invocations costs at most 2 % more per image. One uvicorn process serve
 and job queue (the hosting router and its LoRA check added to the A1111 app), so the difference is what hosting
 adds: reading the body itself, picking txt2img or img2img, validating, and resolving the prompt's LoRAs.
 Also timed: `Accept: image/png` (raw PNG instead of base64 in JSON).
-Run: python bench/invocations.py [--steps 8] [--size 128] [--repeats 15]
+Run: python bench/invocations.py [--steps 8] [--size 128] [--repeats 25]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
