@@ -10,6 +10,7 @@ files is ambiguous and only exact stems work for it).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -20,8 +21,13 @@ from types import MappingProxyType
 from lorapipe.errors import GenerationError, ModelLoadError
 from lorapipe.safetensors_header import SafetensorsHeader, read_header
 
+log = logging.getLogger(__name__)
+
 LORA_SUFFIX = ".safetensors"
 MAX_TENSORS = 100_000
+# The largest network file that makes sense for SDXL: a full-rank LyCORIS `full` of UNet + both text encoders in
+# fp32 is ~10 GiB. Anything bigger is not a LoRA (or is hostile) and is never hashed or loaded.
+MAX_LORA_BYTES = 12 * 1024**3
 LORA_HASH_CHARS = 12
 # A1111 refuses these aliases from the start (extensions-builtin/Lora/networks.py).
 _FORBIDDEN_ALIASES = frozenset({"none", "addams"})
@@ -95,6 +101,7 @@ class _Catalogue:
     by_name: Mapping[str, LoraEntry]
     by_alias: Mapping[str, LoraEntry]
     problems: tuple[str, ...]
+    skipped: Mapping[str, str] = field(default_factory=dict)  # stem -> why the file was left out
 
 
 class LoraRegistry:
@@ -121,13 +128,21 @@ class LoraRegistry:
         """Files skipped by the last scan, each with its reason."""
         return self._catalogue.problems
 
+    def skip_reason(self, name: str) -> str | None:
+        """Why the file with stem `name` was left out of the catalogue, or None when no such file was skipped."""
+        return self._catalogue.skipped.get(name)
+
     def refresh(self) -> None:
         """Rescan the root; unchanged files (same size and mtime) keep their computed hash."""
         if self.root is None:
             return
         with self._lock:
             previous = {e.path: e for e in self._catalogue.by_name.values()}
+            known = set(self._catalogue.problems)
             self._catalogue = _scan(self.root, previous)
+        for problem in self._catalogue.problems:
+            if problem not in known:  # each bad file is logged once, not on every rescan
+                log.warning("LoRA folder: %s", problem)
 
     def resolve(self, name: str) -> LoraEntry | None:
         """The entry for a stem or alias, or None when unknown (A1111 warns and goes on without it)."""
@@ -166,6 +181,7 @@ def _scan(root: Path, previous: Mapping[Path, LoraEntry]) -> _Catalogue:
     by_name: dict[str, LoraEntry] = {}
     aliases: dict[str, list[LoraEntry]] = {}
     problems: list[str] = []
+    skipped: dict[str, str] = {}
     for path in _lora_files(root):
         if not _inside(root_real, path):
             problems.append(f"{path}: symlink leads outside {root}; skipped")
@@ -175,6 +191,7 @@ def _scan(root: Path, previous: Mapping[Path, LoraEntry]) -> _Catalogue:
             entry = _entry_for(path, previous.get(path))
         except (GenerationError, OSError) as exc:
             problems.append(str(exc))
+            skipped[path.stem] = str(exc)
             continue
         if entry.name in by_name:
             problems.append(f"{path}: same stem as {by_name[entry.name].path}; skipped")
@@ -183,7 +200,8 @@ def _scan(root: Path, previous: Mapping[Path, LoraEntry]) -> _Catalogue:
         aliases.setdefault(entry.alias, []).append(entry)
     # An alias shared by two files is ambiguous: only the exact stems resolve them.
     by_alias = {alias: group[0] for alias, group in aliases.items() if len(group) == 1}
-    return _Catalogue(MappingProxyType(by_name), MappingProxyType(by_alias), tuple(problems))
+    return _Catalogue(MappingProxyType(by_name), MappingProxyType(by_alias), tuple(problems),
+                      MappingProxyType(skipped))
 
 
 def _lora_files(root: Path) -> Iterable[Path]:
@@ -198,6 +216,9 @@ def _entry_for(path: Path, previous: LoraEntry | None) -> LoraEntry:
     stat = path.stat()
     if previous is not None and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
         return previous
+    if stat.st_size > MAX_LORA_BYTES:
+        raise GenerationError(f"{path}: {stat.st_size / 1024**3:.1f} GiB is larger than any SDXL network file "
+                              f"({MAX_LORA_BYTES // 1024**3} GiB); move it out of the LoRA folder")
     header = read_safetensors_header(path)
     metadata = dict(header.metadata)
     tensor_hash = tensor_data_sha256(path, header.data_offset)

@@ -84,7 +84,8 @@ def encode_prompt(text: str, pipe) -> PromptEmbeds:
     """Encode one prompt with both SDXL text encoders (penultimate hidden states, pooled from the first chunk)."""
     import torch
 
-    chunks = chunk_prompt(text, pipe.tokenizer)
+    # A multi-vector embedding (a LoRA's bundled `bundle_emb.*`) is spelt `name name_1 ...` to the tokenizer.
+    chunks = chunk_prompt(pipe.maybe_convert_prompt(text, pipe.tokenizer), pipe.tokenizer)
     device = pipe.text_encoder_2.device
     hidden_parts = []
     pooled = None

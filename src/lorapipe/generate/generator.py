@@ -6,30 +6,39 @@ the fused set or the shared scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import math
 import random
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from pathlib import Path
+from types import MappingProxyType
 
 from lorapipe.errors import GenerationError
 from lorapipe.generate.control import JobControl
 from lorapipe.generate.hires import HiresFix, HiresTarget, check_hires, hires_infotext, hires_target
 from lorapipe.generate.infotext import create_infotext, lora_hashes_value
-from lorapipe.generate.inpaint import (BLANK_MASK_WARNING, InpaintOptions, check_inpaint, inpaint_infotext,
-                                       is_blank, prepare_mask)
+from lorapipe.generate.inpaint import (
+    BLANK_MASK_WARNING,
+    InpaintOptions,
+    check_inpaint,
+    inpaint_infotext,
+    is_blank,
+    prepare_mask,
+)
 from lorapipe.generate.latents import decode_latents, slerp
 from lorapipe.generate.lora_set import ActiveLora, FusedLoraSet
 from lorapipe.generate.model_info import ModelInfo, describe_model
-from lorapipe.generate.prompt_syntax import parse_extra_networks
+from lorapipe.generate.prompt_syntax import LoraTag, parse_extra_networks
 from lorapipe.generate.resize import check_resize_mode, fit
 from lorapipe.generate.samplers import ResolvedSampler, build_scheduler, resolve_sampler
 from lorapipe.registry import LoraRegistry
 
 MAX_SEED = 4294967294  # A1111 draws random seeds from [0, 4294967294)
+SEED_LIMIT = 2**64  # torch generators take seeds below 2**64; each image of a batch adds one
+MAX_LORAS_PER_REQUEST = 16  # distinct LoRAs in one request (repeated tags of one LoRA count once)
+DEFAULT_DENOISING_STRENGTH = 0.75  # A1111's img2img API default
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class GenerationRequest:
     sampler_name: str | None = "Euler"
     scheduler: str | None = None
     init_images: tuple = ()  # PIL images; non-empty means img2img
-    denoising_strength: float = 0.75
+    denoising_strength: float = DEFAULT_DENOISING_STRENGTH
     apply_loras: bool = True  # False = A1111 `disable_extra_networks`: tags are removed but not applied
     hires: HiresFix | None = None  # A1111 `enable_hr` (txt2img only)
     inpaint: InpaintOptions | None = None  # A1111's mask group (img2img only)
@@ -102,6 +111,10 @@ class Generator:
     def __init__(self, pipe, *, model: ModelInfo, registry: LoraRegistry | None = None):
         self.pipe = pipe
         self.model = model
+        for component in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            # Inference only: a parameter that needs grad can take other kernels (pixels ~1/255 apart), so it is
+            # switched off once here and nothing (LoRA merging included) switches it back on.
+            component.requires_grad_(False)
         self.registry = registry or LoraRegistry(None)
         self.loras = FusedLoraSet(pipe, verify=self.registry.verify_for_loading)
         self._lock = threading.Lock()
@@ -130,9 +143,13 @@ class Generator:
     def device(self):
         return self.pipe.unet.device
 
+    def check(self, request: GenerationRequest) -> None:
+        """Raise GenerationError naming the field when `request` cannot run (the server calls it before queueing)."""
+        check_request(request)
+
     def generate(self, request: GenerationRequest, control: JobControl | None = None) -> GenerationResult:
         """Run a request; raises GenerationError for bad input and GenerationCancelled when cancelled."""
-        _check_request(request)
+        check_request(request)
         control = control or JobControl()
         with self._lock:
             return self._generate(request, control)
@@ -152,9 +169,9 @@ class Generator:
         control.begin(request.n_iter * passes)
         if plan:  # hires conditioning is encoded with the hires LoRA set (the same set unless hr_prompt differs)
             warnings += [w for w in plan.warnings if w not in warnings]
-            self.loras.apply(plan.loras)
+            plan = replace(plan, loras=self._apply_loras(plan.loras, warnings))
             plan = replace(plan, conds=encode_pair(plan.text, plan.negative_text, self.pipe))
-        self.loras.apply(active)
+        active = self._apply_loras(active, warnings)
         pipe = self._pipeline_for(request)
         pipe.scheduler = self._scheduler(resolved)
 
@@ -179,7 +196,7 @@ class Generator:
                 images += self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control,
                                           mask=mask)
                 continue
-            self.loras.apply(active)  # no-op unless the previous hires pass switched the set
+            self._apply_loras(active, warnings)  # no-op unless the previous hires pass switched the set
             first = self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control,
                                     output_type="latent" if plan.latent else "pil")
             if control.should_stop_sampling():  # interrupted or skipped: A1111 returns the first pass as it is
@@ -258,7 +275,7 @@ class Generator:
 
         from lorapipe.generate.hires import upscale_image, upscale_latents
 
-        self.loras.apply(plan.loras)
+        self._apply_loras(plan.loras, [])  # warned about when the plan was applied first
         upscaler = plan.options.upscaler
         image = (upscale_latents(first, plan.target, upscaler) if plan.latent
                  else [upscale_image(picture, plan.target, upscaler) for picture in first])
@@ -322,20 +339,30 @@ class Generator:
                           steps_run=int(steps * options.denoising_strength),
                           latent=is_latent_upscaler(options.upscaler), warnings=tuple(warnings))
 
+    def _apply_loras(self, loras: tuple[ActiveLora, ...], warnings: list[str]) -> tuple[ActiveLora, ...]:
+        """Merge `loras`; returns those applied and adds a warning for each file left out or partly read."""
+        applied = self.loras.apply(loras)
+        warnings += [w for w in applied.warnings if w not in warnings]
+        return applied.loras
+
     def _resolve_loras(self, tags) -> tuple[tuple[ActiveLora, ...], list[str]]:
-        active, missing = [], []
-        for tag in tags:
+        active, missing, skipped = [], [], []
+        for tag in merge_lora_tags(tags):
             try:
                 entry = self.registry.resolve(tag.name)
             except GenerationError:
                 entry = None  # a path-like name is simply not a key; A1111 reports it as not found
             if entry is None:
-                missing.append(tag.name)
+                reason = self.registry.skip_reason(tag.name)
+                if reason:
+                    skipped.append(f"LoRA {tag.name}: not applied: the file was left out of the catalogue ({reason})")
+                else:
+                    missing.append(tag.name)
                 continue
             active.append(ActiveLora(entry=entry, mentioned_as=tag.name, te_weight=tag.te_weight,
                                      unet_weight=tag.unet_weight))
         warnings = [f"Networks not found: {', '.join(missing)}"] if missing else []
-        return tuple(active), warnings
+        return tuple(active), warnings + skipped
 
     def _pipeline_for(self, request: GenerationRequest):
         if request.inpaint:
@@ -394,7 +421,34 @@ class Generator:
         }
         return create_infotext(request.prompt, request.negative_prompt, params, extra)
 
-def _check_request(request: GenerationRequest) -> None:
+def merge_lora_tags(tags: Sequence[LoraTag]) -> tuple[LoraTag, ...]:
+    """One tag per LoRA name, in first-mention order, with the multipliers of repeated tags added (A1111 applies
+    each repeat on top of the others, which is the same sum)."""
+    merged: dict[str, LoraTag] = {}
+    for tag in tags:
+        seen = merged.get(tag.name)
+        merged[tag.name] = tag if seen is None else replace(seen, te_weight=seen.te_weight + tag.te_weight,
+                                                            unet_weight=seen.unet_weight + tag.unet_weight)
+    return tuple(merged.values())
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Every check a generation request must pass, each a GenerationError naming the field."""
+    for field_name in ("cfg_scale", "subseed_strength", "denoising_strength"):
+        if not math.isfinite(getattr(request, field_name)):
+            raise GenerationError(f"{field_name}: {getattr(request, field_name)} is not a finite number")
+    if not 0 <= request.subseed_strength <= 1:
+        raise GenerationError("subseed_strength: must be in [0, 1]")
+    for field_name in ("seed", "subseed"):
+        value = getattr(request, field_name)
+        if value is not None and value != -1 and not 0 <= value <= SEED_LIMIT - request.batch_size * request.n_iter:
+            raise GenerationError(f"{field_name}: {value} is out of range; use -1 (random) or 0 to 2**64 - 1")
+    for text_field in ("prompt", "negative_prompt"):
+        names = {tag.name for tag in parse_extra_networks(getattr(request, text_field)).loras}
+        if len(names) > MAX_LORAS_PER_REQUEST:
+            raise GenerationError(f"{text_field}: {len(names)} different LoRAs; at most {MAX_LORAS_PER_REQUEST} "
+                                  "per request")
+    resolve_sampler(request.sampler_name, request.scheduler)
     for field_name in ("width", "height"):
         value = getattr(request, field_name)
         if value < 8 or value % 8:
@@ -408,6 +462,12 @@ def _check_request(request: GenerationRequest) -> None:
         if request.init_images:
             raise GenerationError("enable_hr: hires fix is for txt2img only; leave it off with init_images")
         check_hires(request.hires)
+        if request.hires.sampler_name:
+            resolve_sampler(request.hires.sampler_name, request.hires.scheduler)
+        if request.hires.prompt:
+            names = {tag.name for tag in parse_extra_networks(request.hires.prompt).loras}
+            if len(names) > MAX_LORAS_PER_REQUEST:
+                raise GenerationError(f"hr_prompt: {len(names)} different LoRAs; at most {MAX_LORAS_PER_REQUEST}")
     if request.init_images:
         check_resize_mode(request.resize_mode)
     if request.inpaint is not None:

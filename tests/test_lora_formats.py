@@ -1,0 +1,412 @@
+"""Every LoRA format users bring merges with the delta A1111/ComfyUI/LyCORIS compute (tiny model, real files).
+
+Each file is written in the key layout and shapes its tool writes for SDXL (Kohya, LyCORIS, diffusers, peft,
+ComfyUI/OneTrainer), merged by the generator's fused set, and the change of each layer is compared with the
+formula: LyCORIS's own `lycoris.functional` where it has one, the A1111/ComfyUI formula otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from generate_fixtures import load_generator
+from safetensors.torch import save_file
+
+from lorapipe.generate.lora_set import ActiveLora, FusedLoraSet
+from lorapipe.registry import LoraRegistry
+
+lycoris_functional = pytest.importorskip("lycoris.functional")
+
+ATTN = ("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k")  # non-square Linear (cross-attn)
+ATTN_SGM = "input_blocks.4.1.transformer_blocks.0.attn2.to_k"
+CONV = ("unet", "down_blocks.0.resnets.0.conv1")  # 3x3 conv
+CONV_SGM = "input_blocks.1.0.in_layers.2"
+TE1 = ("text_encoder", "encoder.layers.0.self_attn.q_proj")
+TE2 = ("text_encoder_2", "text_model.encoder.layers.0.mlp.fc1")
+
+
+def kohya(layer) -> str:
+    names = {
+        ATTN: "lora_unet_" + ATTN_SGM.replace(".", "_"),
+        CONV: "lora_unet_" + CONV_SGM.replace(".", "_"),
+        TE1: "lora_te1_text_model_" + TE1[1].replace(".", "_"),
+        TE2: "lora_te2_" + TE2[1].replace(".", "_"),
+    }
+    return names[layer]
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    torch.manual_seed(0)
+    return load_generator(tiny_model_dir, None).pipe
+
+
+def weight_of(pipe, layer):
+    return getattr(pipe, layer[0]).get_submodule(layer[1]).weight
+
+
+def rand(*shape, seed=0, scale=0.2):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def merge(pipe, folder, files, layers):
+    """Write `files` ({name: (tensors, te, unet)}), merge them all, return (ΔW per layer, warnings)."""
+    folder.mkdir(exist_ok=True)
+    for name, (tensors, _te, _unet) in files.items():
+        save_file(tensors, str(folder / f"{name}.safetensors"))
+    registry = LoraRegistry(folder)
+    lora_set = FusedLoraSet(pipe, verify=registry.verify_for_loading)
+    before = {layer: weight_of(pipe, layer).detach().clone() for layer in layers}
+    applied = lora_set.apply(
+        [ActiveLora(registry.resolve(name), name, te, unet) for name, (_t, te, unet) in files.items()]
+    )
+    deltas = {layer: weight_of(pipe, layer).detach().float() - before[layer].float() for layer in layers}
+    lora_set.clear()
+    for layer in layers:  # the original weights come back bit for bit
+        assert torch.equal(weight_of(pipe, layer), before[layer])
+    return deltas, applied
+
+
+def close(actual, expected):
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected.float(), rtol=1e-4, atol=1e-5)
+
+
+def lora_pair(weight, rank, seed):
+    out, inp, *kernel = weight.shape
+    return rand(rank, inp, *kernel, seed=seed), rand(out, rank, *([1] * len(kernel)), seed=seed + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kohya_lora_and_locon_with_negative_and_separate_weights(pipe, tmp_path, dtype):
+    layers = (ATTN, CONV, TE1, TE2)
+    tensors, expected = {}, {}
+    for i, layer in enumerate(layers):
+        down, up = lora_pair(weight_of(pipe, layer), 4, seed=10 * i)
+        down, up = down.to(dtype), up.to(dtype)
+        tensors |= {
+            f"{kohya(layer)}.lora_down.weight": down,
+            f"{kohya(layer)}.lora_up.weight": up,
+            f"{kohya(layer)}.alpha": torch.tensor(2.0, dtype=dtype),
+        }
+        multiplier = -0.7 if layer[0] == "unet" else 0.5
+        expected[layer] = (
+            multiplier
+            * (up.float().flatten(1) @ down.float().flatten(1)).reshape(weight_of(pipe, layer).shape)
+            * 2.0
+            / 4
+        )
+    deltas, applied = merge(pipe, tmp_path / "l", {"kohya": (tensors, 0.5, -0.7)}, layers)
+    assert applied.warnings == () and len(applied.loras) == 1
+    for layer in layers:
+        close(deltas[layer], expected[layer])
+
+
+def test_unet_only_and_te_only_files(pipe, tmp_path):
+    down, up = lora_pair(weight_of(pipe, ATTN), 4, 1)
+    unet_only = {f"{kohya(ATTN)}.lora_down.weight": down, f"{kohya(ATTN)}.lora_up.weight": up}
+    down2, up2 = lora_pair(weight_of(pipe, TE1), 2, 3)
+    te_only = {f"{kohya(TE1)}.lora_down.weight": down2, f"{kohya(TE1)}.lora_up.weight": up2}
+    deltas, applied = merge(
+        pipe, tmp_path / "l", {"u": (unet_only, 1.0, 1.0), "t": (te_only, 1.0, 1.0)}, (ATTN, TE1, TE2)
+    )
+    assert applied.warnings == ()
+    close(deltas[ATTN], up @ down)  # no alpha = alpha equal to rank
+    close(deltas[TE1], up2 @ down2)
+    assert not deltas[TE2].any()
+
+
+def test_locon_tucker_mid_matches_lycoris(pipe, tmp_path):
+    weight = weight_of(pipe, CONV)
+    down, up, mid = (
+        rand(4, weight.shape[1], 1, 1, seed=1),
+        rand(weight.shape[0], 4, 1, 1, seed=2),
+        rand(4, 4, 3, 3, seed=3),
+    )
+    stem = kohya(CONV)
+    tensors = {
+        f"{stem}.lora_down.weight": down,
+        f"{stem}.lora_up.weight": up,
+        f"{stem}.lora_mid.weight": mid,
+        f"{stem}.alpha": torch.tensor(1.0),
+    }
+    deltas, _ = merge(pipe, tmp_path / "l", {"tucker": (tensors, 1.0, 0.8)}, (CONV,))
+    close(deltas[CONV], 0.8 * lycoris_functional.locon.diff_weight(down, up, mid, gamma=1 / 4, backend="torch"))
+
+
+@pytest.mark.parametrize("writer", ["lycoris_wd_on_out", "onetrainer"])
+def test_dora_applies_the_weight_decomposition(pipe, tmp_path, writer):
+    weight = weight_of(pipe, ATTN).detach().float()
+    down, up = lora_pair(weight, 4, 5)
+    on_out = writer == "lycoris_wd_on_out"
+    magnitude = (weight.norm(dim=1, keepdim=True) if on_out else weight.norm(dim=0, keepdim=True)) * 1.3
+    stem = kohya(ATTN)
+    tensors = {
+        f"{stem}.lora_down.weight": down,
+        f"{stem}.lora_up.weight": up,
+        f"{stem}.alpha": torch.tensor(4.0),
+        f"{stem}.dora_scale": magnitude,
+    }
+    deltas, _ = merge(pipe, tmp_path / "l", {"dora": (tensors, 1.0, 0.6)}, (ATTN,))
+    merged = lycoris_functional.weight_decompose(weight + up @ down, magnitude, 1, on_out, backend="torch")
+    close(deltas[ATTN], 0.6 * (merged - weight))  # A1111/ComfyUI: the multiplier scales W' - W
+
+
+def test_loha_plain_and_tucker_match_lycoris(pipe, tmp_path):
+    lin, conv = weight_of(pipe, ATTN), weight_of(pipe, CONV)
+    a, b = kohya(ATTN), kohya(CONV)
+    w1a, w1b, w2a, w2b = (
+        rand(lin.shape[0], 4, seed=1),
+        rand(4, lin.shape[1], seed=2),
+        rand(lin.shape[0], 4, seed=3),
+        rand(4, lin.shape[1], seed=4),
+    )
+    # LyCORIS's Tucker LoHa for a 3x3 conv: a and b are (rank, out) and (rank, in), t is rank x rank x kernel.
+    t1, t2 = rand(4, 4, 3, 3, seed=5), rand(4, 4, 3, 3, seed=6)
+    c1a, c1b, c2a, c2b = (
+        rand(4, conv.shape[0], seed=7),
+        rand(4, conv.shape[1], seed=8),
+        rand(4, conv.shape[0], seed=9),
+        rand(4, conv.shape[1], seed=10),
+    )
+    tensors = {
+        f"{a}.hada_w1_a": w1a,
+        f"{a}.hada_w1_b": w1b,
+        f"{a}.hada_w2_a": w2a,
+        f"{a}.hada_w2_b": w2b,
+        f"{a}.alpha": torch.tensor(2.0),
+        f"{b}.hada_w1_a": c1a,
+        f"{b}.hada_w1_b": c1b,
+        f"{b}.hada_w2_a": c2a,
+        f"{b}.hada_w2_b": c2b,
+        f"{b}.hada_t1": t1,
+        f"{b}.hada_t2": t2,
+        f"{b}.alpha": torch.tensor(4.0),
+    }
+    deltas, _ = merge(pipe, tmp_path / "l", {"loha": (tensors, 1.0, 1.0)}, (ATTN, CONV))
+    close(deltas[ATTN], lycoris_functional.loha.diff_weight(w1b, w1a, w2b, w2a, None, None, gamma=0.5, backend="torch"))
+    close(deltas[CONV], lycoris_functional.loha.diff_weight(c1b, c1a, c2b, c2a, t1, t2, gamma=1.0, backend="torch"))
+
+
+def test_lokr_both_w2_forms_and_both_w1_forms_match_lycoris(pipe, tmp_path):
+    lin, conv = weight_of(pipe, ATTN), weight_of(pipe, CONV)  # ATTN: 64 x 80 in the tiny model
+    a, b = kohya(ATTN), kohya(CONV)
+    # ATTN: full w1 (4 x 4), w2 as w2_a @ w2_b; CONV: w1 as w1_a @ w1_b, full 3x3 w2.
+    w1, w2a, w2b = rand(4, 4, seed=1), rand(lin.shape[0] // 4, 2, seed=2), rand(2, lin.shape[1] // 4, seed=3)
+    w1a, w1b, cw2 = rand(2, 2, seed=4), rand(2, 4, seed=5), rand(conv.shape[0] // 2, conv.shape[1] // 4, 3, 3, seed=6)
+    tensors = {
+        f"{a}.lokr_w1": w1,
+        f"{a}.lokr_w2_a": w2a,
+        f"{a}.lokr_w2_b": w2b,
+        f"{a}.alpha": torch.tensor(1.0),
+        f"{b}.lokr_w1_a": w1a,
+        f"{b}.lokr_w1_b": w1b,
+        f"{b}.lokr_w2": cw2,
+        f"{b}.alpha": torch.tensor(1.0),
+    }
+    deltas, _ = merge(pipe, tmp_path / "l", {"lokr": (tensors, 1.0, 1.0)}, (ATTN, CONV))
+    close(
+        deltas[ATTN],
+        lycoris_functional.lokr.diff_weight(w1, None, None, None, w2a, w2b, None, gamma=1.0, backend="torch"),
+    )
+    close(
+        deltas[CONV],
+        lycoris_functional.lokr.diff_weight(None, w1a, w1b, cw2, None, None, None, gamma=1.0, backend="torch"),
+    )
+
+
+def test_full_glora_and_ia3(pipe, tmp_path):
+    lin = weight_of(pipe, ATTN).detach().float()
+    te = weight_of(pipe, TE1).detach().float()
+    conv = weight_of(pipe, CONV).detach().float()
+    diff, diff_b = rand(*conv.shape, seed=1), rand(conv.shape[0], seed=2)
+    a1, a2, b1, b2 = (
+        rand(lin.shape[1], 4, seed=3),
+        rand(4, lin.shape[1], seed=4),
+        rand(lin.shape[0], 4, seed=5),
+        rand(4, lin.shape[1], seed=6),
+    )
+    ia3 = rand(te.shape[1], seed=7)
+    a, c, t = kohya(ATTN), kohya(CONV), kohya(TE1)
+    tensors = {
+        f"{c}.diff": diff,
+        f"{c}.diff_b": diff_b,
+        f"{a}.a1.weight": a1,
+        f"{a}.a2.weight": a2,
+        f"{a}.b1.weight": b1,
+        f"{a}.b2.weight": b2,
+        f"{a}.alpha": torch.tensor(2.0),
+        f"{t}.weight": ia3,
+        f"{t}.on_input": torch.tensor(1),
+    }
+    bias_before = pipe.unet.get_submodule(CONV[1]).bias.detach().clone()
+    deltas, _ = merge(pipe, tmp_path / "l", {"mixed": (tensors, 0.5, 1.0)}, (ATTN, CONV, TE1))
+    close(deltas[CONV], diff)
+    close(deltas[ATTN], (lin @ a1 @ a2 + b1 @ b2) * 2.0 / 4)
+    close(deltas[TE1], 0.5 * te * ia3[None, :])  # on_input: one scale per input channel
+    assert torch.equal(pipe.unet.get_submodule(CONV[1]).bias, bias_before)  # restored
+
+
+def test_diag_oft_and_boft_match_lycoris(pipe, tmp_path):
+    lin = weight_of(pipe, ATTN).detach().float()  # 64 output channels
+    conv = weight_of(pipe, CONV).detach().float()  # 32 output channels
+    blocks = rand(8, 8, 8, seed=1, scale=0.05)
+    butterfly = rand(2, 8, 4, 4, seed=2, scale=0.05)
+    rescale = 1 + rand(conv.shape[0], 1, 1, 1, seed=3, scale=0.1)
+    a, c = kohya(ATTN), kohya(CONV)
+    tensors = {
+        f"{a}.oft_blocks": blocks,
+        f"{a}.alpha": torch.tensor(1e-3),
+        f"{c}.oft_blocks": butterfly,
+        f"{c}.rescale": rescale,
+        f"{c}.alpha": torch.tensor(0.0),
+    }
+    deltas, _ = merge(pipe, tmp_path / "l", {"oft": (tensors, 1.0, 1.0)}, (ATTN, CONV))
+    constraint = 1e-3 * lin.shape[0]  # LyCORIS keeps alpha per channel; the norm cap is alpha x out_dim
+    assert (blocks - blocks.transpose(1, 2)).norm() > constraint  # so the cap is exercised
+    close(
+        deltas[ATTN], lycoris_functional.diag_oft.diff_weight(lin, blocks, None, constraint=constraint, backend="torch")
+    )
+    close(deltas[CONV], lycoris_functional.boft.diff_weight(conv, butterfly, rescale, constraint=0, backend="torch"))
+
+
+def test_diffusers_peft_and_comfy_native_names(pipe, tmp_path):
+    weights = {layer: weight_of(pipe, layer) for layer in (ATTN, CONV, TE1, TE2)}
+    pairs = {layer: lora_pair(w, 2, seed=i) for i, (layer, w) in enumerate(weights.items())}
+    diffusers = {
+        f"unet.{ATTN[1]}.lora.down.weight": pairs[ATTN][0],
+        f"unet.{ATTN[1]}.lora.up.weight": pairs[ATTN][1],
+        f"text_encoder.text_model.{TE1[1]}.lora_A.weight": pairs[TE1][0],
+        f"text_encoder.text_model.{TE1[1]}.lora_B.weight": pairs[TE1][1],
+    }
+    peft = {
+        f"base_model.model.{CONV[1]}.lora_A.weight": pairs[CONV][0],
+        f"base_model.model.{CONV[1]}.lora_B.weight": pairs[CONV][1],
+    }
+    comfy = {
+        f"diffusion_model.{ATTN_SGM}.lora_up.weight": pairs[ATTN][1],
+        f"diffusion_model.{ATTN_SGM}.lora_down.weight": pairs[ATTN][0],
+        f"text_encoders.clip_g.transformer.{TE2[1]}.lora_up.weight": pairs[TE2][1],
+        f"text_encoders.clip_g.transformer.{TE2[1]}.lora_down.weight": pairs[TE2][0],
+    }
+    deltas, applied = merge(
+        pipe,
+        tmp_path / "l",
+        {"diffusers": (diffusers, 1.0, 1.0), "peft": (peft, 1.0, 1.0), "comfy": (comfy, 1.0, -1.0)},
+        tuple(weights),
+    )
+    assert applied.warnings == ()
+    close(deltas[ATTN], torch.zeros_like(deltas[ATTN]))  # diffusers at +1 and ComfyUI at -1 cancel out
+    for layer in (CONV, TE1, TE2):
+        down, up = pairs[layer]
+        close(deltas[layer], (up.flatten(1) @ down.flatten(1)).reshape(weights[layer].shape))
+
+
+def test_bundled_embeddings_load_as_tokens_and_go_away(pipe, tmp_path):
+    from lorapipe.generate.encode import encode_prompt
+
+    down, up = lora_pair(weight_of(pipe, ATTN), 2, 1)
+    tensors = {
+        f"{kohya(ATTN)}.lora_down.weight": down,
+        f"{kohya(ATTN)}.lora_up.weight": up,
+        "bundle_emb.dwjzstyle.clip_l": rand(2, pipe.text_encoder.config.hidden_size, seed=3, scale=1.0),
+        "bundle_emb.dwjzstyle.clip_g": rand(2, pipe.text_encoder_2.config.hidden_size, seed=4, scale=1.0),
+    }
+    (tmp_path / "l").mkdir()
+    save_file(tensors, str(tmp_path / "l" / "bundle.safetensors"))
+    registry = LoraRegistry(tmp_path / "l")
+    lora_set = FusedLoraSet(pipe, verify=registry.verify_for_loading)
+    plain = encode_prompt("a dwjzstyle cat", pipe).hidden
+    vocab = len(pipe.tokenizer)
+    applied = lora_set.apply([ActiveLora(registry.resolve("bundle"), "bundle", 1.0, 1.0)])
+    assert applied.warnings == ()
+    assert len(pipe.tokenizer) == vocab + 2 and len(pipe.tokenizer_2) == len(pipe.tokenizer)
+    assert not torch.equal(encode_prompt("a dwjzstyle cat", pipe).hidden, plain)
+    lora_set.clear()
+    assert len(pipe.tokenizer) == vocab
+    assert torch.equal(encode_prompt("a dwjzstyle cat", pipe).hidden, plain)
+
+
+def test_bad_files_are_left_out_with_a_warning_and_the_rest_applies(pipe, tmp_path):
+    down, up = lora_pair(weight_of(pipe, ATTN), 2, 1)
+    good = {
+        f"{kohya(ATTN)}.lora_down.weight": down,
+        f"{kohya(ATTN)}.lora_up.weight": up,
+        "lora_unet_no_such_layer.lora_down.weight": down.clone(),
+        "lora_unet_no_such_layer.lora_up.weight": up.clone(),
+    }
+    sd15 = {
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": rand(4, 320),
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": rand(320, 4),
+    }
+    sd15_te = {
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": rand(4, 768),
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": rand(768, 4),
+    }
+    wrong_size = {f"{kohya(TE1)}.lora_down.weight": rand(4, 768), f"{kohya(TE1)}.lora_up.weight": rand(768, 4)}
+    deltas, applied = merge(
+        pipe,
+        tmp_path / "l",
+        {
+            "good": (good, 1.0, 1.0),
+            "sd15": (sd15, 1.0, 1.0),
+            "sd15te": (sd15_te, 1.0, 1.0),
+            "wrong": (wrong_size, 1.0, 1.0),
+        },
+        (ATTN, TE1),
+    )
+    close(deltas[ATTN], up @ down)
+    assert not deltas[TE1].any()
+    assert [l.mentioned_as for l in applied.loras] == ["good"]
+    text = "\n".join(applied.warnings)
+    assert "LoRA good: 2 keys not applied" in text and "lora_unet_no_such_layer" in text
+    assert "LoRA sd15: not applied" in text and "SD 1.x/2.x" in text
+    assert "LoRA sd15te: not applied" in text
+    assert "LoRA wrong: not applied" in text
+
+
+def test_repeated_tags_merge_and_lora_count_is_capped(pipe):
+    from lorapipe.errors import GenerationError
+    from lorapipe.generate.generator import GenerationRequest, check_request, merge_lora_tags
+    from lorapipe.generate.prompt_syntax import parse_extra_networks
+
+    tags = merge_lora_tags(parse_extra_networks("<lora:a:0.5> x <lora:b> <lora:a:0.25:1>" * 100).loras)
+    assert [(t.name, t.te_weight, t.unet_weight) for t in tags] == [("a", 75.0, 150.0), ("b", 100.0, 100.0)]
+    check_request(GenerationRequest("<lora:a> " * 500))
+    with pytest.raises(GenerationError, match="prompt: 17 different LoRAs; at most 16"):
+        check_request(GenerationRequest(" ".join(f"<lora:l{i}>" for i in range(17))))
+
+
+def test_full_sdxl_architecture_key_names_all_map():
+    """On the real SDXL shapes (meta device): every layer a Kohya/LyCORIS file names, in every naming scheme."""
+    from lorapipe.lora.file_layers import plan_file
+    from lorapipe.lora.keymap import PipelineKeyMap
+    from lorapipe.lora.targets import kohya_target_names
+    from lorapipe.sdxl.factory import build_models
+    from lorapipe.sdxl.sgm_names import UnetNameMap
+
+    models = build_models("full", device="meta")
+    keymap = PipelineKeyMap(models)
+    targets = kohya_target_names(models["unet"], models["text_encoder"], models["text_encoder_2"], conv=True)
+    assert len(targets) == 722 + 264 + 66
+    sgm = UnetNameMap(models["unet"].config)
+    shapes = {}
+    for target in targets:
+        layer = keymap.layer(target.kohya_name)
+        assert (layer.component, layer.module_name) == (target.part, target.module_name)
+        if target.part == "unet":
+            assert keymap.layer(f"diffusion_model.{sgm.to_sgm(target.module_name)}") == layer
+            assert keymap.layer(f"unet.{target.module_name}") == layer
+        out, inp, *kernel = models[target.part].get_submodule(target.module_name).weight.shape
+        # A LyCORIS LoHa of every target, shaped as LyCORIS writes it for SDXL.
+        shapes |= {
+            f"{target.kohya_name}.hada_w1_a": (out, 8),
+            f"{target.kohya_name}.hada_w1_b": (8, inp * math.prod(kernel)),
+            f"{target.kohya_name}.hada_w2_a": (out, 8),
+            f"{target.kohya_name}.hada_w2_b": (8, inp * math.prod(kernel)),
+            f"{target.kohya_name}.alpha": (),
+        }
+    plan = plan_file("loha", shapes, keymap)
+    assert len(plan.patches) == len(targets) and plan.dropped == () and plan.networks == ("loha",)
