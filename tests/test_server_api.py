@@ -80,6 +80,43 @@ def test_bad_input_gets_a1111_and_fastapi_error_shapes_and_worker_survives(clien
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "still works", **SMALL}).status_code == 200
 
 
+def test_bad_values_answer_4xx_naming_the_field_and_never_reach_the_worker(client):
+    def refused(route, body, field, status=422):
+        response = client.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
+        assert response.status_code == status, (body, response.text)
+        assert field in json.dumps(response.json()), (field, response.text)
+
+    refused("/sdapi/v1/txt2img", {**SMALL, "cfg_scale": float("nan")}, "cfg_scale")
+    refused("/sdapi/v1/txt2img", {**SMALL, "seed": 2**70}, "seed")
+    refused("/sdapi/v1/txt2img", {**SMALL, "subseed": -5}, "subseed")
+    refused("/sdapi/v1/img2img", {**SMALL, "init_images": ["%%%not base64"]}, "init_images[0]")
+    refused("/sdapi/v1/img2img", {**SMALL, "init_images": [base64.b64encode(b"GIF89a" + b"x" * 20).decode()]},
+            "init_images[0]")
+    refused("/sdapi/v1/png-info", {"image": "%%%"}, "image")
+    refused("/sdapi/v1/options", {"sd_model_checkpoint": "nope.safetensors"}, "sd_model_checkpoint")
+    many = " ".join(f"<lora:missing{i}:1>" for i in range(17))
+    refused("/sdapi/v1/txt2img", {**SMALL, "prompt": many}, "at most 16")
+    # 500 tags of one LoRA are one LoRA: merged, applied once, answered at once.
+    repeated = client.post("/sdapi/v1/txt2img", json={**SMALL, "steps": 1, "prompt": "<lora:toy:0.002>" * 500})
+    assert repeated.status_code == 200
+    assert 'Lora hashes: "toy: ' in json.loads(repeated.json()["info"])["infotexts"][0]
+
+
+def test_a_bad_lora_file_is_skipped_and_reported(client, generator):
+    bad = generator.registry.root / "broken.safetensors"
+    bad.write_bytes(b"\x80\x04\x95pickle, not safetensors" * 10)
+    try:
+        response = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x <lora:broken:1> <lora:toy:1>"})
+        assert response.status_code == 200
+        info = json.loads(response.json()["info"])
+        assert "LoRA broken: not applied: the file was left out of the catalogue" in info["comments"]
+        assert 'Lora hashes: "toy: ' in info["infotexts"][0]
+        assert "broken" not in {entry["name"] for entry in client.get("/sdapi/v1/loras").json()}
+    finally:
+        bad.unlink()
+        generator.registry.refresh()
+
+
 def test_img2img_accepts_data_uri_and_blanks_init_images_in_echo(client):
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 200, 10)).save(buffer, format="PNG")
@@ -89,7 +126,7 @@ def test_img2img_accepts_data_uri_and_blanks_init_images_in_echo(client):
     assert response.json()["parameters"]["init_images"] is None
     assert "Denoising strength: 0.5" in json.loads(response.json()["info"])["infotexts"][0]
     bad = client.post("/sdapi/v1/img2img", json={"init_images": ["not-an-image"], **SMALL})
-    assert bad.status_code == 500 and bad.json()["detail"] == "Invalid encoded image"
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("init_images[0]: not a decodable image")
     cropped = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [data_uri], "resize_mode": 1})
     assert cropped.status_code == 200
     latent = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [data_uri], "resize_mode": 3})
@@ -116,7 +153,8 @@ def test_catalogue_routes(client, generator):
     assert options["sd_checkpoint_hash"] == models[0]["sha256"]
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": models[0]["title"]}).json() is None
     missing = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "other.safetensors"})
-    assert missing.status_code == 500 and missing.json()["detail"] == "model 'other.safetensors' not found"
+    assert missing.status_code == 422
+    assert missing.json()["detail"].startswith("sd_model_checkpoint: model 'other.safetensors' not found")
     loras = {entry["name"]: entry for entry in client.get("/sdapi/v1/loras").json()}
     assert set(loras) == {"toy", "style"} and loras["toy"]["alias"] == "dwjz_toy"
     assert not loras["toy"]["path"].startswith("/")  # never leak the server's filesystem layout

@@ -76,8 +76,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from lorapipe.atomic import atomic_write_bytes
     from lorapipe.cli.lora_dir import resolve_lora_dir
-    from lorapipe.generate.generator import GenerationRequest, Generator
-    from lorapipe.generate.hires import HiresFix, check_hires
+    from lorapipe.generate.generator import DEFAULT_DENOISING_STRENGTH, GenerationRequest, Generator
+    from lorapipe.generate.hires import HIRES_DENOISING_STRENGTH, HiresFix, check_hires
     from lorapipe.generate.infotext import png_bytes
     from lorapipe.generate.quiet import quiet_model_loading
 
@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         hires = HiresFix(
             scale=2.0 if args.hr_scale is None else args.hr_scale, resize_x=args.hr_resize_x,
             resize_y=args.hr_resize_y, upscaler=args.hr_upscaler, second_pass_steps=args.hr_second_pass_steps,
-            denoising_strength=0.7 if args.denoising_strength is None else args.denoising_strength,
+            denoising_strength=HIRES_DENOISING_STRENGTH if args.denoising_strength is None else args.denoising_strength,
             sampler_name=args.hr_sampler, prompt=args.hr_prompt,
             negative_prompt=args.hr_negative,
         )
@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg_scale,
         width=size[0], height=size[1], seed=args.seed, batch_size=args.batch_size, n_iter=args.n_iter,
         sampler_name=args.sampler, scheduler=args.scheduler, hires=hires, init_images=init_images, inpaint=inpaint,
-        denoising_strength=0.75 if args.denoising_strength is None else args.denoising_strength,
+        denoising_strength=DEFAULT_DENOISING_STRENGTH if args.denoising_strength is None else args.denoising_strength,
         resize_mode=("resize", "crop", "fill").index(args.resize_mode),
     ))
     for warning in result.warnings:

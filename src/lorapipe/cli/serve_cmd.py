@@ -35,11 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from lorapipe.cli.lora_dir import resolve_lora_dir
     from lorapipe.server.app import create_app
     from lorapipe.server.settings import Limits, ServerSettings, parse_api_auth
+    from lorapipe.server.shutdown import serve
     from lorapipe.sdxl.load import resolve_base_model
 
     resolve_base_model(args.base_model)  # a bad path fails here in milliseconds, before torch loads
@@ -51,6 +50,5 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype,
         limits=Limits(max_steps=args.max_steps, max_batch_size=args.max_batch_size),
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_keep_alive=30)
+    serve(create_app(settings), host=settings.host, port=settings.port)
     return 0

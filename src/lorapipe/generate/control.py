@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from lorapipe.errors import GenerationError
 
 
+SHUTDOWN_REASON = "server shutting down"
+
+
 class GenerationCancelled(GenerationError):
     """The job was cancelled (client disconnected, deadline passed); nothing is returned."""
 

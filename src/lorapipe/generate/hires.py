@@ -30,6 +30,8 @@ LATENT_UPSCALE_MODES: Mapping[str, tuple[str, bool]] = MappingProxyType({
 IMAGE_UPSCALERS: Mapping[str, str] = MappingProxyType({"None": "LANCZOS", "Lanczos": "LANCZOS", "Nearest": "NEAREST"})
 
 
+HIRES_DENOISING_STRENGTH = 0.7  # A1111's default for the hires pass
+
 @dataclass(frozen=True)
 class HiresFix:
     """A1111's `enable_hr` options. `scale` applies when both resize sides are 0; a 0 side keeps the aspect."""
@@ -39,7 +41,7 @@ class HiresFix:
     resize_y: int = 0
     upscaler: str | None = None  # None: the default latent mode ("Latent"), and no `Hires upscaler` infotext
     second_pass_steps: int = 0  # 0: the first pass's steps
-    denoising_strength: float = 0.7  # A1111's UI default
+    denoising_strength: float = HIRES_DENOISING_STRENGTH
     sampler_name: str | None = None  # None: the first pass's sampler
     scheduler: str | None = None  # None: the first pass's schedule
     prompt: str = ""  # "": the first pass's prompt

@@ -20,6 +20,10 @@ from lorapipe.errors import GenerationError
 API_DEFAULT_SAMPLER = "Euler"  # A1111's sampler_index default, used when sampler_name is empty
 
 
+
+class SamplerNotFound(GenerationError):
+    """A sampler or schedule name A1111 does not know (the API answers 404, as A1111 does)."""
+
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str
@@ -109,7 +113,7 @@ def resolve_sampler(sampler_name: str | None, scheduler: str | None = None) -> R
                         schedule = candidate
                     break
     if sampler is None:
-        raise GenerationError("Sampler not found")
+        raise SamplerNotFound("Sampler not found")
     effective = schedule
     if schedule is AUTOMATIC and sampler.default_schedule:
         effective = _SCHEDULE_BY_KEY[sampler.default_schedule]

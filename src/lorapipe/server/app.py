@@ -16,11 +16,12 @@ from collections.abc import Callable
 from importlib import resources
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from lorapipe import __version__
-from lorapipe.server.api_errors import ApiError, handle_api_error, handle_unexpected
+from lorapipe.server.api_errors import ApiError, handle_api_error, handle_unexpected, handle_validation_error
 from lorapipe.server.guards import BasicAuthMiddleware, BodyLimitMiddleware
 from lorapipe.server.jobs import JobQueue
 from lorapipe.server.routes_generate import router as generate_router
@@ -60,6 +61,7 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
     app = FastAPI(title="lorapipe", version=__version__, lifespan=lifespan,
                   description="AUTOMATIC1111-compatible API for SDXL with LoRAs")
     app.add_exception_handler(ApiError, handle_api_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(Exception, handle_unexpected)
     app.include_router(generate_router)
     app.include_router(info_router)

@@ -16,11 +16,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from lorapipe.generate.control import GenerationCancelled, JobControl
+from lorapipe.generate.control import SHUTDOWN_REASON, GenerationCancelled, JobControl
 from lorapipe.generate.generator import GenerationRequest, Generator
 
 log = logging.getLogger(__name__)
 _RECENT_TASKS = 256
+
+
+class QueueClosed(Exception):
+    """The server is shutting down and takes no new work."""
 
 
 class QueueFull(Exception):
@@ -57,17 +61,24 @@ class JobQueue:
         self._completed: collections.OrderedDict[str, bool] = collections.OrderedDict()
         self._seconds_per_job = 5.0  # running estimate for Retry-After
         self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="lorapipe-gpu-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Cancel queued and running jobs, then let the worker exit."""
+    def close(self) -> None:
+        """Take no new work and cancel every queued and running job; a running one stops at its next denoising
+        step. Safe to call more than once and from any thread (the SIGTERM handler calls it)."""
         with self._lock:
+            self._closed.set()
             jobs = list(self._pending.values()) + ([self._current] if self._current else [])
         for job in jobs:
-            job.control.cancel("server shutting down")
+            job.control.cancel(SHUTDOWN_REASON)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel queued and running jobs, then let the worker exit."""
+        self.close()
         while True:  # make room for the stop marker even when the queue is full
             try:
                 self._queue.put_nowait(None)
@@ -76,7 +87,7 @@ class JobQueue:
                 try:
                     stale = self._queue.get_nowait()
                     if stale is not None:
-                        stale.future.set_exception(GenerationCancelled("generation cancelled: server shutting down"))
+                        stale.future.set_exception(GenerationCancelled(f"generation cancelled: {SHUTDOWN_REASON}"))
                 except queue.Empty:
                     pass
         if self._thread is not None:
@@ -85,6 +96,8 @@ class JobQueue:
     def submit(self, task_id: str, request: GenerationRequest, control: JobControl) -> Job:
         job = Job(task_id=task_id, request=request, control=control)
         with self._lock:
+            if self._closed.is_set():
+                raise QueueClosed()
             try:
                 self._queue.put_nowait(job)
             except queue.Full:

@@ -1,7 +1,8 @@
 """A1111 generation routes: txt2img, img2img, progress, interrupt, skip (+ the UI's /internal/progress).
 
-A request is validated here (422 before the queue), queued (503 when full), then awaited while the client is
-watched: a client that goes away cancels its job between denoising steps.
+A request is checked by the generator before it is queued (its GenerationError becomes a 4xx naming the field),
+queued (503 when full), then awaited while the client is watched: a client that goes away cancels its job between
+denoising steps, and a server shutting down cancels it with a 503.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from lorapipe.errors import GenerationError
-from lorapipe.generate.control import GenerationCancelled, JobControl
+from lorapipe.generate.control import SHUTDOWN_REASON, GenerationCancelled, JobControl
 from lorapipe.generate.generator import GenerationRequest, GenerationResult
 from lorapipe.generate.infotext import png_bytes
-from lorapipe.generate.samplers import resolve_sampler
+from lorapipe.generate.samplers import SamplerNotFound
 from lorapipe.server.api_errors import ApiError
 from lorapipe.server.images import decode_image, encode_png
-from lorapipe.server.jobs import Job, QueueFull, new_task_id
+from lorapipe.server.jobs import Job, QueueClosed, QueueFull, new_task_id
 from lorapipe.server.schemas import Img2ImgBody, Txt2ImgBody
 from lorapipe.server.state import ServerState
 
@@ -62,11 +63,15 @@ async def run_generation(body: Txt2ImgBody, request: Request, *, kind: str) -> G
     except QueueFull as full:
         raise ApiError(503, "server busy: the generation queue is full; retry later",
                        headers={"Retry-After": str(full.retry_after_s)}) from None
+    except QueueClosed:
+        raise ApiError(503, "server shutting down; retry on another instance or after the restart") from None
     try:
         result = await _wait(job, request)
     except GenerationCancelled as exc:
         if "timed out" in str(exc):
             raise ApiError(504, f"{exc}; the limit is {state.settings.request_timeout_s:g} s") from None
+        if SHUTDOWN_REASON in str(exc):
+            raise ApiError(503, f"{exc}; retry after the restart") from None
         raise ApiError(499, str(exc)) from None
     except GenerationError as exc:
         raise ApiError(400, str(exc)) from None
@@ -82,30 +87,31 @@ def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationR
     if hires and body.hr_checkpoint_name not in (None, "", "Use same checkpoint") \
             and body.hr_checkpoint_name not in state.generator.model.aliases():
         raise ApiError(404, f"Could not find checkpoint with name {body.hr_checkpoint_name}")
-    sampler_name = body.sampler_name or body.sampler_index
-    try:
-        resolve_sampler(sampler_name, body.scheduler)  # fail fast, before the queue
-        if hires and hires.sampler_name:
-            resolve_sampler(hires.sampler_name, hires.scheduler)
-    except GenerationError:
-        raise ApiError(404, "Sampler not found") from None
     init_images: tuple = ()
     inpaint = None
     if isinstance(body, Img2ImgBody):
         if not body.init_images:
             raise ApiError(404, "Init image not found")
         limit = state.settings.limits.max_pixels
-        init_images = tuple(decode_image(data, max_pixels=limit) for data in body.init_images)
+        init_images = tuple(decode_image(data, max_pixels=limit, field=f"init_images[{i}]")
+                            for i, data in enumerate(body.init_images))
         inpaint = _inpaint_options(body, limit)
-    return GenerationRequest(
+    optional = {"denoising_strength": body.denoising_strength} if body.denoising_strength is not None else {}
+    generation = GenerationRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
         width=body.width, height=body.height, seed=body.seed, subseed=body.subseed,
         subseed_strength=body.subseed_strength, batch_size=body.batch_size, n_iter=body.n_iter,
-        sampler_name=sampler_name, scheduler=body.scheduler, init_images=init_images,
-        denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,
+        sampler_name=body.sampler_name or body.sampler_index, scheduler=body.scheduler, init_images=init_images,
         apply_loras=not body.disable_extra_networks, hires=hires, inpaint=inpaint,
-        resize_mode=body.resize_mode if isinstance(body, Img2ImgBody) else 0,
+        resize_mode=body.resize_mode if isinstance(body, Img2ImgBody) else 0, **optional,
     )
+    try:
+        state.generator.check(generation)  # the generator's own checks, before the request takes a queue slot
+    except SamplerNotFound:
+        raise ApiError(404, "Sampler not found") from None  # A1111's answer
+    except GenerationError as exc:
+        raise ApiError(422, str(exc)) from None
+    return generation
 
 
 def _inpaint_options(body: Img2ImgBody, max_pixels: int):
@@ -114,11 +120,7 @@ def _inpaint_options(body: Img2ImgBody, max_pixels: int):
         raise ApiError(422, "latent_mask: a separate latent mask is not supported; send only mask")
     if not body.mask:
         return None
-    try:
-        mask = decode_image(body.mask, max_pixels=max_pixels)
-    except ApiError as exc:
-        reason = "not a decodable image" if exc.status_code == 500 else exc.detail
-        raise ApiError(422, f"mask: {reason}; send a base64 PNG or JPEG (white = repaint)") from None
+    mask = decode_image(body.mask, max_pixels=max_pixels, field="mask")
     return body.inpaint_options(mask)
 
 

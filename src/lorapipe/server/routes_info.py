@@ -50,8 +50,8 @@ async def set_options(request: Request):
         raise ApiError(422, "options: body must be a JSON object of setting -> value")
     checkpoint = values.get("sd_model_checkpoint")
     if checkpoint is not None and checkpoint not in state.generator.model.aliases():
-        raise ApiError(500, f"model '{checkpoint}' not found", error="RuntimeError",
-                       errors=f"model '{checkpoint}' not found")
+        raise ApiError(422, f"sd_model_checkpoint: model '{checkpoint}' not found; this server has only "
+                            f"'{state.generator.model.title}' (see /sdapi/v1/sd-models)")
     with state.options_lock:
         for key, kind in SETTABLE_OPTIONS.items():
             if key in values and key != "sd_model_checkpoint":
@@ -105,7 +105,7 @@ async def refresh_loras(request: Request):
 async def png_info(body: PngInfoBody, request: Request):
     if not body.image:
         raise ApiError(404, "Image not found")
-    image = decode_image(body.image, max_pixels=_state(request).settings.limits.max_pixels)
+    image = decode_image(body.image, max_pixels=_state(request).settings.limits.max_pixels, field="image")
     text, items = read_infotext(image)
     return {"info": text or "", "items": items, "parameters": parse_infotext(text) if text else {}}
 

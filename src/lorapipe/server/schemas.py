@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lorapipe.errors import GenerationError
-from lorapipe.generate.hires import HiresFix, check_hires, hires_target
+from lorapipe.generate.generator import DEFAULT_DENOISING_STRENGTH
+from lorapipe.generate.hires import HIRES_DENOISING_STRENGTH, HiresFix, check_hires, hires_target
 from lorapipe.generate.inpaint import MASKED_CONTENT, InpaintOptions
 from lorapipe.server.settings import Limits
 
@@ -40,7 +41,7 @@ class Txt2ImgBody(BaseModel):
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
     eta: float | None = None
-    denoising_strength: float | None = 0.75
+    denoising_strength: float | None = DEFAULT_DENOISING_STRENGTH
     s_min_uncond: float | None = None
     s_churn: float | None = None
     s_tmax: float | None = None
@@ -87,7 +88,7 @@ class Txt2ImgBody(BaseModel):
         return HiresFix(
             scale=self.hr_scale, resize_x=self.hr_resize_x, resize_y=self.hr_resize_y,
             upscaler=self.hr_upscaler or None, second_pass_steps=self.hr_second_pass_steps,
-            denoising_strength=self.denoising_strength if self.denoising_strength is not None else 0.7,
+            denoising_strength=HIRES_DENOISING_STRENGTH if self.denoising_strength is None else self.denoising_strength,
             sampler_name=self.hr_sampler_name or None, scheduler=self.hr_scheduler or None,
             prompt=self.hr_prompt, negative_prompt=self.hr_negative_prompt,
         )
@@ -141,7 +142,7 @@ class Img2ImgBody(Txt2ImgBody):
     initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
     include_init_images: bool = False
-    denoising_strength: float | None = Field(0.75, gt=0.0, le=1.0)
+    denoising_strength: float | None = Field(DEFAULT_DENOISING_STRENGTH, gt=0.0, le=1.0)
 
     def hires_fix(self) -> HiresFix | None:
         return None  # A1111's img2img has no hires fix; its enable_hr field is inherited, not used
