@@ -126,14 +126,15 @@ def test_bad_sizes_are_generation_errors(generator):
         generator.generate(GenerationRequest("toy", width=65, height=64, steps=1))
 
 
-def test_cli_generate_writes_png_with_infotext(tiny_model_dir, lora_dir, tmp_path):
+def test_cli_generate_writes_png_with_infotext(tiny_model_dir, lora_dir, tmp_path, capsys):
     from lorapipe.cli.main import main
 
     out = tmp_path / "out.png"
-    code = main(["generate", "a photo of dwjz toy <lora:toy:0.8>", "--base-model", str(tiny_model_dir),
+    code = main(["generate", "a photo of dwjz toy <lora:toy:0.8> <lora:gone:1>", "--base-model", str(tiny_model_dir),
                  "--lora-dir", str(lora_dir), "-o", str(out), "--steps", "2", "--seed", "11",
                  "--width", "64", "--height", "64", "--sampler", "Euler", "--negative", "blurry"])
     assert code == 0
     text = Image.open(out).info["parameters"]
-    assert text.startswith("a photo of dwjz toy <lora:toy:0.8>\nNegative prompt: blurry\nSteps: 2, Sampler: Euler")
+    assert text.startswith("a photo of dwjz toy <lora:toy:0.8> <lora:gone:1>\nNegative prompt: blurry\nSteps: 2")
     assert "Seed: 11" in text and 'Lora hashes: "toy: ' in text
+    assert "lorapipe: warning: Networks not found: gone" in capsys.readouterr().err

@@ -107,3 +107,28 @@ def test_registry_does_not_import_torch():
 
     code = "import sys, lorapipe.registry; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_corrupt_truncated_pickled_and_oversized_files_are_skipped_with_a_logged_reason(tmp_path, caplog):
+    import pickle
+
+    from lorapipe.registry import MAX_LORA_BYTES
+
+    good = _write_safetensors(tmp_path / "good.safetensors", payload=b"\x00" * 64)
+    (tmp_path / "truncated.safetensors").write_bytes(good.read_bytes()[:-10])
+    (tmp_path / "corrupt.safetensors").write_bytes(os.urandom(4096))
+    (tmp_path / "pickled.safetensors").write_bytes(pickle.dumps({"lora_down": [0.0] * 100}))
+    with (tmp_path / "huge.safetensors").open("wb") as handle:  # sparse: no disk is used
+        handle.truncate(MAX_LORA_BYTES + 1)
+    with caplog.at_level("WARNING", logger="lorapipe.registry"):
+        registry = LoraRegistry(tmp_path)
+    assert [e.name for e in registry.entries()] == ["good"]
+    for name in ("truncated", "corrupt", "pickled", "huge"):
+        assert registry.resolve(name) is None
+        reason = registry.skip_reason(name)
+        assert reason and f"{name}.safetensors" in reason
+        assert any(reason in record.getMessage() for record in caplog.records)
+    assert "truncated" in registry.skip_reason("truncated") and "GiB" in registry.skip_reason("huge")
+    caplog.clear()
+    registry.refresh()
+    assert not caplog.records  # logged once, not on every rescan

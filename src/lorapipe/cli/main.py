@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
@@ -43,9 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Library chatter (torchvision fallbacks, deprecations) is not for our users; our commands say what matters.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    # Library warnings stay on (their default level): silencing them for every command hid that part of a file
+    # was ignored. Progress bars of model loading are turned off where models load (generate/quiet.py).
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -36,10 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from lorapipe.cli.lora_dir import resolve_lora_dir
+    from lorapipe.sdxl.load import resolve_base_model
     from lorapipe.server.app import create_app
     from lorapipe.server.settings import Limits, ServerSettings, parse_api_auth
     from lorapipe.server.shutdown import serve
-    from lorapipe.sdxl.load import resolve_base_model
 
     resolve_base_model(args.base_model)  # a bad path fails here in milliseconds, before torch loads
     settings = ServerSettings(

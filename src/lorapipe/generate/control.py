@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from lorapipe.errors import GenerationError
 
-
 SHUTDOWN_REASON = "server shutting down"
 
 
