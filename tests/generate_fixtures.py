@@ -46,6 +46,28 @@ def write_kohya_lora_for(models: dict, path: Path, *, seed: int, rank: int = 4, 
     return path
 
 
+def write_loha_for(models: dict, path: Path, *, seed: int, rank: int = 4, scale: float = 0.3) -> Path:
+    """A LyCORIS LoHa (`algo=loha`) over Kohya's targets with conv layers, in LyCORIS's key names and shapes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lorapipe.lora.targets import kohya_target_names
+
+    targets = kohya_target_names(models["unet"], models.get("text_encoder"), models.get("text_encoder_2"), conv=True)
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for target in targets:
+        out, inp, *kernel = models[target.part].get_submodule(target.module_name).weight.shape
+        flat_in = inp * (kernel[0] * kernel[1] if kernel else 1)
+        for half in ("w1", "w2"):
+            tensors[f"{target.kohya_name}.hada_{half}_a"] = torch.randn(out, rank, generator=generator) * scale
+            tensors[f"{target.kohya_name}.hada_{half}_b"] = torch.randn(rank, flat_in, generator=generator) * scale
+        tensors[f"{target.kohya_name}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "loha"}'})
+    return path
+
+
 def tiny_lora_folder(root: Path, model_dir: Path) -> Path:
     """A LoRA folder with `toy` (alias `dwjz_toy`) and `style` (UNet-only), as a trainer would publish them."""
     folder = root / "loras"

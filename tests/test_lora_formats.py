@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from generate_fixtures import load_generator
+from generate_fixtures import load_generator, write_loha_for
 from safetensors.torch import save_file
 
 from lorapipe.generate.lora_set import ActiveLora, FusedLoraSet
@@ -38,9 +38,13 @@ def kohya(layer) -> str:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model_dir):
-    torch.manual_seed(0)
-    return load_generator(tiny_model_dir, None).pipe
+def generator(tiny_model_dir, tmp_path_factory):
+    return load_generator(tiny_model_dir, tmp_path_factory.mktemp("formats"))
+
+
+@pytest.fixture(scope="module")
+def pipe(generator):
+    return generator.pipe
 
 
 def weight_of(pipe, layer):
@@ -410,3 +414,19 @@ def test_full_sdxl_architecture_key_names_all_map():
         }
     plan = plan_file("loha", shapes, keymap)
     assert len(plan.patches) == len(targets) and plan.dropped == () and plan.networks == ("loha",)
+
+
+def test_a_loha_over_every_layer_renders_and_the_plain_image_comes_back(generator):
+    import numpy as np
+
+    from lorapipe.generate.generator import GenerationRequest
+
+    models = {c: getattr(generator.pipe, c) for c in ("unet", "text_encoder", "text_encoder_2")}
+    write_loha_for(models, generator.registry.root / "every.safetensors", seed=4)
+    small = {"steps": 2, "width": 64, "height": 64, "seed": 5}
+    plain = generator.generate(GenerationRequest("a toy", **small))
+    with_loha = generator.generate(GenerationRequest("a toy <lora:every:0.8>", **small))
+    assert with_loha.warnings == () and [lora.entry.name for lora in with_loha.loras] == ["every"]
+    assert np.abs(np.asarray(plain.images[0], float) - np.asarray(with_loha.images[0], float)).mean() > 1.0
+    again = generator.generate(GenerationRequest("a toy", **small))
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(again.images[0]))  # same pixels as before
