@@ -13,6 +13,7 @@ A1111 does, and the others still apply; keys nothing reads are reported too.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -123,17 +124,26 @@ class FusedLoraSet:
         return lora, path, plan
 
     def _fuse(self, plans) -> None:
-        import torch
         from safetensors import SafetensorError, safe_open
+
+        with contextlib.ExitStack() as files:
+            handles = {}
+            for lora, path, _plan in plans:
+                try:
+                    handles[id(lora)] = files.enter_context(safe_open(str(path), framework="pt", device="cpu"))
+                except (OSError, SafetensorError) as exc:
+                    raise _LoraFailed(lora, f"cannot read {path.name} ({exc})") from None
+            self._merge(plans, handles, SafetensorError)
+
+    def _merge(self, plans, handles, read_error) -> None:
+        """Write W + Σ multiplier × ΔW into every layer the plans touch (one layer at a time: peak memory is one
+        layer's delta), then load bundled embeddings."""
+        import torch
 
         from lorapipe.lora.networks import layer_delta
 
-        handles, by_layer = {}, {}
-        for lora, path, plan in plans:
-            try:
-                handles[id(lora)] = safe_open(str(path), framework="pt", device="cpu")
-            except (OSError, SafetensorError) as exc:
-                raise _LoraFailed(lora, f"cannot read {path.name} ({exc})") from None
+        by_layer = {}
+        for lora, _path, plan in plans:
             for patch in plan.patches:
                 by_layer.setdefault(patch.layer, []).append((lora, patch))
         with torch.no_grad():
@@ -145,7 +155,7 @@ class FusedLoraSet:
                     multiplier = lora.unet_weight if layer.component == "unet" else lora.te_weight
                     if multiplier == 0:
                         continue
-                    delta = self._layer_delta(handles[id(lora)], lora, patch, weight, layer_delta, SafetensorError)
+                    delta = self._layer_delta(handles[id(lora)], lora, patch, weight, layer_delta, read_error)
                     total_w += multiplier * delta.weight
                     if delta.bias is not None and getattr(module, "bias", None) is not None:
                         total_b = multiplier * delta.bias + (0 if total_b is None else total_b)
