@@ -430,3 +430,15 @@ def test_a_loha_over_every_layer_renders_and_the_plain_image_comes_back(generato
     assert np.abs(np.asarray(plain.images[0], float) - np.asarray(with_loha.images[0], float)).mean() > 1.0
     again = generator.generate(GenerationRequest("a toy", **small))
     assert np.array_equal(np.asarray(plain.images[0]), np.asarray(again.images[0]))  # same pixels as before
+
+
+def test_a_file_removed_after_the_scan_is_reported_not_raised(pipe, tmp_path):
+    down, up = lora_pair(weight_of(pipe, ATTN), 2, 1)
+    (tmp_path / "l").mkdir()
+    save_file({f"{kohya(ATTN)}.lora_down.weight": down, f"{kohya(ATTN)}.lora_up.weight": up},
+              str(tmp_path / "l" / "gone.safetensors"))
+    registry = LoraRegistry(tmp_path / "l")
+    entry = registry.resolve("gone")
+    entry.path.unlink()
+    applied = FusedLoraSet(pipe, verify=registry.verify_for_loading).apply([ActiveLora(entry, "gone", 1.0, 1.0)])
+    assert applied.loras == () and applied.warnings[0].startswith("LoRA gone: not applied: gone.safetensors")

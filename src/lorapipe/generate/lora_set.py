@@ -79,6 +79,9 @@ class FusedLoraSet:
                 plans.append(self._plan(lora, warnings))
             except GenerationError as exc:
                 warnings.append(f"LoRA {lora.mentioned_as}: not applied: {exc}")
+            except OSError as exc:  # removed or unreadable since the catalogue was built
+                warnings.append(f"LoRA {lora.mentioned_as}: not applied: {lora.entry.path.name}: "
+                                f"{exc.strerror or exc}; check the LoRA folder")
         while plans:
             try:
                 self._fuse(plans)
