@@ -427,6 +427,7 @@ def test_a_loha_over_every_layer_renders_and_the_plain_image_comes_back(generato
     plain = generator.generate(GenerationRequest("a toy", **small))
     with_loha = generator.generate(GenerationRequest("a toy <lora:every:0.8>", **small))
     assert with_loha.warnings == () and [lora.entry.name for lora in with_loha.loras] == ["every"]
+    assert not any(p.requires_grad for p in generator.pipe.unet.parameters())  # merging never turns grad on
     assert np.abs(np.asarray(plain.images[0], float) - np.asarray(with_loha.images[0], float)).mean() > 1.0
     again = generator.generate(GenerationRequest("a toy", **small))
     assert np.array_equal(np.asarray(plain.images[0]), np.asarray(again.images[0]))  # same pixels as before
