@@ -436,10 +436,110 @@ def test_a_loha_over_every_layer_renders_and_the_plain_image_comes_back(generato
 def test_a_file_removed_after_the_scan_is_reported_not_raised(pipe, tmp_path):
     down, up = lora_pair(weight_of(pipe, ATTN), 2, 1)
     (tmp_path / "l").mkdir()
-    save_file({f"{kohya(ATTN)}.lora_down.weight": down, f"{kohya(ATTN)}.lora_up.weight": up},
-              str(tmp_path / "l" / "gone.safetensors"))
+    save_file(
+        {f"{kohya(ATTN)}.lora_down.weight": down, f"{kohya(ATTN)}.lora_up.weight": up},
+        str(tmp_path / "l" / "gone.safetensors"),
+    )
     registry = LoraRegistry(tmp_path / "l")
     entry = registry.resolve("gone")
     entry.path.unlink()
     applied = FusedLoraSet(pipe, verify=registry.verify_for_loading).apply([ActiveLora(entry, "gone", 1.0, 1.0)])
     assert applied.loras == () and applied.warnings[0].startswith("LoRA gone: not applied: gone.safetensors")
+
+
+@pytest.mark.parametrize(
+    "preset, options",
+    [
+        ("full", {"algo": "locon", "conv_dim": 2, "use_tucker": True}),
+        ("full", {"algo": "loha", "conv_dim": 2}),
+        ("full", {"algo": "lokr", "factor": 8, "use_tucker": True, "conv_dim": 2}),
+        ("tiny", {"algo": "locon", "dora_wd": True}),  # dora_scale is the base weight's norm: it needs real weights
+    ],
+    ids=lambda o: o if isinstance(o, str) else "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_lycoris_files_lorapipe_trains_plan_completely_on_sdxl(preset, options):
+    """What `lora/lycoris_network.py` writes (LyCORIS's own modules, SDXL shapes on the meta device) loads key for
+    key."""
+    from lorapipe.config.model import LycorisOptions
+    from lorapipe.lora.file_layers import plan_file
+    from lorapipe.lora.keymap import PipelineKeyMap
+    from lorapipe.lora.lycoris_network import attach_lycoris
+    from lorapipe.sdxl.factory import build_models
+
+    models = build_models(preset, device="meta" if preset == "full" else "cpu")
+    network = attach_lycoris(
+        models["unet"],
+        models["text_encoder"],
+        models["text_encoder_2"],
+        LycorisOptions(**options),
+        network_dim=2,
+        network_alpha=1.0,
+        lora_dtype=None,
+    )
+    shapes = network.kohya_shapes()
+    plan = plan_file(options["algo"], shapes, PipelineKeyMap(models))
+    assert plan.dropped == () and len(plan.patches) == len(
+        {key.rsplit(".", 1)[0] for key in shapes if key.endswith(".alpha")}
+    )
+    expected = {"locon": "lora", "loha": "loha", "lokr": "lokr"}[options["algo"]]
+    assert plan.networks == (expected,)
+    assert all(p.keys.keys() >= {"dora_scale"} for p in plan.patches) == bool(options.get("dora_wd"))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"algo": "loha", "conv_dim": 2}, {"algo": "lokr", "factor": 4}, {"algo": "locon", "dora_wd": True}],
+    ids=lambda o: o["algo"],
+)
+def test_lycoris_trained_files_render_what_was_trained(generator, tmp_path, options):
+    """A file from lorapipe's LyCORIS trainer, merged at multiplier 1, gives every layer the output LyCORIS's own
+    module gave it in training (its forward, the ground truth: LyCORIS 4.1's `get_merged_weight` applies a LoHa's
+    alpha/rank twice, so it is not used as the reference)."""
+    from lorapipe.config.model import LycorisOptions
+    from lorapipe.lora.keymap import PipelineKeyMap
+    from lorapipe.lora.lycoris_network import attach_lycoris
+
+    pipe = generator.pipe
+    network = attach_lycoris(
+        pipe.unet,
+        pipe.text_encoder,
+        pipe.text_encoder_2,
+        LycorisOptions(**options),
+        network_dim=4,
+        network_alpha=2.0,
+        seed=0,
+    )
+    keymap = PipelineKeyMap({c: getattr(pipe, c) for c in ("unet", "text_encoder", "text_encoder_2")})
+    inputs, trained = {}, {}
+    try:
+        network.network.eval()
+        with torch.no_grad():
+            for index, param in enumerate(network.lora_parameters()):
+                param.add_(rand(*param.shape, seed=index, scale=0.05))
+            for module in [m for mods in network.modules.values() for m in mods]:
+                layer = keymap.layer(module.lora_name)
+                wrapped = getattr(pipe, layer.component).get_submodule(layer.module_name)
+                shape = (
+                    (2, wrapped.in_features) if isinstance(wrapped, torch.nn.Linear) else (1, wrapped.in_channels, 8, 8)
+                )
+                inputs[layer] = rand(*shape, seed=len(inputs), scale=1.0)
+                trained[layer] = wrapped(inputs[layer])  # LyCORIS's forward replaces the layer's while attached
+        state = network.kohya_state_dict()
+    finally:
+        network.remove()
+        for component in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):
+            component.requires_grad_(False)
+    folder = tmp_path / "l"
+    folder.mkdir()
+    save_file(state, str(folder / "trained.safetensors"))
+    registry = LoraRegistry(folder)
+    lora_set = FusedLoraSet(pipe, verify=registry.verify_for_loading)
+    applied = lora_set.apply([ActiveLora(registry.resolve("trained"), "trained", 1.0, 1.0)])
+    try:
+        assert applied.warnings == ()
+        with torch.no_grad():
+            for layer, expected in trained.items():
+                rendered = getattr(pipe, layer.component).get_submodule(layer.module_name)(inputs[layer])
+                torch.testing.assert_close(rendered, expected, rtol=1e-4, atol=1e-4)
+    finally:
+        lora_set.clear()
