@@ -288,6 +288,10 @@ def test_diffusers_peft_and_comfy_native_names(pipe, tmp_path):
     peft = {
         f"base_model.model.{CONV[1]}.lora_A.weight": pairs[CONV][0],
         f"base_model.model.{CONV[1]}.lora_B.weight": pairs[CONV][1],
+        # SimpleTuner's LyCORIS naming, alpha = 2 x rank: twice the pair's product
+        f"lycoris_{CONV[1].replace('.', '_')}.lora_down.weight": pairs[CONV][0].clone(),
+        f"lycoris_{CONV[1].replace('.', '_')}.lora_up.weight": pairs[CONV][1].clone(),
+        f"lycoris_{CONV[1].replace('.', '_')}.alpha": torch.tensor(4.0),
     }
     comfy = {
         f"diffusion_model.{ATTN_SGM}.lora_up.weight": pairs[ATTN][1],
@@ -305,7 +309,8 @@ def test_diffusers_peft_and_comfy_native_names(pipe, tmp_path):
     close(deltas[ATTN], torch.zeros_like(deltas[ATTN]))  # diffusers at +1 and ComfyUI at -1 cancel out
     for layer in (CONV, TE1, TE2):
         down, up = pairs[layer]
-        close(deltas[layer], (up.flatten(1) @ down.flatten(1)).reshape(weights[layer].shape))
+        times = 3 if layer == CONV else 1  # the peft pair plus the SimpleTuner pair at scale 2
+        close(deltas[layer], times * (up.flatten(1) @ down.flatten(1)).reshape(weights[layer].shape))
 
 
 def test_bundled_embeddings_load_as_tokens_and_go_away(pipe, tmp_path):

@@ -8,6 +8,7 @@ Layer names in the wild, all mapped here (as ComfyUI's `comfy/lora.py model_lora
 | Kohya sd-scripts, LyCORIS, A1111 | `lora_unet_<SGM name, _ for .>` (also diffusers names) | `lora_te1_…`, `lora_te2_…` |
 | diffusers | `unet.<diffusers name>` | `text_encoder.…`, `text_encoder_2.…` |
 | peft (`get_peft_model_state_dict` of a UNet) | `base_model.model.<diffusers name>` | - |
+| SimpleTuner (LyCORIS) | `lycoris_<diffusers name, _ for .>` | - |
 | ComfyUI, OneTrainer | `diffusion_model.<SGM name>` | `text_encoders.clip_l.transformer.…`, `…clip_g…` |
 
 Key suffixes are brought to Kohya's spelling first (`lora_A.weight`/`lora.down.weight` → `lora_down.weight`, peft's
@@ -67,7 +68,13 @@ class PipelineKeyMap:
             for name, _module in _weighted_modules(unet):
                 layer = Layer("unet", name)
                 self.weights[layer] = tuple(_module.weight.shape)
-                aliases = [f"unet.{name}", f"base_model.model.{name}", f"{KOHYA_PREFIXES['unet']}_{_flat(name)}"]
+                aliases = [
+                    name,  # diffusers' state dict of the UNet alone
+                    f"unet.{name}",
+                    f"base_model.model.{name}",
+                    f"{KOHYA_PREFIXES['unet']}_{_flat(name)}",
+                    f"lycoris_{_flat(name)}",  # SimpleTuner's LyCORIS files
+                ]
                 try:
                     sgm_name = sgm.to_sgm(name)
                 except KeyError:
