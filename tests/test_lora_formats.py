@@ -548,3 +548,19 @@ def test_lycoris_trained_files_render_what_was_trained(generator, tmp_path, opti
                 torch.testing.assert_close(rendered, expected, rtol=1e-4, atol=1e-4)
     finally:
         lora_set.clear()
+
+
+def test_key_spellings_become_kohya_suffixes():
+    from lorapipe.lora.keymap import normalise_key, split_key
+
+    stem = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1"
+    assert split_key(normalise_key(f"{stem}.processor.to_out_lora.down.weight")) == (
+        f"{stem}.to_out.0",
+        "lora_down.weight",
+    )
+    assert split_key(normalise_key(f"{stem}.to_q.lora_B.weight")) == (f"{stem}.to_q", "lora_up.weight")
+    assert split_key(normalise_key(f"{stem}.to_q.lora_magnitude_vector")) == (f"{stem}.to_q", "dora_scale")
+    assert split_key("lora_unet_x.hada_w1_a") == ("lora_unet_x", "hada_w1_a")
+    assert split_key("lora_unet_x.a1.weight") == ("lora_unet_x", "a1.weight")
+    assert split_key("lora_unet_x.weight") == ("lora_unet_x", "weight")  # (IA)^3
+    assert split_key("lora_unet_x.something_else") is None
