@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -50,21 +51,35 @@ def check_safetensors(path: Path) -> dict:
 
 
 def find_artifact(folder: Path) -> Artifact:
-    """Find the LoRA (the single top-level ``.safetensors``), summary and samples in a backend's output folder."""
+    """Find the final LoRA (the top-level ``.safetensors``, or the one the summary names beside step/epoch files),
+    the summary and the samples in a backend's output folder."""
     folder = Path(folder)
-    loras = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if len(loras) != 1:
-        found = ", ".join(p.name for p in loras) or "none"
-        raise PipelineError(f"{folder}: expected one .safetensors LoRA, found {found}; check the train step's log")
-    lora = loras[0]
-    check_safetensors(lora)
     summary = folder / SUMMARY_NAME
+    lora = _final_lora(folder, summary)
+    check_safetensors(lora)
     sample_dir = folder / SAMPLE_DIR
     samples = tuple(sorted(p for p in sample_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)) \
         if sample_dir.is_dir() else ()
     files = (*samples, *((summary,) if summary.is_file() else ()), lora)
     digests = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
     return Artifact(folder, lora, summary if summary.is_file() else None, samples, digests)
+
+
+def _final_lora(folder: Path, summary: Path) -> Path:
+    """The run's final LoRA: the only top-level file, or (beside step/epoch files) the one the summary names."""
+    loras = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    if len(loras) > 1 and summary.is_file():
+        try:
+            named = json.loads(summary.read_text(encoding="utf-8")).get("lora_file")
+        except (OSError, ValueError):
+            named = None
+        chosen = [p for p in loras if named and p.name == Path(named).name]
+        if chosen:
+            return chosen[0]
+    if len(loras) != 1:
+        found = ", ".join(p.name for p in loras) or "none"
+        raise PipelineError(f"{folder}: expected one .safetensors LoRA, found {found}; check the train step's log")
+    return loras[0]
 
 
 def write_sha256_sidecars(artifact: Artifact) -> None:

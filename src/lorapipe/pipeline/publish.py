@@ -24,7 +24,7 @@ MANIFEST_NAME = "publish.json"
 def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None, lora_dir: Path, lora_name: str,
                      endpoint_url: str | None, log: RunLog) -> dict:
     """Publish and return the manifest (what went where, with sha256s)."""
-    _check_lora_name(lora_name)
+    check_publish_name(lora_name)
     write_sha256_sidecars(artifact)
     manifest: dict = {
         "run_id": run_id,
@@ -37,23 +37,40 @@ def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None,
     if output_url:
         manifest["output_prefix"], manifest["uploaded"] = _upload(artifact, run_id, output_url, endpoint_url,
                                                                   manifest, log)
+    manifest["registry"] = install_lora(artifact.lora, artifact.sha256[artifact.relative(artifact.lora)],
+                                        lora_dir=lora_dir, lora_name=lora_name)
+    log.info(f"publish: LoRA available to the server as <lora:{lora_name}:1> ({manifest['lora_path']})")
+    return manifest
+
+
+def install_lora(source: Path, sha256: str, *, lora_dir: Path, lora_name: str) -> dict:
+    """Copy one LoRA file into the folder the server reads as `<lora_name>.safetensors` (atomically), check the
+    copy's sha256 and that the folder's catalogue lists it; return its catalogue entry (name, hashes)."""
+    check_publish_name(lora_name)
     target = lora_dir / f"{lora_name}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_copy(artifact.lora, target)
-    if sha256_file(target) != artifact.sha256[artifact.relative(artifact.lora)]:
+    atomic_copy(source, target)
+    if sha256_file(target) != sha256:
         target.unlink()
         raise StoreError(f"{target}: copy does not match the trained LoRA's sha256; check the disk and run again")
     entry = LoraRegistry(lora_dir).resolve(lora_name)
     if entry is None or entry.path.resolve() != target.resolve():
         problems = "; ".join(LoraRegistry(lora_dir).problems) or "not listed"
         raise StoreError(f"{target}: the LoRA folder's catalogue does not list it ({problems}); check the file")
-    manifest["registry"] = {"name": entry.name, "short_hash": entry.short_hash,
-                            "sha256_tensors": entry.sha256_tensors}
-    log.info(f"publish: LoRA available to the server as <lora:{lora_name}:1> ({target})")
-    return manifest
+    return {"name": entry.name, "path": str(target), "short_hash": entry.short_hash,
+            "sha256_tensors": entry.sha256_tensors}
 
 
-def _check_lora_name(name: str) -> None:
+def publish_checkpoint(checkpoint: Path, *, lora_dir: Path, lora_name: str) -> dict:
+    """Publish one of a run's LoRA files (a step or epoch checkpoint, or the final file) into the LoRA folder,
+    after checking its header; the run's own publish step is not repeated (no upload)."""
+    from lorapipe.pipeline.artifact import check_safetensors
+
+    check_safetensors(checkpoint)
+    return install_lora(checkpoint, sha256_file(checkpoint), lora_dir=lora_dir, lora_name=lora_name)
+
+
+def check_publish_name(name: str) -> None:
     """The registry's own rule (names are file stems, never paths), reported as a publish error."""
     try:
         check_lora_name(name)

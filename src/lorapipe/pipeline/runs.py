@@ -16,6 +16,9 @@ from lorapipe.errors import PipelineError
 from lorapipe.pipeline.records import RunRecord, RunStore, new_run_id
 from lorapipe.pipeline.request import PipelineHome, RunRequest
 
+# How long after a cancel a still-living worker is believed to be that run's (the trainer's stop grace and then some).
+WIND_DOWN_S = 300.0
+
 
 def create_run(request: RunRequest, home: PipelineHome) -> RunRecord:
     """Record a queued run and make its folder (request.json, empty run.log)."""
@@ -29,6 +32,15 @@ def create_run(request: RunRequest, home: PipelineHome) -> RunRecord:
     (run_dir / "run.log").touch()
     return records.create_run(run_id, backend=request.backend, dataset=request.dataset, output=request.output,
                               run_dir=run_dir, request=request.to_json())
+
+
+def resume_run(home: PipelineHome, run_id: str) -> RunRecord:
+    """A new run with a stopped run's request; its train step picks up the training state the stopped trainer
+    saved (same content key), so training goes on from where it stopped instead of from step 0."""
+    record = RunStore(home.database).get(run_id)
+    if record.status not in ("cancelled", "failed"):
+        raise PipelineError(f"run {record.id}: it is {record.status}; only a cancelled or failed run is resumed")
+    return create_run(RunRequest.from_json(record.request), home)
 
 
 def start_detached(home: PipelineHome, run_id: str) -> int:
@@ -99,6 +111,19 @@ def mark_lost_runs(home: PipelineHome) -> None:
     for record in records.list_runs(limit=200):
         if not record.finished and record.pid and not _alive(record.pid):
             records.finish_run(record.id, "failed", f"worker process {record.pid} ended without finishing the run")
+
+
+def training_runs(home: PipelineHome, *, backend: str = "local") -> list[RunRecord]:
+    """Runs of `backend` that hold (or are about to hold) this machine's accelerator: unfinished ones, and
+    cancelled ones whose worker is still winding down (its trainer saving state). A run whose worker died is
+    marked failed on the way, so it never blocks the device."""
+    if not home.database.is_file():
+        return []
+    mark_lost_runs(home)
+    recent = time.time() - WIND_DOWN_S  # an old pid may belong to another process by now
+    return [r for r in RunStore(home.database).list_runs(limit=200)
+            if r.backend == backend and (not r.finished or (r.status == "cancelled" and r.updated > recent
+                                                            and r.pid and _alive(r.pid)))]
 
 
 def follow_log(home: PipelineHome, run_id: str, out: TextIO, *, from_start: bool = True, poll_s: float = 0.2,
