@@ -27,10 +27,12 @@ ALLOWED = {
     "registry": NEUTRAL | {"lora"},
     "hosting_contract": NEUTRAL | {"store", "registry"},
     "generate": NEUTRAL | {"sdxl", "lora", "registry"},
-    "server": NEUTRAL | {"sdxl", "lora", "registry", "generate", "store", "container_contract", "hosting_contract"},
     "deploy": NEUTRAL | {"store", "registry", "container_contract", "hosting_contract"},
     "pipeline": NEUTRAL | {"sdxl", "store", "dataset", "config", "lora", "registry", "train", "container_contract",
                            "hosting_contract", "deploy"},
+    # The studio's routes start and follow pipeline runs and prepare datasets; the pipeline never imports the server.
+    "server": NEUTRAL | {"sdxl", "lora", "registry", "generate", "store", "container_contract", "hosting_contract",
+                         "pipeline", "dataset", "config"},
 }
 
 

@@ -31,6 +31,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on cuda, fp32 on cpu")
+    studio = parser.add_argument_group("studio (the /studio/ page and /studio/api: photos -> LoRA -> images)")
+    studio.add_argument("--studio-home", metavar="DIR",
+                        help="pipeline home for the studio's datasets and runs (default: $LORAPIPE_HOME or "
+                             "~/.lorapipe, the runs `lorapipe runs list` shows)")
+    studio.add_argument("--studio-busy-policy", choices=("refuse", "wait", "share"), default="refuse",
+                        help="generation while a training run holds the GPU: refuse = 503 + Retry-After (default), "
+                             "wait = hold the request until the run ends, share = no guard")
+    studio.add_argument("--studio-preset", action="append", default=[], metavar="TOML",
+                        help="offer this preset TOML beside the shipped ones (named by its file stem); repeatable")
+    studio.add_argument("--studio-captioner", default="blip", help="captioner for 'caption all' (default: blip)")
+    studio.add_argument("--studio-captioner-model", metavar="PATH_OR_ID",
+                        help="captioner model folder or hub id (default: the captioner's own)")
+    studio.add_argument("--studio-max-photos", type=int, default=300, help="photos per dataset (300)")
+    studio.add_argument("--studio-run-template", metavar="JSON",
+                        help="what studio runs ask besides dataset and config, as a run's request.json: e.g. "
+                             '{"backend": "sagemaker", "output": "s3://...", "sagemaker": {"image": ..., '
+                             '"role_arn": ...}} (default: the local backend)')
     parser.set_defaults(handler=_run)
 
 
@@ -40,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     from lorapipe.server.app import create_app
     from lorapipe.server.settings import Limits, ServerSettings, parse_api_auth
     from lorapipe.server.shutdown import serve
+    from lorapipe.server.studio_settings import StudioSettings
 
     resolve_base_model(args.base_model)  # a bad path fails here in milliseconds, before torch loads
     settings = ServerSettings(
@@ -49,6 +67,10 @@ def _run(args: argparse.Namespace) -> int:
         cors_origins=tuple(o.strip() for o in args.cors_allow_origins.split(",") if o.strip()),
         device=args.device, dtype=args.dtype,
         limits=Limits(max_steps=args.max_steps, max_batch_size=args.max_batch_size),
+        studio=StudioSettings(home=args.studio_home, busy_policy=args.studio_busy_policy,
+                              presets=tuple(args.studio_preset), captioner=args.studio_captioner,
+                              captioner_model=args.studio_captioner_model, max_photos=args.studio_max_photos,
+                              run_template=args.studio_run_template),
     )
     serve(create_app(settings), host=settings.host, port=settings.port)
     return 0

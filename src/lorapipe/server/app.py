@@ -1,4 +1,4 @@
-"""The FastAPI app factory: A1111 routes, the web page, guards, and a lifespan that loads the model.
+"""The FastAPI app factory: A1111 routes, the studio, the web pages, guards, and a lifespan that loads the model.
 
 `create_app(settings)` loads the base model inside the lifespan (so `--help` and imports stay fast and a bad
 model path fails at startup with one line); tests pass a ready Generator instead. With `loader`, the app serves
@@ -28,6 +28,11 @@ from lorapipe.server.routes_generate import router as generate_router
 from lorapipe.server.routes_info import router as info_router
 from lorapipe.server.settings import ServerSettings
 from lorapipe.server.state import ServerState
+from lorapipe.server.studio_busy import TrainingBusyMiddleware
+from lorapipe.server.studio_routes_datasets import presets_router as studio_presets_router
+from lorapipe.server.studio_routes_datasets import router as studio_datasets_router
+from lorapipe.server.studio_routes_runs import router as studio_runs_router
+from lorapipe.server.studio_state import StudioState
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
             gen = await asyncio.to_thread(Generator.load, settings.base_model, lora_dir=settings.lora_dir,
                                           device=settings.device, dtype=settings.dtype)
         app.state.lorapipe = _serving_state(settings, gen)
+        app.state.studio = StudioState.create(settings, gen)
         try:
             yield
         finally:
@@ -65,6 +71,9 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
     app.add_exception_handler(Exception, handle_unexpected)
     app.include_router(generate_router)
     app.include_router(info_router)
+    app.include_router(studio_presets_router)
+    app.include_router(studio_datasets_router)
+    app.include_router(studio_runs_router)
 
     @app.get("/internal/ping")
     async def ping():
@@ -80,10 +89,20 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
     async def page():
         return FileResponse(str(static_dir / "index.html"))
 
+    @app.get("/studio/", include_in_schema=False)
+    async def studio_page():
+        return FileResponse(str(static_dir / "studio.html"))
+
+    @app.get("/studio", include_in_schema=False)
+    async def studio_redirect():
+        return RedirectResponse("/studio/")
+
     app.mount("/ui", StaticFiles(directory=str(static_dir)), name="ui")
 
     # add_middleware wraps: the last added runs first. Order on the way in: size cap, CORS (so browser
-    # preflights get answered without credentials), then auth.
+    # preflights get answered without credentials), auth, then the training-busy guard of generation routes.
+    app.add_middleware(TrainingBusyMiddleware, policy=settings.studio.busy_policy,
+                       timeout_s=settings.request_timeout_s)
     if settings.api_auth:
         app.add_middleware(BasicAuthMiddleware, credentials=settings.api_auth)
     if settings.cors_origins:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lorapipe.errors import ConfigError
+from lorapipe.server.studio_settings import StudioSettings
 
 LOOPBACK = "127.0.0.1"
 
@@ -34,6 +35,7 @@ class ServerSettings:
     device: str | None = None
     dtype: str | None = None
     limits: Limits = Limits()
+    studio: StudioSettings = field(default_factory=StudioSettings)
 
     def __post_init__(self) -> None:
         if self.host != LOOPBACK and self.host not in ("localhost", "::1") and not self.api_auth:

@@ -111,5 +111,20 @@ async function generate(event) {
   }
 }
 
+// The studio's "use this checkpoint" opens this page with the LoRA tag in the prompt.
+const given = new URLSearchParams(location.search).get("prompt");
+if (given) $("prompt").value = given;
+
+// One GPU, two jobs: while a training run holds it, generation answers 503 (or waits); say so up front.
+async function showTraining() {
+  const runs = await api("/studio/api/runs?limit=5").catch(() => []);
+  const active = runs.find((r) => r.status === "running" || r.status === "queued");
+  $("busy").hidden = !active;
+  $("busy").textContent = active ? `Training run ${active.id} is using the GPU: generation waits until it ` +
+    "finishes (see the studio)." : "";
+}
+
 $("form").addEventListener("submit", generate);
 loadCatalogue().catch((e) => status(`Could not load the catalogue: ${e.message}`, true));
+showTraining();
+setInterval(showTraining, 10000);

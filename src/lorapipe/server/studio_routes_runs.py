@@ -1,0 +1,154 @@
+"""Studio training-run routes under /studio/api/runs: start, list, follow (polling or server-sent events), cancel,
+resume, files and publishing a checkpoint into the generator's LoRA folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorapipe.dataset.layout import DATASET_CONFIG_NAME
+from lorapipe.errors import LorapipeError
+from lorapipe.pipeline.publish import check_publish_name
+from lorapipe.pipeline.records import FINISHED
+from lorapipe.server.api_errors import ApiError
+from lorapipe.server.studio_config import TrainSettings, apply_settings
+from lorapipe.server.studio_state import Studio, StudioState, call, call_in_thread
+
+router = APIRouter(prefix="/studio/api/runs", tags=["studio: training runs"])
+EVENT_INTERVAL_S = 0.5
+KEEPALIVE_S = 15.0
+
+
+class RunBody(BaseModel):
+    """A run from a prepared studio dataset; the config is the dataset's (from its preset) or `config_toml`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="studio dataset id (from POST /studio/api/datasets)")
+    config_toml: str | None = Field(None, max_length=200_000,
+                                    description="a Kohya training TOML replacing the dataset's own config")
+    steps: int | None = Field(None, ge=1, le=100_000, description="max_train_steps")
+    rank: int | None = Field(None, ge=1, le=1024, description="network_dim")
+    learning_rate: float | None = Field(None, gt=0, le=1, description="learning_rate (and unet_lr when the TOML sets it)")
+    checkpoints: int = Field(4, ge=1, le=100, description="LoRA files (with sample images) across the run")
+    lora_name: str | None = Field(None, max_length=100, description="name the finished LoRA is published under")
+
+
+class PublishBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description="a checkpoint name from the run's file list")
+    lora_name: str | None = Field(None, max_length=100, description="default: <checkpoint>-<run suffix>")
+
+
+def _start(state: StudioState, body: RunBody) -> dict:
+    dataset_dir = state.datasets.prepared_dir(body.dataset)
+    if body.lora_name:
+        check_publish_name(body.lora_name)  # the publish step's own rule, before any training
+    where = "config_toml" if body.config_toml is not None else DATASET_CONFIG_NAME
+    base = body.config_toml if body.config_toml is not None else \
+        (dataset_dir / DATASET_CONFIG_NAME).read_text(encoding="utf-8")
+    settings = TrainSettings(steps=body.steps, rank=body.rank, learning_rate=body.learning_rate,
+                             checkpoints=body.checkpoints)
+    config, written = state.datasets.save_config(body.dataset, apply_settings(base, settings, where))
+    try:
+        warnings = state.runs.check_config(dataset_dir, config)
+    except LorapipeError:
+        if written:  # a refused TOML is not left behind
+            config.unlink(missing_ok=True)
+        raise
+    record = state.runs.start(dataset_dir, config=config, lora_name=body.lora_name)
+    return {**state.runs.snapshot(record.id), "warnings": list(warnings)}
+
+
+@router.post("", status_code=201, summary="Start a training run from a prepared dataset")
+async def start_run(body: RunBody, state: Studio):
+    return await call_in_thread(_start, state, body)
+
+
+@router.get("", summary="Recent runs (the same records `lorapipe runs list` shows)")
+async def list_runs(state: Studio, limit: int = 50):
+    records = await call_in_thread(state.runs.list, max(1, min(limit, 500)))
+    return [{"id": r.id, "status": r.status, "dataset": r.dataset, "backend": r.backend, "created": r.created,
+             "error": r.error} for r in records]
+
+
+@router.get("/{run_id}", summary="A run's status, step, loss series, lr, ETA, checkpoints and sample images")
+async def get_run(run_id: str, state: Studio):
+    return Response(await call_in_thread(state.runs.snapshot_json, run_id), media_type="application/json")
+
+
+@router.get("/{run_id}/events", summary="Server-sent events: the run's snapshot whenever it changes, until it ends",
+            response_class=StreamingResponse)
+async def run_events(run_id: str, request: Request, state: Studio):
+    encoded = await call_in_thread(state.runs.snapshot_json, run_id)
+    status = json.loads(encoded)["status"]
+    if status in FINISHED:
+        raise ApiError(410, f"run {run_id}: already {status}; nothing to follow "
+                            f"(GET /studio/api/runs/{run_id} shows how it ended)")
+
+    async def stream():
+        current, sent, quiet = encoded, None, 0.0
+        while True:
+            if current != sent:  # the shared snapshot changed: parse it once, send it
+                snapshot = json.loads(current)
+                yield f"id: {snapshot['progress']['step']}\nevent: run\ndata: {current.decode()}\n\n"
+                sent, quiet = current, 0.0
+                if snapshot["status"] in FINISHED:
+                    yield f"event: end\ndata: {json.dumps({'status': snapshot['status']})}\n\n"
+                    return
+            elif quiet >= KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                quiet = 0.0
+            await asyncio.sleep(EVENT_INTERVAL_S)
+            quiet += EVENT_INTERVAL_S
+            if await request.is_disconnected():
+                return
+            try:
+                current = await call_in_thread(state.runs.snapshot_json, run_id)
+            except ApiError as exc:  # deleted while followed: say so and end the stream
+                yield f"event: gone\ndata: {json.dumps({'detail': exc.detail})}\n\n"
+                return
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/{run_id}/cancel", summary="Cancel a run (the trainer saves its state, so the run can be resumed)")
+async def cancel_run(run_id: str, state: Studio):
+    record = await call_in_thread(state.runs.cancel, run_id)
+    return {"id": record.id, "status": record.status}
+
+
+@router.post("/{run_id}/resume", status_code=201, summary="A new run that goes on from a cancelled run's state")
+async def resume_run(run_id: str, state: Studio):
+    record = await call_in_thread(state.runs.resume, run_id)
+    return await call_in_thread(state.runs.snapshot, record.id)
+
+
+@router.get("/{run_id}/files", summary="The run's LoRA files (checkpoints and final) with their sample images")
+async def run_files(run_id: str, state: Studio):
+    snapshot = await call_in_thread(state.runs.snapshot, run_id)
+    return snapshot["checkpoints"]
+
+
+@router.get("/{run_id}/files/{name:path}", summary="Download a LoRA file, sample image or train_summary.json")
+async def run_file(run_id: str, name: str, state: Studio):
+    path = await call_in_thread(state.runs.file, run_id, name)
+    download = path.suffix == ".safetensors"
+    return FileResponse(path, filename=path.name if download else None,
+                        content_disposition_type="attachment" if download else "inline")
+
+
+@router.post("/{run_id}/publish", summary="Put a checkpoint into the generator's LoRA folder; returns its prompt tag")
+async def publish(run_id: str, body: PublishBody, state: Studio):
+    if state.lora_dir is None:
+        raise ApiError(409, "lora_dir: the server has no LoRA folder; start it with --lora-dir")
+    entry = await call_in_thread(state.runs.publish, run_id, body.checkpoint, body.lora_name, state.lora_dir)
+    if state.registry is not None:
+        await asyncio.to_thread(call, state.registry.refresh)
+    return {**entry, "tag": f"<lora:{entry['name']}:1>"}

@@ -1,0 +1,221 @@
+"""The studio's training runs: pipeline runs started, followed, stopped and published on behalf of the page.
+
+A run is an ordinary pipeline run (SQLite record, run folder, detached worker process), so `lorapipe runs list`
+shows it and `lorapipe runs cancel` stops it; the server only starts and watches it. The device rule lives here:
+one training at a time on this machine's accelerator, whoever started the other one (the CLI included).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+from lorapipe.errors import PipelineError
+from lorapipe.pipeline.progress import ProgressReader, list_checkpoints, list_samples
+from lorapipe.pipeline.records import RunRecord, RunStore
+from lorapipe.pipeline.request import PipelineHome, RunRequest
+from lorapipe.pipeline.runs import cancel_run, create_run, resume_run, start_detached, training_runs
+
+RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+SUMMARY_FILE = "train_summary.json"
+_READERS_KEPT = 64  # progress readers of recently followed runs (each holds a loss series)
+_BUSY_CACHE_S = 1.0
+SNAPSHOT_TTL_S = 0.5  # a run's snapshot is shared by every client polling within this window  # how long "is a run training?" is trusted (generation requests ask it every time)
+
+
+class RunNotFound(PipelineError):
+    """No such run (never existed, or its record or folder was deleted)."""
+
+
+class DeviceBusy(PipelineError):
+    """A training run already holds this machine's accelerator."""
+
+    def __init__(self, message: str, run: RunRecord, retry_after_s: int):
+        super().__init__(message)
+        self.run = run
+        self.retry_after_s = retry_after_s
+
+
+class StudioRuns:
+    """Starts and follows pipeline runs in one pipeline home; thread-safe (routes call it from worker threads)."""
+
+    def __init__(self, home: PipelineHome, *, base_model: str | None, lora_dir: str | None,
+                 template: RunRequest | None = None):
+        """`template`: what every run is asked besides dataset, config and names (backend, output, SageMaker
+        job settings); None = the local backend with the server's base model."""
+        self.home = home
+        self.template = template
+        self.base_model = base_model
+        self.lora_dir = lora_dir
+        self._start_lock = threading.Lock()  # check-then-start of a training is one step
+        self._readers: collections.OrderedDict[str, ProgressReader] = collections.OrderedDict()
+        self._readers_lock = threading.Lock()
+        self._busy_checked = 0.0
+        self._busy: RunRecord | None = None
+        self._snapshots: dict[str, tuple[float, bytes]] = {}
+        self._snapshots_lock = threading.Lock()
+
+    # -- starting -----------------------------------------------------------------------------------------------
+    def check_config(self, dataset_dir: Path, config: Path) -> tuple[str, ...]:
+        """Validate the training config as the trainer will read it; raise ConfigProblems naming every key."""
+        from lorapipe.config.load import load_train_config
+
+        loaded = load_train_config(dataset_dir, config_path=config,
+                                   output_dir=self.home.root / "studio" / "check-output", base_model=self.base_model)
+        return loaded.warnings
+
+    def start(self, dataset_dir: Path, *, config: Path, lora_name: str | None) -> RunRecord:
+        """Create and start a run; on the local backend only while no other training holds the device."""
+        if self.template is None:
+            request = RunRequest(dataset=str(dataset_dir), base_model=self.base_model, config=str(config),
+                                 lora_dir=self.lora_dir, lora_name=lora_name)
+        else:  # the server's run template (e.g. the sagemaker backend, its output prefix and job settings)
+            request = dataclasses.replace(self.template, dataset=str(dataset_dir), config=str(config),
+                                          lora_dir=self.lora_dir, lora_name=lora_name,
+                                          base_model=self.template.base_model or self.base_model)
+        with self._start_lock:
+            if request.backend == "local":
+                self._refuse_when_busy()
+            record = create_run(request, self.home)
+            start_detached(self.home, record.id)
+            self._busy_checked = 0.0
+        return self.get(record.id)
+
+    def resume(self, run_id: str) -> RunRecord:
+        with self._start_lock:
+            if self.get(run_id).backend == "local":
+                self._refuse_when_busy()
+            record = resume_run(self.home, self.get(run_id).id)
+            start_detached(self.home, record.id)
+            self._busy_checked = 0.0
+        return self.get(record.id)
+
+    def cancel(self, run_id: str) -> RunRecord:
+        record = cancel_run(self.home, self.get(run_id).id)
+        self._busy_checked = 0.0
+        self._forget_snapshot(record.id)
+        return record
+
+    def refuse_while_training_on(self, dataset_dir: Path) -> None:
+        """A prepared folder is what its runs read: it is not replaced while one of them is unfinished."""
+        for record in self.list(limit=200):
+            if not record.finished and Path(record.dataset) == dataset_dir:
+                raise DeviceBusy(f"run {record.id} is training on this dataset; wait for it or cancel it before "
+                                 "preparing the dataset again", record, self.retry_after(record))
+
+    def _refuse_when_busy(self) -> None:
+        busy = self.training_run(fresh=True)
+        if busy is not None:
+            raise DeviceBusy(f"run {busy.id} is training on this machine's accelerator; wait for it to finish or "
+                             "cancel it before starting another", busy, self.retry_after(busy))
+
+    # -- the device -----------------------------------------------------------------------------------------------
+    def training_run(self, *, fresh: bool = False) -> RunRecord | None:
+        """The local run holding the accelerator, if any (cached for a second unless `fresh`)."""
+        now = time.monotonic()
+        if fresh or now - self._busy_checked > _BUSY_CACHE_S:
+            running = training_runs(self.home)
+            self._busy = running[0] if running else None
+            self._busy_checked = now
+        return self._busy
+
+    def retry_after(self, record: RunRecord) -> int:
+        """Seconds until the run should be done: the trainer's own ETA, else a minute."""
+        progress = self.progress(record)
+        eta = progress.eta_s
+        return max(1, round(eta + 5)) if eta is not None and progress.step else 60
+
+    # -- following ------------------------------------------------------------------------------------------------
+    def get(self, run_id: str) -> RunRecord:
+        if not RUN_ID.match(run_id or ""):
+            raise RunNotFound(f"run {run_id!r}: not a run id (YYYYmmdd-HHMMSS-xxxxxx); see the run list")
+        if not self.home.database.is_file():
+            raise RunNotFound(f"run {run_id}: no such run")
+        try:
+            record = RunStore(self.home.database).get(run_id)
+        except PipelineError:
+            raise RunNotFound(f"run {run_id}: no such run (deleted, or started in another home)") from None
+        if not record.run_dir.is_dir():
+            raise RunNotFound(f"run {run_id}: its folder {record.run_dir.name} was deleted")
+        return record
+
+    def list(self, limit: int = 50) -> list[RunRecord]:
+        if not self.home.database.is_file():
+            return []
+        return RunStore(self.home.database).list_runs(limit=limit)
+
+    def progress(self, record: RunRecord) -> ProgressReader:
+        with self._readers_lock:
+            reader = self._readers.pop(record.id, None) or ProgressReader(record.run_dir / "run.log")
+            self._readers[record.id] = reader
+            while len(self._readers) > _READERS_KEPT:
+                self._readers.popitem(last=False)
+            reader.update()
+        return reader
+
+    def snapshot_json(self, run_id: str) -> bytes:
+        """`snapshot` as JSON, computed at most once per SNAPSHOT_TTL_S however many clients poll the run: the
+        watchers of a run must not slow the run down (the trainer shares the machine's CPU with this server)."""
+        now = time.monotonic()
+        with self._snapshots_lock:
+            cached = self._snapshots.get(run_id)
+            if cached is not None and now - cached[0] < SNAPSHOT_TTL_S:
+                return cached[1]
+        encoded = json.dumps(self.snapshot(run_id), separators=(",", ":")).encode()
+        with self._snapshots_lock:
+            self._snapshots[run_id] = (now, encoded)
+            while len(self._snapshots) > _READERS_KEPT:
+                self._snapshots.pop(next(iter(self._snapshots)))
+        return encoded
+
+    def _forget_snapshot(self, run_id: str) -> None:
+        with self._snapshots_lock:
+            self._snapshots.pop(run_id, None)
+
+    def snapshot(self, run_id: str) -> dict:
+        """Everything the page shows about a run: record, steps, progress, loss series, checkpoints, samples."""
+        record = self.get(run_id)
+        progress = self.progress(record)
+        train_dir = record.run_dir / "train"
+        return {
+            "id": record.id, "status": record.status, "error": record.error, "dataset": Path(record.dataset).name,
+            "created": record.created, "updated": record.updated, "lora_name": record.request.get("lora_name"),
+            "steps": [{"name": s.name, "status": s.status, "detail": s.detail} for s in record.steps],
+            "progress": progress.to_json(),
+            "checkpoints": [c.to_json() for c in list_checkpoints(train_dir, final_steps=progress.step or None)],
+            "samples": [f"sample/{name}" for name in list_samples(train_dir)],
+        }
+
+    def file(self, run_id: str, name: str) -> Path:
+        """A run's LoRA file, sample image or summary by its listed name; never a path the client built."""
+        record = self.get(run_id)
+        train_dir = record.run_dir / "train"
+        allowed = {c.name for c in list_checkpoints(train_dir)}
+        allowed |= {f"sample/{n}" for n in list_samples(train_dir)}
+        if (train_dir / SUMMARY_FILE).is_file():
+            allowed.add(SUMMARY_FILE)
+        if name not in allowed:
+            raise RunNotFound(f"{name}: no such file in run {record.id}; see its file list")
+        return train_dir / name
+
+    # -- publishing -------------------------------------------------------------------------------------------
+    def publish(self, run_id: str, checkpoint: str, lora_name: str | None, lora_dir: Path) -> dict:
+        """Copy one checkpoint into the generator's LoRA folder (checked, atomic) under a name the registry lists."""
+        from lorapipe.pipeline.publish import publish_checkpoint
+
+        record = self.get(run_id)
+        if not checkpoint.endswith(".safetensors"):
+            raise RunNotFound(f"checkpoint {checkpoint!r}: not a LoRA file of run {record.id}")
+        path = self.file(run_id, checkpoint)
+        name = lora_name or _published_name(record, checkpoint)
+        return publish_checkpoint(path, lora_dir=lora_dir, lora_name=name)
+
+
+def _published_name(record: RunRecord, checkpoint: str) -> str:
+    """`<checkpoint stem>-<run suffix>`: unique per run, and readable in a prompt tag."""
+    return f"{Path(checkpoint).stem}-{record.id.rsplit('-', 1)[-1]}"
