@@ -79,7 +79,8 @@ async def list_runs(state: Studio, limit: int = 50):
 
 @router.get("/{run_id}", summary="A run's status, step, loss series, lr, ETA, checkpoints and sample images")
 async def get_run(run_id: str, state: Studio):
-    return Response(await call_in_thread(state.runs.snapshot_json, run_id), media_type="application/json")
+    encoded = state.runs.cached_snapshot(run_id) or await call_in_thread(state.runs.snapshot_json, run_id)
+    return Response(encoded, media_type="application/json")
 
 
 @router.get("/{run_id}/events", summary="Server-sent events: the run's snapshot whenever it changes, until it ends",

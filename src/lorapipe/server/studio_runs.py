@@ -158,6 +158,12 @@ class StudioRuns:
             reader.update()
         return reader
 
+    def cached_snapshot(self, run_id: str) -> bytes | None:
+        """The shared snapshot if it is fresh (no file or database work: safe on the event loop)."""
+        with self._snapshots_lock:
+            cached = self._snapshots.get(run_id)
+        return cached[1] if cached is not None and time.monotonic() - cached[0] < SNAPSHOT_TTL_S else None
+
     def snapshot_json(self, run_id: str) -> bytes:
         """`snapshot` as JSON, computed at most once per SNAPSHOT_TTL_S however many clients poll the run: the
         watchers of a run must not slow the run down (the trainer shares the machine's CPU with this server)."""
