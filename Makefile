@@ -11,7 +11,7 @@ DEMO   ?= demo-out
 # pip from resolving a multi-GB CUDA build for diffusers' dependency on torch.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-test system-test-deps bench clean
+.PHONY: demo test lint install install-test system-test-deps bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ system-test-deps:
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out $(DEMO)
 
-test: $(VENV)/.installed-test system-test-deps
+# Lint first: a finding fails in seconds instead of after the suite. Settings live in pyproject.toml [tool.ruff].
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests bench examples
+
+test: lint system-test-deps
 	$(PY) -m pytest -q tests
 
 CPU_BENCHES := dataset_check generate_vs_diffusers generate_lora_step server_overhead invocations train_speed \
