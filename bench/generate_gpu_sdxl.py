@@ -84,7 +84,7 @@ def main() -> int:
         rung("+ torch.compile (max-autotune)", generator, "a photo of a subject <lora:subject:0.8>")
         print(f"  (compile warm-up included in the first call: {time.perf_counter() - started:.0f} s total)")
     print("\nwhat each rung bought (vs the previous):")
-    for (prev_name, prev), (name, now) in zip(results, results[1:]):
+    for (_, prev), (name, now) in zip(results, results[1:]):
         print(f"  {name:<34} {prev / now:5.2f}x")
     return 0
 

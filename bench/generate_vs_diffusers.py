@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from generate_common import interleaved, tiny_setup
 
 

@@ -47,7 +47,7 @@ def main() -> int:
 
     direct, pipeline, pipeline_overhead = [], [], []
     for index in range(args.repeats):
-        def run_direct() -> None:
+        def run_direct(index: int = index) -> None:
             direct.append(_timed([*lorapipe, "train", str(dataset), "--output-dir", str(work / f"direct-{index}"),
                                   "--no-progress", *settings]))
 

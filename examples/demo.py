@@ -66,7 +66,8 @@ def main() -> int:
                         ("training summary", lora_dir / "train_summary.json"), ("samples", lora_dir / "sample"),
                         ("image without LoRA", without), ("image with LoRA", with_lora)]:
         print(f"  {label:<20} {path}{'' if path.exists() else '  (missing)'}")
-    print(f"Mean absolute pixel difference with/without the LoRA (same seed): {_pixel_difference(without, with_lora):.2f}"
+    difference = _pixel_difference(without, with_lora)
+    print(f"Mean absolute pixel difference with/without the LoRA (same seed): {difference:.2f}"
           " / 255.\nThe random-weight model draws noise-like images; the point is the real path: the LoRA trained "
           "on the dataset changes the image for the same seed.")
     return 0

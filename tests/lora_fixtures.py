@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-
-import pytest
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 
 @pytest.fixture(autouse=False)

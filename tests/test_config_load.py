@@ -302,4 +302,4 @@ def test_sagemaker_paths_fall_back_to_local_folders(dataset_copy: Path, tmp_path
     assert config.sample_prompts == str(dataset_copy / "prompts.txt")
     assert config.logging_dir == str(tmp_path / "run" / "logs")
     assert config.dataset.subsets and all(s.image_dir.parent == dataset_copy for s in config.dataset.subsets)
-    assert sum("exists only inside SageMaker" in w for w in loaded.warnings) == 3  # sample_prompts, logging_dir, train_data_dir
+    assert sum("exists only inside SageMaker" in w for w in loaded.warnings) == 3  # prompts, logs, data dir

@@ -77,7 +77,8 @@ def test_each_table_keeps_its_resolution_and_batch_size(sample_dataset_dir, tmp_
 
 def test_an_empty_second_table_is_named(sample_dataset_dir, tmp_path):
     toml = tmp_path / "bad.toml"
-    toml.write_text(f"""[[datasets]]\nresolution = 64\n  [[datasets.subsets]]\n  image_dir = "{sample_dataset_dir / SUBSET}"
+    toml.write_text(f"""[[datasets]]\nresolution = 64
+  [[datasets.subsets]]\n  image_dir = "{sample_dataset_dir / SUBSET}"
 [[datasets]]\nresolution = 32\n""")
     with pytest.raises(ConfigError, match=r"\[\[datasets\]\] #2 has no \[\[datasets.subsets\]\]"):
         load_train_config(sample_dataset_dir, overrides=(f"dataset_config={toml}",), output_dir=tmp_path / "o",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from generate_fixtures import load_generator, tiny_lora_folder
 from PIL import Image
 
-from generate_fixtures import load_generator, tiny_lora_folder
 from lorapipe.generate.generator import GenerationRequest
 
 SMALL = {"steps": 3, "width": 64, "height": 64}

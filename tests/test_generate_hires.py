@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from generate_fixtures import load_generator, tiny_lora_folder
+
 from lorapipe.errors import GenerationError
 from lorapipe.generate.control import JobControl
 from lorapipe.generate.generator import GenerationRequest

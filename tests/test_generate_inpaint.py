@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from generate_fixtures import load_generator
 from PIL import Image
 
-from generate_fixtures import load_generator
 from lorapipe.errors import GenerationError
 from lorapipe.generate.generator import GenerationRequest
 from lorapipe.generate.inpaint import BLANK_MASK_WARNING, InpaintOptions, prepare_mask

@@ -49,7 +49,8 @@ def test_state_dict_matches_the_kohya_targets_shapes_and_alphas(models):
     network = attach(models, network_dim=4, network_alpha=2.0, conv_dim=2, conv_alpha=0.5)
     sd = network.kohya_state_dict(torch.float16)
     targets = kohya_target_names(models["unet"], models["text_encoder"], models["text_encoder_2"], conv=True)
-    assert set(sd) == {f"{t.kohya_name}{s}" for t in targets for s in (".lora_down.weight", ".lora_up.weight", ".alpha")}
+    suffixes = (".lora_down.weight", ".lora_up.weight", ".alpha")
+    assert set(sd) == {f"{t.kohya_name}{s}" for t in targets for s in suffixes}
     assert all(v.dtype == torch.float16 for v in sd.values())
     for target in targets:
         layer = models[target.part].get_submodule(target.module_name).base_layer

@@ -82,7 +82,11 @@ def test_diffusers_maps_every_full_sdxl_key_onto_an_existing_module(full_models)
         _convert_non_diffusers_lora_to_diffusers,
         _maybe_map_sgm_blocks_to_diffusers,
     )
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
 
     targets = targets_of(full_models, conv=True)
     state = {}

@@ -18,8 +18,12 @@ from lorapipe.pipeline.request import PipelineHome, RunRequest
 from lorapipe.pipeline.runlog import RunLog
 from lorapipe.pipeline.runs import cancel_run, create_run, follow_log
 from lorapipe.pipeline.sagemaker_backend import SageMakerBackend, job_name_for
-from tests.pipeline_fixtures import fresh_bucket, moto_jobs_run_until_stopped, sagemaker_options, \
-    start_worker_under_moto
+from tests.pipeline_fixtures import (
+    fresh_bucket,
+    moto_jobs_run_until_stopped,
+    sagemaker_options,
+    start_worker_under_moto,
+)
 
 
 def _wait_for(predicate, timeout: float, what: str):

@@ -8,9 +8,9 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
+from generate_fixtures import load_generator, tiny_lora_folder
 from PIL import Image
 
-from generate_fixtures import load_generator, tiny_lora_folder
 from lorapipe.server.app import create_app
 from lorapipe.server.settings import Limits, ServerSettings
 

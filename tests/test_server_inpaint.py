@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from generate_fixtures import load_generator
 from PIL import Image
 
-from generate_fixtures import load_generator
 from lorapipe.server.app import create_app
 from lorapipe.server.settings import ServerSettings
 

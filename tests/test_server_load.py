@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-
 from generate_fixtures import RunningServer, load_generator
+
 from lorapipe.server.app import create_app
 from lorapipe.server.settings import ServerSettings
 

@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from generate_fixtures import RunningServer, load_generator, tiny_lora_folder
+
 from lorapipe.server.app import create_app
 from lorapipe.server.settings import ServerSettings
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from generate_fixtures import RunningServer, load_generator, tiny_lora_folder
+
 from lorapipe.server.app import create_app
 from lorapipe.server.settings import ServerSettings
 

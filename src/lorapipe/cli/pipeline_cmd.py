@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     definition.add_argument("--sagemaker-role", metavar="ARN", help="execution role ARN for the training step")
     definition.add_argument("--name", default="lorapipe-training", help="the training step's name")
     definition.add_argument("--upsert", metavar="PIPELINE",
-                            help="create or update this SageMaker pipeline instead of printing (needs --sagemaker-role)")
+                            help="create or update this SageMaker pipeline instead of printing "
+                                 "(needs --sagemaker-role)")
     definition.add_argument("--pipeline-role", metavar="ARN",
                             help="role Pipelines starts the job with (deploy/ output PipelineExecutionRoleArn)")
     definition.add_argument("--region", help="AWS region (default: the AWS config's)")

@@ -178,8 +178,8 @@ class TrainConfig:
     huber_c: float = number(0.1, low=0)
     huber_scale: float = number(1.0, low=0)
     min_snr_gamma: float | None = number(low=0)
-    scale_weight_norms: float | None = number(low=0)
-    masked_loss: bool = flag()  # weight the loss by a mask; lorapipe's masks are the images' alpha (alpha_mask)  # max-norm regularisation of each LoRA module's update
+    scale_weight_norms: float | None = number(low=0)  # max-norm regularisation of each LoRA module's update
+    masked_loss: bool = flag()  # weight the loss by a mask; lorapipe's masks are the images' alpha (alpha_mask)
     debiased_estimation_loss: bool = flag()
     scale_v_pred_loss_like_noise_pred: bool = flag()
     v_pred_like_loss: float | None = number(low=0)

@@ -93,7 +93,9 @@ def read_image_header(path: Path) -> ImageHeader:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DatasetError(f"{path}: image is too large (decompression bomb guard); resize it below 100 Mpx") from None
     except UnidentifiedImageError:
-        raise DatasetError(f"{path}: not a readable image (corrupt, or another format with an image extension)") from None
+        raise DatasetError(
+            f"{path}: not a readable image (corrupt, or another format with an image extension)"
+        ) from None
     except OSError as exc:
         if "truncated" in str(exc).lower():
             raise DatasetError(f"{path}: file is truncated (incomplete download or copy); replace it") from None
@@ -187,6 +189,8 @@ def _decoding(path: Path) -> Iterator[Image.Image]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DatasetError(f"{path}: image is too large (decompression bomb guard); resize it below 100 Mpx") from None
     except UnidentifiedImageError:
-        raise DatasetError(f"{path}: not a readable image (corrupt, or another format with an image extension)") from None
+        raise DatasetError(
+            f"{path}: not a readable image (corrupt, or another format with an image extension)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: image cannot be decoded ({exc}); re-export or remove it") from None

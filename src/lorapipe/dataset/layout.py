@@ -69,7 +69,9 @@ def find_folder_subsets(parent: Path, *, is_reg: bool) -> tuple[tuple[FolderSubs
             continue
         parsed = parse_subset_folder_name(child.name)
         if parsed is None:
-            problems.append(warning(child, f"folder ignored: name must be <repeats>_<trigger> [class], e.g. '{example}'"))
+            problems.append(
+                warning(child, f"folder ignored: name must be <repeats>_<trigger> [class], e.g. '{example}'")
+            )
             continue
         repeats, class_tokens = parsed
         if repeats < 1:
@@ -84,7 +86,9 @@ def find_folder_subsets(parent: Path, *, is_reg: bool) -> tuple[tuple[FolderSubs
         )
         problems.append(error(parent, reason, stray_images) if not subsets else warning(parent, reason, stray_images))
     elif not subsets:
-        problems.append(error(parent, f"no <repeats>_<name> folders in {kind}; put images in e.g. '{parent / example}'"))
+        problems.append(
+            error(parent, f"no <repeats>_<name> folders in {kind}; put images in e.g. '{parent / example}'")
+        )
     return tuple(subsets), tuple(problems)
 
 

@@ -140,8 +140,9 @@ def _scan_image(image: Path, subset: SubsetSpec, planner: BucketPlanner, bluepri
                                      f"{blueprint.bucket_reso_steps} with bucket_no_upscale; remove or enlarge it"))
         return None
     if blueprint.enable_bucket and min(width, height) < blueprint.min_bucket_reso:
+        fate = "cropped to a tiny bucket" if blueprint.bucket_no_upscale else "upscaled"
         problems.append(warning(image, f"{width}x{height} is below min_bucket_reso {blueprint.min_bucket_reso}; "
-                                       f"it is {'cropped to a tiny bucket' if blueprint.bucket_no_upscale else 'upscaled'}"
+                                       f"it is {fate}"
                                        f" ({choice.bucket[0]}x{choice.bucket[1]})"))
     return header.size, choice.bucket, choice.resized
 

@@ -1,7 +1,8 @@
 """SageMaker backend: one training job per run (the recipe's job, plus checkpoints, spot and a content hash).
 
 ``train`` = ``submit`` (CreateTrainingJob) -> ``wait`` (DescribeTrainingJob + CloudWatch log lines into the run
-log; SIGTERM of the worker becomes StopTrainingJob, see ``stop``) -> ``fetch`` (download ``model.tar.gz``, unpack safely, verify).
+log; SIGTERM of the worker becomes StopTrainingJob, see ``stop``)
+-> ``fetch`` (download ``model.tar.gz``, unpack safely, verify).
 """
 
 from __future__ import annotations

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.sdxl.constants import BETA_END, BETA_SCHEDULE, BETA_START, CLIP_VOCAB_SIZE, NUM_TRAIN_TIMESTEPS
-from lorapipe.sdxl.constants import VAE_SCALE_FACTOR
+from lorapipe.sdxl.constants import (
+    BETA_END,
+    BETA_SCHEDULE,
+    BETA_START,
+    CLIP_VOCAB_SIZE,
+    NUM_TRAIN_TIMESTEPS,
+    VAE_SCALE_FACTOR,
+)
 
 PRESETS = ("tiny", "full")
 

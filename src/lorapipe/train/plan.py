@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.errors import ConfigError, DatasetError
-from lorapipe.train.distributed import Processes, launch_seed, processes_from_env
 from lorapipe.train.caching import check_cache_compatibility
+from lorapipe.train.distributed import Processes, launch_seed, processes_from_env
 from lorapipe.train.sample_prompts import SamplePrompt, load_sample_prompts
 from lorapipe.train.text_encoding import check_max_token_length
 

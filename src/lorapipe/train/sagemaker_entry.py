@@ -31,9 +31,15 @@ PROCESSES_ENV = "LORAPIPE_PROCESSES"  # training processes on this host (default
 
 
 def main(argv=None) -> int:
-    from lorapipe.container_contract import (OptMl, find_training_config, hyperparameters_to_overrides,
-                                             read_hyperparameters, read_resource_config, require_channel,
-                                             write_failure)
+    from lorapipe.container_contract import (
+        OptMl,
+        find_training_config,
+        hyperparameters_to_overrides,
+        read_hyperparameters,
+        read_resource_config,
+        require_channel,
+        write_failure,
+    )
     from lorapipe.errors import LorapipeError
 
     parser = argparse.ArgumentParser(prog="lorapipe.train.sagemaker_entry")

@@ -31,7 +31,7 @@ class SamplePrompt:
     seed: int | None = None
     sampler: str | None = None
 
-    def normalised(self) -> "SamplePrompt":
+    def normalised(self) -> SamplePrompt:
         """Sizes floored to multiples of 8 (min 64), steps clamped to 1..1000, as sd-scripts does."""
         return replace(self, width=max(64, self.width - self.width % 8), height=max(64, self.height - self.height % 8),
                        steps=min(1000, max(1, self.steps)))
