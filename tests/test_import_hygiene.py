@@ -11,11 +11,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lorapipe"
 HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
 # Stage order (docs/architecture.md): a module may import only from stages before it in this table.
-# The neutral modules sit upstream of every stage: errors, stdlib-only atomic writes, the safetensors header reader.
-NEUTRAL = {"errors", "atomic", "safetensors_header"}
+# The neutral modules sit upstream of every stage: errors, stdlib-only atomic writes, the safetensors header reader,
+# the file hashes.
+NEUTRAL = {"errors", "atomic", "safetensors_header", "hashes"}
 ALLOWED = {
     "errors": set(),
     "atomic": set(),
+    "hashes": set(),
     "safetensors_header": {"errors"},
     "container_contract": NEUTRAL,
     "sdxl": NEUTRAL,

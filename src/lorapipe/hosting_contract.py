@@ -28,8 +28,8 @@ from pathlib import Path
 
 from lorapipe.atomic import atomic_target
 from lorapipe.errors import GenerationError, ModelLoadError
+from lorapipe.hashes import sha256_file
 from lorapipe.registry import LORA_SUFFIX, check_lora_name
-from lorapipe.store import sha256_file
 
 MANIFEST_NAME = "lorapipe-model.json"
 FORMAT = "lorapipe-model/1"

@@ -9,7 +9,6 @@ files is ambiguous and only exact stems work for it).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from lorapipe.errors import GenerationError, ModelLoadError
+from lorapipe.hashes import sha256_file
 from lorapipe.safetensors_header import SafetensorsHeader, read_header
 
 log = logging.getLogger(__name__)
@@ -70,25 +70,6 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     if len(header.tensors) > MAX_TENSORS:
         raise GenerationError(f"{path}: {len(header.tensors)} tensors is more than {MAX_TENSORS}; refusing to load")
     return header
-
-
-def tensor_data_sha256(path: Path, data_offset: int) -> str:
-    """SHA-256 of the bytes after the header (A1111's `addnet` hash / Civitai AutoV3)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        fh.seek(data_offset)
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a whole file (A1111's checkpoint hash; the first 10 hex chars are `Model hash`)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _inside(root_real: str, path: Path) -> bool:
@@ -221,7 +202,7 @@ def _entry_for(path: Path, previous: LoraEntry | None) -> LoraEntry:
                               f"({MAX_LORA_BYTES // 1024**3} GiB); move it out of the LoRA folder")
     header = read_safetensors_header(path)
     metadata = dict(header.metadata)
-    tensor_hash = tensor_data_sha256(path, header.data_offset)
+    tensor_hash = sha256_file(path, offset=header.data_offset)  # A1111's addnet hash
     # Kohya writes sshs_model_hash at save time and A1111 trusts it first; fall back to the tensor-data hash.
     declared = metadata.get("sshs_model_hash", "").strip().lower()
     short = (declared or tensor_hash)[:LORA_HASH_CHARS]

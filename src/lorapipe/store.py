@@ -14,7 +14,6 @@ else `AWS_ENDPOINT_URL`. Every failure is a `StoreError` naming the URL.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -27,11 +26,11 @@ from typing import Any
 
 from lorapipe.atomic import atomic_copy, atomic_target, atomic_write_bytes
 from lorapipe.errors import StoreError
+from lorapipe.hashes import sha256_file
 
 DATASET_NAME_RE = re.compile(r"^\d+-dataset$")
 MANIFEST_NAME = ".lorapipe-manifest.json"
 SHA256_SUFFIX = ".sha256"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -39,14 +38,6 @@ class FetchResult:
     path: Path
     downloaded: int
     reused: int
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _classify(exc: BaseException, url: str) -> StoreError:

@@ -48,8 +48,8 @@ from lorapipe.dataset.preset import (
     sample_prompts,
 )
 from lorapipe.dataset.problems import Problem
-from lorapipe.dataset.scan import file_sha256
 from lorapipe.errors import DatasetError
+from lorapipe.hashes import sha256_file
 
 # What prepare converts: phone formats (HEIC/HEIF from iPhones, AVIF from newer Androids) and other stills Pillow
 # opens. Everything else in the folder (videos, .AAE edit sidecars) is listed as skipped.
@@ -327,7 +327,7 @@ def _copy_photos(
     first_with: dict[str, Path] = {}
     for done, source in enumerate(candidates, start=1):
         try:
-            digest = file_sha256(source)
+            digest = sha256_file(source)
             if digest in first_with:
                 skipped.append(SkippedPhoto(source, f"byte-identical to {printable(first_with[digest].name)}"))
             else:

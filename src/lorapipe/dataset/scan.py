@@ -6,7 +6,6 @@ truth for `dataset check`, the step count and the trainer's batches.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -19,12 +18,12 @@ from lorapipe.dataset.images import decode_image, extension_matches, probe_image
 from lorapipe.dataset.layout import is_image_name
 from lorapipe.dataset.problems import Problem, error, warning
 from lorapipe.errors import DatasetError
+from lorapipe.hashes import sha256_file
 
 # Files that may sit beside images without being reported (caches sd-scripts itself writes).
 # Files that belong beside images without being images: captions, latent caches, configs, and the `.sha256`
 # sidecars the store writes beside every object it uploads (a dataset uploaded for SageMaker has one per file).
 _QUIET_EXTENSIONS = frozenset(KNOWN_CAPTION_EXTENSIONS) | {".npz", ".json", ".toml", ".md", ".sha256"}
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,6 @@ class DatasetScan:
     @property
     def has_errors(self) -> bool:
         return any(p.severity == "error" for p in self.problems)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _list_subset(subset: SubsetSpec, problems: list[Problem]) -> list[Path]:
@@ -186,7 +177,7 @@ def _flag_duplicates(items: list[ImageItem], problems: list[Problem], hash_all: 
         if len(indices) < 2 and not hash_all:
             continue
         for n in indices:
-            digest = file_sha256(items[n].path)
+            digest = sha256_file(items[n].path)
             hashed[n] = replace(items[n], sha256=digest)
             if digest in first_with:
                 problems.append(warning(items[n].path, f"byte-identical to {first_with[digest]}; it is trained "

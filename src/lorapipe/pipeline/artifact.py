@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import ModelLoadError, PipelineError
-from lorapipe.pipeline.hashing import sha256_file
+from lorapipe.hashes import sha256_file
 from lorapipe.safetensors_header import read_header
 
 SUMMARY_NAME = "train_summary.json"

@@ -12,19 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorapipe.hashes import sha256_file
 from lorapipe.pipeline.records import RunStore
 
-_CHUNK = 4 * 1024 * 1024
 # Derived files that may appear next to a dataset's images without changing its content.
 _IGNORED_SUFFIXES = (".sha256", ".npz", ".tmp")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

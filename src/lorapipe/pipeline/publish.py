@@ -13,8 +13,8 @@ from pathlib import Path
 
 from lorapipe.atomic import atomic_copy
 from lorapipe.errors import GenerationError, LorapipeError, StoreError
+from lorapipe.hashes import sha256_file
 from lorapipe.pipeline.artifact import Artifact, write_sha256_sidecars
-from lorapipe.pipeline.hashing import sha256_file
 from lorapipe.pipeline.runlog import RunLog
 from lorapipe.registry import LoraRegistry, check_lora_name
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lorapipe.hashes import sha256_file
 from lorapipe.train.distributed import Processes, shard_batches
 
 
@@ -35,13 +36,11 @@ class TrainBatch:
 
 def dataset_hash(scan) -> str:
     """Identity of the training data: image bytes, captions, repeats and subset options (for resume checks)."""
-    from lorapipe.dataset.scan import file_sha256
-
     digest = hashlib.sha256()
     for item in sorted(scan.items, key=lambda i: (str(i.subset.image_dir.name), i.path.name)):
         digest.update(f"{item.subset.image_dir.name}/{item.path.name}|{item.repeats}|{item.caption}|"
                       f"{item.bucket}|{item.subset.is_reg}\n".encode())
-        digest.update(file_sha256(item.path).encode())
+        digest.update(sha256_file(item.path).encode())
     return digest.hexdigest()
 
 
