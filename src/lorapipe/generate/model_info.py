@@ -11,9 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorapipe.hashes import LEGACY_HASH_OFFSET, legacy_hash_file
+
 MODEL_HASH_CHARS = 10
-LEGACY_HASH_OFFSET = 0x100000
-LEGACY_HASH_SIZE = 0x10000
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -62,13 +62,7 @@ def describe_model(location: str, *, hash_weights: bool = True) -> ModelInfo:
         with file.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    legacy = _legacy_hash(path) if path.is_file() else None
+    # A1111's legacy hash is accepted as an alias only, and only for files long enough to have one.
+    legacy = legacy_hash_file(path) if path.is_file() and path.stat().st_size > LEGACY_HASH_OFFSET else None
     return ModelInfo(name=name, location=location, sha256=digest.hexdigest(), legacy_hash=legacy)
 
-
-def _legacy_hash(path: Path) -> str | None:
-    """A1111's old 8-hex hash: SHA-256 of 64 KiB at offset 1 MiB (accepted as an alias only)."""
-    with path.open("rb") as fh:
-        fh.seek(LEGACY_HASH_OFFSET)
-        block = fh.read(LEGACY_HASH_SIZE)
-    return hashlib.sha256(block).hexdigest()[:8] if block else None

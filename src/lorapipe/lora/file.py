@@ -19,19 +19,15 @@ from typing import Any
 
 from lorapipe.atomic import atomic_target
 from lorapipe.errors import TrainingError
+from lorapipe.hashes import legacy_hash_bytes
 from lorapipe.safetensors_header import parse_header, read_header
-
-# sd-scripts train_util.addnet_hash_legacy: 64 KiB at offset 1 MiB.
-LEGACY_HASH_OFFSET = 0x100000
-LEGACY_HASH_LENGTH = 0x10000
 
 
 def safetensors_hashes(data: bytes) -> tuple[str, str]:
     """(sshs_model_hash, sshs_legacy_hash) of a serialised safetensors file, as sd-scripts computes them."""
     data_offset = parse_header(data, "serialised safetensors").data_offset
     model_hash = hashlib.sha256(memoryview(data)[data_offset:]).hexdigest()
-    legacy_hash = hashlib.sha256(data[LEGACY_HASH_OFFSET:LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH]).hexdigest()[:8]
-    return model_hash, legacy_hash
+    return model_hash, legacy_hash_bytes(data)
 
 
 def save_kohya_lora(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:

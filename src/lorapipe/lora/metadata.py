@@ -7,13 +7,14 @@ data. No torch here: the trainer passes plain values. `sshs_*` hashes are added 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from lorapipe.hashes import legacy_hash_file, sha256_file
 
 NETWORK_MODULE = "networks.lora"
 BASE_MODEL_VERSION_SDXL = "sdxl_base_v1-0"
@@ -217,16 +218,8 @@ def modelspec_metadata(cfg: Mapping[str, Any], *, title: str, saved_at: float,
 
 def base_model_file_hashes(path: Path) -> tuple[str, str]:
     """(ss_sd_model_hash, ss_new_sd_model_hash): A1111's legacy hash (sha256 of 64 KiB at 1 MiB, 8 hex) and the
-    sha256 of the whole file. Reads the file once; call it once per run, not per save."""
-    whole = hashlib.sha256()
-    legacy = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        handle.seek(0x100000)
-        legacy.update(handle.read(0x10000))
-        handle.seek(0)
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            whole.update(chunk)
-    return legacy.hexdigest()[:8], whole.hexdigest()
+    sha256 of the whole file. Reads the whole file; call it once per run, not per save."""
+    return legacy_hash_file(path), sha256_file(path)
 
 
 def _dataset_keys(data: DatasetSummary) -> dict[str, Any]:
