@@ -10,8 +10,8 @@ from lorapipe.cli.main import main
 from lorapipe.dataset.caption import caption_dataset
 from lorapipe.dataset.captioners import load_captioner
 from lorapipe.dataset.captioners.tiny import make_tiny_captioner
-from lorapipe.dataset.layout import DATASET_CONFIG_NAME
 from lorapipe.errors import ModelLoadError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 
 
 @pytest.fixture(scope="module")

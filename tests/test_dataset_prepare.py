@@ -13,10 +13,10 @@ from PIL import Image
 
 from lorapipe.cli.main import main
 from lorapipe.dataset.check import check_dataset
-from lorapipe.dataset.layout import DATASET_CONFIG_NAME
 from lorapipe.dataset.prepare import prepare_dataset
 from lorapipe.dataset.preset import PRESET_NAMES, load_preset, plan_schedule, render_config
 from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 
 _EXIF_ORIENTATION = 0x0112
 

@@ -12,12 +12,13 @@ HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
 # Stage order (docs/architecture.md): a module may import only from stages before it in this table.
 # The neutral modules sit upstream of every stage: errors, stdlib-only atomic writes, the safetensors header reader,
-# the file hashes.
-NEUTRAL = {"errors", "atomic", "safetensors_header", "hashes"}
+# the file hashes, the file names several stages share.
+NEUTRAL = {"errors", "atomic", "safetensors_header", "hashes", "file_names"}
 ALLOWED = {
     "errors": set(),
     "atomic": set(),
     "hashes": set(),
+    "file_names": set(),
     "safetensors_header": {"errors"},
     "container_contract": NEUTRAL,
     "sdxl": NEUTRAL,

@@ -12,12 +12,12 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from generate_fixtures import load_generator
+from studio_fixtures import files_under, huge_png_header, png_bytes, wait_for, zip_bytes
+
 from lorapipe.server.app import create_app
 from lorapipe.server.settings import ServerSettings
 from lorapipe.server.studio_settings import StudioSettings
-from studio_fixtures import files_under, huge_png_header, png_bytes, wait_for, zip_bytes
 
 API = "/studio/api"
 TINY_PRESET = Path(__file__).resolve().parents[1] / "examples" / "presets" / "tiny-cpu.toml"

@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from generate_fixtures import RunningServer, load_generator
+from studio_fixtures import png_bytes
+from test_server_page import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 - the shared browser fixture
+
 from lorapipe.server.app import create_app
 from lorapipe.server.settings import ServerSettings
 from lorapipe.server.studio_settings import StudioSettings
-from studio_fixtures import png_bytes
-from test_server_page import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 - the shared browser fixture
 
 TINY_PRESET = Path(__file__).resolve().parents[1] / "examples" / "presets" / "tiny-cpu.toml"
 

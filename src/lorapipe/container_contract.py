@@ -21,12 +21,12 @@ from pathlib import Path
 
 from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 
 DEFAULT_ROOT = Path("/opt/ml")
 ROOT_ENV = "LORAPIPE_OPT_ML"
 TRAIN_CHANNEL = "train"
 CONFIG_CHANNEL = "config"  # optional channel: the training TOML given with --config, apart from the dataset
-DATASET_CONFIG_NAME = "kohya-sdxl-config.toml"
 # SageMaker keeps only this many characters of output/failure as the job's FailureReason.
 FAILURE_LIMIT = 1024
 # Hyperparameters SageMaker or its SDKs add on their own; they are not training options.

@@ -21,8 +21,8 @@ from lorapipe.config.network_args import parse_network_args, parse_optimizer_arg
 from lorapipe.config.read import SET_SOURCE, parse_overrides, read_training_toml
 from lorapipe.config.values import ValueProblem, coerce, is_off
 from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 
-DEFAULT_CONFIG_NAME = "kohya-sdxl-config.toml"
 DEFAULT_OUTPUT_FOLDER = "output"
 SAGEMAKER_ROOT = "/opt/ml/"
 SAGEMAKER_TRAIN_CHANNEL = "/opt/ml/input/data/train"
@@ -56,14 +56,14 @@ def load_train_config(
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise DatasetError(f"{dataset_dir}: dataset folder does not exist; pass the folder holding "
-                           f"{DEFAULT_CONFIG_NAME} and the <repeats>_<name> folders")
-    if config_path is None and not (dataset_dir / DEFAULT_CONFIG_NAME).exists():
+                           f"{DATASET_CONFIG_NAME} and the <repeats>_<name> folders")
+    if config_path is None and not (dataset_dir / DATASET_CONFIG_NAME).exists():
         from lorapipe.dataset.prepare import unprepared_hint
 
         hint = unprepared_hint(dataset_dir)
         if hint:
             raise DatasetError(hint)
-    config_path = Path(config_path) if config_path is not None else dataset_dir / DEFAULT_CONFIG_NAME
+    config_path = Path(config_path) if config_path is not None else dataset_dir / DATASET_CONFIG_NAME
     raw = read_training_toml(config_path)
     values = dict(raw.values)
     origins = dict(raw.origins)

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from lorapipe.dataset.blueprint import DatasetBlueprint, blueprint_from_args, blueprint_from_dataset_config
-from lorapipe.dataset.layout import DATASET_CONFIG_NAME, DATASET_FOLDER_RE, split_trigger_and_class
+from lorapipe.dataset.layout import DATASET_FOLDER_RE, split_trigger_and_class
 from lorapipe.dataset.problems import Problem, warning
 from lorapipe.dataset.scan import DatasetScan, bucket_sample_counts, scan_dataset, steps_per_epoch, total_steps
 from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 
 # Used only when a folder has no config at all: kohya_ss GUI defaults for SDXL.
 _FALLBACK_ARGS = {"resolution": "1024,1024", "enable_bucket": True, "min_bucket_reso": 256, "max_bucket_reso": 2048}

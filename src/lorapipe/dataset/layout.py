@@ -17,7 +17,6 @@ from lorapipe.dataset.problems import Problem, error, warning
 # Extensions sd-scripts trains on (lorapipe accepts them in any letter case).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 DATASET_FOLDER_RE = re.compile(r"^\d+-dataset$")
-DATASET_CONFIG_NAME = "kohya-sdxl-config.toml"
 # SageMaker's channel paths; outside a training job the dataset's own folder stands in for them.
 SAGEMAKER_PREFIX = "/opt/ml/"
 

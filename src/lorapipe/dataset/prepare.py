@@ -31,7 +31,6 @@ from lorapipe.dataset.images import (
     verify_decodes,
 )
 from lorapipe.dataset.layout import (
-    DATASET_CONFIG_NAME,
     DATASET_FOLDER_RE,
     IMAGE_EXTENSIONS,
     SAGEMAKER_PREFIX,
@@ -49,6 +48,7 @@ from lorapipe.dataset.preset import (
 )
 from lorapipe.dataset.problems import Problem
 from lorapipe.errors import DatasetError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.hashes import sha256_file
 
 # What prepare converts: phone formats (HEIC/HEIF from iPhones, AVIF from newer Androids) and other stills Pillow

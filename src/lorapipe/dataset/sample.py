@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lorapipe.errors import DatasetError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 
 DATASET_NAME = "0001-dataset"
 SUBSET_FOLDER = "20_dwjz toy"
-CONFIG_NAME = "kohya-sdxl-config.toml"
 PROMPTS_NAME = "sample-prompts.txt"
 # Preview prompts for sample images during training (Kohya's prompt-file syntax).
 SAMPLE_PROMPTS = (
@@ -187,8 +187,9 @@ def write_sample_dataset(out_root: Path, *, overwrite: bool = False) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     subset_dir = staging / SUBSET_FOLDER
     subset_dir.mkdir(parents=True)
-    template = resources.files("lorapipe.dataset").joinpath("templates", CONFIG_NAME).read_text(encoding="utf-8")
-    (staging / CONFIG_NAME).write_text(template, encoding="utf-8")
+    template_file = resources.files("lorapipe.dataset").joinpath("templates", DATASET_CONFIG_NAME)
+    template = template_file.read_text(encoding="utf-8")
+    (staging / DATASET_CONFIG_NAME).write_text(template, encoding="utf-8")
     (staging / PROMPTS_NAME).write_text(SAMPLE_PROMPTS, encoding="utf-8")
     rng = np.random.default_rng(_SEED + 1)
     for index, pose in enumerate(_poses()):

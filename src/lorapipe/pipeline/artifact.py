@@ -10,10 +10,10 @@ from pathlib import Path
 
 from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import ModelLoadError, PipelineError
+from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.hashes import sha256_file
 from lorapipe.safetensors_header import read_header
 
-SUMMARY_NAME = "train_summary.json"
 SAMPLE_DIR = "sample"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -54,7 +54,7 @@ def find_artifact(folder: Path) -> Artifact:
     """Find the final LoRA (the top-level ``.safetensors``, or the one the summary names beside step/epoch files),
     the summary and the samples in a backend's output folder."""
     folder = Path(folder)
-    summary = folder / SUMMARY_NAME
+    summary = folder / TRAIN_SUMMARY_NAME
     lora = _final_lora(folder, summary)
     check_safetensors(lora)
     sample_dir = folder / SAMPLE_DIR

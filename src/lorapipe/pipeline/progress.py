@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorapipe.pipeline.artifact import IMAGE_SUFFIXES, SAMPLE_DIR, SUMMARY_NAME
+from lorapipe.file_names import TRAIN_SUMMARY_NAME
+from lorapipe.pipeline.artifact import IMAGE_SUFFIXES, SAMPLE_DIR
 
 # `step=12 loss=0.123456 lr=0.0001 epoch=1` (lorapipe.train.progress), at the start of a line or after a \r.
 _STEP_LINE = re.compile(r"^step=(\d+) loss=(\S+) lr=(\S+) epoch=(\d+)")
@@ -139,7 +140,7 @@ def _final_stem(folder: Path) -> str | None:
     import json
 
     try:
-        named = json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8")).get("lora_file")
+        named = json.loads((folder / TRAIN_SUMMARY_NAME).read_text(encoding="utf-8")).get("lora_file")
     except (OSError, ValueError):
         return None
     return Path(named).stem if named else None

@@ -13,6 +13,7 @@ from pathlib import Path
 from lorapipe import __version__
 from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import LorapipeError, PipelineError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.artifact import Artifact, copy_artifact, find_artifact
 from lorapipe.pipeline.backend import TrainBackend, TrainJob
 from lorapipe.pipeline.hashing import ContentHasher, train_cache_key
@@ -22,7 +23,6 @@ from lorapipe.pipeline.request import PipelineHome, RunRequest
 from lorapipe.pipeline.runlog import Cancellation, RunLog
 from lorapipe.pipeline.validate import materialise_dataset, validate_dataset
 
-DATASET_CONFIG_NAME = "kohya-sdxl-config.toml"
 # What the trainer writes inside each state folder (lorapipe.train.checkpoints); its presence marks a resumable run.
 TRAIN_STATE_FILE = "train_state.json"
 

@@ -11,8 +11,9 @@ import re
 import tarfile
 from pathlib import Path
 
-from lorapipe.container_contract import CONFIG_CHANNEL, DATASET_CONFIG_NAME, TRAIN_CHANNEL, normalise_s3_prefix
+from lorapipe.container_contract import CONFIG_CHANNEL, TRAIN_CHANNEL, normalise_s3_prefix
 from lorapipe.errors import PipelineError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.backend import TrainJob
 from lorapipe.pipeline.request import RunRequest
 from lorapipe.pipeline.runlog import Cancellation, RunLog

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lorapipe.atomic import atomic_write_text
-from lorapipe.dataset.layout import DATASET_CONFIG_NAME, is_image_name, parse_subset_folder_name
+from lorapipe.dataset.layout import is_image_name, parse_subset_folder_name
 from lorapipe.errors import DatasetError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.server.studio_settings import StudioSettings
 from lorapipe.server.studio_uploads import PhotoStager, StoredPhoto
 

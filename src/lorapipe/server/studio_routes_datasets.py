@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, UploadFile
 from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorapipe.dataset.layout import DATASET_CONFIG_NAME
+from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.server.api_errors import ApiError
 from lorapipe.server.studio_config import TrainSettings, apply_settings, preset_choices
 from lorapipe.server.studio_datasets import PREPARED

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorapipe.dataset.layout import DATASET_CONFIG_NAME
 from lorapipe.errors import LorapipeError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.publish import check_publish_name
 from lorapipe.pipeline.records import FINISHED
 from lorapipe.server.api_errors import ApiError
@@ -33,7 +33,8 @@ class RunBody(BaseModel):
                                     description="a Kohya training TOML replacing the dataset's own config")
     steps: int | None = Field(None, ge=1, le=100_000, description="max_train_steps")
     rank: int | None = Field(None, ge=1, le=1024, description="network_dim")
-    learning_rate: float | None = Field(None, gt=0, le=1, description="learning_rate (and unet_lr when the TOML sets it)")
+    learning_rate: float | None = Field(None, gt=0, le=1,
+                                        description="learning_rate (and unet_lr when the TOML sets it)")
     checkpoints: int = Field(4, ge=1, le=100, description="LoRA files (with sample images) across the run")
     lora_name: str | None = Field(None, max_length=100, description="name the finished LoRA is published under")
 

@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 
 from lorapipe.errors import PipelineError
+from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.pipeline.progress import ProgressReader, list_checkpoints, list_samples
 from lorapipe.pipeline.records import RunRecord, RunStore
 from lorapipe.pipeline.request import PipelineHome, RunRequest
 from lorapipe.pipeline.runs import cancel_run, create_run, resume_run, start_detached, training_runs
 
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
-SUMMARY_FILE = "train_summary.json"
 _READERS_KEPT = 64  # progress readers of recently followed runs (each holds a loss series)
-_BUSY_CACHE_S = 1.0
-SNAPSHOT_TTL_S = 0.5  # a run's snapshot is shared by every client polling within this window  # how long "is a run training?" is trusted (generation requests ask it every time)
+_BUSY_CACHE_S = 1.0  # how long "is a run training?" is trusted (generation requests ask it every time)
+SNAPSHOT_TTL_S = 0.5  # a run's snapshot is shared by every client polling within this window
 
 
 class RunNotFound(PipelineError):
@@ -203,8 +203,8 @@ class StudioRuns:
         train_dir = record.run_dir / "train"
         allowed = {c.name for c in list_checkpoints(train_dir)}
         allowed |= {f"sample/{n}" for n in list_samples(train_dir)}
-        if (train_dir / SUMMARY_FILE).is_file():
-            allowed.add(SUMMARY_FILE)
+        if (train_dir / TRAIN_SUMMARY_NAME).is_file():
+            allowed.add(TRAIN_SUMMARY_NAME)
         if name not in allowed:
             raise RunNotFound(f"{name}: no such file in run {record.id}; see its file list")
         return train_dir / name

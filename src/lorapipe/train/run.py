@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.train.checkpoints import TrainState, load_state, newest_state, remove_quietly, save_state
 from lorapipe.train.loop import NonFiniteLoss, run_loop
 from lorapipe.train.memory_advice import is_out_of_memory, out_of_memory_error
@@ -276,7 +277,7 @@ class _Run:
     def _write_summary(self, status: str, lora: Path | None, state: TrainState, seconds: float) -> Path:
         plan = self.plan
         if not self.main:
-            return plan.output_dir / "train_summary.json"
+            return plan.output_dir / TRAIN_SUMMARY_NAME
         steps_run = len(self.losses)
         summary = TrainSummary(
             status=status, lora_file=str(Path(lora).resolve()) if lora else None, output_name=plan.output_name,

@@ -26,6 +26,8 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from lorapipe.file_names import DATASET_CONFIG_NAME, TRAIN_SUMMARY_NAME
+
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process stopped by SIGTERM
 PROCESSES_ENV = "LORAPIPE_PROCESSES"  # training processes on this host (default: one per visible GPU)
 
@@ -86,7 +88,7 @@ def _train(channel: Path, config_path: Path | None, overrides, model_dir: Path, 
     resume = newest_state(checkpoints)
     with tempfile.TemporaryDirectory(prefix="lorapipe-config-") as scratch:
         if config_path is None:  # no TOML in the channel: hyperparameters alone configure the run
-            config_path = Path(scratch) / "kohya-sdxl-config.toml"
+            config_path = Path(scratch) / DATASET_CONFIG_NAME
             config_path.write_text("", encoding="utf-8")
         return run_training(channel, output_dir=model_dir, config_path=config_path, overrides=overrides,
                             resume=resume, state_dir=checkpoints, stop_signals=(signal.SIGTERM,),
@@ -117,7 +119,7 @@ def _run_processes(count: int, opt_ml) -> int:
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(count),
                "-m", "lorapipe.train.sagemaker_entry", "--opt-ml-root", str(opt_ml.root)]
-    summary = opt_ml.model_dir / "train_summary.json"
+    summary = opt_ml.model_dir / TRAIN_SUMMARY_NAME
     summary.unlink(missing_ok=True)  # this job's output folder: only this run's summary may decide the status
     print(f"training in {count} processes (one per GPU)", flush=True)
     launcher = subprocess.Popen(command)

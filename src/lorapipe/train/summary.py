@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lorapipe.atomic import atomic_write_text
-
-SUMMARY_FILE = "train_summary.json"
+from lorapipe.file_names import TRAIN_SUMMARY_NAME
 
 
 def peak_memory_bytes(device_type: str) -> dict[str, int]:
@@ -60,6 +59,6 @@ class TrainSummary:
 
 def write_summary(output_dir: Path, summary: TrainSummary) -> Path:
     """Atomic write of `train_summary.json`."""
-    path = Path(output_dir) / SUMMARY_FILE
+    path = Path(output_dir) / TRAIN_SUMMARY_NAME
     atomic_write_text(path, json.dumps(asdict(summary), indent=2, default=str))
     return path
