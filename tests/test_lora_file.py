@@ -16,8 +16,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from lorapipe.errors import LorapipeError, ModelLoadError
-from lorapipe.lora.file import read_lora_header, save_kohya_lora
+from lorapipe.errors import LorapipeError
+from lorapipe.lora.file import save_kohya_lora
+from lorapipe.safetensors_header import read_header
 
 METADATA = {"ss_network_module": "networks.lora", "ss_network_dim": "4", "modelspec.title": "toy"}
 
@@ -53,14 +54,14 @@ def test_saved_file_has_metadata_tensors_and_sd_scripts_hashes(tmp_path):
     raw = path.read_bytes()
     assert hashlib.sha256(raw[8 + struct.unpack("<Q", raw[:8])[0]:]).hexdigest() == metadata["sshs_model_hash"]
     other = save_kohya_lora(tmp_path / "other.safetensors", lora_tensors(rows=8, cols=40_000, seed=1), METADATA)
-    assert read_lora_header(other)[0]["sshs_model_hash"] != metadata["sshs_model_hash"]
+    assert read_header(other).metadata["sshs_model_hash"] != metadata["sshs_model_hash"]
 
 
 def test_hashes_ignore_non_ss_metadata(tmp_path):
     tensors = lora_tensors()
-    first = read_lora_header(save_kohya_lora(tmp_path / "a.safetensors", tensors, METADATA))[0]
-    edited = read_lora_header(save_kohya_lora(tmp_path / "b.safetensors", tensors,
-                                              METADATA | {"modelspec.title": "renamed by a user"}))[0]
+    first = read_header(save_kohya_lora(tmp_path / "a.safetensors", tensors, METADATA)).metadata
+    edited = read_header(save_kohya_lora(tmp_path / "b.safetensors", tensors,
+                                         METADATA | {"modelspec.title": "renamed by a user"})).metadata
     assert first["sshs_model_hash"] == edited["sshs_model_hash"]
     assert first["sshs_legacy_hash"] == edited["sshs_legacy_hash"]
 
@@ -108,57 +109,9 @@ def test_a_kill_mid_save_never_leaves_a_truncated_file_under_the_final_name(tmp_
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     final = path.read_bytes()
-    assert final == good_bytes or read_lora_header(path)[1]  # either the old file or a complete new one
-    metadata, index = read_lora_header(path)
-    assert metadata["ss_network_dim"] == "4" and index
-
-
-def test_header_reader_matches_safetensors_without_importing_torch(tmp_path):
-    path = save_kohya_lora(tmp_path / "toy.safetensors", lora_tensors(), METADATA)
-    code = (
-        "import sys, json; from lorapipe.lora.file import read_lora_header; "
-        f"meta, index = read_lora_header({str(path)!r}); "
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'meta': meta, 'index': index}))"
-    )
-    result = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                       text=True).stdout)
-    assert result["torch"] is False
-    with safe_open(path, "pt") as handle:
-        assert result["meta"] == handle.metadata()
-        expected = {k: ["F32", list(handle.get_slice(k).get_shape())] for k in handle.keys()}
-    assert result["index"] == expected
-
-
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"",
-        b"\x00\x01",
-        b"PK\x03\x04 this is a zip, not safetensors" * 4,
-        struct.pack("<Q", 10) + b"not json!!",
-        struct.pack("<Q", 2) + b"[]",
-        struct.pack("<Q", 1 << 40) + b"{}",
-    ],
-    ids=["empty", "short", "zip", "not-json", "not-object", "huge-length"],
-)
-def test_header_reader_rejects_non_safetensors_files_naming_the_file(tmp_path, content):
-    path = tmp_path / "broken.safetensors"
-    path.write_bytes(content)
-    with pytest.raises(ModelLoadError, match="broken.safetensors"):
-        read_lora_header(path)
-
-
-def test_header_reader_rejects_truncated_files(tmp_path):
-    path = save_kohya_lora(tmp_path / "toy.safetensors", lora_tensors(), METADATA)
-    data = path.read_bytes()
-    path.write_bytes(data[:-16])
-    with pytest.raises(ModelLoadError, match="truncated"):
-        read_lora_header(path)
-
-
-def test_header_reader_reports_missing_file(tmp_path):
-    with pytest.raises(ModelLoadError, match="missing.safetensors"):
-        read_lora_header(tmp_path / "missing.safetensors")
+    assert final == good_bytes or read_header(path).tensors  # either the old file or a complete new one
+    header = read_header(path)
+    assert header.metadata["ss_network_dim"] == "4" and header.tensors
 
 
 def test_same_tensors_and_metadata_give_the_same_bytes(tmp_path):

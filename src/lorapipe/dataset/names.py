@@ -29,7 +29,3 @@ def safe_stem(stem: str) -> str:
     text = _UNSAFE_RUN.sub("_", unicodedata.normalize("NFC", text))
     text = "".join(char if char.isprintable() else "_" for char in text).strip(" .")
     return text or "photo"
-
-
-def is_safe_stem(stem: str) -> bool:
-    return safe_stem(stem) == stem

@@ -119,16 +119,6 @@ def as_resolution(value: Any, key: str, source: str) -> tuple[int, int]:
     return width, height
 
 
-def as_float_pair(value: Any, key: str, source: str) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
-    if len(parts) != 2:
-        raise ConfigError(f"{source}: {key} = {value!r} must be two numbers, e.g. \"2.0,4.0\"")
-    low, high = (as_float(p, key, source) for p in parts)
-    return low, high
-
-
 def caption_extension(value: Any, source: str) -> str:
     text = as_str(value, "caption_extension", source)
     return text if text.startswith(".") or not text else "." + text

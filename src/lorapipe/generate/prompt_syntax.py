@@ -140,8 +140,3 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         else:
             merged.append(fragment)
     return [(t, float(w)) for t, w in merged]
-
-
-def uses_emphasis(text: str) -> bool:
-    """True when the prompt has any bracket weighting or BREAK (plain prompts take diffusers' fast path)."""
-    return any(w != 1.0 for _, w in parse_attention(text))

@@ -1,11 +1,11 @@
-"""Writing and reading Kohya LoRA `.safetensors` files.
+"""Writing Kohya LoRA `.safetensors` files.
 
 Writing follows sd-scripts `networks/lora.py save_weights`: the hashes `sshs_model_hash` / `sshs_legacy_hash` are
 computed over a serialisation that carries only the `ss_*` metadata (so later user edits of other keys do not
 change them), then the file is written with the full metadata. Unlike sd-scripts we write a temporary file in the
 same folder, fsync it and `os.replace` it, so a kill mid-save never leaves a truncated file under the final name.
 
-Reading the header needs no torch; the parsing itself is `lorapipe.safetensors_header`.
+Reading a header needs no torch: `lorapipe.safetensors_header.read_header`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from lorapipe.atomic import atomic_target
 from lorapipe.errors import TrainingError
 from lorapipe.hashes import legacy_hash_bytes
-from lorapipe.safetensors_header import parse_header, read_header
+from lorapipe.safetensors_header import parse_header
 
 
 def safetensors_hashes(data: bytes) -> tuple[str, str]:
@@ -68,12 +68,3 @@ def _rewrite_header(serialized: bytes, metadata: Mapping[str, str], path: Path) 
     raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
     return struct.pack("<Q", len(raw)) + raw, memoryview(serialized)[parsed.data_offset:]
-
-
-def read_lora_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
-    """(metadata, {tensor name: (dtype, shape)}) from a safetensors file's header, without torch.
-
-    Raises ModelLoadError naming the file when it is not a complete safetensors file.
-    """
-    header = read_header(path, remedy="use a .safetensors LoRA, or re-copy it if it was cut short")
-    return dict(header.metadata), {name: (entry.dtype, entry.shape) for name, entry in header.tensors.items()}

@@ -113,9 +113,3 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A CPU generator whose state depends only on (seed, step, stream): resume-exact randomness."""
     mixed = (seed * 1_000_003 + step * 7919 + stream * 104_729) % (2**63 - 1)
     return torch.Generator().manual_seed(mixed)
-
-
-def sigma_from_snr(snr: torch.Tensor) -> torch.Tensor:
-    """sigma_t = sqrt((1 - a)/a) = 1/sqrt(SNR)."""
-    return 1.0 / torch.sqrt(snr)
-

@@ -80,9 +80,3 @@ def encode_prompts(text_encoder, text_encoder_2, tokenizer, tokenizer_2, caption
     n_chunks = max_token_length // CLIP_CHUNK_TOKENS
     pooled = out2.text_embeds[::n_chunks]
     return EncodedPrompts(context=torch.cat([hidden1, hidden2.to(hidden1.dtype)], dim=-1), pooled=pooled)
-
-
-def size_time_ids(original_size, crop_top_left, target_size) -> list[int]:
-    """SDXL micro-conditioning ids in sd-scripts' order: original (h, w), crop (top, left), target (h, w)."""
-    return [int(original_size[0]), int(original_size[1]), int(crop_top_left[0]), int(crop_top_left[1]),
-            int(target_size[0]), int(target_size[1])]
