@@ -196,7 +196,7 @@ def test_prompt_files_txt_toml_json(tmp_path):
 def test_long_captions_are_chunked_like_sd_scripts(tiny_model_dir):
     from transformers import CLIPTokenizer
 
-    from lorapipe.train.text_encoding import check_max_token_length, tokenize_chunks
+    from lorapipe.train.text_encoding import tokenize_chunks
 
     tok = CLIPTokenizer.from_pretrained(tiny_model_dir / "tokenizer_2")  # pads with "!" (id 0), like SDXL's TE2
     caption = ", ".join(["red toy"] * 60)  # ~120 tokens
@@ -207,9 +207,6 @@ def test_long_captions_are_chunked_like_sd_scripts(tiny_model_dir):
     assert tok.eos_token_id in ids[0, 1].tolist()
     short = tokenize_chunks(tok, ["red toy"], 225)
     assert short.shape == (1, 3, 77) and short[0, 2, 1] == tok.eos_token_id  # empty chunk starts with EOS
-    assert check_max_token_length(None) == 75
-    with pytest.raises(ConfigError, match="max_token_length"):
-        check_max_token_length(100)
 
 
 def test_latent_disk_cache_is_reused_until_the_pixels_change(tmp_path):

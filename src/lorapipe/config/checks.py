@@ -65,6 +65,11 @@ def check_config(config: TrainConfig) -> tuple[list[str], list[str]]:
     if c.lycoris is not None and c.dim_from_weights:
         errors.append("dim_from_weights with network_module = \"lycoris.kohya\": lorapipe reads ranks from Kohya "
                       "networks.lora files only; set network_dim/conv_dim to the file's ranks instead")
+    if c.dim_from_weights and not c.network_weights:
+        errors.append("dim_from_weights = true needs network_weights (the LoRA whose ranks to take)")
+    if c.masked_loss and not any(s.alpha_mask for s in c.dataset.subsets):
+        errors.append("masked_loss = true needs masks: set alpha_mask = true (the images' alpha channel is the mask; "
+                      "conditioning_data_dir mask images are not supported)")
     errors.extend(_timestep_errors(c))
     errors.extend(_scheduler_errors(c))
     warnings.extend(_advice(c))

@@ -197,7 +197,6 @@ class _Builder:
         self._optimizer(kwargs)
         self._scheduler(kwargs)
         self._save_model_as(kwargs)
-        self._max_token_length(kwargs)
 
     def _wandb(self, kwargs: dict[str, Any]) -> None:
         """log_with = "wandb" logs to wandb (offline) when the package is installed; otherwise a warning."""
@@ -262,11 +261,6 @@ class _Builder:
             self.error("save_model_as", f"save_model_as = {value!r}: lorapipe writes LoRA files as .safetensors "
                                         f"only (the format that carries Kohya's metadata and hashes); set "
                                         f"save_model_as = \"safetensors\"")
-
-    def _max_token_length(self, kwargs: dict[str, Any]) -> None:
-        value = kwargs.get("max_token_length")
-        if value is not None and value not in (75, 150, 225):
-            self.error("max_token_length", f"max_token_length = {value} must be 75, 150 or 225")
 
     def _network(self, kwargs: dict[str, Any]) -> None:
         module = (kwargs.get("network_module") or "").strip() or None

@@ -211,7 +211,7 @@ def run_params(args: Mapping[str, Any], source: str) -> dict[str, Any]:
     max_tokens = args.get("max_token_length")
     max_tokens = 75 if max_tokens is None else opt.as_int(max_tokens, "max_token_length", source)
     if max_tokens not in ALLOWED_MAX_TOKEN_LENGTHS:
-        raise ConfigError(f"{source}: max_token_length = {max_tokens}; use 75, 150 or 225")
+        raise ConfigError(f"{source}: max_token_length = {max_tokens} must be 75, 150 or 225")
     prior = args.get("prior_loss_weight")
     return {
         "max_token_length": max_tokens,

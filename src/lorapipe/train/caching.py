@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lorapipe.atomic import atomic_target
-from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.errors import DatasetError
 
 
 def pixel_key(pixels: np.ndarray) -> str:
@@ -166,24 +166,3 @@ class TextEncoderCache:
             "hidden_state2": context[..., self._te1_width :].numpy(),
             "pool2": pooled.numpy(), "lorapipe_key": np.array(key),
         })
-
-
-def check_cache_compatibility(*, cache_latents: bool, cache_text_encoder_outputs: bool, train_text_encoder: bool,
-                              subsets, source: str) -> None:
-    """The incompatibilities sd-scripts enforces (kohya-compat.md §1.3, §1.7)."""
-    if cache_latents:
-        for subset in subsets:
-            if subset.color_aug or subset.random_crop:
-                what = "color_aug" if subset.color_aug else "random_crop"
-                raise ConfigError(f"{source}: cache_latents cannot be used with {what} (subset {subset.name}); "
-                                  f"turn one of them off")
-    if cache_text_encoder_outputs:
-        if train_text_encoder:
-            raise ConfigError(f"{source}: cache_text_encoder_outputs needs network_train_unet_only = true (the "
-                              "text-encoder LoRA cannot be trained from cached outputs)")
-        for subset in subsets:
-            changing = [k for k in ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-                                    "caption_tag_dropout_rate", "token_warmup_step") if getattr(subset, k, 0)]
-            if changing:
-                raise ConfigError(f"{source}: cache_text_encoder_outputs cannot be used with {changing[0]} "
-                                  f"(subset {subset.name}); captions must not change between epochs")

@@ -71,13 +71,7 @@ class SpeedOptions:
 def training_dtypes(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, no_half_vae: bool,
                     device_type: str) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
     """(frozen weight dtype, LoRA parameter dtype, VAE dtype) as sd-scripts' `prepare_dtype` decides them."""
-    if mixed_precision not in _DTYPES:
-        raise ConfigError(f"mixed_precision: {mixed_precision!r}; use no, fp16 or bf16")
-    weight = _DTYPES[mixed_precision]
-    if full_fp16 and mixed_precision != "fp16":
-        raise ConfigError("full_fp16: needs mixed_precision = \"fp16\"")
-    if full_bf16 and mixed_precision != "bf16":
-        raise ConfigError("full_bf16: needs mixed_precision = \"bf16\"")
+    weight = _DTYPES[mixed_precision]  # choices and the full_* pairing are checked at config load
     if device_type == "cpu" and weight == torch.float16:
         raise ConfigError("mixed_precision: fp16 is not supported on a CPU run; use \"no\" or \"bf16\"")
     lora = weight if (full_fp16 or full_bf16) else torch.float32
@@ -86,9 +80,7 @@ def training_dtypes(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, n
 
 
 def _network_weights(cfg):
-    """The tensors of network_weights (None without it); dim_from_weights needs the file."""
-    if cfg.dim_from_weights and not cfg.network_weights:
-        raise ConfigError("dim_from_weights: needs network_weights (the LoRA whose ranks to take)")
+    """The tensors of network_weights (None without it)."""
     if not cfg.network_weights:
         return None
     from safetensors.torch import load_file

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.errors import ConfigError, DatasetError
-from lorapipe.train.caching import check_cache_compatibility
 from lorapipe.train.distributed import Processes, launch_seed, processes_from_env
 from lorapipe.train.sample_prompts import SamplePrompt, load_sample_prompts
-from lorapipe.train.text_encoding import check_max_token_length
 
 
 @dataclass(frozen=True)
@@ -63,12 +61,8 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
     if not model_spec:
         raise ConfigError(f"{source}: pretrained_model_name_or_path is not set; pass --base-model PATH")
     resolve_base_model(str(model_spec))
-    max_tokens = check_max_token_length(cfg.max_token_length)
+    max_tokens = cfg.dataset.max_token_length  # the dataset blueprint's, checked and None -> 75 at load
     prompts = tuple(load_sample_prompts(Path(cfg.sample_prompts))) if cfg.sample_prompts else ()
-    check_cache_compatibility(cache_latents=cfg.cache_latents or cfg.cache_latents_to_disk,
-                              cache_text_encoder_outputs=cfg.cache_text_encoder_outputs
-                              or cfg.cache_text_encoder_outputs_to_disk,
-                              train_text_encoder=cfg.train_text_encoder, subsets=cfg.dataset.subsets, source=source)
 
     processes = processes or processes_from_env()
     if cfg.seed is not None:
@@ -77,11 +71,6 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
         seed = launch_seed()
     else:
         seed = random.SystemRandom().randint(0, 2**31 - 1)
-    if cfg.dim_from_weights and not cfg.network_weights:
-        raise ConfigError(f"{source}: dim_from_weights = true needs network_weights (the LoRA whose ranks to take)")
-    if cfg.masked_loss and not any(s.alpha_mask for s in cfg.dataset.subsets):
-        raise ConfigError(f"{source}: masked_loss = true needs masks: set alpha_mask = true (the images' alpha "
-                          "channel is the mask; conditioning_data_dir mask images are not supported)")
     scan = scan_dataset(cfg.dataset, training_seed=seed)
     if scan.has_errors:
         raise DatasetError(_dataset_report(scan, dataset_dir))

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lorapipe.errors import ConfigError
-from lorapipe.sdxl.constants import ALLOWED_MAX_TOKEN_LENGTHS, CLIP_CHUNK_TOKENS
+from lorapipe.sdxl.constants import CLIP_CHUNK_TOKENS
 
 
 @dataclass(frozen=True)
@@ -22,14 +21,6 @@ class EncodedPrompts:
 
     context: torch.Tensor
     pooled: torch.Tensor
-
-
-def check_max_token_length(value: int | None) -> int:
-    """None means 75, as in sd-scripts."""
-    length = CLIP_CHUNK_TOKENS if value in (None, 0) else int(value)
-    if length not in ALLOWED_MAX_TOKEN_LENGTHS:
-        raise ConfigError(f"max_token_length: {value} is not allowed; use 75, 150 or 225")
-    return length
 
 
 def tokenize_chunks(tokenizer, captions: list[str], max_token_length: int) -> torch.Tensor:
