@@ -27,53 +27,60 @@ UNKNOWN_COMMIT = "(unknown)"
 MINIMUM_SS_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
                    "ss_network_args")
 
-# ss key -> (Kohya config key, default when the config lacks it). Copied verbatim (str()) from the config.
-_FROM_CONFIG: dict[str, tuple[str, Any]] = {
-    "ss_learning_rate": ("learning_rate", 1e-4),
-    "ss_unet_lr": ("unet_lr", None),
-    "ss_gradient_checkpointing": ("gradient_checkpointing", False),
-    "ss_gradient_accumulation_steps": ("gradient_accumulation_steps", 1),
-    "ss_lr_warmup_steps": ("lr_warmup_steps", 0),
-    "ss_lr_scheduler": ("lr_scheduler", "constant"),
-    "ss_network_dropout": ("network_dropout", None),
-    "ss_mixed_precision": ("mixed_precision", "no"),
-    "ss_full_fp16": ("full_fp16", False),
-    "ss_clip_skip": ("clip_skip", None),
-    "ss_max_token_length": ("max_token_length", None),
-    "ss_cache_latents": ("cache_latents", False),
-    "ss_seed": ("seed", None),
-    "ss_lowram": ("lowram", False),
-    "ss_noise_offset": ("noise_offset", None),
-    "ss_multires_noise_iterations": ("multires_noise_iterations", None),
-    "ss_multires_noise_discount": ("multires_noise_discount", 0.3),
-    "ss_adaptive_noise_scale": ("adaptive_noise_scale", None),
-    "ss_zero_terminal_snr": ("zero_terminal_snr", False),
-    "ss_noise_offset_random_strength": ("noise_offset_random_strength", False),
-    "ss_training_comment": ("training_comment", None),
-    "ss_max_grad_norm": ("max_grad_norm", 1.0),
-    "ss_caption_dropout_rate": ("caption_dropout_rate", 0.0),
-    "ss_caption_dropout_every_n_epochs": ("caption_dropout_every_n_epochs", 0),
-    "ss_caption_tag_dropout_rate": ("caption_tag_dropout_rate", 0.0),
-    "ss_face_crop_aug_range": ("face_crop_aug_range", None),
-    "ss_prior_loss_weight": ("prior_loss_weight", 1.0),
-    "ss_min_snr_gamma": ("min_snr_gamma", None),
-    "ss_scale_weight_norms": ("scale_weight_norms", None),
-    "ss_masked_loss": ("masked_loss", False),
-    "ss_validation_seed": ("validation_seed", None),
-    "ss_validation_split": ("validation_split", None),
-    "ss_max_validation_steps": ("max_validation_steps", None),
-    "ss_validate_every_n_epochs": ("validate_every_n_epochs", None),
-    "ss_validate_every_n_steps": ("validate_every_n_steps", None),
-    "ss_ip_noise_gamma": ("ip_noise_gamma", None),
-    "ss_ip_noise_gamma_random_strength": ("ip_noise_gamma_random_strength", False),
-    "ss_debiased_estimation": ("debiased_estimation_loss", False),
-    "ss_loss_type": ("loss_type", "l2"),
-    "ss_huber_schedule": ("huber_schedule", "snr"),
-    "ss_huber_scale": ("huber_scale", 1.0),
-    "ss_huber_c": ("huber_c", 0.1),
-    "ss_fp8_base": ("fp8_base", False),
-    "ss_fp8_base_unet": ("fp8_base_unet", False),
-    "ss_resize_interpolation": ("resize_interpolation", None),
+# ss key -> Kohya config key, copied verbatim (str()) from the config. The trainer passes the whole TrainConfig, so
+# the defaults are TrainConfig's (lorapipe/config/model.py); a key the caller leaves out is written as "None".
+_FROM_CONFIG: dict[str, str] = {
+    "ss_learning_rate": "learning_rate",
+    "ss_unet_lr": "unet_lr",
+    "ss_gradient_checkpointing": "gradient_checkpointing",
+    "ss_gradient_accumulation_steps": "gradient_accumulation_steps",
+    "ss_lr_warmup_steps": "lr_warmup_steps",
+    "ss_lr_scheduler": "lr_scheduler",
+    "ss_network_dropout": "network_dropout",
+    "ss_mixed_precision": "mixed_precision",
+    "ss_full_fp16": "full_fp16",
+    "ss_clip_skip": "clip_skip",
+    "ss_max_token_length": "max_token_length",
+    "ss_cache_latents": "cache_latents",
+    "ss_seed": "seed",
+    "ss_lowram": "lowram",
+    "ss_noise_offset": "noise_offset",
+    "ss_multires_noise_iterations": "multires_noise_iterations",
+    "ss_multires_noise_discount": "multires_noise_discount",
+    "ss_adaptive_noise_scale": "adaptive_noise_scale",
+    "ss_zero_terminal_snr": "zero_terminal_snr",
+    "ss_noise_offset_random_strength": "noise_offset_random_strength",
+    "ss_training_comment": "training_comment",
+    "ss_max_grad_norm": "max_grad_norm",
+    "ss_caption_dropout_rate": "caption_dropout_rate",
+    "ss_caption_dropout_every_n_epochs": "caption_dropout_every_n_epochs",
+    "ss_caption_tag_dropout_rate": "caption_tag_dropout_rate",
+    "ss_face_crop_aug_range": "face_crop_aug_range",
+    "ss_prior_loss_weight": "prior_loss_weight",
+    "ss_min_snr_gamma": "min_snr_gamma",
+    "ss_scale_weight_norms": "scale_weight_norms",
+    "ss_masked_loss": "masked_loss",
+    "ss_validation_seed": "validation_seed",
+    "ss_validation_split": "validation_split",
+    "ss_max_validation_steps": "max_validation_steps",
+    "ss_validate_every_n_epochs": "validate_every_n_epochs",
+    "ss_validate_every_n_steps": "validate_every_n_steps",
+    "ss_ip_noise_gamma": "ip_noise_gamma",
+    "ss_ip_noise_gamma_random_strength": "ip_noise_gamma_random_strength",
+    "ss_debiased_estimation": "debiased_estimation_loss",
+    "ss_loss_type": "loss_type",
+    "ss_huber_schedule": "huber_schedule",
+    "ss_huber_scale": "huber_scale",
+    "ss_huber_c": "huber_c",
+    "ss_fp8_base": "fp8_base",
+    "ss_fp8_base_unet": "fp8_base_unet",
+    "ss_resize_interpolation": "resize_interpolation",
+}
+# Keys sd-scripts records that TrainConfig does not carry (lorapipe ignores them or reads them per subset): written
+# with the value the run effectively had.
+_NOT_IN_TRAIN_CONFIG: dict[str, Any] = {
+    "lowram": False, "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0.0,
+    "face_crop_aug_range": None, "fp8_base": False, "fp8_base_unet": False, "resize_interpolation": None,
 }
 # modelspec field -> Kohya `metadata_*` config key (written when set).
 _MODELSPEC_FROM_CONFIG = {
@@ -179,8 +186,8 @@ def build_kohya_metadata(
         "ss_optimizer": optimizer or _optimizer_text(cfg),
         "ss_sd_model_name": _model_display_name(base_model_name),
     }
-    for key, (cfg_key, default) in _FROM_CONFIG.items():
-        meta[key] = cfg.get(cfg_key, default)
+    for key, cfg_key in _FROM_CONFIG.items():
+        meta[key] = cfg.get(cfg_key, _NOT_IN_TRAIN_CONFIG.get(cfg_key))
     if network_args:
         meta["ss_network_args"] = json.dumps({k: str(v) for k, v in network_args.items()})
     if base_model_hashes:
