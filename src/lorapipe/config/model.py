@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # Value kinds understood by `lorapipe.config.values.coerce`.
 FLAG, INT, FLOAT, STR, PATH, STR_LIST, NUMBER, FLOAT_OR_LIST, DERIVED = (
     "flag", "int", "float", "str", "path", "str_list", "int_or_float", "float_or_list", "derived",
 )
+
+
+_Options = TypeVar("_Options")
 
 
 def _opt(default: Any, kind: str, **extra: Any) -> Any:
@@ -235,6 +238,12 @@ class TrainConfig:
     @property
     def train_text_encoder(self) -> bool:
         return not self.network_train_unet_only
+
+    def options(self, cls: type[_Options]) -> _Options:
+        """The frozen option bundle `cls` (a trainer module's dataclass) filled from the keys of the same names; a key
+        left unset (None) takes `cls`'s default, which is sd-scripts' "off"."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in values.items() if value is not None})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: Kohya keys with their effective values, then `dataset`, `source`, `dataset_dir`."""

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorapipe.config.model import TrainConfig
 from lorapipe.errors import ConfigError, DatasetError
 from lorapipe.train.distributed import Processes, launch_seed, processes_from_env
 from lorapipe.train.sample_prompts import SamplePrompt, load_sample_prompts
@@ -17,7 +18,7 @@ from lorapipe.train.sample_prompts import SamplePrompt, load_sample_prompts
 class RunPlan:
     """A validated run: what to train on, for how long, and where results go."""
 
-    config: object  # TrainConfig
+    config: TrainConfig
     warnings: tuple[str, ...]
     scan: object  # DatasetScan
     dataset_hash: str

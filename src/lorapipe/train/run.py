@@ -17,8 +17,7 @@ from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.train.checkpoints import TrainState, load_state, newest_state, remove_quietly, save_state
 from lorapipe.train.loop import NonFiniteLoss, run_loop
 from lorapipe.train.memory_advice import is_out_of_memory, out_of_memory_error
-from lorapipe.train.naming import STATE_SUFFIX, epoch_name, last_name, step_name
-from lorapipe.train.options import save_cadence
+from lorapipe.train.naming import STATE_SUFFIX, SaveCadence, epoch_name, last_name, step_name
 from lorapipe.train.plan import RunPlan, plan_run
 from lorapipe.train.precache import precache
 from lorapipe.train.summary import TrainSummary, peak_memory_bytes, write_summary
@@ -86,7 +85,7 @@ class _Run:
 
         self.plan, self.session, self.state_dir = plan, session, state_dir
         self.cfg = plan.config
-        self.cadence = save_cadence(self.cfg)
+        self.cadence = self.cfg.options(SaveCadence)
         self.writer = LoraWriter(plan, session.models.network, session.optimizer_choice.metadata_string())
         self.stop_after_steps = stop_after_steps
         # Only the main process writes files, samples and prints; the others train their share and stay quiet.

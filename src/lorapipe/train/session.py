@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from lorapipe.train.caching import LatentCache, TextEncoderCache, module_fingerprint
+from lorapipe.train.loss import LossOptions
 from lorapipe.train.models import SpeedOptions, TrainModels, load_train_models
-from lorapipe.train.noise import make_noise_scheduler, snr_table
+from lorapipe.train.noise import NoiseOptions, make_noise_scheduler, snr_table
 from lorapipe.train.optimizers import OptimizerChoice, build_optimizer
-from lorapipe.train.options import loss_options, noise_options, schedule_options
 from lorapipe.train.plan import RunPlan
-from lorapipe.train.schedulers import build_lr_scheduler
+from lorapipe.train.schedulers import ScheduleOptions, build_lr_scheduler
 from lorapipe.train.step import Objective
 
 
@@ -87,12 +87,12 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
         share_main_weights([p for g in groups for p in g["params"]])
     optimizer, choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate,
                                         device_type=device.type)
-    lr_scheduler = build_lr_scheduler(optimizer, schedule_options(cfg), plan.total_steps,
+    lr_scheduler = build_lr_scheduler(optimizer, cfg.options(ScheduleOptions), plan.total_steps,
                                       adafactor_relative_step=choice.adafactor_relative_step)
     optimizer = accelerator.prepare_optimizer(optimizer)
-    noise_opts = noise_options(cfg)
+    noise_opts = cfg.options(NoiseOptions)
     noise_scheduler = make_noise_scheduler(noise_opts)
-    objective = Objective(noise=noise_opts, loss=loss_options(cfg), noise_scheduler=noise_scheduler,
+    objective = Objective(noise=noise_opts, loss=cfg.options(LossOptions), noise_scheduler=noise_scheduler,
                           snr=snr_table(noise_scheduler), alphas_cumprod=noise_scheduler.alphas_cumprod)
     latent_cache = te_cache = None
     if cfg.cache_latents or cfg.cache_latents_to_disk:
