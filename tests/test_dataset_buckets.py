@@ -7,8 +7,9 @@ import numpy as np
 from PIL import Image
 
 from lorapipe.dataset.batches import epoch_batches, load_sample
-from lorapipe.dataset.blueprint import DatasetBlueprint, SubsetSpec, blueprint_from_args
+from lorapipe.dataset.blueprint import DatasetBlueprint, SubsetSpec
 from lorapipe.dataset.buckets import BucketPlanner, crop_ltrb, make_bucket_resolutions
+from lorapipe.dataset.build import blueprint_from_args
 from lorapipe.dataset.captions import process_caption
 from lorapipe.dataset.scan import scan_dataset
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lorapipe.dataset.blueprint import blueprint_from_args, blueprint_from_dataset_config
+from lorapipe.dataset.build import blueprint_from_args, blueprint_from_dataset_config
 from lorapipe.dataset.check import check_dataset
 from lorapipe.dataset.sample import write_sample_dataset
 from lorapipe.dataset.scan import scan_dataset, steps_per_epoch, total_steps

@@ -200,7 +200,8 @@ def _run_make_sample(args: argparse.Namespace) -> int:
 def _run_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lorapipe.dataset.check import check_dataset, render_text
+    from lorapipe.dataset.check import check_dataset
+    from lorapipe.dataset.render import render_report
 
     report = check_dataset(
         args.path,
@@ -215,5 +216,5 @@ def _run_check(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
     else:
-        sys.stdout.write(render_text(report))
+        sys.stdout.write(render_report(report))
     return 1 if report.has_errors else 0

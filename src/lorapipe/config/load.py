@@ -349,7 +349,8 @@ class _Builder:
 
     # -- dataset
     def _dataset(self, values: Mapping[str, Any]) -> Any:
-        from lorapipe.dataset.blueprint import DATASET_KEYS, blueprint_from_args
+        from lorapipe.dataset.blueprint import DATASET_KEYS
+        from lorapipe.dataset.build import blueprint_from_args
 
         args = {key: value for key, value in values.items() if key in DATASET_KEYS}
         for key in ("train_data_dir", "reg_data_dir", "dataset_config"):

@@ -1,9 +1,9 @@
 """Kohya datasets: folder rules, dataset_config TOML, images, captions, buckets, `dataset check`, sample data.
 
 Interfaces (as built; numpy/PIL only, no torch):
-- `blueprint`: frozen `SubsetSpec`, `DatasetBlueprint`; `DATASET_KEYS` (flat Kohya keys this layer consumes);
-  `blueprint_from_args(args, *, source, dataset_dir=None)` (folder mode; `/opt/ml/...` train_data_dir falls back
-  to `dataset_dir` or the folder of `source`; delegates when `dataset_config` is set) and
+- `blueprint`: frozen `SubsetSpec`, `DatasetBlueprint`; `DATASET_KEYS` (flat Kohya keys this layer consumes).
+- `build`: `blueprint_from_args(args, *, source, dataset_dir=None)` (folder mode; `/opt/ml/...` train_data_dir
+  falls back to `dataset_dir` or the folder of `source`; delegates when `dataset_config` is set) and
   `blueprint_from_dataset_config(path, args)` (strict keys). Errors: `ConfigError` / `DatasetError`.
 - `scan`: `scan_dataset(blueprint, *, deep=False, hash_all=False) -> DatasetScan(items, problems)`;
   `ImageItem(path, subset, caption, caption_path, original_size (w,h), bucket (w,h), resized_size, repeats,
@@ -14,7 +14,7 @@ Interfaces (as built; numpy/PIL only, no torch):
   crop_top_left (top,left), target_size (h,w), loss_weight, path, flipped)`.
 - `check`: `check_dataset(path_or_url, blueprint=None, *, config_path, dataset_config_path, train_args,
   endpoint_url, cache_dir, count_tokens, hash_all, deep) -> CheckReport` (`.has_errors`, `.problems`,
-  `.to_json()`), `render_text(report)`, `read_flat_config(path)`.
+  `.to_json()`), `read_flat_config(path)`; `render`: `render_report(report)` (the text form).
 - `sample`: `write_sample_dataset(out_root) -> out_root/"0001-dataset"`.
 - `prepare`: `prepare_dataset(photos, out=None, *, trigger, class_name, preset, steps, progress, base_model)
   -> PrepareResult`; `preset`: shipped Kohya TOML presets (`presets/*.toml`), `plan_schedule`, `render_config`.

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lorapipe.dataset.blueprint import DatasetBlueprint, blueprint_from_args, blueprint_from_dataset_config
+from lorapipe.dataset.blueprint import DatasetBlueprint
+from lorapipe.dataset.build import blueprint_from_args, blueprint_from_dataset_config
 from lorapipe.dataset.layout import DATASET_FOLDER_RE, split_trigger_and_class
 from lorapipe.dataset.problems import Problem, warning
 from lorapipe.dataset.scan import DatasetScan, bucket_sample_counts, scan_dataset, steps_per_epoch, total_steps
@@ -260,9 +261,3 @@ def _check_remote(url: str, endpoint_url: str | None, cache_dir: Path | None, co
         reports.append(_relabel(report, local, dataset_store.url_of(name)))
     return CheckReport(url, tuple(reports))
 
-
-def render_text(report: CheckReport) -> str:
-    """Human-readable report: one block per dataset, then every problem with its file."""
-    from lorapipe.dataset.render import render_report
-
-    return render_report(report)
