@@ -64,7 +64,8 @@ def write_loha_for(models: dict, path: Path, *, seed: int, rank: int = 4, scale:
             tensors[f"{target.kohya_name}.hada_{half}_b"] = torch.randn(rank, flat_in, generator=generator) * scale
         tensors[f"{target.kohya_name}.alpha"] = torch.tensor(float(rank))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "loha"}'})
+    metadata = {"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "loha"}'}
+    save_file(tensors, str(path), metadata=metadata)
     return path
 
 

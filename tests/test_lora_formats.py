@@ -368,7 +368,7 @@ def test_bad_files_are_left_out_with_a_warning_and_the_rest_applies(pipe, tmp_pa
     )
     close(deltas[ATTN], up @ down)
     assert not deltas[TE1].any()
-    assert [l.mentioned_as for l in applied.loras] == ["good"]
+    assert [lora.mentioned_as for lora in applied.loras] == ["good"]
     text = "\n".join(applied.warnings)
     assert "LoRA good: 2 keys not applied" in text and "lora_unet_no_such_layer" in text
     assert "LoRA sd15: not applied" in text and "SD 1.x/2.x" in text

@@ -66,7 +66,7 @@ class FusedLoraSet:
 
     def apply(self, loras: Sequence[ActiveLora]) -> AppliedSet:
         """Merge exactly `loras` (after undoing the previous set); files that fail are left out with a warning."""
-        key = tuple((l.entry.path, l.entry.sha256_tensors, l.te_weight, l.unet_weight) for l in loras)
+        key = tuple((lora.entry.path, lora.entry.sha256_tensors, lora.te_weight, lora.unet_weight) for lora in loras)
         if key == self._key:
             return self._applied
         self.clear()
@@ -163,7 +163,7 @@ class FusedLoraSet:
                     if delta.bias is not None and getattr(module, "bias", None) is not None:
                         total_b = multiplier * delta.bias + (0 if total_b is None else total_b)
                 self._write(layer, module, weight + total_w, total_b)
-            for lora, path, plan in plans:
+            for lora, _, plan in plans:
                 if plan.embeddings:
                     self._load_embeddings(lora, handles[id(lora)], plan.embeddings)
 

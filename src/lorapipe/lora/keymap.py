@@ -5,7 +5,7 @@ Layer names in the wild, all mapped here (as ComfyUI's `comfy/lora.py model_lora
 
 | writer | UNet | text encoders |
 | --- | --- | --- |
-| Kohya sd-scripts, LyCORIS, A1111 | `lora_unet_<SGM name, _ for .>` (also diffusers names) | `lora_te1_…`, `lora_te2_…` |
+| Kohya sd-scripts, LyCORIS, A1111 | `lora_unet_<SGM name, _ for .>` (or diffusers names) | `lora_te1_…`, `lora_te2_…` |
 | diffusers | `unet.<diffusers name>` | `text_encoder.…`, `text_encoder_2.…` |
 | peft (`get_peft_model_state_dict` of a UNet) | `base_model.model.<diffusers name>` | - |
 | SimpleTuner (LyCORIS) | `lycoris_<diffusers name, _ for .>` | - |
