@@ -96,7 +96,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     _add_home(parser)
     parser.add_argument("--output", metavar="URL", help="folder or s3://BUCKET/PREFIX to publish to (sagemaker: "
                         "a local dataset is uploaded under OUTPUT/datasets/ too)")
-    parser.add_argument("--backend", choices=("local", "sagemaker"), default="local")
+    from lorapipe.pipeline.backend import BACKENDS, DEFAULT_BACKEND  # stdlib-only: --help stays light
+
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default=DEFAULT_BACKEND)
     parser.add_argument("--base-model", metavar="PATH_OR_ID",
                         help="diffusers folder, single file or hub id (default: the config's)")
     parser.add_argument("--config", metavar="TOML", help="Kohya training TOML (default: the dataset's own)")

@@ -1,7 +1,13 @@
-"""The one small protocol every training backend implements, and the job it is handed."""
+"""The one small protocol every training backend implements, the job it is handed, and the list of backends.
+
+A new backend is a module with a class that has the `TrainBackend` protocol and a `from_request(request)` class
+method, plus a line in `BACKENDS`; the runner, the request check, `runs cancel` and the CLI read everything else
+from its `BackendSpec`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,3 +36,30 @@ class TrainBackend(Protocol):
     def train(self, job: TrainJob, log: RunLog, cancel: Cancellation) -> Path:
         """Run the job to the end and return the folder holding the LoRA; raise a LorapipeError on failure."""
         ...
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How the pipeline reaches one backend. Its module is imported only when a run uses it (boto3 stays out of
+    local runs)."""
+
+    name: str
+    factory: str  # "module:Class"; the class builds itself with `from_request(request)`
+    # Trains away from this machine, reading and writing S3: --output must be s3:// (a local dataset is uploaded
+    # there first), and cancelling a run whose worker is gone stops the remote job (`stop_run(run_id)`).
+    remote: bool = False
+
+    def from_request(self, request) -> TrainBackend:
+        """The backend for `request` (a RunRequest; request.py imports this module, so it is not named here)."""
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr).from_request(request)
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec("local", "lorapipe.pipeline.local_backend:LocalBackend"),
+        BackendSpec("sagemaker", "lorapipe.pipeline.sagemaker_backend:SageMakerBackend", remote=True),
+    )
+}
+DEFAULT_BACKEND = "local"

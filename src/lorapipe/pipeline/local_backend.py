@@ -60,6 +60,10 @@ class LocalBackend:
     def __init__(self, gpus: int | None = None) -> None:
         self.gpus = visible_gpu_count() if gpus is None else gpus
 
+    @classmethod
+    def from_request(cls, request) -> LocalBackend:
+        return cls()  # every local choice is in the job (dataset, config, overrides)
+
     def train(self, job: TrainJob, log: RunLog, cancel: Cancellation) -> Path:
         job.output_dir.mkdir(parents=True, exist_ok=True)
         command = trainer_command(job, self.gpus)

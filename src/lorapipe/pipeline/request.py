@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from lorapipe.errors import PipelineError
+from lorapipe.pipeline.backend import BACKENDS, DEFAULT_BACKEND
 
 HOME_ENV = "LORAPIPE_HOME"
-BACKENDS = ("local", "sagemaker")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class RunRequest:
     dataset: str
     base_model: str | None = None
     output: str | None = None
-    backend: str = "local"
+    backend: str = DEFAULT_BACKEND
     config: str | None = None
     overrides: tuple[str, ...] = ()
     lora_dir: str | None = None
@@ -49,14 +49,14 @@ class RunRequest:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise PipelineError(f"--backend {self.backend!r}: unknown backend; use one of {', '.join(BACKENDS)}")
-        if self.backend == "sagemaker" and not (self.output or "").startswith("s3://"):
-            raise PipelineError("--output: the sagemaker backend writes to S3 (and uploads a local dataset there); "
-                                "give --output s3://BUCKET/PREFIX")
+        if BACKENDS[self.backend].remote and not (self.output or "").startswith("s3://"):
+            raise PipelineError(f"--output: the {self.backend} backend writes to S3 (and uploads a local dataset "
+                                "there); give --output s3://BUCKET/PREFIX")
 
     @property
     def uploads_dataset(self) -> bool:
-        """A local dataset for the sagemaker backend: uploaded under --output before the job starts."""
-        return self.backend == "sagemaker" and not self.dataset.startswith("s3://")
+        """A local dataset for a remote backend (sagemaker): uploaded under --output before the job starts."""
+        return BACKENDS[self.backend].remote and not self.dataset.startswith("s3://")
 
     @property
     def dataset_name(self) -> str:

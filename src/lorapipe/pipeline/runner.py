@@ -15,7 +15,7 @@ from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import LorapipeError, PipelineError
 from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.artifact import Artifact, copy_artifact, find_artifact
-from lorapipe.pipeline.backend import TrainBackend, TrainJob
+from lorapipe.pipeline.backend import BACKENDS, TrainBackend, TrainJob
 from lorapipe.pipeline.hashing import ContentHasher, train_cache_key
 from lorapipe.pipeline.publish import publish_artifact
 from lorapipe.pipeline.records import RunStore
@@ -45,16 +45,6 @@ class RunContext:
         return self.home.run_dir(self.run_id)
 
 
-def make_backend(request: RunRequest) -> TrainBackend:
-    if request.backend == "sagemaker":
-        from lorapipe.pipeline.sagemaker_backend import SageMakerBackend
-
-        return SageMakerBackend(request)
-    from lorapipe.pipeline.local_backend import LocalBackend
-
-    return LocalBackend()
-
-
 def execute_run(home: PipelineHome, run_id: str, cancel: Cancellation | None = None,
                 backend: TrainBackend | None = None) -> str:
     """Run every step of a recorded run in this process; return the final status."""
@@ -72,7 +62,8 @@ def execute_run(home: PipelineHome, run_id: str, cancel: Cancellation | None = N
     try:
         dataset_dir, dataset_url = _step_validate(ctx)
         current = "train"
-        artifact = _step_train(ctx, dataset_dir, dataset_url, backend or make_backend(request))
+        backend = backend or BACKENDS[request.backend].from_request(request)
+        artifact = _step_train(ctx, dataset_dir, dataset_url, backend)
         current = "sample"
         _step_sample(ctx, artifact)
         current = "publish"

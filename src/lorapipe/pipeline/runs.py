@@ -13,6 +13,7 @@ from typing import TextIO
 
 from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import PipelineError
+from lorapipe.pipeline.backend import BACKENDS
 from lorapipe.pipeline.records import RunRecord, RunStore, new_run_id
 from lorapipe.pipeline.request import PipelineHome, RunRequest
 
@@ -72,17 +73,16 @@ def cancel_run(home: PipelineHome, run_id: str) -> RunRecord:
                 os.kill(record.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
-    elif record.backend == "sagemaker" and record.status == "running":
+    elif BACKENDS[record.backend].remote and record.status == "running":
         _stop_orphaned_job(record)
     return records.get(record.id)
 
 
 def _stop_orphaned_job(record: RunRecord) -> None:
-    """The worker is gone (killed, machine rebooted) but its SageMaker job may still be billing: stop it here."""
+    """The worker is gone (killed, machine rebooted) but its remote job may still be billing: stop it here."""
     from lorapipe.pipeline.runlog import RunLog
-    from lorapipe.pipeline.sagemaker_backend import SageMakerBackend, job_name_for
 
-    line = SageMakerBackend(RunRequest.from_json(record.request)).stop(job_name_for(record.id))
+    line = BACKENDS[record.backend].from_request(RunRequest.from_json(record.request)).stop_run(record.id)
     log = RunLog(Path(record.run_dir) / "run.log")
     try:
         log.info(f"cancel: worker {record.pid} is gone; {line}")

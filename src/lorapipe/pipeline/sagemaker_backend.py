@@ -61,6 +61,10 @@ class SageMakerBackend:
         self.options = request.sagemaker
         self._session = session
 
+    @classmethod
+    def from_request(cls, request: RunRequest) -> SageMakerBackend:
+        return cls(request)
+
     # -- clients (boto3 imported here: the pipeline's local path never pays for it) ------------------------------
     def _boto_session(self):
         if self._session is None:
@@ -199,6 +203,10 @@ class SageMakerBackend:
         except Exception as exc:
             return f"stop of SageMaker job {name} not needed or refused ({_aws_reason(exc)})"
         return f"stop requested for SageMaker job {name}; SageMaker sends SIGTERM, the trainer checkpoints"
+
+    def stop_run(self, run_id: str) -> str:
+        """Stop the job of run `run_id` (its worker is gone); a line for the log."""
+        return self.stop(job_name_for(run_id))
 
     def fetch(self, description: dict, output_dir: Path, log: RunLog) -> Path:
         url = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
