@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from lorapipe import __version__
 from lorapipe.server.api_errors import ApiError, handle_api_error, handle_unexpected, handle_validation_error
+from lorapipe.server.deps import loaded_state
 from lorapipe.server.guards import BasicAuthMiddleware, BodyLimitMiddleware
 from lorapipe.server.jobs import JobQueue
 from lorapipe.server.routes_generate import router as generate_router
@@ -148,6 +149,6 @@ async def _loading_in_background(app: FastAPI, settings: ServerSettings, loader:
         yield
     finally:
         installing.cancel()
-        state = getattr(app.state, "lorapipe", None)
+        state = loaded_state(app)
         if state is not None:
             await asyncio.to_thread(state.jobs.stop)

@@ -43,6 +43,7 @@ from lorapipe.hosting_contract import SERVING_PORT, HostedModel, read_hosted_mod
 from lorapipe.registry import LORA_SUFFIX, check_lora_name
 from lorapipe.server.api_errors import ApiError, a1111_error
 from lorapipe.server.app import create_app
+from lorapipe.server.deps import load_error, loaded_state
 from lorapipe.server.guards import error_body, send_json
 from lorapipe.server.routes_generate import a1111_response, run_generation
 from lorapipe.server.schemas import Img2ImgBody, Txt2ImgBody
@@ -164,9 +165,9 @@ router = APIRouter()
 @router.get("/ping")
 async def ping(request: Request):
     """200 once the generator is loaded; 503 while loading, or with the reason the model could not load."""
-    if getattr(request.app.state, "lorapipe", None) is not None:
+    if loaded_state(request.app) is not None:
         return {"status": "ready"}
-    reason = getattr(request.app.state, "load_error", None)
+    reason = load_error(request.app)
     if reason:
         return a1111_error(503, reason, error="ModelNotLoaded")
     return a1111_error(503, "the base model is still loading", error="ModelLoading")
@@ -174,11 +175,11 @@ async def ping(request: Request):
 
 @router.post("/invocations")
 async def invocations(request: Request):
-    state = getattr(request.app.state, "lorapipe", None)
+    state = loaded_state(request.app)
     if state is None:
         raise ApiError(
             503,
-            getattr(request.app.state, "load_error", None) or "the base model is still loading",
+            load_error(request.app) or "the base model is still loading",
             error="ModelNotLoaded",
         )
     body, kind = _parse_body(await request.body())

@@ -21,6 +21,7 @@ from lorapipe.generate.generator import GenerationRequest, GenerationResult
 from lorapipe.generate.infotext import png_bytes
 from lorapipe.generate.samplers import SamplerNotFound
 from lorapipe.server.api_errors import ApiError
+from lorapipe.server.deps import serving_state
 from lorapipe.server.images import decode_image, encode_png
 from lorapipe.server.jobs import Job, QueueClosed, QueueFull, new_task_id
 from lorapipe.server.schemas import Img2ImgBody, Txt2ImgBody
@@ -28,10 +29,6 @@ from lorapipe.server.state import ServerState
 
 router = APIRouter()
 _DISCONNECT_POLL_S = 0.1
-
-
-def _state(request: Request) -> ServerState:
-    return request.app.state.lorapipe
 
 
 @router.post("/sdapi/v1/txt2img")
@@ -45,7 +42,7 @@ async def img2img(body: Img2ImgBody, request: Request):
 
 
 async def _generate(body: Txt2ImgBody, request: Request, *, kind: str):
-    problems = body.check_limits(_state(request).settings.limits)
+    problems = body.check_limits(serving_state(request).settings.limits)
     if problems:
         return JSONResponse({"detail": problems}, status_code=422)
     return a1111_response(body, await run_generation(body, request, kind=kind), kind=kind)
@@ -54,7 +51,7 @@ async def _generate(body: Txt2ImgBody, request: Request, *, kind: str):
 async def run_generation(body: Txt2ImgBody, request: Request, *, kind: str) -> GenerationResult:
     """Queue one request (already within the limits) and await its images; the A1111 routes and SageMaker
     hosting's /invocations both go through here."""
-    state = _state(request)
+    state = serving_state(request)
     generation = _to_generation_request(body, state)
     task_id = body.force_task_id or new_task_id(kind)
     control = JobControl(deadline=time.monotonic() + state.settings.request_timeout_s)
@@ -189,7 +186,7 @@ def _job_for(state: ServerState, id_task: str | None) -> Job | None:
 @router.get("/sdapi/v1/progress")
 async def progress(request: Request, skip_current_image: bool = False, id_task: str | None = None):
     """A1111 progress of the running job, or of `id_task` (a lorapipe extension: per-job progress)."""
-    state = _state(request)
+    state = serving_state(request)
     job = _job_for(state, id_task)
     pending = state.jobs.pending_count()
     if job is None:
@@ -213,7 +210,7 @@ async def progress(request: Request, skip_current_image: bool = False, id_task: 
 @router.post("/sdapi/v1/interrupt")
 async def interrupt(request: Request, id_task: str | None = None):
     """Stop sampling the running job (or `id_task`); it returns the images decoded so far."""
-    job = _job_for(_state(request), id_task)
+    job = _job_for(serving_state(request), id_task)
     if job is not None:
         job.control.interrupt()
     return {}
@@ -221,7 +218,7 @@ async def interrupt(request: Request, id_task: str | None = None):
 
 @router.post("/sdapi/v1/skip")
 async def skip(request: Request, id_task: str | None = None):
-    job = _job_for(_state(request), id_task)
+    job = _job_for(serving_state(request), id_task)
     if job is not None:
         job.control.skip()
     return None
@@ -237,7 +234,7 @@ class InternalProgressBody(BaseModel):
 @router.post("/internal/progress")
 async def internal_progress(body: InternalProgressBody, request: Request):
     """A1111's per-task progress (the route its own web page polls)."""
-    where, job = _state(request).jobs.find(body.id_task)
+    where, job = serving_state(request).jobs.find(body.id_task)
     fraction, eta, text = 0.0, None, None
     if where == "active" and job is not None:
         snap = job.control.snapshot()

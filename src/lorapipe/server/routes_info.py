@@ -15,22 +15,19 @@ from lorapipe.generate.hires import latent_mode_listing, upscaler_listing
 from lorapipe.generate.infotext import parse_infotext, read_infotext
 from lorapipe.generate.samplers import sampler_listing, schedule_listing
 from lorapipe.server.api_errors import ApiError
+from lorapipe.server.deps import serving_state
 from lorapipe.server.images import decode_image
 from lorapipe.server.schemas import PngInfoBody
-from lorapipe.server.state import SETTABLE_OPTIONS, ServerState
+from lorapipe.server.state import SETTABLE_OPTIONS
 
 router = APIRouter()
 # A1111 lists these metadata keys first (extensions-builtin/Lora/network.py).
 _METADATA_FIRST = ("ss_sd_model_name", "ss_resolution", "ss_clip_skip", "ss_num_train_images", "ss_tag_frequency")
 
 
-def _state(request: Request) -> ServerState:
-    return request.app.state.lorapipe
-
-
 @router.get("/sdapi/v1/options")
 async def get_options(request: Request):
-    state = _state(request)
+    state = serving_state(request)
     model = state.generator.model
     with state.options_lock:
         stored = dict(state.options)
@@ -41,7 +38,7 @@ async def get_options(request: Request):
 @router.post("/sdapi/v1/options")
 async def set_options(request: Request):
     """Accept the model checkpoint (only the loaded one exists) and a small safe subset; ignore the rest."""
-    state = _state(request)
+    state = serving_state(request)
     try:
         values = json.loads(await request.body() or b"{}")
     except json.JSONDecodeError:
@@ -64,7 +61,7 @@ async def set_options(request: Request):
 
 @router.get("/sdapi/v1/sd-models")
 async def sd_models(request: Request):
-    model = _state(request).generator.model
+    model = serving_state(request).generator.model
     return [{"title": model.title, "model_name": model.name, "hash": model.short_hash, "sha256": model.sha256,
              "filename": model.filename, "config": None}]
 
@@ -87,7 +84,7 @@ async def schedulers():
 @router.get("/sdapi/v1/loras")
 async def loras(request: Request):
     """A1111's list: name (stem), alias (ss_output_name), path (relative to --lora-dir), metadata."""
-    registry = _state(request).generator.registry
+    registry = serving_state(request).generator.registry
     root = registry.root
     return [{"name": e.name, "alias": e.alias,
              "path": os.path.relpath(e.path, root) if root else e.path.name,
@@ -97,7 +94,7 @@ async def loras(request: Request):
 
 @router.post("/sdapi/v1/refresh-loras")
 async def refresh_loras(request: Request):
-    _state(request).generator.registry.refresh()
+    serving_state(request).generator.registry.refresh()
     return None
 
 
@@ -105,7 +102,7 @@ async def refresh_loras(request: Request):
 async def png_info(body: PngInfoBody, request: Request):
     if not body.image:
         raise ApiError(404, "Image not found")
-    image = decode_image(body.image, max_pixels=_state(request).settings.limits.max_pixels, field="image")
+    image = decode_image(body.image, max_pixels=serving_state(request).settings.limits.max_pixels, field="image")
     text, items = read_infotext(image)
     return {"info": text or "", "items": items, "parameters": parse_infotext(text) if text else {}}
 

@@ -12,6 +12,8 @@ import threading
 
 import uvicorn
 
+from lorapipe.server.deps import loaded_state
+
 GRACEFUL_SHUTDOWN_S = 10  # after the jobs are cancelled, the longest uvicorn waits for responses to go out
 
 
@@ -19,7 +21,7 @@ class PromptShutdownServer(uvicorn.Server):
     """uvicorn's Server that closes the app's job queue as soon as a stop signal arrives."""
 
     def handle_exit(self, sig, frame) -> None:
-        state = getattr(self.config.app.state, "lorapipe", None)
+        state = loaded_state(self.config.app)
         if state is not None:
             # A signal handler runs on the main thread between two bytecodes, possibly while that thread holds
             # the queue's lock (submitting a job); closing from another thread cannot deadlock on it.
