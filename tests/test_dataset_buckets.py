@@ -15,7 +15,7 @@ from lorapipe.dataset.scan import scan_dataset
 
 
 def test_bucket_list_matches_sd_scripts_counts():
-    # Counts re-computed from sd-scripts' make_bucket_resolutions (kohya-compat notes §3.2).
+    # Counts re-computed from sd-scripts' make_bucket_resolutions (library/model_util.py).
     assert len(make_bucket_resolutions((1024, 1024), 256, 1024, 64)) == 25
     gui = make_bucket_resolutions((1024, 1024), 256, 2048, 64)
     assert len(gui) == 41 and (832, 1216) in gui and (1216, 832) in gui

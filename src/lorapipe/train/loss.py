@@ -1,4 +1,5 @@
-"""The training loss as sd-scripts computes it (kohya-compat.md §4.5): element loss, per-sample weights, SNR terms."""
+"""The training loss as sd-scripts computes it (library/custom_train_functions.py): element loss, per-sample
+weights, SNR terms."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""sd-scripts' file and folder names and its save / prune cadence (kohya-compat.md §8.1, §7.4)."""
+"""sd-scripts' file and folder names and its save / prune cadence (sd-scripts library/train_util.py)."""
 
 from __future__ import annotations
 

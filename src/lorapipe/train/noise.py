@@ -1,4 +1,4 @@
-"""Noise, timesteps and noisy latents exactly as sd-scripts builds them (kohya-compat.md §4.1-4.3).
+"""Noise, timesteps and noisy latents exactly as sd-scripts builds them (sd-scripts library/train_util.py).
 
 Every random draw takes an explicit `torch.Generator`, so a step's randomness is a pure function of its seed and
 a resumed run draws the same noise as an uninterrupted one.

@@ -1,4 +1,4 @@
-"""Preview images during training (kohya-compat.md §7): the training models with the LoRA active, Kohya's
+"""Preview images during training (sd-scripts sample_images): the training models with the LoRA active, Kohya's
 sampler names, files under `output_dir/sample/` named as sd-scripts names them."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SDXL caption encoding for training, as sd-scripts does it (kohya-compat.md §3.7).
+"""SDXL caption encoding for training, as sd-scripts does it (library/strategy_sdxl.py).
 
 Context = TE1 hidden state 11 (penultimate) ++ TE2 penultimate hidden state along channels; pooled = TE2's
 projected final state at the first EOS. With max_token_length 150/225 captions are cut into 75-token chunks
