@@ -20,6 +20,8 @@ from lorapipe.config.model import LoadedConfig, TrainConfig, kohya_fields
 from lorapipe.config.network_args import parse_network_args, parse_optimizer_args
 from lorapipe.config.read import SET_SOURCE, parse_overrides, read_training_toml
 from lorapipe.config.values import ValueProblem, coerce, is_off
+from lorapipe.dataset.blueprint import DATASET_KEYS
+from lorapipe.dataset.build import blueprint_from_args
 from lorapipe.errors import ConfigError, DatasetError
 from lorapipe.file_names import DATASET_CONFIG_NAME
 
@@ -349,9 +351,6 @@ class _Builder:
 
     # -- dataset
     def _dataset(self, values: Mapping[str, Any]) -> Any:
-        from lorapipe.dataset.blueprint import DATASET_KEYS
-        from lorapipe.dataset.build import blueprint_from_args
-
         args = {key: value for key, value in values.items() if key in DATASET_KEYS}
         for key in ("train_data_dir", "reg_data_dir", "dataset_config"):
             value = args.get(key)

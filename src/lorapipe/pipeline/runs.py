@@ -16,6 +16,7 @@ from lorapipe.errors import PipelineError
 from lorapipe.pipeline.backend import BACKENDS
 from lorapipe.pipeline.records import RunRecord, RunStore, new_run_id
 from lorapipe.pipeline.request import PipelineHome, RunRequest
+from lorapipe.pipeline.runlog import RunLog
 
 # How long after a cancel a still-living worker is believed to be that run's (the trainer's stop grace and then some).
 WIND_DOWN_S = 300.0
@@ -80,8 +81,6 @@ def cancel_run(home: PipelineHome, run_id: str) -> RunRecord:
 
 def _stop_orphaned_job(record: RunRecord) -> None:
     """The worker is gone (killed, machine rebooted) but its remote job may still be billing: stop it here."""
-    from lorapipe.pipeline.runlog import RunLog
-
     line = BACKENDS[record.backend].from_request(RunRequest.from_json(record.request)).stop_run(record.id)
     log = RunLog(Path(record.run_dir) / "run.log")
     try:

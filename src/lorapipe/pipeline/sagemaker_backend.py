@@ -7,12 +7,13 @@ log; SIGTERM of the worker becomes StopTrainingJob, see ``stop``)
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tarfile
 from pathlib import Path
 
 from lorapipe.container_contract import CONFIG_CHANNEL, TRAIN_CHANNEL, normalise_s3_prefix
-from lorapipe.errors import PipelineError
+from lorapipe.errors import PipelineError, StoreError
 from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.backend import TrainJob
 from lorapipe.pipeline.request import RunRequest
@@ -174,10 +175,7 @@ class SageMakerBackend:
     def _stage_config(self, job: TrainJob, log: RunLog) -> str | None:
         """Upload an explicit --config TOML to `<output>/configs/<sha12>/` and return that prefix; None when the
         config is the dataset's own kohya-sdxl-config.toml (it travels in the dataset channel)."""
-        import hashlib
-
-        from lorapipe.errors import StoreError
-        from lorapipe.store import open_store
+        from lorapipe.store import open_store  # fsspec/s3fs on first use
 
         shipped = Path(job.dataset_dir) / DATASET_CONFIG_NAME
         if job.config is None or Path(job.config).resolve() == shipped.resolve():

@@ -9,6 +9,7 @@ progress-line metrics. Written as the definition JSON itself, so no SageMaker SD
 from __future__ import annotations
 
 from lorapipe.container_contract import TRAIN_CHANNEL
+from lorapipe.errors import PipelineError
 from lorapipe.pipeline.sagemaker_backend import CHECKPOINT_LOCAL_PATH, METRIC_DEFINITIONS
 
 DEFINITION_VERSION = "2020-12-01"
@@ -94,8 +95,6 @@ def upsert_pipeline(name: str, role_arn: str, *, pipeline_role_arn: str | None =
     import json
 
     import boto3
-
-    from lorapipe.errors import PipelineError
 
     client = boto3.session.Session(region_name=region).client("sagemaker", endpoint_url=endpoint_url)
     body = json.dumps(pipeline_definition(role_arn=role_arn))
