@@ -26,6 +26,8 @@ _EXTENSION_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "
 MAX_PIXELS = 178_956_970
 ALPHA_BACKGROUND = (255, 255, 255)
 _EXIF_ORIENTATION_TAG = 0x0112
+_TOO_LARGE = "image is too large (decompression bomb guard); resize it below 100 Mpx"
+_UNREADABLE = "not a readable image (corrupt, or another format with an image extension)"
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # orientations that swap width and height
 
 
@@ -91,11 +93,9 @@ def read_image_header(path: Path) -> ImageHeader:
                     orientation = int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
                 mode = image.mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DatasetError(f"{path}: image is too large (decompression bomb guard); resize it below 100 Mpx") from None
+        raise DatasetError(f"{path}: {_TOO_LARGE}") from None
     except UnidentifiedImageError:
-        raise DatasetError(
-            f"{path}: not a readable image (corrupt, or another format with an image extension)"
-        ) from None
+        raise DatasetError(f"{path}: {_UNREADABLE}") from None
     except OSError as exc:
         if "truncated" in str(exc).lower():
             raise DatasetError(f"{path}: file is truncated (incomplete download or copy); replace it") from None
@@ -187,10 +187,8 @@ def _decoding(path: Path) -> Iterator[Image.Image]:
             with Image.open(path) as image:
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DatasetError(f"{path}: image is too large (decompression bomb guard); resize it below 100 Mpx") from None
+        raise DatasetError(f"{path}: {_TOO_LARGE}") from None
     except UnidentifiedImageError:
-        raise DatasetError(
-            f"{path}: not a readable image (corrupt, or another format with an image extension)"
-        ) from None
+        raise DatasetError(f"{path}: {_UNREADABLE}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: image cannot be decoded ({exc}); re-export or remove it") from None
