@@ -112,16 +112,16 @@ def mark_lost_runs(home: PipelineHome) -> None:
             records.finish_run(record.id, "failed", f"worker process {record.pid} ended without finishing the run")
 
 
-def training_runs(home: PipelineHome, *, backend: str = "local") -> list[RunRecord]:
-    """Runs of `backend` that hold (or are about to hold) this machine's accelerator: unfinished ones, and
-    cancelled ones whose worker is still winding down (its trainer saving state). A run whose worker died is
-    marked failed on the way, so it never blocks the device."""
+def training_runs(home: PipelineHome) -> list[RunRecord]:
+    """Runs that hold (or are about to hold) this machine's accelerator (a backend that is not remote): unfinished
+    ones, and cancelled ones whose worker is still winding down (its trainer saving state). A run whose worker died
+    is marked failed on the way, so it never blocks the device."""
     if not home.database.is_file():
         return []
     mark_lost_runs(home)
     recent = time.time() - WIND_DOWN_S  # an old pid may belong to another process by now
     return [r for r in RunStore(home.database).list_runs(limit=200)
-            if r.backend == backend and (not r.finished or (r.status == "cancelled" and r.updated > recent
+            if not BACKENDS[r.backend].remote and (not r.finished or (r.status == "cancelled" and r.updated > recent
                                                             and r.pid and _alive(r.pid)))]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lorapipe.errors import PipelineError
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
+from lorapipe.pipeline.backend import BACKENDS
 from lorapipe.pipeline.progress import ProgressReader, list_checkpoints, list_samples
 from lorapipe.pipeline.records import RunRecord, RunStore
 from lorapipe.pipeline.request import PipelineHome, RunRequest
@@ -79,7 +80,7 @@ class StudioRuns:
                                           lora_dir=self.lora_dir, lora_name=lora_name,
                                           base_model=self.template.base_model or self.base_model)
         with self._start_lock:
-            if request.backend == "local":
+            if not BACKENDS[request.backend].remote:  # it trains on this machine's accelerator
                 self._refuse_when_busy()
             record = create_run(request, self.home)
             start_detached(self.home, record.id)
@@ -88,7 +89,7 @@ class StudioRuns:
 
     def resume(self, run_id: str) -> RunRecord:
         with self._start_lock:
-            if self.get(run_id).backend == "local":
+            if not BACKENDS[self.get(run_id).backend].remote:
                 self._refuse_when_busy()
             record = resume_run(self.home, self.get(run_id).id)
             start_detached(self.home, record.id)
