@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.server.api_errors import ApiError
+from lorapipe.server.deps import Studio
 from lorapipe.server.studio_config import TrainSettings, apply_settings, preset_choices
 from lorapipe.server.studio_datasets import PREPARED
-from lorapipe.server.studio_state import Studio, call_in_thread
+from lorapipe.server.studio_state import call_in_thread
 
 router = APIRouter(prefix="/studio/api/datasets", tags=["studio: datasets"])
 presets_router = APIRouter()

@@ -15,8 +15,9 @@ from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.publish import check_publish_name
 from lorapipe.pipeline.records import FINISHED
 from lorapipe.server.api_errors import ApiError
+from lorapipe.server.deps import Studio
 from lorapipe.server.studio_config import TrainSettings, apply_settings
-from lorapipe.server.studio_state import Studio, StudioState, call, call_in_thread
+from lorapipe.server.studio_state import StudioState, call, call_in_thread
 
 router = APIRouter(prefix="/studio/api/runs", tags=["studio: training runs"])
 EVENT_INTERVAL_S = 0.5

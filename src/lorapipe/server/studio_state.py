@@ -10,9 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
-
-from fastapi import Depends, Request
+from typing import TypeVar
 
 from lorapipe.config.load import ConfigProblems
 from lorapipe.errors import ConfigError, DatasetError, LorapipeError, PipelineError, StoreError
@@ -66,16 +64,6 @@ def _model_source(generator) -> str | None:
     """The base model the generator loaded (a test app gets a ready generator and no --base-model)."""
     location = getattr(getattr(generator, "model", None), "location", None)
     return str(location) if location else None
-
-
-def studio(request: Request) -> StudioState:
-    state = getattr(request.app.state, "studio", None)
-    if state is None:  # a server loading in the background (SageMaker hosting) has no studio
-        raise ApiError(503, "studio: not available while the model loads or on a hosting endpoint")
-    return state
-
-
-Studio = Annotated[StudioState, Depends(studio)]  # what a studio route declares to get the shared state
 
 
 def as_api_error(exc: LorapipeError) -> ApiError:
