@@ -58,16 +58,19 @@ def store_base_in_fp8(models: dict, parts: tuple[str, ...], compute_dtype: torch
     after the LoRA layers are attached, so their weights are recognised and left alone. Returns the layer count."""
     stored = 0
     for part in parts:
-        for name, module in list(models[part].named_modules()):
-            if not isinstance(module, _STORED_LAYERS) or any(skip in name for skip in _SKIPPED):
-                continue
-            if parametrize.is_parametrized(module, "weight") or module.weight.requires_grad:
-                continue
+        for module in fp8_stored_layers(models[part]):
             module.weight = torch.nn.Parameter(module.weight.detach().to(FP8_STORAGE), requires_grad=False)
             # unsafe: the layer reads another dtype than the one stored (that is the point)
             parametrize.register_parametrization(module, "weight", _ComputedIn(compute_dtype), unsafe=True)
             stored += 1
     return stored
+
+
+def fp8_stored_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The frozen layers of `model` whose weights fp8 storage takes (also what the memory estimates count)."""
+    return [module for name, module in model.named_modules()
+            if isinstance(module, _STORED_LAYERS) and not any(skip in name for skip in _SKIPPED)
+            and not parametrize.is_parametrized(module, "weight") and not module.weight.requires_grad]
 
 
 def stored_bytes(module: torch.nn.Module) -> int:
