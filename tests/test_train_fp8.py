@@ -12,8 +12,15 @@ from lorapipe.train.run import run_training
 from tests.train_fixtures import one_thread  # noqa: F401 (autouse fixture)
 
 # bf16 with cached latents and text-encoder outputs; gradient checkpointing exercises the recompute with fp8.
-COMMON = ("mixed_precision=bf16", "max_train_steps=4", "save_every_n_epochs=0", "cache_latents=true",
-          "cache_text_encoder_outputs=true", "network_train_unet_only=true", "gradient_checkpointing=true")
+COMMON = (
+    "mixed_precision=bf16",
+    "max_train_steps=4",
+    "save_every_n_epochs=0",
+    "cache_latents=true",
+    "cache_text_encoder_outputs=true",
+    "network_train_unet_only=true",
+    "gradient_checkpointing=true",
+)
 # Measured: the fp8 curve stays within 1% of bf16 per step on the tiny model; 2% leaves room for other CPUs.
 RELATIVE_TOLERANCE = 0.02
 
@@ -36,12 +43,14 @@ def test_fp8_storage_halves_the_frozen_weights_and_leaves_the_lora_alone(tiny_mo
     unet, te1, te2 = pipe.unet, pipe.text_encoder, pipe.text_encoder_2
     for model in (unet, te1, te2):
         model.requires_grad_(False)
-    network = attach_kohya_lora(unet, te1, te2, network_dim=4, network_alpha=1.0, train_unet=True,
-                                train_text_encoder=False, seed=0)
+    network = attach_kohya_lora(
+        unet, te1, te2, network_dim=4, network_alpha=1.0, train_unet=True, train_text_encoder=False, seed=0
+    )
     lora = {id(p) for p in network.lora_parameters()}
     frozen_before = sum(p.numel() * p.element_size() for p in unet.parameters() if id(p) not in lora)
-    layers = store_base_in_fp8({"unet": unet, "text_encoder": te1, "text_encoder_2": te2}, fp8_parts(False, True),
-                               torch.bfloat16)
+    layers = store_base_in_fp8(
+        {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}, fp8_parts(False, True), torch.bfloat16
+    )
     assert layers > 0
     frozen_after = stored_bytes(unet) - sum(p.numel() * p.element_size() for p in network.lora_parameters())
     assert frozen_after <= 0.55 * frozen_before  # norms and conv_in stay bf16: a little over half
@@ -49,10 +58,15 @@ def test_fp8_storage_halves_the_frozen_weights_and_leaves_the_lora_alone(tiny_mo
     assert all(p.dtype != FP8_STORAGE for p in te1.parameters())  # fp8_base_unet: text encoders untouched
     sample = torch.randn(1, 4, 8, 8, dtype=torch.bfloat16)
     with torch.no_grad():  # the layers still compute in bf16
-        out = unet(sample, torch.tensor([10]), torch.randn(1, 77, unet.config.cross_attention_dim,
-                                                          dtype=torch.bfloat16),
-                   added_cond_kwargs={"text_embeds": torch.randn(1, te2.config.projection_dim, dtype=torch.bfloat16),
-                                      "time_ids": torch.zeros(1, 6, dtype=torch.bfloat16)}).sample
+        out = unet(
+            sample,
+            torch.tensor([10]),
+            torch.randn(1, 77, unet.config.cross_attention_dim, dtype=torch.bfloat16),
+            added_cond_kwargs={
+                "text_embeds": torch.randn(1, te2.config.projection_dim, dtype=torch.bfloat16),
+                "time_ids": torch.zeros(1, 6, dtype=torch.bfloat16),
+            },
+        ).sample
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
@@ -64,5 +78,10 @@ def test_fp8_parts_follow_sd_scripts():
 
 def test_fp8_base_needs_mixed_precision(tiny_model_dir, sample_dataset_dir, tmp_path):
     with pytest.raises(ConfigError, match="fp8_base needs mixed_precision"):
-        run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "o",
-                     overrides=("mixed_precision=no", "fp8_base=true", "max_train_steps=1"), show_progress=False)
+        run_training(
+            sample_dataset_dir,
+            base_model=str(tiny_model_dir),
+            output_dir=tmp_path / "o",
+            overrides=("mixed_precision=no", "fp8_base=true", "max_train_steps=1"),
+            show_progress=False,
+        )

@@ -68,9 +68,14 @@ def store_base_in_fp8(models: dict, parts: tuple[str, ...], compute_dtype: torch
 
 def fp8_stored_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The frozen layers of `model` whose weights fp8 storage takes (also what the memory estimates count)."""
-    return [module for name, module in model.named_modules()
-            if isinstance(module, _STORED_LAYERS) and not any(skip in name for skip in _SKIPPED)
-            and not parametrize.is_parametrized(module, "weight") and not module.weight.requires_grad]
+    return [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, _STORED_LAYERS)
+        and not any(skip in name for skip in _SKIPPED)
+        and not parametrize.is_parametrized(module, "weight")
+        and not module.weight.requires_grad
+    ]
 
 
 def stored_bytes(module: torch.nn.Module) -> int:

@@ -49,17 +49,21 @@ def estimate_savings(network_dim: int = 32) -> dict:
     unet_fp8 = fp8_bytes("unet")
     options = {
         "gradient_checkpointing": _entry(None, NOT_MEASURED),
-        "optimizer_type = \"AdamW8bit\"": _entry(lora_params * (_ADAMW_STATE_BYTES - _ADAMW8BIT_STATE_BYTES),
-                                                 ESTIMATE),
+        'optimizer_type = "AdamW8bit"': _entry(lora_params * (_ADAMW_STATE_BYTES - _ADAMW8BIT_STATE_BYTES), ESTIMATE),
         "fp8_base_unet": _entry(unet_fp8, ESTIMATE),
         "fp8_base": _entry(unet_fp8 + fp8_bytes("text_encoder") + fp8_bytes("text_encoder_2"), ESTIMATE),
         "cache_latents": _entry(params_bytes("vae"), ESTIMATE + " (the VAE leaves the GPU after caching)"),
-        "cache_text_encoder_outputs": _entry(params_bytes("text_encoder") + params_bytes("text_encoder_2"),
-                                             ESTIMATE + " (the text encoders leave the GPU after caching)"),
+        "cache_text_encoder_outputs": _entry(
+            params_bytes("text_encoder") + params_bytes("text_encoder_2"),
+            ESTIMATE + " (the text encoders leave the GPU after caching)",
+        ),
         "train_batch_size = 1": _entry(None, NOT_MEASURED),
     }
-    return {"reference": f"SDXL 1.0 architecture, 1024x1024, batch 1, U-Net LoRA network_dim {network_dim}, bf16",
-            "measured_on": None, "options": options}
+    return {
+        "reference": f"SDXL 1.0 architecture, 1024x1024, batch 1, U-Net LoRA network_dim {network_dim}, bf16",
+        "measured_on": None,
+        "options": options,
+    }
 
 
 def _entry(saved: int | None, source: str) -> dict:
