@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from lorapipe.errors import ConfigError
 from lorapipe.train.fp8 import FP8_STORAGE, fp8_parts, store_base_in_fp8, stored_bytes
@@ -33,6 +34,8 @@ def test_fp8_base_follows_the_bf16_loss_curve(tiny_model_dir, sample_dataset_dir
     for ours, reference in zip(fp8.losses, bf16.losses):
         assert abs(ours - reference) <= RELATIVE_TOLERANCE * reference
     assert fp8.losses != bf16.losses  # the weights really were rounded to fp8
+    with safe_open(str(fp8.lora_path), "pt") as f:
+        assert f.metadata()["ss_fp8_base"] == "True"  # as sd-scripts records it
 
 
 def test_fp8_storage_halves_the_frozen_weights_and_leaves_the_lora_alone(tiny_model_dir):

@@ -54,13 +54,13 @@ STEPS = {
     "train-fast": ("train", ("gradient_checkpointing=false", "optimizer_type=AdamW"), False, 70),
     "train-checkpointing": ("train", ("gradient_checkpointing=true", "optimizer_type=AdamW"), False, 70),
     "train-low-memory": ("train", LOW_MEMORY, False, 70),
-    "train-fp8": ("train", LOW_MEMORY + ("fp8_base=true",), False, 70),
+    "train-fp8": ("train", LOW_MEMORY + ("fp8_base=true",), False, 90),  # built on the CPU, then fp8 to the GPU
     "train-diffusers": ("train-baseline", (), False, 60),
     "generate": ("generate", (), False, 60),
     "generate-diffusers": ("generate-baseline", (), False, 60),
+    "generate-compiled": ("generate", (), True, 150),
     "train-fast-compiled": ("train", ("gradient_checkpointing=false", "optimizer_type=AdamW"), True, 120),
-    "generate-compiled": ("generate", (), True, 120),
-    "generate-diffusers-compiled": ("generate-baseline", (), True, 120),
+    "generate-diffusers-compiled": ("generate-baseline", (), True, 150),
 }
 
 

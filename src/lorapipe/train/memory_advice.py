@@ -20,9 +20,11 @@ def out_of_memory_error(cfg, where: str) -> TrainingError:
         add("gradient_checkpointing = true", "gradient_checkpointing")
     if (cfg.optimizer_type or "AdamW").lower() in ("adamw", "lion", "prodigy"):
         add("optimizer_type = \"AdamW8bit\"")
-    if not cfg.fp8_base and (cfg.mixed_precision or "no") != "no":
+    if not cfg.fp8_base and not cfg.fp8_base_unet and (cfg.mixed_precision or "no") != "no":
         # With cached text-encoder outputs the encoders are off the GPU, so only the U-Net's share counts.
         add("fp8_base = true", "fp8_base_unet" if cfg.cache_text_encoder_outputs else "fp8_base")
+    elif cfg.fp8_base_unet and not cfg.cache_text_encoder_outputs:
+        add("fp8_base = true (the text encoders too)")
     if not cfg.cache_latents:
         add("cache_latents = true (or cache_latents_to_disk)", "cache_latents")
     if not cfg.cache_text_encoder_outputs:
