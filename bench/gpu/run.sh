@@ -21,6 +21,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DIFFUSERS_VERB
 
 if [ -z "$dry" ]; then
   site="$(mktemp -d /tmp/lorapipe-site.XXXXXX)"
+  trap 'rm -rf "$site"' EXIT
   shopt -s nullglob
   wheels=("$root"/bench/gpu/wheels/*.whl)
   if [ ${#wheels[@]} -eq 0 ]; then
@@ -38,8 +39,13 @@ if [ -z "$dry" ]; then
     echo "note: pip could not build lorapipe here; using $root/src directly" | tee -a "$log"
     export PYTHONPATH="$site:$root/src"
   fi
-  "$py" -c "import lorapipe, diffusers, bitsandbytes, torch; print('lorapipe', lorapipe.__file__, '| diffusers',
-diffusers.__version__, '| bitsandbytes', bitsandbytes.__version__, '| torch', torch.__version__)" 2>&1 | tee -a "$log"
+  "$py" - <<'PY' 2>&1 | tee -a "$log"
+import importlib.metadata as md
+import lorapipe
+print("lorapipe from", lorapipe.__file__)
+print(", ".join(f"{n} {md.version(n)}" for n in ("torch", "transformers", "peft", "accelerate", "safetensors",
+                                                  "huggingface-hub", "diffusers", "bitsandbytes")))
+PY
 else
   export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
