@@ -3,10 +3,10 @@ computed in the training dtype (bf16/fp16) one layer at a time.
 
 sd-scripts casts the whole U-Net (and with `fp8_base` alone, the text encoders) to float8_e4m3fn and relies on
 autocast to upcast each weight inside its op. We do the same cast explicitly with a torch parametrization on every
-frozen Linear/Conv2d weight: the parameter is stored in fp8 and each forward reads a fresh bf16 copy of
-it, so only the layer being computed is held at full width. Two differences from sd-scripts, both for precision
-only: normalisation layers and the U-Net's first convolution stay in the compute dtype (they are tiny), and peft's LoRA layers (`lora_A`/`lora_B`)
-are never touched, so the trained weights do not pass through fp8.
+frozen Linear/Conv2d weight: the parameter is stored in fp8 and each forward reads a fresh bf16 copy of it, so
+only the layer being computed is held at full width. Two differences from sd-scripts, both for precision only:
+normalisation layers and the U-Net's first convolution stay in the compute dtype (they are tiny), and the LoRA's
+own weights are never stored in fp8 (the network attaches after this, around the parametrized layers).
 
 Why not diffusers' `enable_layerwise_casting` (the library's inference tool for the same storage): its hooks
 recast the module's parameters in place after each forward, and gradient checkpointing then finds the weights it
@@ -54,8 +54,9 @@ class _ComputedIn(torch.nn.Module):
 
 def store_base_in_fp8(models: dict, parts: tuple[str, ...], compute_dtype: torch.dtype) -> int:
     """Store the frozen Linear/Conv2d weights of `parts` of `models` ({"unet": ..., "text_encoder": ...})
-    in fp8, computed in `compute_dtype` (bf16/fp16: config/checks.py refuses fp8 without mixed precision). Call
-    after the LoRA layers are attached, so their weights are recognised and left alone. Returns the layer count."""
+    in fp8, computed in `compute_dtype` (bf16/fp16: config/checks.py refuses fp8 without mixed precision).
+    Called before the LoRA network attaches (peft and LyCORIS wrap the parametrized layers and read their weight in
+    `compute_dtype`); layers that train are left alone. Returns the number of layers stored."""
     stored = 0
     for part in parts:
         for module in fp8_stored_layers(models[part]):

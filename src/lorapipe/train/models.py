@@ -146,6 +146,10 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
         model.requires_grad_(False)
     for name, model in parts.items():
         model.to(device=None if name in fp8 else device, dtype=weight_dtype)
+    if fp8:  # before the network attaches, so LoRA/LyCORIS modules are made on the device like everything else
+        store_base_in_fp8(parts, fp8, weight_dtype)
+        for name in fp8:
+            parts[name].to(device)
     vae.to(device, vae_dtype)
     vae.eval()
     weights = _network_weights(cfg)
@@ -156,10 +160,6 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
             print(f"warning: network_weights {cfg.network_weights}: {report.loaded} modules loaded, "
                   f"{len(report.missing)} left at their initial values, {len(report.unexpected)} keys unused",
                   file=sys.stderr)
-    if fp8:
-        store_base_in_fp8(parts, fp8, weight_dtype)  # after the LoRA layers exist, so they stay out of it
-        for name in fp8:
-            parts[name].to(device)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if train_te:
