@@ -72,6 +72,46 @@ def test_fp8_storage_halves_the_frozen_weights_and_leaves_the_lora_alone(tiny_mo
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
+def _extra_bytes_kept_for_backward(fp8: bool) -> int:
+    """Bytes autograd keeps for the backward of one U-Net forward, beyond the parameters themselves."""
+    from lorapipe.lora.network import attach_kohya_lora
+    from lorapipe.sdxl.load import load_sdxl_pipeline
+
+    pipe = load_sdxl_pipeline("random:tiny", random_dtype=torch.bfloat16)
+    unet = pipe.unet.requires_grad_(False)
+    if fp8:
+        store_base_in_fp8({"unet": unet}, ("unet",), torch.bfloat16)
+    attach_kohya_lora(
+        unet, None, None, network_dim=4, network_alpha=1.0, train_unet=True, train_text_encoder=False, seed=0
+    )
+    params = {p.untyped_storage().data_ptr() for p in unet.parameters()}
+    kept = []
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in params:
+            kept.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    bf16 = torch.bfloat16
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=bf16):
+        unet(
+            torch.randn(1, 4, 32, 32, dtype=bf16),
+            torch.tensor([500]),
+            torch.randn(1, 77, unet.config.cross_attention_dim, dtype=bf16),
+            added_cond_kwargs={
+                "text_embeds": torch.randn(1, pipe.text_encoder_2.config.projection_dim, dtype=bf16),
+                "time_ids": torch.zeros(1, 6, dtype=bf16),
+            },
+        )
+    return sum(kept)
+
+
+def test_fp8_keeps_no_bf16_weight_copies_for_the_backward():
+    """Without gradient checkpointing too: what the backward keeps is the activations, as in bf16, not a bf16 copy
+    of every layer (what autocasting an fp8 weight would keep)."""
+    assert _extra_bytes_kept_for_backward(fp8=True) <= 1.01 * _extra_bytes_kept_for_backward(fp8=False)
+
+
 def test_fp8_parts_follow_sd_scripts():
     assert fp8_parts(True, False) == ("unet", "text_encoder", "text_encoder_2")
     assert fp8_parts(False, True) == fp8_parts(True, True) == ("unet",)

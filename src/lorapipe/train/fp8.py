@@ -8,12 +8,13 @@ only the layer being computed is held at full width. Two differences from sd-scr
 normalisation layers and the U-Net's first convolution stay in the compute dtype (they are tiny), and the LoRA's
 own weights are never stored in fp8 (the network attaches after this, around the parametrized layers).
 
-Why not diffusers' `enable_layerwise_casting` (the library's inference tool for the same storage): its hooks
-recast the module's parameters in place after each forward, and gradient checkpointing then finds the weights it
-saved changed to fp8 in its recompute (torch.utils.checkpoint refuses). A parametrization makes a new tensor per
-forward, which checkpointing recomputes identically. As with sd-scripts' autocast, the bf16 copy a layer computed
-with is kept for its backward unless gradient checkpointing frees it, so the memory saving is largest with
-gradient_checkpointing = true.
+The forward of each stored layer is a small autograd function that keeps the fp8 weight (already in memory) for
+its backward and re-reads it there, instead of the bf16 copy autocast would keep (in sd-scripts, and with a plain
+parametrization, every layer's bf16 copy stays alive until the backward pass unless gradient checkpointing frees
+it, so fp8 without checkpointing can cost more than bf16). Anyone reading `layer.weight` (peft, LyCORIS) gets it
+in the compute dtype through the parametrization. diffusers' `enable_layerwise_casting` is the library's tool for
+fp8 storage at inference; it recasts the parameters in place after each forward, which gradient checkpointing's
+recompute refuses, so training cannot use it.
 
 Which parts, as sd-scripts decides: `fp8_base` -> U-Net and both text encoders; `fp8_base_unet` -> the U-Net only
 (the text encoders stay in the training dtype).
@@ -21,7 +22,10 @@ Which parts, as sd-scripts decides: `fp8_base` -> U-Net and both text encoders; 
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 FP8_STORAGE = torch.float8_e4m3fn  # sd-scripts' fp8 format (4-bit exponent, 3-bit mantissa)
@@ -52,10 +56,55 @@ class _ComputedIn(torch.nn.Module):
         return stored.to(self.dtype)
 
 
+class _Fp8Linear(torch.autograd.Function):
+    """x W^T + b with W read from fp8 storage; the backward re-reads W instead of keeping the bf16 copy."""
+
+    @staticmethod
+    def forward(ctx, x, stored, bias, dtype):
+        ctx.save_for_backward(stored)
+        ctx.dtype = dtype
+        return F.linear(x, stored.to(dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        (stored,) = ctx.saved_tensors
+        return grad.to(ctx.dtype) @ stored.to(ctx.dtype), None, None, None
+
+
+class _Fp8Conv2d(torch.autograd.Function):
+    """conv2d with the weight read from fp8 storage; the backward re-reads it (only the input's shape is kept)."""
+
+    @staticmethod
+    def forward(ctx, x, stored, bias, dtype, geometry):
+        ctx.save_for_backward(stored)
+        ctx.dtype, ctx.geometry, ctx.input_shape = dtype, geometry, x.shape
+        return F.conv2d(x, stored.to(dtype), bias, *geometry)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        (stored,) = ctx.saved_tensors
+        weight = stored.to(ctx.dtype)
+        grad_input = torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad.to(ctx.dtype), *ctx.geometry)
+        return grad_input, None, None, None, None
+
+
+def _linear_forward(module, x):
+    return _Fp8Linear.apply(x, module.parametrizations.weight.original, module.bias, module.compute_dtype)
+
+
+def _conv_forward(module, x):
+    geometry = (module.stride, module.padding, module.dilation, module.groups)
+    return _Fp8Conv2d.apply(x, module.parametrizations.weight.original, module.bias, module.compute_dtype, geometry)
+
+
 def store_base_in_fp8(models: dict, parts: tuple[str, ...], compute_dtype: torch.dtype) -> int:
     """Store the frozen Linear/Conv2d weights of `parts` of `models` ({"unet": ..., "text_encoder": ...})
     in fp8, computed in `compute_dtype` (bf16/fp16: config/checks.py refuses fp8 without mixed precision).
-    Called before the LoRA network attaches (peft and LyCORIS wrap the parametrized layers and read their weight in
+    Called before the LoRA network attaches (peft and LyCORIS wrap these layers; whoever reads `.weight` gets it in
     `compute_dtype`); layers that train are left alone. Returns the number of layers stored."""
     stored = 0
     for part in parts:
@@ -63,6 +112,11 @@ def store_base_in_fp8(models: dict, parts: tuple[str, ...], compute_dtype: torch
             module.weight = torch.nn.Parameter(module.weight.detach().to(FP8_STORAGE), requires_grad=False)
             # unsafe: the layer reads another dtype than the one stored (that is the point)
             parametrize.register_parametrization(module, "weight", _ComputedIn(compute_dtype), unsafe=True)
+            module.compute_dtype = compute_dtype
+            if isinstance(module, torch.nn.Linear):
+                module.forward = partial(_linear_forward, module)
+            elif module.padding_mode == "zeros" and not isinstance(module.padding, str):
+                module.forward = partial(_conv_forward, module)
             stored += 1
     return stored
 
