@@ -11,7 +11,7 @@ DEMO   ?= demo-out
 # pip from resolving a multi-GB CUDA build for diffusers' dependency on torch.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint install install-test system-test-deps bench clean
+.PHONY: demo test lint install install-test system-test-deps bench gpu-wheels gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,25 @@ CPU_BENCHES := dataset_check generate_vs_diffusers generate_lora_step server_ove
 	train_learning lora_save pipeline_overhead server_concurrency train_compile caption prepare server_runs
 bench: $(VENV)/.installed-test
 	@for b in $(CPU_BENCHES); do echo "== bench/$$b.py"; OMP_NUM_THREADS=1 $(PY) bench/$$b.py || exit 1; done
+
+# GPU proof (bench/gpu/RESULTS.md). gpu-wheels, here (package index): the pure-Python wheels a bare CUDA machine with
+# python3 + torch/transformers/peft lacks, pinned to this venv's versions, for CPython 3.12 on x86-64 Linux (the
+# machine's own torch/transformers/peft stay; never torchvision: open-clip-torch is fetched --no-deps for its
+# vocabulary). gpu-check, there: install from the tree + wheels and run every step (<= 8 min) into GPU_OUT.
+GPU_WHEELS := bench/gpu/wheels
+GPU_OUT ?= gpu-out
+BITSANDBYTES_SPEC ?= bitsandbytes==0.50.2
+GPU_PY_VERSION ?= 3.12
+gpu-wheels: $(VENV)/.installed
+	mkdir -p $(GPU_WHEELS)
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d $(GPU_WHEELS) "$(BITSANDBYTES_SPEC)" \
+	  $$($(PIP) list --format=freeze 2>/dev/null | grep -i -E '^(diffusers|open.clip.torch|importlib.metadata)==')
+	@ls -la $(GPU_WHEELS)
+
+gpu-check:
+	bench/gpu/run.sh $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -100,3 +100,18 @@ def test_cli_reports_bad_model_in_one_line(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path) in lines[0] and "Traceback" not in result.stderr
+
+
+def test_random_spec_builds_the_preset_in_memory(tiny_model_dir):
+    """random:<preset> is the same seeded architecture `model make-tiny` writes, built where asked, no files."""
+    assert resolve_base_model("random:tiny").kind == "random"
+    assert resolve_base_model("random:full").name == "random:full"
+    with pytest.raises(ModelLoadError, match="unknown preset 'huge'; use random:tiny or random:full"):
+        resolve_base_model("random:huge")
+    built = load_sdxl_pipeline("random:tiny", random_dtype=torch.bfloat16)
+    assert built.unet.dtype == torch.bfloat16 and built.tokenizer_2.pad_token == "!"
+    written = load_sdxl_pipeline(str(tiny_model_dir))
+    fresh = load_sdxl_pipeline("random:tiny")
+    for name in ("unet", "text_encoder_2"):
+        theirs = getattr(written, name).state_dict()
+        assert all(torch.equal(t, theirs[k]) for k, t in getattr(fresh, name).state_dict().items())

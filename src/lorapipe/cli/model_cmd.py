@@ -57,6 +57,7 @@ def _info(args: argparse.Namespace) -> int:
 
     source = resolve_base_model(args.base_model)
     kinds = {"diffusers": "diffusers SDXL folder", "single_file": "single-file SDXL checkpoint (SGM layout)",
-             "hub": "hub id (downloaded on first use)"}
-    print(f"{source.location}: {kinds[source.kind]}")
+             "hub": "hub id (downloaded on first use)",
+             "random": "SDXL architecture with seeded random weights, built in memory (benchmarks)"}
+    print(f"{source.name if source.kind == 'random' else source.location}: {kinds[source.kind]}")
     return 0

@@ -58,6 +58,10 @@ def check_config(config: TrainConfig) -> tuple[list[str], list[str]]:
         errors.append("full_fp16 needs mixed_precision = \"fp16\"")
     elif c.full_bf16 and c.mixed_precision != "bf16":
         errors.append("full_bf16 needs mixed_precision = \"bf16\"")
+    if (c.fp8_base or c.fp8_base_unet) and c.mixed_precision not in ("fp16", "bf16"):
+        key = "fp8_base" if c.fp8_base else "fp8_base_unet"
+        errors.append(f"{key} needs mixed_precision = \"bf16\" or \"fp16\" (the dtype each fp8-stored layer is "
+                      "computed in)")
     if c.scale_v_pred_loss_like_noise_pred and not c.v_parameterization:
         errors.append("scale_v_pred_loss_like_noise_pred works only with v_parameterization = true")
     if c.adaptive_noise_scale is not None and c.noise_offset is None:

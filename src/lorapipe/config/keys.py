@@ -123,8 +123,6 @@ _IGNORED: dict[str, str] = {
 
 _REJECTED: dict[str, str] = {
     "v2": "lorapipe trains SDXL only (sd-scripts asserts v2 is off for SDXL too)",
-    "fp8_base": "fp8 base weights " + _NOT_IMPL + "; use mixed_precision = \"bf16\"",
-    "fp8_base_unet": "fp8 base weights " + _NOT_IMPL + "; use mixed_precision = \"bf16\"",
     "base_weights": "merging LoRAs into the base model before training " + _NOT_IMPL,
     "base_weights_multiplier": "merging LoRAs into the base model before training " + _NOT_IMPL,
     "lr_scheduler_type": "custom scheduler classes are not supported; pick an lr_scheduler name",

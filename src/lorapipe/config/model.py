@@ -118,6 +118,8 @@ class TrainConfig:
     mixed_precision: str = text("no")
     full_fp16: bool = flag()
     full_bf16: bool = flag()
+    fp8_base: bool = flag()  # frozen U-Net and text encoders stored in float8_e4m3fn (train/fp8.py)
+    fp8_base_unet: bool = flag()  # the U-Net only
     no_half_vae: bool = flag()
     clip_skip: int | None = integer(minimum=1)
     max_token_length: int | None = integer()

@@ -134,7 +134,7 @@ class Generator:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
         registry = LoraRegistry(lora_dir) if lora_dir else None
-        pipe = load_sdxl_pipeline(str(base_model), dtype=dtype)
+        pipe = load_sdxl_pipeline(str(base_model), dtype=dtype, random_device=device)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
         return cls(pipe, model=describe_model(str(base_model), hash_weights=hash_model), registry=registry)

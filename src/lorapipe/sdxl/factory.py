@@ -16,11 +16,20 @@ from lorapipe.sdxl.presets import SCHEDULER_CONFIG, text_encoder_configs, unet_c
 DTYPES = ("fp32", "fp16", "bf16")
 
 
-def torch_dtype(name: str):
-    """Map our dtype names (fp32|fp16|bf16) to torch dtypes."""
+def _dtype_table():
     import torch
 
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def dtype_name(dtype) -> str:
+    """A torch dtype -> our name for it (fp32 for None or anything else)."""
+    return {v: k for k, v in _dtype_table().items()}.get(dtype, "fp32")
+
+
+def torch_dtype(name: str):
+    """Map our dtype names (fp32|fp16|bf16) to torch dtypes."""
+    table = _dtype_table()
     if name not in table:
         raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return table[name]
@@ -30,7 +39,8 @@ def build_models(preset: str = "tiny", *, seed: int = 0, device: str = "cpu", dt
     """Instantiate UNet, VAE and both text encoders for `preset` with seeded random weights.
 
     On `device="meta"` nothing is allocated: use it to check module names and shapes of the full architecture.
-    Each part is cast to `dtype` as soon as it is built, so the full preset peaks at one fp32 part, not four.
+    Parts are built in `dtype` on `device` directly (torch's default dtype is set while they are built), so the full
+    preset on a GPU in bf16 never holds an fp32 copy.
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -45,12 +55,17 @@ def build_models(preset: str = "tiny", *, seed: int = 0, device: str = "cpu", dt
     }
     torch.manual_seed(seed)
     models = {}
-    with torch.device(device):
-        for name, build in builders.items():
-            model = build()
-            if dtype != "fp32":
-                model.to(torch_dtype(dtype))
-            models[name] = model.eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype(dtype))
+    try:
+        with torch.device(device):
+            for name, build in builders.items():
+                model = build()
+                if dtype != "fp32":  # buffers made with an explicit dtype follow too
+                    model.to(torch_dtype(dtype))
+                models[name] = model.eval()
+    finally:
+        torch.set_default_dtype(previous)
     return models
 
 

@@ -1,9 +1,10 @@
-"""Load an SDXL base model from a diffusers folder, a hub id, or a single-file SGM checkpoint.
+"""Load an SDXL base model from a diffusers folder, a hub id, a single-file SGM checkpoint, or `random:<preset>`.
 
 `resolve_base_model` decides what a `--base-model` value is without importing torch (so bad input fails in
 milliseconds with a one-line message); `load_sdxl_pipeline` then loads it with diffusers. Single-file configs are
 resolved locally: from the file's own metadata when lorapipe wrote it, else from SDXL 1.0 base's configs that
-ship in `presets` — never from the network.
+ship in `presets` — never from the network. `random:full` / `random:tiny` build the architecture with seeded random
+weights in memory (benchmarks and dry runs: real shapes, no multi-GB file written and read back).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LOCAL_FORMS = "a diffusers SDXL folder (with model_index.json) or a single-file SDXL .safetensors checkpoint"
 _WHAT_TO_PASS = f"pass {_LOCAL_FORMS}, or a hub id such as {SDXL_HUB_ID} when online"
 _SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+RANDOM_PREFIX = "random:"  # random:<preset>: the architecture with seeded random weights, built in memory
 
 
 @dataclass(frozen=True)
 class BaseModelSource:
-    """What a --base-model value points at: kind is 'diffusers', 'single_file' or 'hub'."""
+    """What a --base-model value points at: kind is 'diffusers', 'single_file', 'hub' or 'random' (location = the
+    preset)."""
 
     kind: str
     location: str
@@ -37,11 +41,21 @@ class BaseModelSource:
     @property
     def name(self) -> str:
         """Display name as A1111 and Kohya metadata show it (file or folder stem, or the hub id)."""
+        if self.kind == "random":
+            return f"{RANDOM_PREFIX}{self.location}"
         return self.location if self.kind == "hub" else Path(self.location).name
 
 
 def resolve_base_model(spec: str) -> BaseModelSource:
     """Classify and validate a --base-model value; raise ModelLoadError naming it when it is not SDXL."""
+    if spec.startswith(RANDOM_PREFIX):
+        from lorapipe.sdxl.presets import PRESETS
+
+        preset = spec.removeprefix(RANDOM_PREFIX)
+        if preset not in PRESETS:
+            raise ModelLoadError(f"{spec}: unknown preset {preset!r}; use " +
+                                 " or ".join(RANDOM_PREFIX + p for p in PRESETS))
+        return BaseModelSource("random", preset)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _resolve_folder(path)
@@ -89,15 +103,57 @@ def _offline() -> bool:
                                                                             "TRANSFORMERS_OFFLINE"))
 
 
-def load_sdxl_pipeline(spec: str, *, dtype: str | None = None, pipeline_class=None):
-    """Load a diffusers SDXL pipeline (StableDiffusionXLPipeline unless `pipeline_class` is given)."""
+def load_sdxl_pipeline(spec: str, *, dtype: str | None = None, pipeline_class=None, random_device=None,
+                       random_dtype=None):
+    """Load a diffusers SDXL pipeline (StableDiffusionXLPipeline unless `pipeline_class` is given).
+
+    Files load to the CPU (in `dtype`, else their own). `random:<preset>` weights are built directly on
+    `random_device` (default CPU) in `dtype`, else the torch dtype `random_dtype`, else fp32.
+    """
     from diffusers import StableDiffusionXLPipeline
 
     from lorapipe.sdxl.factory import torch_dtype
 
     source = resolve_base_model(spec)
     cls = pipeline_class or StableDiffusionXLPipeline
-    kwargs = {"dtype": torch_dtype(dtype)} if dtype else {}
+    if source.kind == "random":
+        return _random_pipeline(cls, source.location, device=random_device,
+                                dtype=torch_dtype(dtype) if dtype else random_dtype)
+    return _load_files(cls, source, spec, {"dtype": torch_dtype(dtype)} if dtype else {})
+
+
+def _random_pipeline(cls, preset: str, *, device, dtype):
+    """The preset's architecture with seeded random weights (seed 0, as `lorapipe model make-tiny`) built on
+    `device` in `dtype`, with the real tokenizers and SDXL's scheduler."""
+    from diffusers import EulerDiscreteScheduler
+    from transformers import CLIPTokenizer
+
+    from lorapipe.sdxl.factory import build_models, dtype_name
+    from lorapipe.sdxl.presets import SCHEDULER_CONFIG
+
+    models = build_models(preset, seed=0, device=str(device or "cpu"), dtype=dtype_name(dtype))
+    tokenizers = _tokenizer_folder()
+    scheduler = EulerDiscreteScheduler.from_config({k: v for k, v in SCHEDULER_CONFIG.items() if k[0] != "_"})
+    return cls(**models, tokenizer=CLIPTokenizer.from_pretrained(tokenizers / "tokenizer"),
+               tokenizer_2=CLIPTokenizer.from_pretrained(tokenizers / "tokenizer_2"), scheduler=scheduler)
+
+
+def _tokenizer_folder() -> Path:
+    """SDXL's two tokenizers, written once into the cache (they are the same for every random model)."""
+    from lorapipe.sdxl.tokenizers import write_sdxl_tokenizers
+
+    folder = _cache_root() / "sdxl-tokenizers"
+    if not (folder / "tokenizer_2" / "tokenizer_config.json").is_file():
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        write_sdxl_tokenizers(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first; its folder is the same
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _load_files(cls, source: BaseModelSource, spec: str, kwargs: dict):
     try:
         if source.kind == "single_file":
             config_dir = materialize_config_folder(source.configs)

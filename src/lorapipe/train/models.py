@@ -12,6 +12,7 @@ import torch
 
 from lorapipe.errors import ConfigError
 from lorapipe.sdxl.constants import VAE_SCALE_FACTOR
+from lorapipe.train.fp8 import fp8_parts, store_base_in_fp8
 from lorapipe.train.text_encoding import encode_prompts
 
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -125,15 +126,22 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
     weight_dtype, lora_dtype, vae_dtype = training_dtypes(
         cfg.mixed_precision or "no", full_fp16=cfg.full_fp16, full_bf16=cfg.full_bf16, no_half_vae=cfg.no_half_vae,
         device_type=device.type)
-    pipe = load_sdxl_pipeline(base_model)
+    fp8 = fp8_parts(cfg.fp8_base, cfg.fp8_base_unet)
+    # fp8 parts reach the device only once stored in fp8 (never at full width there); random weights are built
+    # where they go, in the training dtype.
+    pipe = load_sdxl_pipeline(base_model, random_device=None if fp8 else device, random_dtype=weight_dtype)
     unet, vae = pipe.unet, pipe.vae
     te1, te2 = pipe.text_encoder, pipe.text_encoder_2
     train_te = cfg.train_text_encoder
+    parts = {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}
     for model in (unet, te1, te2, vae):
         model.requires_grad_(False)
-    unet.to(device, weight_dtype)
-    te1.to(device, weight_dtype)
-    te2.to(device, weight_dtype)
+    for name, model in parts.items():
+        model.to(device=None if name in fp8 else device, dtype=weight_dtype)
+    if fp8:  # before the network attaches, so LoRA/LyCORIS modules are made on the device like everything else
+        store_base_in_fp8(parts, fp8, weight_dtype)
+        for name in fp8:
+            parts[name].to(device)
     vae.to(device, vae_dtype)
     vae.eval()
     weights = _network_weights(cfg)

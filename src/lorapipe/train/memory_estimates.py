@@ -1,0 +1,78 @@
+"""What each memory-saving option saves on SDXL at 1024x1024, batch 1: the table the out-of-memory advice quotes.
+
+`estimate_savings` derives what parameter sizes alone decide, from the full architecture built on the meta device
+(nothing allocated): fp8 storage of the frozen weights, the 8-bit optimizer state of a rank-`network_dim` LoRA,
+and the encoders that caching moves off the GPU. What depends on activations (gradient checkpointing, batch size)
+cannot be read off parameters; those stay `null` until `bench/gpu/run.sh` measures them on a GPU, which also
+replaces the estimates with measured differences of peak VRAM. The shipped table is `memory_savings.json` beside
+this module, each figure marked with where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SAVINGS_FILE = Path(__file__).with_name("memory_savings.json")
+ESTIMATE = "estimate from parameter sizes (meta device); not yet measured on a GPU"
+NOT_MEASURED = "not yet measured on a GPU"
+_ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq in fp32, per LoRA parameter
+_ADAMW8BIT_STATE_BYTES = 2  # both states in 8 bits (bitsandbytes' block-wise absmax adds ~1%)
+_BF16_BYTES = 2
+
+
+def estimate_savings(network_dim: int = 32) -> dict:
+    """The savings table for the full SDXL architecture with a U-Net LoRA of `network_dim`."""
+    import torch
+
+    from lorapipe.lora.targets import kohya_target_names
+    from lorapipe.sdxl.factory import build_models
+    from lorapipe.train.fp8 import fp8_stored_layers
+
+    models = build_models("full", device="meta", dtype="bf16")
+    for model in models.values():
+        model.requires_grad_(False)
+
+    def fp8_bytes(part: str) -> int:  # bf16 -> fp8 saves one byte per stored weight
+        return sum(m.weight.numel() for m in fp8_stored_layers(models[part]))
+
+    def params_bytes(part: str) -> int:
+        return sum(p.numel() * p.element_size() for p in models[part].parameters())
+
+    lora_params = 0
+    unet = models["unet"]
+    for target in kohya_target_names(unet, None, None, conv=False, train_text_encoder=False):
+        module = unet.get_submodule(target.module_name)
+        width_in = module.in_features if isinstance(module, torch.nn.Linear) else module.in_channels
+        width_out = module.out_features if isinstance(module, torch.nn.Linear) else module.out_channels
+        lora_params += network_dim * (width_in + width_out)
+    unet_fp8 = fp8_bytes("unet")
+    options = {
+        "gradient_checkpointing": _entry(None, NOT_MEASURED),
+        'optimizer_type = "AdamW8bit"': _entry(lora_params * (_ADAMW_STATE_BYTES - _ADAMW8BIT_STATE_BYTES), ESTIMATE),
+        "fp8_base_unet": _entry(unet_fp8, ESTIMATE),
+        "fp8_base": _entry(unet_fp8 + fp8_bytes("text_encoder") + fp8_bytes("text_encoder_2"), ESTIMATE),
+        "cache_latents": _entry(params_bytes("vae"), ESTIMATE + " (the VAE leaves the GPU after caching)"),
+        "cache_text_encoder_outputs": _entry(
+            params_bytes("text_encoder") + params_bytes("text_encoder_2"),
+            ESTIMATE + " (the text encoders leave the GPU after caching)",
+        ),
+        "train_batch_size = 1": _entry(None, NOT_MEASURED),
+    }
+    return {
+        "reference": f"SDXL 1.0 architecture, 1024x1024, batch 1, U-Net LoRA network_dim {network_dim}, bf16",
+        "measured_on": None,
+        "options": options,
+    }
+
+
+def _entry(saved: int | None, source: str) -> dict:
+    return {"bytes": saved, "source": source}
+
+
+def load_savings(path: Path = SAVINGS_FILE) -> dict:
+    """The shipped table ({} when it is missing or unreadable: advice then names options without figures)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
