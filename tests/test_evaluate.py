@@ -37,9 +37,10 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, sample_dataset_dir, tmp_path_factory):
-    """Two epochs on two images, a file per epoch: dwjz_toy-000001 and the final dwjz_toy."""
+    """Two epochs on two images (two more held out for the validation loss), a file per epoch: dwjz_toy-000001 and
+    the final dwjz_toy."""
     root = tmp_path_factory.mktemp("eval-run")
-    data = copy_dataset(sample_dataset_dir, root / "ds", keep=2, repeats=1)
+    data = copy_dataset(sample_dataset_dir, root / "ds", keep=4, repeats=1)
     out = root / "out"
     run_training(
         data,
@@ -51,6 +52,7 @@ def trained_run(tiny_model_dir, sample_dataset_dir, tmp_path_factory):
             "max_train_epochs=2",
             "save_every_n_epochs=1",
             "network_train_unet_only=true",
+            "validation_split=0.5",
             "learning_rate=1e-2",
             "unet_lr=1e-2",
         ),
@@ -80,6 +82,9 @@ def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, capsys):
     labels = [c["label"] for c in report["checkpoints"]]
     assert labels == ["no LoRA", "dwjz_toy-000001", "dwjz_toy"]
     assert [c["step"] for c in report["checkpoints"]] == [0, 2, 4]
+    summary = json.loads((out / "train_summary.json").read_text())
+    losses = {v["step"]: v["loss"] for v in summary["validation_losses"]}
+    assert [c["validation_loss"] for c in report["checkpoints"]] == [None, losses[2], losses[4]]
     assert report["subject"] == {"tokens": "dwjz toy", "trigger": "dwjz"}
     prompts = report["prompts"]
     assert any(p["with_trigger"] for p in prompts) and any(
@@ -174,10 +179,7 @@ def test_checkpoints_of_another_run_or_a_base_model_are_refused(trained_run, tmp
         shutil.copy(path, mixed / path.name)
     epoch = mixed / "dwjz_toy-000001.safetensors"
     tensors = load_file(epoch)
-    from safetensors import safe_open
-
-    with safe_open(str(epoch), "pt") as handle:
-        metadata = handle.metadata()
+    metadata = _metadata(epoch)
     save_file(tensors, epoch, metadata={**metadata, "ss_session_id": "999"})
     with pytest.raises(
         EvaluationError, match=r"different training runs: dwjz_toy-000001\.safetensors"
@@ -220,3 +222,28 @@ def test_missing_metric_model_says_how_to_get_it(tmp_path, metric_models):
     clip, _dino = metric_models
     with pytest.raises(EvaluationError, match=r"--dino-model .*nowhere.*hf download"):
         load_metric_models(str(clip), str(tmp_path / "nowhere"), device="cpu")
+
+
+def test_a_lora_the_generator_refuses_is_named(trained_run, metric_models, tiny_model_dir, tmp_path, capsys):
+    out, data = trained_run
+    clip, dino = metric_models
+    broken = tmp_path / "run"
+    broken.mkdir()
+    shutil.copy(out / "dwjz_toy.safetensors", broken / "dwjz_toy.safetensors")
+    epoch = broken / "dwjz_toy-000001.safetensors"
+    tensors = load_file(out / "dwjz_toy-000001.safetensors")
+    down = next(k for k in tensors if k.endswith("lora_down.weight"))
+    tensors[down] = tensors[down][:, :-1].contiguous()  # one input feature short: does not fit the base model
+    save_file(tensors, epoch, metadata=_metadata(out / "dwjz_toy-000001.safetensors"))
+    code = main(["eval", str(broken), "--dataset", str(data), "--base-model", str(tiny_model_dir),
+                 "--clip-model", str(clip), "--dino-model", str(dino), *FAST])
+    assert code != 0
+    assert f"{epoch}: " in capsys.readouterr().err
+    assert not (broken / "eval" / "eval.json").exists()
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata()
