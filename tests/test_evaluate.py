@@ -70,9 +70,7 @@ def evaluated(trained_run, metric_models, tiny_model_dir):
     out, _data = trained_run
     clip, dino = metric_models
     # The base model and the dataset come from the run's train_summary.json.
-    code = main(
-        ["eval", str(out), "--clip-model", str(clip), "--dino-model", str(dino), *FAST]
-    )
+    code = main(["eval", str(out), "--clip-model", str(clip), "--dino-model", str(dino), *FAST])
     assert code == 0
     return out, json.loads((out / "eval" / "eval.json").read_text())
 
@@ -87,9 +85,7 @@ def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, capsys):
     assert [c["validation_loss"] for c in report["checkpoints"]] == [None, losses[2], losses[4]]
     assert report["subject"] == {"tokens": "dwjz toy", "trigger": "dwjz"}
     prompts = report["prompts"]
-    assert any(p["with_trigger"] for p in prompts) and any(
-        not p["with_trigger"] for p in prompts
-    )
+    assert any(p["with_trigger"] for p in prompts) and any(not p["with_trigger"] for p in prompts)
     assert all("dwjz" not in p["clip_text"] for p in prompts)
     assert len(report["images"]) == len(labels) * len(prompts)
     assert len(report["per_prompt"]) == len(labels) * len(prompts)
@@ -101,14 +97,8 @@ def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, capsys):
     assert {r["checkpoint"] for r in leaks} == {"dwjz_toy-000001", "dwjz_toy"}
     assert all(r["leakage"] > 0 for r in leaks)
     recommendation = report["recommendation"]
-    assert (
-        recommendation["checkpoint"] in labels[1:]
-        and "DINO-I" in recommendation["rule"]
-    )
-    assert (
-        Path(recommendation["file"])
-        == out / f"{recommendation['checkpoint']}.safetensors"
-    )
+    assert recommendation["checkpoint"] in labels[1:] and "DINO-I" in recommendation["rule"]
+    assert Path(recommendation["file"]) == out / f"{recommendation['checkpoint']}.safetensors"
 
 
 @pytest.mark.skipif(
@@ -144,22 +134,11 @@ def test_report_opens_in_chromium_and_shows_the_grid(evaluated):
         images = driver.find_elements(By.CSS_SELECTOR, "#grid td.cell img")
         assert len(images) == len(report["images"])
         # Every embedded image decoded (a broken data URI has naturalWidth 0), the curves too.
-        assert all(
-            driver.execute_script("return arguments[0].naturalWidth", img) > 0
-            for img in images
-        )
-        assert (
-            driver.execute_script(
-                "return document.getElementById('curves').naturalWidth"
-            )
-            > 0
-        )
+        assert all(driver.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images)
+        assert driver.execute_script("return document.getElementById('curves').naturalWidth") > 0
         chosen = report["recommendation"]["checkpoint"]
         header = driver.find_element(By.CSS_SELECTOR, "#grid th.recommended")
-        assert (
-            header.get_attribute("data-checkpoint") == chosen
-            and "recommended" in header.text
-        )
+        assert header.get_attribute("data-checkpoint") == chosen and "recommended" in header.text
         assert chosen in driver.find_element(By.ID, "recommendation").text
     finally:
         driver.quit()
@@ -181,9 +160,7 @@ def test_checkpoints_of_another_run_or_a_base_model_are_refused(trained_run, tmp
     tensors = load_file(epoch)
     metadata = _metadata(epoch)
     save_file(tensors, epoch, metadata={**metadata, "ss_session_id": "999"})
-    with pytest.raises(
-        EvaluationError, match=r"different training runs: dwjz_toy-000001\.safetensors"
-    ):
+    with pytest.raises(EvaluationError, match=r"different training runs: dwjz_toy-000001\.safetensors"):
         find_checkpoints(mixed)
     save_file(tensors, epoch, metadata={**metadata, "ss_sd_model_name": "another-base"})
     with pytest.raises(EvaluationError, match=r"different base models"):
@@ -212,10 +189,7 @@ def test_prompts_without_the_trigger_are_named(tmp_path):
     prompts.write_text("a photo of {subject} on a beach\nleak: a cat on a sofa\n")
     built = read_prompts(prompts, subject)
     assert [p.with_trigger for p in built] == [True, False]
-    assert (
-        built[0].text == "a photo of dwjz toy on a beach"
-        and built[0].clip_text == "a photo of toy on a beach"
-    )
+    assert built[0].text == "a photo of dwjz toy on a beach" and built[0].clip_text == "a photo of toy on a beach"
 
 
 def test_missing_metric_model_says_how_to_get_it(tmp_path, metric_models):
@@ -235,8 +209,21 @@ def test_a_lora_the_generator_refuses_is_named(trained_run, metric_models, tiny_
     down = next(k for k in tensors if k.endswith("lora_down.weight"))
     tensors[down] = tensors[down][:, :-1].contiguous()  # one input feature short: does not fit the base model
     save_file(tensors, epoch, metadata=_metadata(out / "dwjz_toy-000001.safetensors"))
-    code = main(["eval", str(broken), "--dataset", str(data), "--base-model", str(tiny_model_dir),
-                 "--clip-model", str(clip), "--dino-model", str(dino), *FAST])
+    code = main(
+        [
+            "eval",
+            str(broken),
+            "--dataset",
+            str(data),
+            "--base-model",
+            str(tiny_model_dir),
+            "--clip-model",
+            str(clip),
+            "--dino-model",
+            str(dino),
+            *FAST,
+        ]
+    )
     assert code != 0
     assert f"{epoch}: " in capsys.readouterr().err
     assert not (broken / "eval" / "eval.json").exists()

@@ -31,8 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dataset",
         metavar="DIR",
-        help="the training dataset (default: the dataset recorded in "
-        "the run's train_summary.json)",
+        help="the training dataset (default: the dataset recorded in the run's train_summary.json)",
     )
     parser.add_argument(
         "--prompts",
@@ -43,14 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--trigger",
         metavar="WORDS",
-        help="the subject as trained, e.g. 'dwjz toy' (default: the "
-        "dataset's <repeats>_<trigger> [class] folder name)",
+        help="the subject as trained, e.g. 'dwjz toy' (default: the dataset's <repeats>_<trigger> [class] folder name)",
     )
     parser.add_argument(
         "--base-model",
         metavar="PATH",
-        help="SDXL folder, single file or hub id (default: the one "
-        "recorded in train_summary.json)",
+        help="SDXL folder, single file or hub id (default: the one recorded in train_summary.json)",
     )
     parser.add_argument(
         "--clip-model",
@@ -74,15 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=defaults.height)
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--cfg-scale", type=float, default=defaults.cfg_scale)
-    parser.add_argument(
-        "--sampler", default=defaults.sampler_name, help="A1111 sampler name"
-    )
-    parser.add_argument(
-        "--scheduler", default=defaults.scheduler, help="A1111 schedule type"
-    )
-    parser.add_argument(
-        "--images-per-prompt", type=int, default=defaults.images_per_prompt
-    )
+    parser.add_argument("--sampler", default=defaults.sampler_name, help="A1111 sampler name")
+    parser.add_argument("--scheduler", default=defaults.scheduler, help="A1111 schedule type")
+    parser.add_argument("--images-per-prompt", type=int, default=defaults.images_per_prompt)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -115,9 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval-make-tiny-models",
         help="write tiny random-weight CLIP and DINOv2 folders (tests, offline demos)",
     )
-    tiny.add_argument(
-        "out", metavar="OUT", help="folder to create (gets tiny-clip/ and tiny-dinov2/)"
-    )
+    tiny.add_argument("out", metavar="OUT", help="folder to create (gets tiny-clip/ and tiny-dinov2/)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_run_make_tiny)
 
@@ -152,16 +141,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     result = evaluate_run(Path(args.run), options)
-    print(
-        f"{'checkpoint':<32} {'step':>6} {'DINO-I':>7} {'CLIP-I':>7} {'CLIP-T':>7} {'leak':>7} {'val loss':>8}"
-    )
+    print(f"{'checkpoint':<32} {'step':>6} {'DINO-I':>7} {'CLIP-I':>7} {'CLIP-T':>7} {'leak':>7} {'val loss':>8}")
     for checkpoint, score in zip(result.checkpoints, result.scores):
         loss = result.validation_loss.get(checkpoint.label)
-        mark = (
-            "  <- recommended"
-            if checkpoint.label == result.recommendation.checkpoint
-            else ""
-        )
+        mark = "  <- recommended" if checkpoint.label == result.recommendation.checkpoint else ""
         print(
             f"{checkpoint.label:<32} {checkpoint.step if checkpoint.step is not None else '-':>6} "
             f"{score.dino_i:7.4f} {score.clip_i:7.4f} {score.clip_t:7.4f} {score.leakage:7.4f} "

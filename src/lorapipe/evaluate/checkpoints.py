@@ -61,23 +61,18 @@ def find_checkpoints(run: Path) -> RunCheckpoints:
     run = Path(run)
     if run.is_file():
         if run.suffix != LORA_SUFFIX:
-            raise EvaluationError(
-                f"{run}: not a .safetensors LoRA; pass a run's output folder or one of its LoRAs"
-            )
+            raise EvaluationError(f"{run}: not a .safetensors LoRA; pass a run's output folder or one of its LoRAs")
         folder, wanted = run.parent, _output_name(run.stem)
     elif run.is_dir():
         folder, wanted = run, None
     else:
-        raise EvaluationError(
-            f"{run}: no such file or folder; pass a training run's output folder"
-        )
+        raise EvaluationError(f"{run}: no such file or folder; pass a training run's output folder")
     files = sorted(p for p in folder.glob(f"*{LORA_SUFFIX}") if p.is_file())
     if wanted is not None:
         files = [p for p in files if _output_name(p.stem) == wanted]
     if not files:
         raise EvaluationError(
-            f"{folder}: no LoRA checkpoints (*.safetensors) here; pass the folder `train` wrote "
-            "(--output-dir)"
+            f"{folder}: no LoRA checkpoints (*.safetensors) here; pass the folder `train` wrote (--output-dir)"
         )
     names = sorted({_output_name(p.stem) for p in files})
     if len(names) > 1:
@@ -88,9 +83,7 @@ def find_checkpoints(run: Path) -> RunCheckpoints:
     checkpoints = sorted((_read(p) for p in files), key=_training_order)
     _check_same(checkpoints, _SAME_RUN_KEYS, "come from different training runs")
     _check_same(checkpoints, _SAME_BASE_KEYS, "were trained on different base models")
-    return RunCheckpoints(
-        folder=folder, output_name=names[0], checkpoints=tuple(checkpoints)
-    )
+    return RunCheckpoints(folder=folder, output_name=names[0], checkpoints=tuple(checkpoints))
 
 
 def _output_name(stem: str) -> str:
@@ -103,9 +96,7 @@ def _output_name(stem: str) -> str:
 
 def _read(path: Path) -> Checkpoint:
     try:
-        header = read_header(
-            path, remedy="re-copy the file or move it out of the run folder"
-        )
+        header = read_header(path, remedy="re-copy the file or move it out of the run folder")
     except ModelLoadError as exc:
         raise EvaluationError(str(exc)) from exc
     meta = dict(header.metadata)
@@ -123,9 +114,7 @@ def _read(path: Path) -> Checkpoint:
     epoch = _int(meta.get("ss_epoch"))
     if epoch is None and epoch_match:
         epoch = int(epoch_match["epoch"])
-    return Checkpoint(
-        label=stem, path=path, kind=kind, step=step, epoch=epoch, metadata=meta
-    )
+    return Checkpoint(label=stem, path=path, kind=kind, step=step, epoch=epoch, metadata=meta)
 
 
 def _int(value: str | None) -> int | None:
@@ -145,19 +134,11 @@ def _training_order(checkpoint: Checkpoint) -> tuple:
     )
 
 
-def _check_same(
-    checkpoints: list[Checkpoint], keys: tuple[str, ...], what: str
-) -> None:
+def _check_same(checkpoints: list[Checkpoint], keys: tuple[str, ...], what: str) -> None:
     for key in keys:
-        values = {
-            c.metadata.get(key)
-            for c in checkpoints
-            if c.metadata.get(key) not in (None, "", "None")
-        }
+        values = {c.metadata.get(key) for c in checkpoints if c.metadata.get(key) not in (None, "", "None")}
         if len(values) > 1:
-            files = ", ".join(
-                f"{c.path.name} ({key}={c.metadata.get(key)})" for c in checkpoints
-            )
+            files = ", ".join(f"{c.path.name} ({key}={c.metadata.get(key)})" for c in checkpoints)
             raise EvaluationError(
                 f"{checkpoints[0].path.parent}: checkpoints {what}: {files}; evaluate one run at "
                 "a time (move the other files away)"

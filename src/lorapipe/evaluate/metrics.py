@@ -76,16 +76,9 @@ class MetricModels:
         out = []
         with torch.inference_mode():
             for first in range(0, len(images), EMBED_BATCH):
-                batch = [
-                    image.convert("RGB")
-                    for image in images[first : first + EMBED_BATCH]
-                ]
-                pixels = processor(images=batch, return_tensors="pt")[
-                    "pixel_values"
-                ].to(self.device)
-                out.append(
-                    torch.nn.functional.normalize(forward(pixels).float(), dim=-1).cpu()
-                )
+                batch = [image.convert("RGB") for image in images[first : first + EMBED_BATCH]]
+                pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+                out.append(torch.nn.functional.normalize(forward(pixels).float(), dim=-1).cpu())
         return torch.cat(out)
 
 
@@ -116,9 +109,7 @@ def load_metric_models(
         clip_model,
         "--clip-model",
     )
-    clip_tokenizer = _load(
-        lambda: AutoTokenizer.from_pretrained(clip_model), clip_model, "--clip-model"
-    )
+    clip_tokenizer = _load(lambda: AutoTokenizer.from_pretrained(clip_model), clip_model, "--clip-model")
     dino = _load(
         lambda: Dinov2Model.from_pretrained(dino_model, dtype=dtype),
         dino_model,
@@ -148,9 +139,7 @@ def _load(loader, name: str, option: str):
         OSError,
         ValueError,
     ) as exc:  # transformers' "not found / not a valid model" for a folder or hub id
-        first = (
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hub_id = DEFAULT_CLIP_MODEL if option == "--clip-model" else DEFAULT_DINO_MODEL
         if Path(name).expanduser().exists():
             raise EvaluationError(
@@ -202,9 +191,7 @@ def score_images(
 ) -> list[ImageScore]:
     """Score every rendered image; `rendered` maps (checkpoint, prompt index) to `render.Rendered`."""
     if not training_images:
-        raise EvaluationError(
-            "dataset: no training images to compare against; pass the run's dataset (--dataset)"
-        )
+        raise EvaluationError("dataset: no training images to compare against; pass the run's dataset (--dataset)")
     train_dino = models.dino_image(training_images)
     train_clip = models.clip_image(training_images)
     texts = models.clip_text([p.clip_text for p in prompts])
@@ -242,9 +229,7 @@ def score_images(
     return rows
 
 
-def checkpoint_scores(
-    rows: Sequence[ImageScore], prompts: Sequence, labels: Sequence[str]
-) -> list[CheckpointScore]:
+def checkpoint_scores(rows: Sequence[ImageScore], prompts: Sequence, labels: Sequence[str]) -> list[CheckpointScore]:
     """Per-checkpoint means, in the order of `labels`."""
     subject = {p.index for p in prompts if p.with_trigger}
     out = []

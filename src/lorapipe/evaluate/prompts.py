@@ -61,31 +61,23 @@ def subject_of(dataset_dir: Path) -> Subject:
 def subject_from_tokens(tokens: str, source: str = "--trigger") -> Subject:
     trigger, _class = split_trigger_and_class(tokens)
     if not trigger:
-        raise EvaluationError(
-            f"{source}: no trigger word; name the subject, e.g. 'dwjz toy'"
-        )
+        raise EvaluationError(f"{source}: no trigger word; name the subject, e.g. 'dwjz toy'")
     return Subject(tokens=" ".join(tokens.split()), trigger=trigger)
 
 
 def default_prompts(subject: Subject, seed: int = 1000) -> tuple[EvalPrompt, ...]:
-    lines = [
-        p.replace(SUBJECT_PLACEHOLDER, subject.tokens) for p in DEFAULT_SUBJECT_PROMPTS
-    ]
+    lines = [p.replace(SUBJECT_PLACEHOLDER, subject.tokens) for p in DEFAULT_SUBJECT_PROMPTS]
     lines += [LEAK_PREFIX + " " + p for p in DEFAULT_LEAK_PROMPTS]
     return _build(lines, subject, seed)
 
 
-def read_prompts(
-    path: Path, subject: Subject, seed: int = 1000
-) -> tuple[EvalPrompt, ...]:
+def read_prompts(path: Path, subject: Subject, seed: int = 1000) -> tuple[EvalPrompt, ...]:
     """Prompts from a file; a subject line must contain the trigger, a `leak:` line must not."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise EvaluationError(
-            f"{path}: cannot read the prompts file ({exc}); pass a UTF-8 text file"
-        ) from exc
+        raise EvaluationError(f"{path}: cannot read the prompts file ({exc}); pass a UTF-8 text file") from exc
     lines = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -111,8 +103,7 @@ def read_prompts(
     built = _build([line for _n, line in lines], subject, seed)
     if not any(p.with_trigger for p in built):
         raise EvaluationError(
-            f"{path}: every prompt is a leak: prompt; add at least one prompt with the trigger "
-            f"'{subject.trigger}'"
+            f"{path}: every prompt is a leak: prompt; add at least one prompt with the trigger '{subject.trigger}'"
         )
     return built
 
@@ -135,15 +126,10 @@ def _build(lines: list[str], subject: Subject, seed: int) -> tuple[EvalPrompt, .
 
 
 def _contains_word(text: str, word: str) -> bool:
-    return (
-        re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE)
-        is not None
-    )
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
 def _without_word(text: str, word: str) -> str:
     """The prompt as CLIP should read it: the made-up trigger word removed (DreamBooth's CLIP-T)."""
-    stripped = re.sub(
-        rf"(?<!\w){re.escape(word)}(?!\w)", " ", text, flags=re.IGNORECASE
-    )
+    stripped = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", " ", text, flags=re.IGNORECASE)
     return " ".join(stripped.replace(" ,", ",").split())

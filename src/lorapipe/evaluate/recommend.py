@@ -26,9 +26,7 @@ class Recommendation:
     leakage_margin: float
 
 
-def rule_text(
-    clip_t_margin: float = CLIP_T_MARGIN, leakage_margin: float = LEAKAGE_MARGIN
-) -> str:
+def rule_text(clip_t_margin: float = CLIP_T_MARGIN, leakage_margin: float = LEAKAGE_MARGIN) -> str:
     return (
         f"highest DINO-I among checkpoints whose CLIP-T is within {clip_t_margin:g} of the best CLIP-T and whose "
         f"leakage is within {leakage_margin:g} of the lowest leakage (ties: the earlier checkpoint; when none meets both "
@@ -44,16 +42,11 @@ def recommend(
 ) -> Recommendation:
     """`scores`: CheckpointScore of the LoRA checkpoints (not the base) in training order."""
     if not scores:
-        raise EvaluationError(
-            "checkpoints: nothing to recommend from; evaluate a run with at least one LoRA file"
-        )
+        raise EvaluationError("checkpoints: nothing to recommend from; evaluate a run with at least one LoRA file")
     best_clip_t = max(s.clip_t for s in scores)
     lowest_leakage = min(s.leakage for s in scores)
     eligible = [
-        s
-        for s in scores
-        if s.clip_t >= best_clip_t - clip_t_margin
-        and s.leakage <= lowest_leakage + leakage_margin
+        s for s in scores if s.clip_t >= best_clip_t - clip_t_margin and s.leakage <= lowest_leakage + leakage_margin
     ]
     if not eligible:  # the prompt-faithful ones all leak: keep prompt fidelity, the leakage column shows the cost
         eligible = [s for s in scores if s.clip_t >= best_clip_t - clip_t_margin]

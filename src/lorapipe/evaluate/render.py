@@ -90,12 +90,8 @@ def _generate(generator, request, checkpoint: Checkpoint):
     try:
         result = generator.generate(request)
     except GenerationError as exc:
-        raise EvaluationError(
-            f"{checkpoint.path or checkpoint.label}: the generator refused it ({exc})"
-        ) from exc
+        raise EvaluationError(f"{checkpoint.path or checkpoint.label}: the generator refused it ({exc})") from exc
     if result.warnings and not checkpoint.is_base:
         # "Networks not found": the registry skipped the file (bad header, name clash); never score the base as it.
-        raise EvaluationError(
-            f"{checkpoint.path}: not applied ({'; '.join(result.warnings)}); check the file"
-        )
+        raise EvaluationError(f"{checkpoint.path}: not applied ({'; '.join(result.warnings)}); check the file")
     return result

@@ -55,11 +55,7 @@ def report_data(result, options) -> dict:
     per_prompt = []
     for checkpoint in result.checkpoints:
         for prompt in result.prompts:
-            rows = [
-                r
-                for r in result.image_scores
-                if r.checkpoint == checkpoint.label and r.prompt == prompt.index
-            ]
+            rows = [r for r in result.image_scores if r.checkpoint == checkpoint.label and r.prompt == prompt.index]
             leaks = [r.leakage for r in rows if r.leakage is not None]
             per_prompt.append(
                 {
@@ -123,16 +119,14 @@ def report_html(result, data: dict) -> str:
         for checkpoint in result.checkpoints:
             rendered = result.images[(checkpoint.label, prompt.index)]
             images = "".join(
-                f'<img src="{_jpeg_uri(image)}" alt="{esc(checkpoint.label)} seed {seed}" '
-                f'title="seed {seed}">'
+                f'<img src="{_jpeg_uri(image)}" alt="{esc(checkpoint.label)} seed {seed}" title="seed {seed}">'
                 for image, seed in zip(rendered.images, rendered.seeds)
             )
             mark = "recommended" if checkpoint.label == chosen else ""
             cells.append(f'<td class="cell {mark}">{images}</td>')
         kind = "subject" if prompt.with_trigger else "no trigger"
         grid_rows.append(
-            f'<tr class="prompt"><th>{esc(prompt.text)}<br><small>{kind}</small></th>{"".join(cells)}'
-            "</tr>"
+            f'<tr class="prompt"><th>{esc(prompt.text)}<br><small>{kind}</small></th>{"".join(cells)}</tr>'
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lorapipe eval: {esc(data["output_name"])}</title>
@@ -170,9 +164,7 @@ def _jpeg_uri(image) -> str:
     thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buffer = io.BytesIO()
     thumb.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(
-        "ascii"
-    )
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _curves_uri(data: dict) -> str:
@@ -180,9 +172,7 @@ def _curves_uri(data: dict) -> str:
     from matplotlib.figure import Figure
 
     points = data["checkpoints"]
-    steps = [
-        c["step"] if c["step"] is not None else index for index, c in enumerate(points)
-    ]
+    steps = [c["step"] if c["step"] is not None else index for index, c in enumerate(points)]
     chosen = data["recommendation"]["checkpoint"]
     panels = [METRICS[:2], METRICS[2:3], METRICS[3:]]
     if any(c["validation_loss"] is not None for c in points):
@@ -200,6 +190,4 @@ def _curves_uri(data: dict) -> str:
         axes.legend(fontsize="small")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(
-        "ascii"
-    )
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -56,12 +56,8 @@ TRAINING_IMAGE_MIN_SIDE = 256
 class EvalOptions:
     dataset: Path | None = None  # default: dataset_dir recorded in train_summary.json
     prompts_file: Path | None = None
-    trigger: str | None = (
-        None  # default: the dataset's `<repeats>_<trigger> [class]` folder
-    )
-    base_model: str | None = (
-        None  # default: pretrained_model_name_or_path from train_summary.json
-    )
+    trigger: str | None = None  # default: the dataset's `<repeats>_<trigger> [class]` folder
+    base_model: str | None = None  # default: pretrained_model_name_or_path from train_summary.json
     clip_model: str = DEFAULT_CLIP_MODEL
     dino_model: str = DEFAULT_DINO_MODEL
     output_dir: Path | None = None  # default: RUN/eval
@@ -78,9 +74,7 @@ class EvalResult:
     run: RunCheckpoints
     subject: Subject
     prompts: tuple[EvalPrompt, ...]
-    checkpoints: tuple[
-        Checkpoint, ...
-    ]  # the base first, then the run's files in training order
+    checkpoints: tuple[Checkpoint, ...]  # the base first, then the run's files in training order
     images: dict[tuple[str, int], Rendered]
     image_scores: list[ImageScore]
     scores: list[CheckpointScore]  # same order as `checkpoints`
@@ -93,9 +87,7 @@ class EvalResult:
 
     @property
     def recommended(self) -> Checkpoint:
-        return next(
-            c for c in self.checkpoints if c.label == self.recommendation.checkpoint
-        )
+        return next(c for c in self.checkpoints if c.label == self.recommendation.checkpoint)
 
 
 def evaluate_run(
@@ -112,18 +104,14 @@ def evaluate_run(
     found = find_checkpoints(Path(run))
     summary = _train_summary(found.folder)
     dataset = _dataset_folder(options.dataset, summary, found.folder)
-    subject = (
-        subject_from_tokens(options.trigger) if options.trigger else subject_of(dataset)
-    )
+    subject = subject_from_tokens(options.trigger) if options.trigger else subject_of(dataset)
     prompts = (
         read_prompts(options.prompts_file, subject, options.seed)
         if options.prompts_file
         else default_prompts(subject, options.seed)
     )
     training_images = _training_images(dataset)
-    models = metric_models or load_metric_models(
-        options.clip_model, options.dino_model, device=options.device
-    )
+    models = metric_models or load_metric_models(options.clip_model, options.dino_model, device=options.device)
     if generator is None:
         from lorapipe.generate.generator import Generator
 
@@ -161,9 +149,7 @@ def evaluate_run(
         return result
     out = Path(options.output_dir) if options.output_dir else found.folder / EVAL_FOLDER
     json_path, html_path = write_report(result, out, options)
-    return EvalResult(
-        **{**result.__dict__, "json_path": json_path, "html_path": html_path}
-    )
+    return EvalResult(**{**result.__dict__, "json_path": json_path, "html_path": html_path})
 
 
 def _generator_for(folder: Path, options: EvalOptions, loaded=None):
@@ -187,12 +173,8 @@ def _render(generator, checkpoints, prompts, options: EvalOptions):
     from tqdm import tqdm
 
     total = len(checkpoints) * len(prompts) * options.render.images_per_prompt
-    with tqdm(
-        total=total, desc="eval images", unit="image", disable=not options.show_progress
-    ) as bar:
-        return render_all(
-            generator, checkpoints, prompts, options.render, on_images=bar.update
-        )
+    with tqdm(total=total, desc="eval images", unit="image", disable=not options.show_progress) as bar:
+        return render_all(generator, checkpoints, prompts, options.render, on_images=bar.update)
 
 
 def _train_summary(folder: Path) -> dict:
@@ -202,16 +184,12 @@ def _train_summary(folder: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvaluationError(
-            f"{path}: unreadable ({exc}); restore it or move it away"
-        ) from exc
+        raise EvaluationError(f"{path}: unreadable ({exc}); restore it or move it away") from exc
     return data if isinstance(data, dict) else {}
 
 
 def _dataset_folder(given: Path | None, summary: dict, folder: Path) -> Path:
-    recorded = (summary.get("config") or {}).get(
-        "dataset_dir"
-    )  # the dataset folder train resolved
+    recorded = (summary.get("config") or {}).get("dataset_dir")  # the dataset folder train resolved
     dataset = Path(given) if given else Path(recorded) if recorded else None
     if dataset is None:
         raise EvaluationError(
@@ -219,29 +197,20 @@ def _dataset_folder(given: Path | None, summary: dict, folder: Path) -> Path:
             "folder holding <repeats>_<trigger> [class])"
         )
     if not dataset.is_dir():
-        raise EvaluationError(
-            f"{dataset}: dataset folder not found; pass --dataset DIR"
-        )
+        raise EvaluationError(f"{dataset}: dataset folder not found; pass --dataset DIR")
     return dataset
 
 
 def _base_model(given: str | None, summary: dict, folder: Path) -> str:
     base = given or (summary.get("config") or {}).get("pretrained_model_name_or_path")
     if not base:
-        raise EvaluationError(
-            f"{folder}: no {TRAIN_SUMMARY_FILE} naming the base model; pass --base-model"
-        )
+        raise EvaluationError(f"{folder}: no {TRAIN_SUMMARY_FILE} naming the base model; pass --base-model")
     return str(base)
 
 
 def _training_images(dataset: Path) -> list:
     subsets, _problems = find_folder_subsets(dataset, is_reg=False)
-    paths = sorted(
-        p
-        for s in subsets
-        for p in s.path.iterdir()
-        if p.is_file() and is_image_name(p.name)
-    )
+    paths = sorted(p for s in subsets for p in s.path.iterdir() if p.is_file() and is_image_name(p.name))
     if not paths:
         raise EvaluationError(
             f"{dataset}: no training images in its <repeats>_<trigger> folders; pass the dataset "
@@ -259,12 +228,6 @@ def _validation_losses(summary: dict, checkpoints) -> dict[str, float | None]:
     )
     out = {}
     for checkpoint in checkpoints:
-        before = [
-            loss
-            for step, loss in points
-            if checkpoint.step is not None and step <= checkpoint.step
-        ]
-        out[checkpoint.label] = (
-            before[-1] if before and not checkpoint.is_base else None
-        )
+        before = [loss for step, loss in points if checkpoint.step is not None and step <= checkpoint.step]
+        out[checkpoint.label] = before[-1] if before and not checkpoint.is_base else None
     return out

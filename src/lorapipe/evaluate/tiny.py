@@ -41,9 +41,9 @@ def make_tiny_clip(out_dir: Path, *, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     CLIPModel(config).save_pretrained(out_dir)
     size = {"shortest_edge": TINY_IMAGE_SIZE}
-    CLIPImageProcessor(
-        size=size, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    ).save_pretrained(out_dir)
+    CLIPImageProcessor(size=size, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}).save_pretrained(
+        out_dir
+    )
     write_clip_tokenizer_files(out_dir, pad_token="<|endoftext|>")
     return out_dir
 
@@ -75,6 +75,4 @@ def make_tiny_dino(out_dir: Path, *, seed: int = 0) -> Path:
 def make_tiny_metric_models(out_dir: Path, *, seed: int = 0) -> tuple[Path, Path]:
     """(clip folder, dino folder) under `out_dir`."""
     out_dir = Path(out_dir)
-    return make_tiny_clip(out_dir / "tiny-clip", seed=seed), make_tiny_dino(
-        out_dir / "tiny-dinov2", seed=seed
-    )
+    return make_tiny_clip(out_dir / "tiny-clip", seed=seed), make_tiny_dino(out_dir / "tiny-dinov2", seed=seed)
