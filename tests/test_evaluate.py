@@ -22,17 +22,7 @@ from tests.train_fixtures import copy_dataset, one_thread  # noqa: F401 (autouse
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FAST = [
-    "--width",
-    "64",
-    "--height",
-    "64",
-    "--steps",
-    "2",
-    "--images-per-prompt",
-    "1",
-    "--no-progress",
-]
+FAST = ["--width", "64", "--height", "64", "--steps", "2", "--images-per-prompt", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -166,14 +156,8 @@ def test_checkpoints_of_another_run_or_a_base_model_are_refused(trained_run, tmp
     with pytest.raises(EvaluationError, match=r"different base models"):
         find_checkpoints(mixed)
     epoch.unlink()
-    save_file(
-        {"conv_in.weight": tensors[next(iter(tensors))]},
-        mixed / "dwjz_toy-000002.safetensors",
-    )
-    with pytest.raises(
-        EvaluationError,
-        match=r"dwjz_toy-000002\.safetensors: holds no Kohya LoRA tensors",
-    ):
+    save_file({"conv_in.weight": tensors[next(iter(tensors))]}, mixed / "dwjz_toy-000002.safetensors")
+    with pytest.raises(EvaluationError, match=r"dwjz_toy-000002\.safetensors: holds no Kohya LoRA tensors"):
         find_checkpoints(mixed)
 
 
@@ -181,10 +165,7 @@ def test_prompts_without_the_trigger_are_named(tmp_path):
     subject = subject_from_tokens("dwjz toy")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of {subject} on a beach\na cat on a sofa\n")
-    with pytest.raises(
-        EvaluationError,
-        match=r"prompts\.txt:2: prompt does not contain the trigger 'dwjz'",
-    ):
+    with pytest.raises(EvaluationError, match=r"prompts\.txt:2: prompt does not contain the trigger 'dwjz'"):
         read_prompts(prompts, subject)
     prompts.write_text("a photo of {subject} on a beach\nleak: a cat on a sofa\n")
     built = read_prompts(prompts, subject)

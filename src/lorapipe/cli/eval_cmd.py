@@ -23,11 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training images), prompt fidelity (CLIP-T) and leakage (no-trigger images vs no LoRA), and "
         "write eval.json and a self-contained eval.html. Prints the recommended checkpoint.",
     )
-    parser.add_argument(
-        "run",
-        metavar="RUN_OR_FOLDER",
-        help="the run's output folder, or one of its LoRA files",
-    )
+    parser.add_argument("run", metavar="RUN_OR_FOLDER", help="the run's output folder, or one of its LoRA files")
     parser.add_argument(
         "--dataset",
         metavar="DIR",
@@ -61,12 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH_OR_ID",
         help=f"DINOv2 for DINO-I and leakage (default {DEFAULT_DINO_MODEL})",
     )
-    parser.add_argument(
-        "-o",
-        "--output-dir",
-        metavar="DIR",
-        help="where eval.json/eval.html go (default RUN/eval)",
-    )
+    parser.add_argument("-o", "--output-dir", metavar="DIR", help="where eval.json/eval.html go (default RUN/eval)")
     parser.add_argument("--width", type=int, default=defaults.width)
     parser.add_argument("--height", type=int, default=defaults.height)
     parser.add_argument("--steps", type=int, default=defaults.steps)
@@ -74,18 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sampler", default=defaults.sampler_name, help="A1111 sampler name")
     parser.add_argument("--scheduler", default=defaults.scheduler, help="A1111 schedule type")
     parser.add_argument("--images-per-prompt", type=int, default=defaults.images_per_prompt)
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help="images per denoising batch",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=1000,
-        help="seed of the first prompt (others follow from it)",
-    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per denoising batch")
+    parser.add_argument("--seed", type=int, default=1000, help="seed of the first prompt (others follow from it)")
     parser.add_argument(
         "--clip-t-margin",
         type=float,
@@ -103,8 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_eval)
 
     tiny = subparsers.add_parser(
-        "eval-make-tiny-models",
-        help="write tiny random-weight CLIP and DINOv2 folders (tests, offline demos)",
+        "eval-make-tiny-models", help="write tiny random-weight CLIP and DINOv2 folders (tests, offline demos)"
     )
     tiny.add_argument("out", metavar="OUT", help="folder to create (gets tiny-clip/ and tiny-dinov2/)")
     tiny.add_argument("--seed", type=int, default=0)

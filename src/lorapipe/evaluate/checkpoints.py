@@ -126,12 +126,7 @@ def _int(value: str | None) -> int | None:
 
 def _training_order(checkpoint: Checkpoint) -> tuple:
     final = checkpoint.kind == "final"
-    return (
-        final,
-        checkpoint.step if checkpoint.step is not None else -1,
-        checkpoint.epoch or 0,
-        checkpoint.label,
-    )
+    return (final, checkpoint.step if checkpoint.step is not None else -1, checkpoint.epoch or 0, checkpoint.label)
 
 
 def _check_same(checkpoints: list[Checkpoint], keys: tuple[str, ...], what: str) -> None:

@@ -38,18 +38,10 @@ class MetricModels:
     dino_name: str = ""
 
     def clip_image(self, images: Sequence) -> object:
-        return self._embed(
-            images,
-            self.clip_images,
-            lambda px: _pooled(self.clip.get_image_features(pixel_values=px)),
-        )
+        return self._embed(images, self.clip_images, lambda px: _pooled(self.clip.get_image_features(pixel_values=px)))
 
     def dino_image(self, images: Sequence) -> object:
-        return self._embed(
-            images,
-            self.dino_images,
-            lambda px: self.dino(pixel_values=px).pooler_output,
-        )
+        return self._embed(images, self.dino_images, lambda px: self.dino(pixel_values=px).pooler_output)
 
     def clip_text(self, texts: Sequence[str]) -> object:
         import torch
@@ -63,10 +55,7 @@ class MetricModels:
         ).to(self.device)
         with torch.inference_mode():
             features = _pooled(
-                self.clip.get_text_features(
-                    input_ids=tokens["input_ids"],
-                    attention_mask=tokens["attention_mask"],
-                )
+                self.clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
             )
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
 
@@ -88,10 +77,7 @@ def _pooled(output):
 
 
 def load_metric_models(
-    clip_model: str = DEFAULT_CLIP_MODEL,
-    dino_model: str = DEFAULT_DINO_MODEL,
-    *,
-    device: str | None = None,
+    clip_model: str = DEFAULT_CLIP_MODEL, dino_model: str = DEFAULT_DINO_MODEL, *, device: str | None = None
 ) -> MetricModels:
     """Load CLIP and DINOv2 from folders or hub ids; a missing one raises EvaluationError saying how to get it."""
     import torch
@@ -99,27 +85,11 @@ def load_metric_models(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    clip = _load(
-        lambda: CLIPModel.from_pretrained(clip_model, dtype=dtype),
-        clip_model,
-        "--clip-model",
-    )
-    clip_images = _load(
-        lambda: AutoImageProcessor.from_pretrained(clip_model),
-        clip_model,
-        "--clip-model",
-    )
+    clip = _load(lambda: CLIPModel.from_pretrained(clip_model, dtype=dtype), clip_model, "--clip-model")
+    clip_images = _load(lambda: AutoImageProcessor.from_pretrained(clip_model), clip_model, "--clip-model")
     clip_tokenizer = _load(lambda: AutoTokenizer.from_pretrained(clip_model), clip_model, "--clip-model")
-    dino = _load(
-        lambda: Dinov2Model.from_pretrained(dino_model, dtype=dtype),
-        dino_model,
-        "--dino-model",
-    )
-    dino_images = _load(
-        lambda: AutoImageProcessor.from_pretrained(dino_model),
-        dino_model,
-        "--dino-model",
-    )
+    dino = _load(lambda: Dinov2Model.from_pretrained(dino_model, dtype=dtype), dino_model, "--dino-model")
+    dino_images = _load(lambda: AutoImageProcessor.from_pretrained(dino_model), dino_model, "--dino-model")
     return MetricModels(
         clip=clip.to(device).eval(),
         clip_images=clip_images,
@@ -135,10 +105,7 @@ def load_metric_models(
 def _load(loader, name: str, option: str):
     try:
         return loader()
-    except (
-        OSError,
-        ValueError,
-    ) as exc:  # transformers' "not found / not a valid model" for a folder or hub id
+    except (OSError, ValueError) as exc:  # transformers' "not found / not a valid model" for a folder or hub id
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hub_id = DEFAULT_CLIP_MODEL if option == "--clip-model" else DEFAULT_DINO_MODEL
         if Path(name).expanduser().exists():
@@ -183,11 +150,7 @@ class CheckpointScore:
 
 
 def score_images(
-    models: MetricModels,
-    rendered: dict,
-    prompts: Sequence,
-    training_images: Sequence,
-    base_label: str,
+    models: MetricModels, rendered: dict, prompts: Sequence, training_images: Sequence, base_label: str
 ) -> list[ImageScore]:
     """Score every rendered image; `rendered` maps (checkpoint, prompt index) to `render.Rendered`."""
     if not training_images:

@@ -22,10 +22,7 @@ DEFAULT_SUBJECT_PROMPTS = (
     "a photo of {subject} on a city street at night",
     "a photo of {subject} on top of a wooden table",
 )
-DEFAULT_LEAK_PROMPTS = (
-    "a photo of a dog on a beach",
-    "a bowl of fruit on a kitchen table",
-)
+DEFAULT_LEAK_PROMPTS = ("a photo of a dog on a beach", "a bowl of fruit on a kitchen table")
 
 
 @dataclass(frozen=True)

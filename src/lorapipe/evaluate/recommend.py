@@ -35,10 +35,7 @@ def rule_text(clip_t_margin: float = CLIP_T_MARGIN, leakage_margin: float = LEAK
 
 
 def recommend(
-    scores: Sequence,
-    *,
-    clip_t_margin: float = CLIP_T_MARGIN,
-    leakage_margin: float = LEAKAGE_MARGIN,
+    scores: Sequence, *, clip_t_margin: float = CLIP_T_MARGIN, leakage_margin: float = LEAKAGE_MARGIN
 ) -> Recommendation:
     """`scores`: CheckpointScore of the LoRA checkpoints (not the base) in training order."""
     if not scores:

@@ -14,12 +14,7 @@ from pathlib import Path
 from lorapipe.dataset.images import decode_image
 from lorapipe.dataset.layout import find_folder_subsets, is_image_name
 from lorapipe.errors import EvaluationError
-from lorapipe.evaluate.checkpoints import (
-    BASE,
-    Checkpoint,
-    RunCheckpoints,
-    find_checkpoints,
-)
+from lorapipe.evaluate.checkpoints import BASE, Checkpoint, RunCheckpoints, find_checkpoints
 from lorapipe.evaluate.metrics import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_DINO_MODEL,
@@ -37,12 +32,7 @@ from lorapipe.evaluate.prompts import (
     subject_from_tokens,
     subject_of,
 )
-from lorapipe.evaluate.recommend import (
-    CLIP_T_MARGIN,
-    LEAKAGE_MARGIN,
-    Recommendation,
-    recommend,
-)
+from lorapipe.evaluate.recommend import CLIP_T_MARGIN, LEAKAGE_MARGIN, Recommendation, recommend
 from lorapipe.evaluate.render import Rendered, RenderSettings, render_all
 
 # Written by train/summary.py beside the LoRA files (evaluate reads it as a file; it never imports train).
@@ -91,12 +81,7 @@ class EvalResult:
 
 
 def evaluate_run(
-    run: Path,
-    options: EvalOptions = EvalOptions(),
-    *,
-    generator=None,
-    metric_models=None,
-    write: bool = True,
+    run: Path, options: EvalOptions = EvalOptions(), *, generator=None, metric_models=None, write: bool = True
 ) -> EvalResult:
     """Evaluate every checkpoint of `run`; `generator`/`metric_models` reuse loaded ones (benchmarks, pipeline)."""
     from lorapipe.evaluate.report import write_report
@@ -127,11 +112,7 @@ def evaluate_run(
     rows = score_images(models, rendered, prompts, training_images, BASE.label)
     scores = checkpoint_scores(rows, prompts, [c.label for c in checkpoints])
     seconds_metrics = time.perf_counter() - started
-    recommendation = recommend(
-        scores[1:],
-        clip_t_margin=options.clip_t_margin,
-        leakage_margin=options.leakage_margin,
-    )
+    recommendation = recommend(scores[1:], clip_t_margin=options.clip_t_margin, leakage_margin=options.leakage_margin)
     result = EvalResult(
         run=found,
         subject=subject,
@@ -159,11 +140,7 @@ def _generator_for(folder: Path, options: EvalOptions, loaded=None):
 
     if loaded is None:
         return Generator.load(
-            options.base_model,
-            lora_dir=folder,
-            device=options.device,
-            dtype=options.dtype,
-            hash_model=False,
+            options.base_model, lora_dir=folder, device=options.device, dtype=options.dtype, hash_model=False
         )
     loaded.loras.clear()  # its pipeline must be the plain base model before another set is fused into it
     return Generator(loaded.pipe, model=loaded.model, registry=LoraRegistry(folder))
