@@ -94,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from lorapipe.evaluate.render import RenderSettings
     from lorapipe.evaluate.run import EvalOptions, evaluate_run
+    from lorapipe.generate.quiet import quiet_model_loading
+
+    quiet_model_loading()  # the image bar is the progress; loader bars of three models would bury it
 
     render = RenderSettings(
         width=args.width,

@@ -110,6 +110,7 @@ def report_html(result, data: dict) -> str:
         + "</tr>"
         for key, title in (*METRICS, ("validation_loss", "validation loss"))
     )
+    per_prompt = {(row["checkpoint"], row["prompt"]): row for row in data["per_prompt"]}
     grid_rows = []
     for prompt in result.prompts:
         cells = []
@@ -120,7 +121,11 @@ def report_html(result, data: dict) -> str:
                 for image, seed in zip(rendered.images, rendered.seeds)
             )
             mark = "recommended" if checkpoint.label == chosen else ""
-            cells.append(f'<td class="cell {mark}">{images}</td>')
+            numbers = per_prompt[(checkpoint.label, prompt.index)]
+            caption = " · ".join(
+                f"{title.split()[0]} {_number(numbers[key])}" for key, title in METRICS if numbers[key] is not None
+            )
+            cells.append(f'<td class="cell {mark}">{images}<small>{esc(caption)}</small></td>')
         kind = "subject" if prompt.with_trigger else "no trigger"
         grid_rows.append(
             f'<tr class="prompt"><th>{esc(prompt.text)}<br><small>{kind}</small></th>{"".join(cells)}</tr>'
@@ -131,6 +136,7 @@ def report_html(result, data: dict) -> str:
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
 table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}}
 th small{{color:#666}} td.cell img{{width:160px;height:auto;display:block;margin:2px auto}}
+td.cell small{{display:block;max-width:170px;color:#444}} #curves{{max-width:100%}}
 .recommended{{background:#e6f4ea;outline:3px solid #1e8e3e}}
 #recommendation{{font-size:1.1em;padding:.6em;border-left:6px solid #1e8e3e;background:#e6f4ea}}
 </style></head><body>
@@ -184,6 +190,8 @@ def _curves_uri(data: dict) -> str:
             if checkpoint["label"] == chosen:
                 axes.axvline(step, color="#1e8e3e", linestyle="--", linewidth=1)
         axes.set_xlabel("training step (0 = no LoRA)")
+        better = "lower" if panel[0][0] in ("leakage", "validation_loss") else "higher"
+        axes.set_title(f"{better} is better", fontsize="small")
         axes.legend(fontsize="small")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)

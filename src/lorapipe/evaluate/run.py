@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lorapipe.dataset.images import decode_image
@@ -130,7 +130,7 @@ def evaluate_run(
         return result
     out = Path(options.output_dir) if options.output_dir else found.folder / EVAL_FOLDER
     json_path, html_path = write_report(result, out, options)
-    return EvalResult(**{**result.__dict__, "json_path": json_path, "html_path": html_path})
+    return replace(result, json_path=json_path, html_path=html_path)
 
 
 def _generator_for(folder: Path, options: EvalOptions, loaded=None):
