@@ -149,7 +149,10 @@ def test_checkpoints_of_another_run_or_a_base_model_are_refused(trained_run, tmp
     epoch = mixed / "dwjz_toy-000001.safetensors"
     tensors = load_file(epoch)
     metadata = _metadata(epoch)
+    # A resumed run: sd-scripts draws a new session id per process; the files still belong together.
     save_file(tensors, epoch, metadata={**metadata, "ss_session_id": "999"})
+    assert len(find_checkpoints(mixed).checkpoints) == 2
+    save_file(tensors, epoch, metadata={**metadata, "ss_network_dim": "999"})
     with pytest.raises(EvaluationError, match=r"different training runs: dwjz_toy-000001\.safetensors"):
         find_checkpoints(mixed)
     save_file(tensors, epoch, metadata={**metadata, "ss_sd_model_name": "another-base"})

@@ -1,9 +1,11 @@
 """The LoRA files of one training run, found by sd-scripts' names and checked to belong together.
 
 A run writes `NAME-000001.safetensors` (epochs), `NAME-step00000500.safetensors` (steps) and `NAME.safetensors`
-(the final file). Files of one run share `ss_session_id` and the base model (`ss_sd_model_name` /
-`ss_new_sd_model_hash`); comparing checkpoints of different runs or base models would make the curves meaningless,
-so they are refused. Only headers are read (no torch).
+(the final file). Files of one run share the network, seed and dataset (`ss_network_*`, `ss_seed`,
+`ss_dataset_dirs`) and the base model (`ss_sd_model_name` / `ss_new_sd_model_hash`); comparing checkpoints of
+different runs or base models would make the curves meaningless, so they are refused. `ss_session_id` is not
+compared: sd-scripts draws a new one per process, so the files of a resumed run differ in it. Only headers are read
+(no torch).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ BASE_LABEL = "no LoRA"
 _EPOCH = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})$")
 _STEP = re.compile(r"^(?P<name>.+)-step(?P<step>\d{8})$")
 # Keys that must agree between the files of one run (sd-scripts writes them into every save).
-_SAME_RUN_KEYS = ("ss_session_id",)
+_SAME_RUN_KEYS = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_seed", "ss_dataset_dirs")
 _SAME_BASE_KEYS = ("ss_new_sd_model_hash", "ss_sd_model_name", "ss_base_model_version")
 
 
