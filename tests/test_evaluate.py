@@ -218,3 +218,25 @@ def _metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), "pt") as handle:
         return handle.metadata()
+
+
+def test_recommendation_rule():
+    from lorapipe.evaluate.metrics import CheckpointScore
+    from lorapipe.evaluate.recommend import recommend
+
+    def score(label, dino_i, clip_t, leakage):
+        return CheckpointScore(checkpoint=label, dino_i=dino_i, clip_i=dino_i, clip_t=clip_t, leakage=leakage)
+
+    early, middle, late = score("e1", 0.50, 0.30, 0.10), score("e2", 0.60, 0.29, 0.12), score("e3", 0.70, 0.20, 0.12)
+    # e3 is the most faithful subject but forgets the prompt (CLIP-T 0.10 below the best): e2 wins.
+    chosen = recommend([early, middle, late], clip_t_margin=0.02, leakage_margin=0.05)
+    assert chosen.checkpoint == "e2" and chosen.eligible == ("e1", "e2")
+    # e2 leaks too much into no-trigger prompts for a tight leakage margin: e1.
+    assert recommend([early, middle, late], clip_t_margin=0.02, leakage_margin=0.01).checkpoint == "e1"
+    # Equal subject fidelity: the earlier (less overfit) checkpoint.
+    assert recommend([score("a", 0.6, 0.3, 0.1), score("b", 0.6, 0.3, 0.1)]).checkpoint == "a"
+    # Nothing meets both margins (the prompt-faithful one leaks most): the CLIP-T margin alone decides.
+    leaky = [score("x", 0.5, 0.30, 0.40), score("y", 0.7, 0.10, 0.05)]
+    assert recommend(leaky, clip_t_margin=0.02, leakage_margin=0.05).checkpoint == "x"
+    with pytest.raises(EvaluationError, match="nothing to recommend"):
+        recommend([])

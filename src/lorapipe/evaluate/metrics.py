@@ -38,10 +38,14 @@ class MetricModels:
     dino_name: str = ""
 
     def clip_image(self, images: Sequence) -> object:
-        return self._embed(images, self.clip_images, lambda px: _pooled(self.clip.get_image_features(pixel_values=px)))
+        return self._embed(
+            images, self.clip_images, self.clip.dtype, lambda px: _pooled(self.clip.get_image_features(pixel_values=px))
+        )
 
     def dino_image(self, images: Sequence) -> object:
-        return self._embed(images, self.dino_images, lambda px: self.dino(pixel_values=px).pooler_output)
+        return self._embed(
+            images, self.dino_images, self.dino.dtype, lambda px: self.dino(pixel_values=px).pooler_output
+        )
 
     def clip_text(self, texts: Sequence[str]) -> object:
         import torch
@@ -59,14 +63,15 @@ class MetricModels:
             )
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
 
-    def _embed(self, images: Sequence, processor, forward) -> object:
+    def _embed(self, images: Sequence, processor, dtype, forward) -> object:
         import torch
 
         out = []
         with torch.inference_mode():
             for first in range(0, len(images), EMBED_BATCH):
                 batch = [image.convert("RGB") for image in images[first : first + EMBED_BATCH]]
-                pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+                pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
+                pixels = pixels.to(self.device, dtype)  # the model's dtype: fp16 on CUDA
                 out.append(torch.nn.functional.normalize(forward(pixels).float(), dim=-1).cpu())
         return torch.cat(out)
 
