@@ -65,8 +65,9 @@ def evaluated(trained_run, metric_models, tiny_model_dir):
     return out, json.loads((out / "eval" / "eval.json").read_text())
 
 
-def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, capsys):
+def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, metric_models):
     out, report = evaluated
+    assert report["metric_models"] == {"clip": str(metric_models[0]), "dino": str(metric_models[1])}
     labels = [c["label"] for c in report["checkpoints"]]
     assert labels == ["no LoRA", "dwjz_toy-000001", "dwjz_toy"]
     assert [c["step"] for c in report["checkpoints"]] == [0, 2, 4]

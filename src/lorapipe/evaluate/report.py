@@ -72,7 +72,7 @@ def report_data(result, options) -> dict:
         "run": str(result.run.folder),
         "output_name": result.run.output_name,
         "subject": asdict(result.subject),
-        "metric_models": {"clip": str(options.clip_model), "dino": str(options.dino_model)},
+        "metric_models": dict(result.metric_models),
         "render": asdict(options.render),
         "prompts": [asdict(p) for p in result.prompts],
         "checkpoints": checkpoints,

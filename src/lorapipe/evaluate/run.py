@@ -72,6 +72,7 @@ class EvalResult:
     recommendation: Recommendation
     seconds_render: dict[str, float]
     seconds_metrics: float
+    metric_models: dict[str, str] = field(default_factory=dict)  # {"clip": name, "dino": name} as loaded
     json_path: Path | None = None
     html_path: Path | None = None
 
@@ -125,6 +126,7 @@ def evaluate_run(
         recommendation=recommendation,
         seconds_render=seconds_render,
         seconds_metrics=seconds_metrics,
+        metric_models={"clip": models.clip_name or options.clip_model, "dino": models.dino_name or options.dino_model},
     )
     if not write:
         return result
