@@ -241,3 +241,15 @@ def test_recommendation_rule():
     assert recommend(leaky, clip_t_margin=0.02, leakage_margin=0.05).checkpoint == "x"
     with pytest.raises(EvaluationError, match="nothing to recommend"):
         recommend([])
+
+
+def test_subject_from_the_folder_name_or_the_lora_metadata(tmp_path):
+    from lorapipe.evaluate.prompts import subject_of
+
+    (tmp_path / "20_ohwx woman").mkdir()
+    assert subject_of(tmp_path).tokens == "ohwx woman"
+    plain = tmp_path / "20_ohwx woman"  # an image_dir without the Kohya folder rule inside
+    recorded = {"ss_dataset_dirs": json.dumps({"10_dwjz toy": {"n_repeats": 10, "img_count": 4}})}
+    assert subject_of(plain, recorded).trigger == "dwjz"
+    with pytest.raises(EvaluationError, match=r"no <repeats>_<trigger> \[class\] folder.*--trigger"):
+        subject_of(plain, {})

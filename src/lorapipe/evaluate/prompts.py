@@ -7,11 +7,12 @@ tokens (e.g. "dwjz toy"), lines starting with `leak:` are no-trigger prompts, `#
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorapipe.dataset.layout import find_folder_subsets, split_trigger_and_class
+from lorapipe.dataset.layout import find_folder_subsets, parse_subset_folder_name, split_trigger_and_class
 from lorapipe.errors import EvaluationError
 
 LEAK_PREFIX = "leak:"
@@ -44,15 +45,24 @@ class Subject:
     trigger: str
 
 
-def subject_of(dataset_dir: Path) -> Subject:
-    """The subject named by the dataset's `<repeats>_<trigger> [class]` folder (the first one)."""
+def subject_of(dataset_dir: Path, lora_metadata: dict[str, str] | None = None) -> Subject:
+    """The subject named by the dataset's `<repeats>_<trigger> [class]` folder (the first one), else by the folder
+    names sd-scripts recorded in the LoRA's `ss_dataset_dirs` (a dataset given as a plain image folder)."""
     subsets, _problems = find_folder_subsets(Path(dataset_dir), is_reg=False)
-    if not subsets:
-        raise EvaluationError(
-            f"{dataset_dir}: no <repeats>_<trigger> [class] folder; pass the dataset the run was "
-            "trained on (--dataset), or --trigger"
-        )
-    return subject_from_tokens(subsets[0].class_tokens, str(subsets[0].path))
+    if subsets:
+        return subject_from_tokens(subsets[0].class_tokens, str(subsets[0].path))
+    try:
+        recorded = json.loads((lora_metadata or {}).get("ss_dataset_dirs") or "{}")
+    except json.JSONDecodeError:
+        recorded = {}
+    for name in recorded if isinstance(recorded, dict) else ():
+        parsed = parse_subset_folder_name(name)
+        if parsed and parsed[1].strip():
+            return subject_from_tokens(parsed[1], f"ss_dataset_dirs {name!r}")
+    raise EvaluationError(
+        f"{dataset_dir}: no <repeats>_<trigger> [class] folder, and the LoRA records none (ss_dataset_dirs); pass "
+        "the dataset the run was trained on (--dataset), or --trigger"
+    )
 
 
 def subject_from_tokens(tokens: str, source: str = "--trigger") -> Subject:

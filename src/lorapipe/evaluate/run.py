@@ -90,7 +90,7 @@ def evaluate_run(
     found = find_checkpoints(Path(run))
     summary = _train_summary(found.folder)
     dataset = _dataset_folder(options.dataset, summary, found.folder)
-    subject = subject_from_tokens(options.trigger) if options.trigger else subject_of(dataset)
+    subject = subject_from_tokens(options.trigger) if options.trigger else subject_of(dataset, found.final.metadata)
     prompts = (
         read_prompts(options.prompts_file, subject, options.seed)
         if options.prompts_file
@@ -188,11 +188,13 @@ def _base_model(given: str | None, summary: dict, folder: Path) -> str:
 
 
 def _training_images(dataset: Path) -> list:
+    """The images of the dataset's `<repeats>_<trigger>` folders, or of the folder itself (a plain image_dir)."""
     subsets, _problems = find_folder_subsets(dataset, is_reg=False)
-    paths = sorted(p for s in subsets for p in s.path.iterdir() if p.is_file() and is_image_name(p.name))
+    folders = [s.path for s in subsets] or [dataset]
+    paths = sorted(p for folder in folders for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
     if not paths:
         raise EvaluationError(
-            f"{dataset}: no training images in its <repeats>_<trigger> folders; pass the dataset "
+            f"{dataset}: no training images (in <repeats>_<trigger> folders or the folder itself); pass the dataset "
             "the run was trained on (--dataset)"
         )
     return [decode_image(p, min_side=TRAINING_IMAGE_MIN_SIDE) for p in paths]
