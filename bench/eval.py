@@ -36,9 +36,14 @@ def _setup(root: Path) -> tuple[Path, Path, Path, tuple[Path, Path]]:
         write_sample_dataset(root / "datasets")
     run = root / "run"
     if not (run / "dwjz_toy.safetensors").exists():
-        run_training(dataset, output_dir=run, base_model=str(model), show_progress=False, step_lines=False,
-                     overrides=("max_train_steps=4", "save_every_n_steps=2", "save_every_n_epochs=0",
-                                "sample_every_n_steps=0"))
+        run_training(
+            dataset,
+            output_dir=run,
+            base_model=str(model),
+            show_progress=False,
+            step_lines=False,
+            overrides=("max_train_steps=4", "save_every_n_steps=2", "save_every_n_epochs=0", "sample_every_n_steps=0"),
+        )
     metric = root / "metric-models"
     models = (metric / "tiny-clip", metric / "tiny-dinov2")
     if not (models[0] / "config.json").exists():
@@ -73,9 +78,15 @@ def main() -> None:
     model, dataset, run, (clip, dino) = _setup(root)
     generator = Generator.load(str(model), lora_dir=run, device="cpu", dtype="fp32", hash_model=False)
     models = load_metric_models(str(clip), str(dino), device="cpu")
-    settings = RenderSettings(width=args.size, height=args.size, steps=args.steps, sampler_name="Euler",
-                              scheduler=None, images_per_prompt=args.images_per_prompt,
-                              batch_size=args.images_per_prompt)
+    settings = RenderSettings(
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        sampler_name="Euler",
+        scheduler=None,
+        images_per_prompt=args.images_per_prompt,
+        batch_size=args.images_per_prompt,
+    )
     options = EvalOptions(dataset=dataset, render=settings, show_progress=False, output_dir=root / "eval")
     columns = (BASE, *find_checkpoints(run).checkpoints)
     prompts = default_prompts(subject_of(dataset), options.seed)
@@ -110,16 +121,23 @@ def main() -> None:
     inner = statistics.median(inner_times)
     metrics, report = statistics.median(metric_times), statistics.median(report_times)
     per = len(columns)
-    print(f"{len(columns)} columns (no LoRA + {per - 1} checkpoints) x {len(prompts)} prompts x "
-          f"{args.images_per_prompt} images = {images} images at {args.size}px, {args.steps} steps, "
-          f"median of {args.repeats}")
+    print(
+        f"{len(columns)} columns (no LoRA + {per - 1} checkpoints) x {len(prompts)} prompts x "
+        f"{args.images_per_prompt} images = {images} images at {args.size}px, {args.steps} steps, "
+        f"median of {args.repeats}"
+    )
     print(f"render only (baseline)     : {render:7.2f} s  ({render / per:6.2f} s per checkpoint)")
-    print(f"evaluate (render + scores) : {scored:7.2f} s  ({scored / per:6.2f} s per checkpoint)  "
-          f"ratio {scored / render:.3f}x")
-    print(f"  of which its rendering   : {inner:7.2f} s  (the same images; run-to-run noise vs the baseline: "
-          f"{100 * (inner - render) / render:+.1f}%)")
-    print(f"  of which metric scoring  : {metrics:7.2f} s  = {100 * metrics / render:.1f}% of rendering "
-          f"(target <= 10%)")
+    print(
+        f"evaluate (render + scores) : {scored:7.2f} s  ({scored / per:6.2f} s per checkpoint)  "
+        f"ratio {scored / render:.3f}x"
+    )
+    print(
+        f"  of which its rendering   : {inner:7.2f} s  (the same images; run-to-run noise vs the baseline: "
+        f"{100 * (inner - render) / render:+.1f}%)"
+    )
+    print(
+        f"  of which metric scoring  : {metrics:7.2f} s  = {100 * metrics / render:.1f}% of rendering (target <= 10%)"
+    )
     print(f"report (json, PNGs, html)  : {report:7.2f} s  = {100 * report / render:.1f}% of rendering")
     print(f"everything vs render only  : {(scored + report) / render:.3f}x")
 
