@@ -116,7 +116,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "evaluate step", "score every checkpoint (as `lorapipe eval`) and publish the recommended one; the report "
         "goes to RUN/eval/eval.html, the measures into publish.json and the LoRA's ss_lorapipe_eval_* metadata")
     evaluate.add_argument("--evaluate", choices=EVAL_MODES, default="auto",
-                          help="auto (default): when the metric models load; on: a missing model fails the run")
+                          help="auto (default): when the metric models are on this machine (a folder, or a hub id in the "
+                          "Hugging Face cache); on: load them, downloading if need be, or fail the run")
     evaluate.add_argument("--no-evaluate", dest="evaluate", action="store_const", const="off",
                           help="skip the evaluate step (same as --evaluate off)")
     evaluate.add_argument("--publish-checkpoint", choices=PUBLISH_CHOICES, default="recommended",
