@@ -79,6 +79,7 @@ def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, metric_model
     assert any(p["with_trigger"] for p in prompts) and any(not p["with_trigger"] for p in prompts)
     assert all("dwjz" not in p["clip_text"] for p in prompts)
     assert len(report["images"]) == len(labels) * len(prompts)
+    assert all((out / "eval" / row["file"]).is_file() for row in report["images"])
     assert len(report["per_prompt"]) == len(labels) * len(prompts)
     for checkpoint in report["checkpoints"]:
         for key in ("dino_i", "clip_i", "clip_t", "leakage"):

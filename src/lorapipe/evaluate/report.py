@@ -1,7 +1,7 @@
 """eval.json (every number) and eval.html (one self-contained page: image grid, metric curves, recommendation).
 
 The page embeds everything as data URIs (JPEG thumbnails, matplotlib PNG curves), so it can be mailed or opened
-from an artifact store without the images beside it.
+from an artifact store without the images beside it; the full-size PNGs go to `images/<checkpoint>/` beside it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from dataclasses import asdict
 from pathlib import Path
 from statistics import fmean
 
-from lorapipe.atomic import atomic_write_text
+from lorapipe.atomic import atomic_target, atomic_write_text
 
 JSON_NAME = "eval.json"
 HTML_NAME = "eval.html"
+IMAGES_DIR = "images"
+BASE_IMAGES = "no-lora"  # the folder of the base model's images (the label has a space)
 THUMBNAIL_SIDE = 384  # grid cells; the full images would make the page tens of MB
 METRICS = (
     ("dino_i", "DINO-I (subject)"),
@@ -32,6 +34,13 @@ def write_report(result, out_dir: Path, options) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = report_data(result, options)
     json_path, html_path = out_dir / JSON_NAME, out_dir / HTML_NAME
+    files = _image_files(result)
+    for (label, index), rendered in result.images.items():
+        for image, seed in zip(rendered.images, rendered.seeds):
+            path = out_dir / files[(label, index, seed)]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_target(path, suffix=".png") as tmp:
+                image.save(tmp, format="PNG")
     atomic_write_text(json_path, json.dumps(data, indent=2))
     atomic_write_text(html_path, report_html(result, data))
     return json_path, html_path
@@ -77,7 +86,9 @@ def report_data(result, options) -> dict:
         "prompts": [asdict(p) for p in result.prompts],
         "checkpoints": checkpoints,
         "per_prompt": per_prompt,
-        "images": [asdict(r) for r in result.image_scores],
+        "images": [
+            {**asdict(r), "file": _image_files(result)[(r.checkpoint, r.prompt, r.seed)]} for r in result.image_scores
+        ],
         "recommendation": {
             "checkpoint": recommended.label,
             "file": str(recommended.path),
@@ -156,6 +167,17 @@ images to the no-LoRA images (lower is better). Models: {esc(data["metric_models
 <table id="grid"><tr><th>prompt</th>{head}</tr>{"".join(grid_rows)}</table>
 </body></html>
 """
+
+
+def _image_files(result) -> dict[tuple[str, int, int], str]:
+    """(checkpoint label, prompt index, seed) -> path relative to the report folder."""
+    files = {}
+    for checkpoint in result.checkpoints:
+        folder = BASE_IMAGES if checkpoint.is_base else checkpoint.label
+        for prompt in result.prompts:
+            for seed in result.images[(checkpoint.label, prompt.index)].seeds:
+                files[(checkpoint.label, prompt.index, seed)] = f"{IMAGES_DIR}/{folder}/{prompt.index:02d}-{seed}.png"
+    return files
 
 
 def _number(value) -> str:
