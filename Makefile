@@ -48,7 +48,7 @@ test: lint system-test-deps
 	$(PY) -m pytest -q tests
 
 CPU_BENCHES := dataset_check generate_vs_diffusers generate_lora_step server_overhead invocations train_speed \
-	train_learning lora_save pipeline_overhead server_concurrency train_compile caption prepare server_runs
+	train_learning lora_save pipeline_overhead server_concurrency train_compile caption prepare server_runs eval
 bench: $(VENV)/.installed-test
 	@for b in $(CPU_BENCHES); do echo "== bench/$$b.py"; OMP_NUM_THREADS=1 $(PY) bench/$$b.py || exit 1; done
 

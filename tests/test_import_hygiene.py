@@ -30,9 +30,11 @@ ALLOWED = {
     "registry": NEUTRAL | {"lora"},
     "hosting_contract": NEUTRAL | {"store", "registry"},
     "generate": NEUTRAL | {"sdxl", "lora", "registry"},
+    # Evaluation reads LoRA files and a dataset and drives the generator; it never imports the trainer.
+    "evaluate": NEUTRAL | {"sdxl", "dataset", "lora", "registry", "generate"},
     "deploy": NEUTRAL | {"store", "registry", "container_contract", "hosting_contract"},
     "pipeline": NEUTRAL | {"sdxl", "store", "dataset", "config", "lora", "registry", "train", "container_contract",
-                           "hosting_contract", "deploy"},
+                           "hosting_contract", "deploy", "evaluate"},
     # The studio's routes start and follow pipeline runs and prepare datasets; the pipeline never imports the server.
     "server": NEUTRAL | {"sdxl", "lora", "registry", "generate", "store", "container_contract", "hosting_contract",
                          "pipeline", "dataset", "config"},

@@ -51,7 +51,7 @@ def test_zero_or_two_loras_is_an_error(tmp_path):
         find_artifact(tmp_path)
     folder = write_artifact(tmp_path / "train")
     (folder / "other.safetensors").write_bytes((folder / "dwjz_toy.safetensors").read_bytes())
-    with pytest.raises(PipelineError, match="dwjz_toy.safetensors, other.safetensors"):
+    with pytest.raises(PipelineError, match=r"LoRAs of several runs \(dwjz_toy, other\)"):
         find_artifact(folder)
 
 

@@ -25,7 +25,7 @@ def test_run_lifecycle_and_steps(tmp_path):
     run_id = _make(store, tmp_path)
     record = store.get(run_id)
     assert record.status == "queued" and not record.finished
-    assert [step.name for step in record.steps] == ["validate", "train", "sample", "publish"]
+    assert [step.name for step in record.steps] == ["validate", "train", "evaluate", "sample", "publish"]
     assert store.start_run(run_id, os.getpid())
     assert not store.start_run(run_id, os.getpid()), "a running run cannot be started twice"
     store.set_step(run_id, "validate", "running")

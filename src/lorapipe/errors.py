@@ -41,3 +41,7 @@ class PipelineError(LorapipeError):
 
 class DeployError(LorapipeError):
     """A SageMaker endpoint that cannot be created, updated, deleted or invoked."""
+
+
+class EvaluationError(LorapipeError):
+    """Checkpoints, prompts or metric models that an evaluation cannot use."""

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "lorapipe.cli.config_cmd",
     "lorapipe.cli.train_cmd",
     "lorapipe.cli.generate_cmd",
+    "lorapipe.cli.eval_cmd",
     "lorapipe.cli.serve_cmd",
     "lorapipe.cli.deploy_cmd",
     "lorapipe.cli.pipeline_cmd",

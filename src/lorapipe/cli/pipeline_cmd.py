@@ -11,18 +11,22 @@ import os
 import sys
 import time
 
+# Both torch-free at import time, so `--help` stays light.
+from lorapipe.evaluate.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
+from lorapipe.pipeline.evaluate_stage import EVAL_MODES, PUBLISH_CHOICES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     pipeline = subparsers.add_parser(
-        "pipeline", help="dataset -> validate -> train -> sample -> publish, locally or on SageMaker",
+        "pipeline", help="dataset -> validate -> train -> evaluate -> sample -> publish, locally or on SageMaker",
     )
     commands = pipeline.add_subparsers(dest="pipeline_command", metavar="SUBCOMMAND")
     pipeline.set_defaults(handler=lambda args: _print_help(pipeline))
 
     run = commands.add_parser(
-        "run", help="start a run (validate, train, sample, publish); Ctrl-C detaches, the run goes on",
+        "run", help="start a run (validate, train, evaluate, sample, publish); Ctrl-C detaches, the run goes on",
         description="Validate the dataset, train a LoRA (skipped when dataset, config and base model are unchanged "
-        "since a successful run), check sample images, and publish the LoRA, train_summary.json, samples and "
+        "since a successful run), score its checkpoints and pick one (evaluate), check sample images, and publish the LoRA, train_summary.json, samples and "
         "sha256 files to --output and into the LoRA folder the server reads.",
     )
     run.add_argument("dataset", metavar="DATASET", help="NNNN-dataset folder or s3://BUCKET/NNNN-dataset/ prefix")
@@ -111,6 +115,20 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="train even if an identical run succeeded")
     parser.add_argument("--deploy", metavar="ENDPOINT", help="after publish, add the LoRA to this SageMaker endpoint "
                         "(see `lorapipe deploy`; needs --output s3://... unless the endpoint has a LoRA prefix)")
+    evaluate = parser.add_argument_group(
+        "evaluate step", "score every checkpoint (as `lorapipe eval`) and publish the recommended one; the report "
+        "goes to RUN/eval/eval.html, the measures into publish.json and the LoRA's ss_lorapipe_eval_* metadata")
+    evaluate.add_argument("--evaluate", choices=EVAL_MODES, default="auto",
+                          help="auto (default): when the metric models are on this machine (a folder, or a hub id in the "
+                          "Hugging Face cache); on: load them, downloading if need be, or fail the run")
+    evaluate.add_argument("--no-evaluate", dest="evaluate", action="store_const", const="off",
+                          help="skip the evaluate step (same as --evaluate off)")
+    evaluate.add_argument("--publish-checkpoint", choices=PUBLISH_CHOICES, default="recommended",
+                          help="publish the recommended checkpoint (default) or the final one")
+    evaluate.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="PATH_OR_ID")
+    evaluate.add_argument("--dino-model", default=DEFAULT_DINO_MODEL, metavar="PATH_OR_ID")
+    evaluate.add_argument("--eval-steps", type=int, default=25, metavar="N", help="sampling steps per image (25)")
+    evaluate.add_argument("--eval-images-per-prompt", type=int, default=2, metavar="N")
     sagemaker = parser.add_argument_group("sagemaker backend")
     sagemaker.add_argument("--sagemaker-image", metavar="URI", help="training image (TrainingDockerImage)")
     sagemaker.add_argument("--sagemaker-role", metavar="ARN", help="the job's execution role")
@@ -131,6 +149,7 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def _request(args: argparse.Namespace, dataset: str):
+    from lorapipe.pipeline.evaluate_stage import EvaluateOptions
     from lorapipe.pipeline.request import RunRequest, SageMakerOptions
 
     return RunRequest(
@@ -151,7 +170,17 @@ def _request(args: argparse.Namespace, dataset: str):
             max_runtime_s=args.max_runtime_s, spot=args.spot, max_wait_s=args.max_wait_s, region=args.region,
             endpoint_url=args.sagemaker_endpoint, poll_interval_s=args.poll_interval,
         ),
+        evaluate=EvaluateOptions(
+            mode=args.evaluate, publish=args.publish_checkpoint, clip_model=_model_arg(args.clip_model),
+            dino_model=_model_arg(args.dino_model), steps=args.eval_steps,
+            images_per_prompt=args.eval_images_per_prompt,
+        ),
     )
+
+
+def _model_arg(value: str) -> str:
+    """A local model folder as an absolute path (the worker runs elsewhere); a hub id as given."""
+    return os.path.abspath(value) if os.path.isdir(value) else value
 
 
 def _dataset_arg(value: str) -> str:

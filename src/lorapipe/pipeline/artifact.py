@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lorapipe.atomic import atomic_write_text
-from lorapipe.errors import ModelLoadError, PipelineError
+from lorapipe.errors import EvaluationError, ModelLoadError, PipelineError
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.hashes import sha256_file
 from lorapipe.safetensors_header import read_header
@@ -20,20 +20,39 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 @dataclass(frozen=True)
 class Artifact:
-    """A verified training output: the LoRA, its summary and sample images, each with its sha256."""
+    """A verified training output: the LoRA, its summary, sample images and the run's other checkpoints
+    (`NAME-000001`, `NAME-step00000500`), each with its sha256. `lora` is the file to publish: the final one,
+    or the checkpoint the evaluate step recommended."""
 
     folder: Path
     lora: Path
     summary: Path | None
     samples: tuple[Path, ...]
     sha256: dict[str, str]  # path relative to folder -> hex digest
+    run_loras: tuple[Path, ...] = ()  # every LoRA file of the run in training order, the final one last
+
+    @property
+    def checkpoints(self) -> tuple[Path, ...]:
+        """The run's LoRA files other than the one to publish."""
+        return tuple(p for p in self.run_loras if p != self.lora)
+
+    @property
+    def final_lora(self) -> Path:
+        """The run's last file (`NAME.safetensors`), whose name the published LoRA keeps."""
+        return self.run_loras[-1] if self.run_loras else self.lora
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return (*self.samples, *((self.summary,) if self.summary else ()), self.lora)
+        return (*self.samples, *((self.summary,) if self.summary else ()), *self.checkpoints, self.lora)
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.folder).as_posix()
+
+    def publishing(self, lora: Path) -> Artifact:
+        """The same artifact with `lora` (one of the run's LoRA files) as the file to publish."""
+        if lora not in self.run_loras:
+            raise PipelineError(f"{lora}: not a LoRA of the run in {self.folder}; pick one of its checkpoints")
+        return replace(self, lora=lora)
 
 
 def check_safetensors(path: Path) -> dict:
@@ -51,35 +70,43 @@ def check_safetensors(path: Path) -> dict:
 
 
 def find_artifact(folder: Path) -> Artifact:
-    """Find the final LoRA (the top-level ``.safetensors``, or the one the summary names beside step/epoch files),
-    the summary and the samples in a backend's output folder."""
+    """Find the final LoRA (the file without a `-000001` / `-stepNNNNNNNN` suffix, which the summary's `lora_file`
+    names too), the run's other checkpoints, the summary and the samples in a backend's output folder."""
+    from lorapipe.evaluate.checkpoints import find_checkpoints
+
     folder = Path(folder)
     summary = folder / TRAIN_SUMMARY_NAME
-    lora = _final_lora(folder, summary)
-    check_safetensors(lora)
+    loras = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    if not loras:
+        raise PipelineError(f"{folder}: expected a .safetensors LoRA, found none; check the train step's log")
+    for path in loras:
+        check_safetensors(path)
+    try:  # sd-scripts' names tell the final file from the checkpoints; one run's files only
+        run = find_checkpoints(folder)
+    except EvaluationError as exc:
+        raise PipelineError(f"{exc} (train step output)") from exc
+    run_loras = tuple(c.path for c in run.checkpoints)
+    lora = _named_by_summary(summary, run_loras) or (run.final.path if run.final.kind == "final" else None)
+    if lora is None:
+        raise PipelineError(f"{folder}: only intermediate checkpoints ({', '.join(p.name for p in loras)}), no final "
+                            f"{run.output_name}.safetensors; the run stopped early, check the train step's log")
     sample_dir = folder / SAMPLE_DIR
     samples = tuple(sorted(p for p in sample_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)) \
         if sample_dir.is_dir() else ()
-    files = (*samples, *((summary,) if summary.is_file() else ()), lora)
+    files = (*samples, *((summary,) if summary.is_file() else ()), *run_loras)
     digests = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
-    return Artifact(folder, lora, summary if summary.is_file() else None, samples, digests)
+    return Artifact(folder, lora, summary if summary.is_file() else None, samples, digests, run_loras)
 
 
-def _final_lora(folder: Path, summary: Path) -> Path:
-    """The run's final LoRA: the only top-level file, or (beside step/epoch files) the one the summary names."""
-    loras = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if len(loras) > 1 and summary.is_file():
-        try:
-            named = json.loads(summary.read_text(encoding="utf-8")).get("lora_file")
-        except (OSError, ValueError):
-            named = None
-        chosen = [p for p in loras if named and p.name == Path(named).name]
-        if chosen:
-            return chosen[0]
-    if len(loras) != 1:
-        found = ", ".join(p.name for p in loras) or "none"
-        raise PipelineError(f"{folder}: expected one .safetensors LoRA, found {found}; check the train step's log")
-    return loras[0]
+def _named_by_summary(summary: Path, loras: tuple[Path, ...]) -> Path | None:
+    """The LoRA file `train_summary.json` names as the run's result (`lora_file`), when it is one of `loras`."""
+    if not summary.is_file():
+        return None
+    try:
+        named = json.loads(summary.read_text(encoding="utf-8")).get("lora_file")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return next((p for p in loras if named and p.name == Path(named).name), None)
 
 
 def write_sha256_sidecars(artifact: Artifact) -> None:

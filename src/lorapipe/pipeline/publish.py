@@ -22,8 +22,8 @@ MANIFEST_NAME = "publish.json"
 
 
 def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None, lora_dir: Path, lora_name: str,
-                     endpoint_url: str | None, log: RunLog) -> dict:
-    """Publish and return the manifest (what went where, with sha256s)."""
+                     endpoint_url: str | None, log: RunLog, evaluation: dict | None = None) -> dict:
+    """Publish and return the manifest (what went where, with sha256s, and the evaluate step's measures)."""
     check_publish_name(lora_name)
     write_sha256_sidecars(artifact)
     manifest: dict = {
@@ -34,6 +34,8 @@ def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None,
         "output_prefix": None,
         "uploaded": [],
     }
+    if evaluation is not None:
+        manifest["evaluation"] = evaluation
     if output_url:
         manifest["output_prefix"], manifest["uploaded"] = _upload(artifact, run_id, output_url, endpoint_url,
                                                                   manifest, log)

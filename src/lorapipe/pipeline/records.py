@@ -20,7 +20,7 @@ from lorapipe.errors import PipelineError
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
-STEP_NAMES = ("validate", "train", "sample", "publish")
+STEP_NAMES = ("validate", "train", "evaluate", "sample", "publish")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

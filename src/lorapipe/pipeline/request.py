@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lorapipe.errors import PipelineError
 from lorapipe.pipeline.backend import BACKENDS, DEFAULT_BACKEND
+from lorapipe.pipeline.evaluate_stage import EvaluateOptions
 
 HOME_ENV = "LORAPIPE_HOME"
 
@@ -45,6 +46,7 @@ class RunRequest:
     use_cache: bool = True
     sagemaker: SageMakerOptions = field(default_factory=SageMakerOptions)
     deploy_endpoint: str | None = None  # after publish, add the LoRA to this SageMaker endpoint
+    evaluate: EvaluateOptions = field(default_factory=EvaluateOptions)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -71,6 +73,7 @@ class RunRequest:
         values = {key: value for key, value in data.items() if key in known}
         values["overrides"] = tuple(values.get("overrides") or ())
         values["sagemaker"] = SageMakerOptions(**(values.get("sagemaker") or {}))
+        values["evaluate"] = EvaluateOptions(**(values.get("evaluate") or {}))
         return cls(**values)
 
 

@@ -1,4 +1,4 @@
-"""One run, step by step: validate -> train -> sample -> publish, with the train step cached by content hash.
+"""One run, step by step: validate -> train -> evaluate -> sample -> publish; the train step is cached by content hash.
 
 Every failure becomes the run's status and one-line reason; nothing is published unless all earlier steps passed.
 """
@@ -16,6 +16,7 @@ from lorapipe.errors import LorapipeError, PipelineError
 from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.artifact import Artifact, copy_artifact, find_artifact
 from lorapipe.pipeline.backend import BACKENDS, TrainBackend, TrainJob
+from lorapipe.pipeline.evaluate_stage import evaluate_artifact
 from lorapipe.pipeline.hashing import ContentHasher, train_cache_key
 from lorapipe.pipeline.publish import publish_artifact
 from lorapipe.pipeline.records import RunStore
@@ -64,11 +65,13 @@ def execute_run(home: PipelineHome, run_id: str, cancel: Cancellation | None = N
         current = "train"
         backend = backend or BACKENDS[request.backend].from_request(request)
         artifact = _step_train(ctx, dataset_dir, dataset_url, backend)
+        current = "evaluate"
+        artifact, evaluation = _step_evaluate(ctx, dataset_dir, artifact)
         current = "sample"
         _step_sample(ctx, artifact)
         current = "publish"
         _check_cancel(ctx)
-        _step_publish(ctx, artifact)
+        _step_publish(ctx, artifact, evaluation)
     except RunCancelled as exc:
         records.set_step(run_id, current, "cancelled", str(exc))
         records.finish_run(run_id, "cancelled", str(exc))
@@ -185,6 +188,16 @@ def _reuse_cached(ctx: RunContext, key: str, train_dir: Path) -> Artifact | None
     return artifact
 
 
+def _step_evaluate(ctx: RunContext, dataset_dir: Path, artifact: Artifact) -> tuple[Artifact, dict | None]:
+    """Score every checkpoint and pick the one to publish (lorapipe.pipeline.evaluate_stage)."""
+    _check_cancel(ctx)
+    ctx.records.set_step(ctx.run_id, "evaluate", "running")
+    outcome = evaluate_artifact(artifact, ctx.request.evaluate, dataset_dir=dataset_dir,
+                                base_model=ctx.request.base_model, out_dir=ctx.run_dir / "eval", log=ctx.log)
+    ctx.records.set_step(ctx.run_id, "evaluate", "succeeded" if outcome.manifest else "skipped", outcome.detail)
+    return outcome.artifact, outcome.manifest
+
+
 def _step_sample(ctx: RunContext, artifact: Artifact) -> None:
     """The trainer renders sample images with the trained LoRA (Kohya's sample_prompts); check they exist."""
     _check_cancel(ctx)
@@ -194,10 +207,10 @@ def _step_sample(ctx: RunContext, artifact: Artifact) -> None:
         ctx.records.set_step(ctx.run_id, "sample", "skipped", "no sample images (set sample_prompts in the config)")
 
 
-def _step_publish(ctx: RunContext, artifact: Artifact) -> None:
+def _step_publish(ctx: RunContext, artifact: Artifact, evaluation: dict | None = None) -> None:
     ctx.records.set_step(ctx.run_id, "publish", "running")
     lora_dir = Path(ctx.request.lora_dir).expanduser() if ctx.request.lora_dir else ctx.home.default_lora_dir
-    lora_name = ctx.request.lora_name or artifact.lora.stem
+    lora_name = ctx.request.lora_name or artifact.final_lora.stem  # the run's name, whichever file is published
     result = publish_artifact(
         artifact,
         run_id=ctx.run_id,
@@ -206,6 +219,7 @@ def _step_publish(ctx: RunContext, artifact: Artifact) -> None:
         lora_name=lora_name,
         endpoint_url=ctx.request.s3_endpoint_url,
         log=ctx.log,
+        evaluation=evaluation,
     )
     if ctx.request.deploy_endpoint:
         from lorapipe.pipeline.deploy_step import deploy_published
