@@ -84,10 +84,11 @@ def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, o
             seed = prompt.seed if prompt.seed is not None else fallback_seed + index
             generator = torch.Generator(device="cpu").manual_seed(seed)
             with torch.no_grad():
-                image = pipe(prompt.prompt, negative_prompt=prompt.negative_prompt or None, width=prompt.width,
-                             height=prompt.height, num_inference_steps=prompt.steps, guidance_scale=prompt.scale,
-                             generator=generator, original_size=(prompt.height, prompt.width),
-                             target_size=(prompt.height, prompt.width)).images[0]
+                latents = pipe(prompt.prompt, negative_prompt=prompt.negative_prompt or None, width=prompt.width,
+                               height=prompt.height, num_inference_steps=prompt.steps, guidance_scale=prompt.scale,
+                               generator=generator, original_size=(prompt.height, prompt.width),
+                               target_size=(prompt.height, prompt.width), output_type="latent").images
+                image = _decode(pipe, latents)
             name = sample_image_name(output_name, epoch=epoch, step=step, prompt_index=index, seed=prompt.seed)
             path = out_dir / name
             with atomic_target(path, suffix=".png") as tmp:  # PIL picks the format from the suffix
@@ -102,3 +103,11 @@ def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, o
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
     return written
+
+
+def _decode(pipe, latents: torch.Tensor):
+    """Decode in the VAE's own dtype: with no_half_vae the VAE stays fp32 while the UNet's latents are bf16/fp16,
+    which diffusers' SDXL pipeline only reconciles for an fp16 VAE."""
+    vae = pipe.vae
+    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(pixels, output_type="pil")[0]
