@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from generate_common import bytecode_cached_env, interleaved, measure_process, tiny_setup
 
 PROMPT, NEGATIVE, SEED = "a photo of dwjz toy on a table", "blurry", 1234
