@@ -376,9 +376,12 @@ def compare_training(script: Path, root: Path, short: int, long: int, repeats: i
             ("rss", "peak RSS, MiB", "{:.0f}", 1.0))
     for key, label, fmt, goal in rows:
         ours, theirs = table["lorapipe"][key], table["diffusers"][key]
+        print(f"{label}:\n  lorapipe  {_stats(ours, fmt)}\n  diffusers {_stats(theirs, fmt)}")
+        if min(ours + theirs) <= 0:  # a long run finished sooner than a short one: the machine was too busy
+            print("  no ratio: a difference is not positive (machine noise); use more steps or repetitions")
+            continue
         median = statistics.median(ours) / statistics.median(theirs)
-        print(f"{label}:\n  lorapipe  {_stats(ours, fmt)}\n  diffusers {_stats(theirs, fmt)}\n"
-              f"  {_ratios(ours, theirs)}; median/median {median:.3f} (goal <= {goal}: "
+        print(f"  {_ratios(ours, theirs)}; median/median {median:.3f} (goal <= {goal}: "
               f"{'PASS' if median <= goal else 'FAIL'})")
     log = (root / f"lorapipe-{long}-0.log").read_text(errors="replace")
     cached = "text-encoder outputs cached" in log
