@@ -53,7 +53,7 @@ RESOLUTION = 128
 # stand-in from that folder, but only to an `import` in the program's own __main__: transformers and diffusers
 # probe for torchvision with find_spec and must keep seeing none (their torchvision code paths need the real one),
 # and once __main__ imports something else the stand-in leaves sys.modules again (the script keeps its names).
-_SITECUSTOMIZE = '''
+_SITECUSTOMIZE = """
 import atexit, importlib.machinery, json, os, sys, time
 
 _stamps = []
@@ -107,14 +107,14 @@ def _write():
 sys.meta_path.insert(0, _BenchFinder())
 if _out:
     atexit.register(_write)
-'''
+"""
 
 # The torchvision API the script uses: transforms.{InterpolationMode, Compose, Resize, CenterCrop, RandomCrop
 # (+get_params), RandomHorizontalFlip, ToTensor, Normalize} and transforms.functional.crop, with torchvision's
 # semantics (Resize(int) scales the shorter side; ToTensor gives CHW floats in [0, 1]).
 _TORCHVISION = {
     "__init__.py": "from . import transforms\n__version__ = '0.0+bench-stand-in'\n",
-    "transforms/functional.py": '''
+    "transforms/functional.py": """
 def crop(img, top, left, height, width):
     return img.crop((left, top, left + width, top + height))
 
@@ -123,8 +123,8 @@ def hflip(img):
     from PIL import Image
 
     return img.transpose(Image.FLIP_LEFT_RIGHT)
-''',
-    "transforms/__init__.py": '''
+""",
+    "transforms/__init__.py": """
 import enum
 
 from . import functional
@@ -239,7 +239,7 @@ class Normalize:
         mean = torch.as_tensor(self.mean, dtype=tensor.dtype).view(-1, 1, 1)
         std = torch.as_tensor(self.std, dtype=tensor.dtype).view(-1, 1, 1)
         return (tensor - mean) / std
-''',
+""",
 }
 
 
@@ -275,8 +275,15 @@ def write_helpers(root: Path) -> tuple[Path, Path]:
 def child_env(hook: Path, times_file: Path, torchvision_dir: Path | None = None) -> dict:
     src = str(Path(__file__).resolve().parent.parent / "src")
     path = os.pathsep.join(p for p in (str(hook), src, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "BENCH_STEP_TIMES": str(times_file), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": path,
+        "BENCH_STEP_TIMES": str(times_file),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     env = bytecode_cached_env(env, hook.parent / "pycache")
     env.pop("BENCH_TORCHVISION_DIR", None)
     if torchvision_dir is not None:
@@ -296,30 +303,88 @@ def measure(cmd: list[str], env: dict, log: Path) -> Run:
 
 def lorapipe_cmd(dataset: Path, model: Path, out: Path, steps: int) -> list[str]:
     sets = [
-        "resolution=128", "enable_bucket=false", "train_batch_size=1", "network_dim=4", "network_alpha=4",
-        "optimizer_type=AdamW", "learning_rate=1e-4", "unet_lr=1e-4", "lr_scheduler=constant", "max_grad_norm=1.0",
-        "mixed_precision=no", "network_train_unet_only=true", "cache_latents=false", "cache_latents_to_disk=false",
-        "cache_text_encoder_outputs=false", "noise_offset=0", "random_crop=false", "flip_aug=false",
-        "gradient_checkpointing=false", "sample_prompts=\"\"", "sample_every_n_steps=0", "save_every_n_epochs=0",
-        f"max_train_steps={steps}", "seed=0",
+        "resolution=128",
+        "enable_bucket=false",
+        "train_batch_size=1",
+        "network_dim=4",
+        "network_alpha=4",
+        "optimizer_type=AdamW",
+        "learning_rate=1e-4",
+        "unet_lr=1e-4",
+        "lr_scheduler=constant",
+        "max_grad_norm=1.0",
+        "mixed_precision=no",
+        "network_train_unet_only=true",
+        "cache_latents=false",
+        "cache_latents_to_disk=false",
+        "cache_text_encoder_outputs=false",
+        "noise_offset=0",
+        "random_crop=false",
+        "flip_aug=false",
+        "gradient_checkpointing=false",
+        'sample_prompts=""',
+        "sample_every_n_steps=0",
+        "save_every_n_epochs=0",
+        f"max_train_steps={steps}",
+        "seed=0",
     ]
-    cmd = [sys.executable, "-m", "lorapipe", "train", str(dataset), "--base-model", str(model), "--output-dir",
-           str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lorapipe",
+        "train",
+        str(dataset),
+        "--base-model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
     for item in sets:
         cmd += ["--set", item]
     return cmd
 
 
 def script_cmd(script: Path, images: Path, model: Path, out: Path, steps: int) -> list[str]:
-    return [sys.executable, str(script), "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
-            str(images), "--instance_prompt", INSTANCE_PROMPT, "--output_dir", str(out), "--resolution",
-            str(RESOLUTION), "--center_crop", "--train_batch_size", "1", "--rank", "4", "--learning_rate", "1e-4",
-            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--max_train_steps", str(steps),
-            "--mixed_precision", "no", "--seed", "0", "--checkpointing_steps", "1000000"]
+    return [
+        sys.executable,
+        str(script),
+        "--pretrained_model_name_or_path",
+        str(model),
+        "--instance_data_dir",
+        str(images),
+        "--instance_prompt",
+        INSTANCE_PROMPT,
+        "--output_dir",
+        str(out),
+        "--resolution",
+        str(RESOLUTION),
+        "--center_crop",
+        "--train_batch_size",
+        "1",
+        "--rank",
+        "4",
+        "--learning_rate",
+        "1e-4",
+        "--lr_scheduler",
+        "constant",
+        "--lr_warmup_steps",
+        "0",
+        "--max_train_steps",
+        str(steps),
+        "--mixed_precision",
+        "no",
+        "--seed",
+        "0",
+        "--checkpointing_steps",
+        "1000000",
+    ]
 
 
 def _stats(values: list[float], fmt: str) -> str:
-    return f"min {fmt.format(min(values))}  median {fmt.format(statistics.median(values))}  max {fmt.format(max(values))}"
+    return (
+        f"min {fmt.format(min(values))}  median {fmt.format(statistics.median(values))}  max {fmt.format(max(values))}"
+    )
 
 
 def _ratios(ours: list[float], theirs: list[float]) -> str:
@@ -348,19 +413,26 @@ def compare_training(script: Path, root: Path, short: int, long: int, repeats: i
     # One unmeasured run each first: it fills the bytecode cache both programs then load from.
     for name in ("lorapipe", "diffusers"):
         measure(*command(name, 2, root / f"{name}-warmup"), root / f"{name}-warmup.log")
-    print(f"training: {len(list(images.iterdir()))} images, {RESOLUTION} px, batch 1, rank 4, AdamW lr 1e-4, fp32, "
-          f"UNet only, no caching; {short} and {long} steps, {repeats} interleaved repetitions", flush=True)
+    print(
+        f"training: {len(list(images.iterdir()))} images, {RESOLUTION} px, batch 1, rank 4, AdamW lr 1e-4, fp32, "
+        f"UNet only, no caching; {short} and {long} steps, {repeats} interleaved repetitions",
+        flush=True,
+    )
     for repeat in range(repeats):
         for steps in (short, long):
             for name in ("lorapipe", "diffusers"):
-                run = measure(*command(name, steps, root / f"{name}-{steps}-{repeat}"),
-                              root / f"{name}-{steps}-{repeat}.log")
+                run = measure(
+                    *command(name, steps, root / f"{name}-{steps}-{repeat}"), root / f"{name}-{steps}-{repeat}.log"
+                )
                 if len(run.steps) != steps:
                     raise SystemExit(f"{name}: {len(run.steps)} optimizer steps recorded, expected {steps}")
                 runs.setdefault((name, steps), []).append(run)
-                print(f"  rep {repeat + 1} {name:9s} {steps:4d} steps: wall {run.wall:6.2f} s, start-up "
-                      f"{run.startup:5.2f} s, steady {run.steady() * 1000:6.1f} ms/step, peak RSS "
-                      f"{run.peak_rss / 2**20:5.0f} MiB", flush=True)
+                print(
+                    f"  rep {repeat + 1} {name:9s} {steps:4d} steps: wall {run.wall:6.2f} s, start-up "
+                    f"{run.startup:5.2f} s, steady {run.steady() * 1000:6.1f} ms/step, peak RSS "
+                    f"{run.peak_rss / 2**20:5.0f} MiB",
+                    flush=True,
+                )
     table = {}
     for name in ("lorapipe", "diffusers"):
         longs, shorts = runs[(name, long)], runs[(name, short)]
@@ -370,10 +442,12 @@ def compare_training(script: Path, root: Path, short: int, long: int, repeats: i
             "startup": [r.startup for r in longs + shorts],
             "rss": [max(a.peak_rss, b.peak_rss) / 2**20 for a, b in zip(longs, shorts)],
         }
-    rows = (("steady", "s/step, steady (long run)", "{:.4f}", 0.9),
-            ("difference", "s/step, by difference of run lengths", "{:.4f}", 0.9),
-            ("startup", "start-up to the end of step 1, s", "{:.2f}", 1.0),
-            ("rss", "peak RSS, MiB", "{:.0f}", 1.0))
+    rows = (
+        ("steady", "s/step, steady (long run)", "{:.4f}", 0.9),
+        ("difference", "s/step, by difference of run lengths", "{:.4f}", 0.9),
+        ("startup", "start-up to the end of step 1, s", "{:.2f}", 1.0),
+        ("rss", "peak RSS, MiB", "{:.0f}", 1.0),
+    )
     for key, label, fmt, goal in rows:
         ours, theirs = table["lorapipe"][key], table["diffusers"][key]
         print(f"{label}:\n  lorapipe  {_stats(ours, fmt)}\n  diffusers {_stats(theirs, fmt)}")
@@ -381,8 +455,10 @@ def compare_training(script: Path, root: Path, short: int, long: int, repeats: i
             print("  no ratio: a difference is not positive (machine noise); use more steps or repetitions")
             continue
         median = statistics.median(ours) / statistics.median(theirs)
-        print(f"  {_ratios(ours, theirs)}; median/median {median:.3f} (goal <= {goal}: "
-              f"{'PASS' if median <= goal else 'FAIL'})")
+        print(
+            f"  {_ratios(ours, theirs)}; median/median {median:.3f} (goal <= {goal}: "
+            f"{'PASS' if median <= goal else 'FAIL'})"
+        )
     log = (root / f"lorapipe-{long}-0.log").read_text(errors="replace")
     cached = "text-encoder outputs cached" in log
     print(f"lorapipe log says text-encoder outputs are cached: {cached}")
@@ -390,8 +466,11 @@ def compare_training(script: Path, root: Path, short: int, long: int, repeats: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--diffusers-script", type=Path, help="path of diffusers' "
-                        "examples/dreambooth/train_dreambooth_lora_sdxl.py (not part of this repository)")
+    parser.add_argument(
+        "--diffusers-script",
+        type=Path,
+        help="path of diffusers' examples/dreambooth/train_dreambooth_lora_sdxl.py (not part of this repository)",
+    )
     parser.add_argument("--steps", type=int, nargs=2, default=(20, 220), metavar=("SHORT", "LONG"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, outputs)")
@@ -405,8 +484,10 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         if args.diffusers_script is None:
-            print("skip: training vs diffusers' train_dreambooth_lora_sdxl.py: no --diffusers-script PATH given "
-                  "(get examples/dreambooth/train_dreambooth_lora_sdxl.py of the installed diffusers release)")
+            print(
+                "skip: training vs diffusers' train_dreambooth_lora_sdxl.py: no --diffusers-script PATH given "
+                "(get examples/dreambooth/train_dreambooth_lora_sdxl.py of the installed diffusers release)"
+            )
         elif not args.diffusers_script.is_file():
             parser.error(f"--diffusers-script: {args.diffusers_script} is not a file")
         else:
