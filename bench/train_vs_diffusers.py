@@ -5,7 +5,7 @@ Same tiny SDXL-architecture model (`lorapipe model make-tiny`), same 12 images (
 220 steps, repetitions interleaved. Each run is its own process with one torch thread. Printed as min/median/max
 over the repetitions:
 
-- s/step steady: between the 4th and the last optimizer step of the long run;
+- s/step steady: median interval between optimizer-step ends from the 4th step on, in the long run;
 - s/step by difference: (wall time of the long run - wall time of the short run) / (step difference), which also
   counts any per-step work outside the optimizer step;
 - start-up: process launch to the end of the first optimizer step;
@@ -32,6 +32,7 @@ Run: python bench/train_vs_diffusers.py --diffusers-script PATH [--steps 20 220]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -257,7 +258,8 @@ class Run:
         return self.steps[0]
 
     def steady(self, warmup: int = 3) -> float:
-        return (self.steps[-1] - self.steps[warmup]) / (len(self.steps) - 1 - warmup)
+        """Median interval between optimizer-step ends after `warmup` steps (a busy machine's spikes fall out)."""
+        return statistics.median(b - a for a, b in itertools.pairwise(self.steps[warmup:]))
 
 
 def write_helpers(root: Path) -> tuple[Path, Path]:
