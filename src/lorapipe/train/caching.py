@@ -168,6 +168,22 @@ class TextEncoderCache:
         })
 
 
+# Subset options that change a caption from one use to the next (sd-scripts' is_text_encoder_output_cacheable).
+CAPTION_RANDOMISERS = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
+                       "caption_tag_dropout_rate", "token_warmup_step")
+
+
+def caption_randomiser(subsets, *, wildcards: bool = False) -> tuple[str, str] | None:
+    """(subset name, option) of the first subset whose captions change between uses, else None; `wildcards`
+    also counts enable_wildcard ({a|b} picks a variant per use)."""
+    keys = CAPTION_RANDOMISERS + (("enable_wildcard",) if wildcards else ())
+    for subset in subsets:
+        for key in keys:
+            if getattr(subset, key, 0):
+                return subset.name, key
+    return None
+
+
 def check_cache_compatibility(*, cache_latents: bool, cache_text_encoder_outputs: bool, train_text_encoder: bool,
                               subsets, source: str) -> None:
     """The incompatibilities sd-scripts enforces (kohya-compat.md §1.3, §1.7)."""
@@ -181,9 +197,7 @@ def check_cache_compatibility(*, cache_latents: bool, cache_text_encoder_outputs
         if train_text_encoder:
             raise ConfigError(f"{source}: cache_text_encoder_outputs needs network_train_unet_only = true (the "
                               "text-encoder LoRA cannot be trained from cached outputs)")
-        for subset in subsets:
-            changing = [k for k in ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-                                    "caption_tag_dropout_rate", "token_warmup_step") if getattr(subset, k, 0)]
-            if changing:
-                raise ConfigError(f"{source}: cache_text_encoder_outputs cannot be used with {changing[0]} "
-                                  f"(subset {subset.name}); captions must not change between epochs")
+        changing = caption_randomiser(subsets)
+        if changing:
+            raise ConfigError(f"{source}: cache_text_encoder_outputs cannot be used with {changing[1]} "
+                              f"(subset {changing[0]}); captions must not change between epochs")
