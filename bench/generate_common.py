@@ -1,8 +1,11 @@
-"""Shared setup for the generate/server benchmarks: a tiny SDXL folder and a Kohya LoRA in a temp dir."""
+"""Shared setup for the generate/server/train benchmarks: a tiny SDXL folder and a Kohya LoRA in a temp dir, timing
+helpers, and one child process measured on its own (wall time, peak RSS)."""
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,3 +71,26 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure_process(cmd: list[str], env: dict, log: Path) -> tuple[float, int]:
+    """Run `cmd` to the end with stdout/stderr in `log`; (wall seconds from launch to exit, peak RSS bytes of that
+    process alone -- os.wait4, not the largest of all children so far). Exits naming the log when it fails."""
+    with open(log, "w") as out:
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit code {proc.returncode}; end of {log}:\n{tail}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def bytecode_cached_env(env: dict, cache: Path) -> dict:
+    """`env` for a child that compiles each source once into `cache` and reuses it, as an installed package's
+    .pyc files are (this machine sets PYTHONDONTWRITEBYTECODE, which would recompile everything per process)."""
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env

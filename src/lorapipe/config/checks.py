@@ -13,7 +13,7 @@ from lorapipe.config.model import TrainConfig
 
 # Subset options that change the caption from one epoch to the next, so text-encoder outputs cannot be cached
 # (sd-scripts: BaseDataset.is_text_encoder_output_cacheable).
-_CAPTION_RANDOMISERS = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
+CAPTION_RANDOMISERS = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
                         "caption_tag_dropout_rate", "token_warmup_step")
 # Subset options that change the pixels per epoch, so latents cannot be cached (is_latent_cacheable).
 _PIXEL_RANDOMISERS = ("color_aug", "random_crop")
@@ -42,7 +42,7 @@ def check_config(config: TrainConfig) -> tuple[list[str], list[str]]:
     if c.cache_text_encoder_outputs and not c.network_train_unet_only:
         errors.append("cache_text_encoder_outputs: the text-encoder LoRA cannot train on cached text-encoder "
                       "outputs; set network_train_unet_only = true or turn caching off")
-    for subset, key in _subset_options(c, _CAPTION_RANDOMISERS):
+    for subset, key in _subset_options(c, CAPTION_RANDOMISERS):
         if c.cache_text_encoder_outputs:
             errors.append(f"cache_text_encoder_outputs cannot be used with {key} (subset '{subset}'): captions "
                           f"change every epoch; turn one of them off")

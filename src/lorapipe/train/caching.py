@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lorapipe.atomic import atomic_target
+from lorapipe.config.checks import CAPTION_RANDOMISERS
 from lorapipe.errors import DatasetError
 
 
@@ -166,3 +167,16 @@ class TextEncoderCache:
             "hidden_state2": context[..., self._te1_width :].numpy(),
             "pool2": pooled.numpy(), "lorapipe_key": np.array(key),
         })
+
+
+
+
+def caption_randomiser(subsets, *, wildcards: bool = False) -> tuple[str, str] | None:
+    """(subset name, option) of the first subset whose captions change between uses, else None; `wildcards`
+    also counts enable_wildcard ({a|b} picks a variant per use)."""
+    keys = CAPTION_RANDOMISERS + (("enable_wildcard",) if wildcards else ())
+    for subset in subsets:
+        for key in keys:
+            if getattr(subset, key, 0):
+                return subset.name, key
+    return None

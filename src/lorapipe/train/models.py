@@ -62,11 +62,14 @@ class TrainModels:
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """GPU speed switches that are not Kohya keys (Kohya's torch_compile/dynamo_backend are read from the config
+    """Speed switches that are not Kohya keys (Kohya's torch_compile/dynamo_backend are read from the config
     too)."""
 
     channels_last: bool = False
     compile_unet: bool = False
+    # Cache text-encoder outputs when that cannot change the result (frozen encoders, fixed captions); off only
+    # to compare against encoding every step.
+    cache_text_automatically: bool = True
 
 
 def training_dtypes(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, no_half_vae: bool,

@@ -14,7 +14,9 @@ def precache(session, plan, *, offload: bool = True) -> int:
     from lorapipe.dataset.batches import load_sample
 
     models = session.models
-    if session.latent_cache is None and session.te_cache is None:
+    # The automatic text cache fills as captions come up (no image decoding up front, encoders stay in place).
+    te_cache = None if session.te_cache_automatic else session.te_cache
+    if session.latent_cache is None and te_cache is None:
         return 0
     seen = set()
     for item in plan.scan.items:
@@ -28,12 +30,12 @@ def precache(session, plan, *, offload: bool = True) -> int:
             variants = [pixels, np.ascontiguousarray(pixels[:, ::-1])] if item.subset.flip_aug else [pixels]
             for variant in variants:
                 session.latent_cache.latents([variant], [item.path], [size_wh])
-        if session.te_cache is not None:
-            session.te_cache.outputs([sample.caption], [item.path])
+        if te_cache is not None:
+            te_cache.outputs([sample.caption], [item.path])
     if offload and models.device.type == "cuda":
         if session.latent_cache is not None:
             models.vae.to("cpu")
-        if session.te_cache is not None and not models.train_text_encoder:
+        if te_cache is not None and not models.train_text_encoder:
             models.text_encoder.to("cpu")
             models.text_encoder_2.to("cpu")
         torch.cuda.empty_cache()

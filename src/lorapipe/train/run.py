@@ -132,6 +132,8 @@ class _Run:
                                  show_bar=self.show_progress, step_lines=self.step_lines)
         for warning in plan.warnings if self.main else ():
             self.progress.note(f"warning: {warning}")
+        for note in self.session.notes if self.main else ():
+            self.progress.note(note)
         t_start = self._epoch_started = time.perf_counter()
         status, state = "finished", start
         self.state = start

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lorapipe.train.caching import LatentCache, TextEncoderCache, module_fingerprint
+from lorapipe.train.caching import LatentCache, TextEncoderCache, caption_randomiser, module_fingerprint
 from lorapipe.train.loss import LossOptions
 from lorapipe.train.models import SpeedOptions, TrainModels, load_train_models
 from lorapipe.train.noise import NoiseOptions, make_noise_scheduler, snr_table
@@ -31,6 +31,8 @@ class TrainSession:
     latent_cache: LatentCache | None
     te_cache: TextEncoderCache | None
     param_group_names: list[str]
+    te_cache_automatic: bool = False  # filled on first use of each caption, not before the first step
+    notes: tuple[str, ...] = ()  # lines for the run's log (what was decided for the user)
 
     @property
     def scaler(self):
@@ -95,17 +97,56 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
     objective = Objective(noise=noise_opts, loss=cfg.options(LossOptions), noise_scheduler=noise_scheduler,
                           snr=snr_table(noise_scheduler), alphas_cumprod=noise_scheduler.alphas_cumprod)
     latent_cache = te_cache = None
+    # The weight fingerprints (a hash of every VAE / text-encoder weight) only guard caches read back from disk.
     if cfg.cache_latents or cfg.cache_latents_to_disk:
-        latent_cache = LatentCache(_seeded_vae_encoder(models), module_fingerprint(models.vae),
-                                   to_disk=bool(cfg.cache_latents_to_disk))
+        to_disk = bool(cfg.cache_latents_to_disk)
+        latent_cache = LatentCache(_seeded_vae_encoder(models), module_fingerprint(models.vae) if to_disk else "",
+                                   to_disk=to_disk)
+    automatic = None
     if cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk:
-        fingerprint = module_fingerprint(models.text_encoder) + module_fingerprint(models.text_encoder_2)
+        to_disk = bool(cfg.cache_text_encoder_outputs_to_disk)
+        fingerprint = (module_fingerprint(models.text_encoder) + module_fingerprint(models.text_encoder_2)
+                       if to_disk else "")
         te_cache = TextEncoderCache(_no_grad(models.encode_captions), f"{fingerprint}:{plan.max_token_length}",
-                                    to_disk=bool(cfg.cache_text_encoder_outputs_to_disk),
+                                    to_disk=to_disk, te1_width=models.te1_width)
+    elif speed.cache_text_automatically and (
+            automatic := automatic_text_cache(plan, _text_entry_bytes(plan, models))):
+        te_cache = TextEncoderCache(_no_grad(models.encode_captions), f":{plan.max_token_length}", to_disk=False,
                                     te1_width=models.te1_width)
     return TrainSession(accelerator=accelerator, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler,
                         optimizer_choice=choice, objective=objective, latent_cache=latent_cache, te_cache=te_cache,
-                        param_group_names=names)
+                        param_group_names=names, te_cache_automatic=automatic is not None,
+                        notes=(automatic,) if automatic else ())
+
+
+# The automatic text-encoder cache is held in memory: up to this size (about 1,700 distinct 75-token captions
+# on SDXL, 4 bytes a value); above it only cache_text_encoder_outputs[_to_disk] caches, as the user chose.
+_AUTOMATIC_TEXT_CACHE_BYTES = 1 << 30
+
+
+def automatic_text_cache(plan: RunPlan, entry_bytes: int) -> str | None:
+    """The log line when text-encoder outputs can be cached without being asked, else None (`entry_bytes`: one
+    caption's cached outputs).
+
+    They can when the text encoders are frozen (network_train_unet_only) and no caption changes between uses (no
+    shuffle, dropout, token warm-up or wildcards): then every step would encode the same captions again, which
+    is what Kohya's cache_text_encoder_outputs avoids. The outputs are the same either way (cached in float32)."""
+    cfg = plan.config
+    if cfg.train_text_encoder or caption_randomiser(cfg.dataset.subsets, wildcards=True):
+        return None
+    captions = len({(item.subset.name, item.caption) for item in plan.scan.items})
+    if captions * entry_bytes > _AUTOMATIC_TEXT_CACHE_BYTES:
+        return None
+    return (f"text-encoder outputs cached in memory ({captions} captions, {captions * entry_bytes / 2**20:.1f} MiB): "
+            "the text encoders are frozen and captions do not change, so each caption is encoded once, as with "
+            "cache_text_encoder_outputs")
+
+
+def _text_entry_bytes(plan: RunPlan, models: TrainModels) -> int:
+    """float32 bytes of one caption's context (both encoders' widths) and pooled vector."""
+    te2 = models.text_encoder_2.config
+    width = models.te1_width + int(te2.hidden_size)
+    return 4 * ((plan.max_token_length + 2) * width + int(getattr(te2, "projection_dim", te2.hidden_size)))
 
 
 def _accelerator(cls, **kwargs):
