@@ -43,6 +43,7 @@ demo: $(VENV)/.installed
 # Lint first: a finding fails in seconds instead of after the suite. Settings live in pyproject.toml [tool.ruff].
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 
 test: lint system-test-deps
 	$(PY) -m pytest -q tests

@@ -105,15 +105,19 @@ def main() -> None:
                             key = (label, flush, step)
                             best[key] = min(best.get(key, float("inf")), elapsed)
     steps = len(recorded["plain"])
-    print(f"UNet step ({args.size}px, CFG batch, per step the fastest of {args.repeats} repeats, {steps} steps); "
-          f"subnormal values in the fused UNet weights: {subnormal}")
+    print(
+        f"UNet step ({args.size}px, CFG batch, per step the fastest of {args.repeats} repeats, {steps} steps); "
+        f"subnormal values in the fused UNet weights: {subnormal}"
+    )
     for flush in (False, True):
         plain = sum(best[("plain", flush, i)] for i in range(steps)) / steps
         for label, title in (("lora", "one fused LoRA"), ("loha", "one fused LoHa")):
             fused = sum(best[(label, flush, i)] for i in range(steps)) / steps
             ratio = fused / plain
-            print(f"  flush denormal {'on ' if flush else 'off'}: no LoRA {plain * 1000:.2f} ms, {title} "
-                  f"{fused * 1000:.2f} ms, ratio {ratio:.3f}  (target <= 1.02: {'PASS' if ratio <= 1.02 else 'FAIL'})")
+            print(
+                f"  flush denormal {'on ' if flush else 'off'}: no LoRA {plain * 1000:.2f} ms, {title} "
+                f"{fused * 1000:.2f} ms, ratio {ratio:.3f}  (target <= 1.02: {'PASS' if ratio <= 1.02 else 'FAIL'})"
+            )
 
 
 if __name__ == "__main__":

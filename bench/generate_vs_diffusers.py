@@ -52,23 +52,39 @@ def compare_in_process(*, steps: int = 8, size: int = 128, repeats: int = 7, thr
     generator = Generator.load(str(model_dir), lora_dir=lora_dir, device="cpu", dtype="fp32")
     reference = StableDiffusionXLPipeline.from_pretrained(model_dir)
     reference.set_progress_bar_config(disable=True)
-    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, steps=steps, width=size, height=size, seed=SEED,
-                                sampler_name="Euler", cfg_scale=7.0)
+    request = GenerationRequest(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        steps=steps,
+        width=size,
+        height=size,
+        seed=SEED,
+        sampler_name="Euler",
+        cfg_scale=7.0,
+    )
 
     def ours():
         return generator.generate(request).images[0]
 
     def theirs():
-        return reference(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0,
-                         width=size, height=size, generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+        return reference(
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            num_inference_steps=steps,
+            guidance_scale=7.0,
+            width=size,
+            height=size,
+            generator=torch.Generator("cpu").manual_seed(SEED),
+        ).images[0]
 
     identical = np.array_equal(np.asarray(ours()), np.asarray(theirs()))
     times = interleaved({"lorapipe": ours, "diffusers": theirs}, repeats)
     ratio = times["lorapipe"] / times["diffusers"]
-    print(f"generate in process ({steps} steps, {size}px, Euler, median of {repeats}): identical pixels: "
-          f"{identical}")
-    print(f"  lorapipe Generator {times['lorapipe']:.4f} s/image   diffusers pipeline {times['diffusers']:.4f} "
-          f"s/image   ratio {ratio:.3f} (goal <= 1.02: {'PASS' if ratio <= 1.02 and identical else 'FAIL'})")
+    print(f"generate in process ({steps} steps, {size}px, Euler, median of {repeats}): identical pixels: {identical}")
+    print(
+        f"  lorapipe Generator {times['lorapipe']:.4f} s/image   diffusers pipeline {times['diffusers']:.4f} "
+        f"s/image   ratio {ratio:.3f} (goal <= 1.02: {'PASS' if ratio <= 1.02 and identical else 'FAIL'})"
+    )
     return ratio
 
 
@@ -82,20 +98,62 @@ def compare_cli(root: Path, *, steps: int = 8, size: int = 128, repeats: int = 3
     empty_loras = root / "no-loras"
     empty_loras.mkdir(exist_ok=True)
     src = str(Path(__file__).resolve().parent.parent / "src")
-    env = bytecode_cached_env({**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (src, os.environ.get("PYTHONPATH", "")) if p), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
-        root / "pycache")
+    env = bytecode_cached_env(
+        {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p),
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+        },
+        root / "pycache",
+    )
     script = root / "plain_pipeline.py"
     script.write_text(_PLAIN_PIPELINE)
 
     def command(name: str, out: Path) -> list[str]:
         if name == "lorapipe":
-            return [sys.executable, "-m", "lorapipe", "generate", PROMPT, "--base-model", str(model_dir),
-                    "--lora-dir", str(empty_loras), "-o", str(out), "--negative", NEGATIVE, "--steps", str(steps),
-                    "--seed", str(SEED), "--width", str(size), "--height", str(size), "--sampler", "Euler",
-                    "--cfg-scale", "7", "--device", "cpu", "--dtype", "fp32"]
-        return [sys.executable, str(script), str(model_dir), PROMPT, NEGATIVE, str(steps), str(size), str(SEED),
-                str(out)]
+            return [
+                sys.executable,
+                "-m",
+                "lorapipe",
+                "generate",
+                PROMPT,
+                "--base-model",
+                str(model_dir),
+                "--lora-dir",
+                str(empty_loras),
+                "-o",
+                str(out),
+                "--negative",
+                NEGATIVE,
+                "--steps",
+                str(steps),
+                "--seed",
+                str(SEED),
+                "--width",
+                str(size),
+                "--height",
+                str(size),
+                "--sampler",
+                "Euler",
+                "--cfg-scale",
+                "7",
+                "--device",
+                "cpu",
+                "--dtype",
+                "fp32",
+            ]
+        return [
+            sys.executable,
+            str(script),
+            str(model_dir),
+            PROMPT,
+            NEGATIVE,
+            str(steps),
+            str(size),
+            str(SEED),
+            str(out),
+        ]
 
     names = ("lorapipe", "diffusers")
     for name in names:  # fill the bytecode cache
@@ -104,21 +162,28 @@ def compare_cli(root: Path, *, steps: int = 8, size: int = 128, repeats: int = 3
     rss: dict[str, list[float]] = {n: [] for n in names}
     for repeat in range(repeats):
         for name in names:
-            wall, peak = measure_process(command(name, root / f"{name}-{repeat}.png"), env,
-                                         root / f"{name}-{repeat}.log")
+            wall, peak = measure_process(
+                command(name, root / f"{name}-{repeat}.png"), env, root / f"{name}-{repeat}.log"
+            )
             walls[name].append(wall)
             rss[name].append(peak / 2**20)
     pixels = {n: np.asarray(Image.open(root / f"{n}-0.png").convert("RGB")) for n in names}
     identical = np.array_equal(pixels["lorapipe"], pixels["diffusers"])
     ratio = statistics.median(walls["lorapipe"]) / statistics.median(walls["diffusers"])
     rss_ratio = statistics.median(rss["lorapipe"]) / statistics.median(rss["diffusers"])
-    print(f"generate one {size}px image from the command line ({steps} steps, launch to exit, median of {repeats}): "
-          f"identical pixels: {identical}")
+    print(
+        f"generate one {size}px image from the command line ({steps} steps, launch to exit, median of {repeats}): "
+        f"identical pixels: {identical}"
+    )
     for name in names:
-        print(f"  {name:9s} wall min {min(walls[name]):.2f} median {statistics.median(walls[name]):.2f} max "
-              f"{max(walls[name]):.2f} s   peak RSS median {statistics.median(rss[name]):.0f} MiB")
-    print(f"  wall ratio {ratio:.3f} (goal <= 1.0: {'PASS' if ratio <= 1.0 else 'FAIL'})   peak RSS ratio "
-          f"{rss_ratio:.3f} (goal <= 1.0: {'PASS' if rss_ratio <= 1.0 else 'FAIL'})")
+        print(
+            f"  {name:9s} wall min {min(walls[name]):.2f} median {statistics.median(walls[name]):.2f} max "
+            f"{max(walls[name]):.2f} s   peak RSS median {statistics.median(rss[name]):.0f} MiB"
+        )
+    print(
+        f"  wall ratio {ratio:.3f} (goal <= 1.0: {'PASS' if ratio <= 1.0 else 'FAIL'})   peak RSS ratio "
+        f"{rss_ratio:.3f} (goal <= 1.0: {'PASS' if rss_ratio <= 1.0 else 'FAIL'})"
+    )
     return ratio
 
 

@@ -19,12 +19,19 @@ def full_sdxl_tensors(dim: int):
     from lorapipe.sdxl.factory import build_models
 
     models = build_models("full", device="meta")
-    network = attach_kohya_lora(models["unet"], models["text_encoder"], models["text_encoder_2"], network_dim=dim,
-                                network_alpha=dim / 2, lora_dtype=None)
+    network = attach_kohya_lora(
+        models["unet"],
+        models["text_encoder"],
+        models["text_encoder_2"],
+        network_dim=dim,
+        network_alpha=dim / 2,
+        lora_dtype=None,
+    )
     gen = torch.Generator().manual_seed(0)
-    return {k: (torch.randn(s, generator=gen) * 0.01).to(torch.float16) if s else torch.tensor(dim / 2,
-                                                                                              dtype=torch.float16)
-            for k, s in network.kohya_shapes().items()}
+    return {
+        k: (torch.randn(s, generator=gen) * 0.01).to(torch.float16) if s else torch.tensor(dim / 2, dtype=torch.float16)
+        for k, s in network.kohya_shapes().items()
+    }
 
 
 def sd_scripts_style_save(path: Path, tensors, metadata) -> None:
@@ -33,8 +40,11 @@ def sd_scripts_style_save(path: Path, tensors, metadata) -> None:
 
     data = save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
     n = int.from_bytes(data[:8], "little")
-    metadata = dict(metadata, sshs_model_hash=hashlib.sha256(data[8 + n:]).hexdigest(),
-                    sshs_legacy_hash=hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8])
+    metadata = dict(
+        metadata,
+        sshs_model_hash=hashlib.sha256(data[8 + n :]).hexdigest(),
+        sshs_legacy_hash=hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8],
+    )
     save_file(tensors, str(path), metadata)
 
 

@@ -47,33 +47,67 @@ def main() -> int:
 
     direct, pipeline, pipeline_overhead = [], [], []
     for index in range(args.repeats):
+
         def run_direct(index: int = index) -> None:
-            direct.append(_timed([*lorapipe, "train", str(dataset), "--output-dir", str(work / f"direct-{index}"),
-                                  "--no-progress", *settings]))
+            direct.append(
+                _timed(
+                    [
+                        *lorapipe,
+                        "train",
+                        str(dataset),
+                        "--output-dir",
+                        str(work / f"direct-{index}"),
+                        "--no-progress",
+                        *settings,
+                    ]
+                )
+            )
 
         def run_pipeline() -> None:
-            pipeline.append(_timed([*lorapipe, "pipeline", "run", str(dataset), "--home", str(home), "--no-cache",
-                                    "--output", str(work / "published"), "--lora-dir", str(work / "loras"),
-                                    *settings]))
+            pipeline.append(
+                _timed(
+                    [
+                        *lorapipe,
+                        "pipeline",
+                        "run",
+                        str(dataset),
+                        "--home",
+                        str(home),
+                        "--no-cache",
+                        "--output",
+                        str(work / "published"),
+                        "--lora-dir",
+                        str(work / "loras"),
+                        *settings,
+                    ]
+                )
+            )
             store = RunStore(home / "runs.sqlite")
             record = store.get(store.list_runs(limit=1)[0].id)
             train = next(step for step in record.steps if step.name == "train")
             pipeline_overhead.append(pipeline[-1] - (train.finished - train.started))
 
         # Alternate the order so a machine that speeds up or slows down during the bench favours neither side.
-        for run in ((run_direct, run_pipeline) if index % 2 == 0 else (run_pipeline, run_direct)):
+        for run in (run_direct, run_pipeline) if index % 2 == 0 else (run_pipeline, run_direct):
             run()
-        print(f"repeat {index + 1}: train alone {direct[-1]:.2f}s, pipeline run {pipeline[-1]:.2f}s "
-              f"(non-training {pipeline_overhead[-1]:.2f}s)", flush=True)
+        print(
+            f"repeat {index + 1}: train alone {direct[-1]:.2f}s, pipeline run {pipeline[-1]:.2f}s "
+            f"(non-training {pipeline_overhead[-1]:.2f}s)",
+            flush=True,
+        )
 
     print(f"\n{'':32}{'min':>9}{'median':>9}")
     print(f"{'trainer alone':32}{min(direct):9.2f}{statistics.median(direct):9.2f}  s")
     print(f"{'pipeline run':32}{min(pipeline):9.2f}{statistics.median(pipeline):9.2f}  s")
-    print(f"{'ratio pipeline/trainer':32}{min(pipeline) / min(direct):9.3f}"
-          f"{statistics.median(pipeline) / statistics.median(direct):9.3f}  (target <= 1.10)")
+    print(
+        f"{'ratio pipeline/trainer':32}{min(pipeline) / min(direct):9.3f}"
+        f"{statistics.median(pipeline) / statistics.median(direct):9.3f}  (target <= 1.10)"
+    )
     overhead_s = statistics.median(pipeline_overhead)
-    print(f"non-training time in the pipeline (median): {overhead_s:.2f} s = "
-          f"{overhead_s / min(direct):.1%} of the fastest direct training run")
+    print(
+        f"non-training time in the pipeline (median): {overhead_s:.2f} s = "
+        f"{overhead_s / min(direct):.1%} of the fastest direct training run"
+    )
     return 0
 
 

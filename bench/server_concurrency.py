@@ -65,13 +65,16 @@ def main() -> None:
         elapsed = time.perf_counter() - started
     failures = {code: n for code, n in statuses.items() if code not in (200, 503)}
     quarter = max(1, len(rss_samples) // 4)
-    early = statistics.median(rss_samples[quarter:2 * quarter])
+    early = statistics.median(rss_samples[quarter : 2 * quarter])
     late = statistics.median(rss_samples[-quarter:])
-    print(f"{args.requests} requests from {args.clients} clients, queue {args.queue}: {dict(statuses)} "
-          f"in {elapsed:.1f} s")
+    print(
+        f"{args.requests} requests from {args.clients} clients, queue {args.queue}: {dict(statuses)} in {elapsed:.1f} s"
+    )
     print(f"failures other than 503: {failures or 'none'}  ({'PASS' if not failures else 'FAIL'})")
-    print(f"RSS median 2nd quarter {early:.1f} MiB, last quarter {late:.1f} MiB, growth {late - early:+.1f} MiB "
-          f"({'PASS' if late - early < 20 else 'CHECK'}: flat = under 20 MiB)")
+    print(
+        f"RSS median 2nd quarter {early:.1f} MiB, last quarter {late:.1f} MiB, growth {late - early:+.1f} MiB "
+        f"({'PASS' if late - early < 20 else 'CHECK'}: flat = under 20 MiB)"
+    )
 
 
 if __name__ == "__main__":

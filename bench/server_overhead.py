@@ -25,11 +25,19 @@ def main() -> None:
     from lorapipe.generate.generator import GenerationRequest
 
     generator = tiny_generator(args.threads)
-    body = {"prompt": "a photo of dwjz toy <lora:toy:0.8>", "steps": args.steps, "width": args.size,
-            "height": args.size, "seed": 5, "sampler_name": "Euler"}
-    request = GenerationRequest(body["prompt"], steps=args.steps, width=args.size, height=args.size, seed=5,
-                                sampler_name="Euler")
+    body = {
+        "prompt": "a photo of dwjz toy <lora:toy:0.8>",
+        "steps": args.steps,
+        "width": args.size,
+        "height": args.size,
+        "seed": 5,
+        "sampler_name": "Euler",
+    }
+    request = GenerationRequest(
+        body["prompt"], steps=args.steps, width=args.size, height=args.size, seed=5, sampler_name="Euler"
+    )
     with serving(generator) as server, httpx.Client() as client:
+
         def over_http():
             response = client.post(f"{server.url}/sdapi/v1/txt2img", json=body, timeout=120)
             assert response.status_code == 200, response.text
@@ -39,10 +47,13 @@ def main() -> None:
     overhead = times["http"] - times["in_process"]
     ratio = times["http"] / times["in_process"]
     ok = ratio <= 1.05 or overhead <= 0.030
-    print(f"in-process: {times['in_process'] * 1000:.1f} ms/image   HTTP API: {times['http'] * 1000:.1f} ms/image "
-          f"({args.steps} steps, {args.size}px, median of {args.repeats})")
-    print(f"overhead: {overhead * 1000:.1f} ms, ratio {ratio:.3f}  (target <= 5% or <= 30 ms: "
-          f"{'PASS' if ok else 'FAIL'})")
+    print(
+        f"in-process: {times['in_process'] * 1000:.1f} ms/image   HTTP API: {times['http'] * 1000:.1f} ms/image "
+        f"({args.steps} steps, {args.size}px, median of {args.repeats})"
+    )
+    print(
+        f"overhead: {overhead * 1000:.1f} ms, ratio {ratio:.3f}  (target <= 5% or <= 30 ms: {'PASS' if ok else 'FAIL'})"
+    )
 
 
 if __name__ == "__main__":

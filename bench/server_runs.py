@@ -40,9 +40,24 @@ class Server:
         (root / "loras").mkdir()
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "lorapipe", "serve", "--base-model", str(model), "--port", str(self.port),
-                   "--lora-dir", str(root / "loras"), "--studio-home", str(root / "home"),
-                   "--studio-preset", str(TINY_PRESET), "--device", "cpu"]
+        command = [
+            sys.executable,
+            "-m",
+            "lorapipe",
+            "serve",
+            "--base-model",
+            str(model),
+            "--port",
+            str(self.port),
+            "--lora-dir",
+            str(root / "loras"),
+            "--studio-home",
+            str(root / "home"),
+            "--studio-preset",
+            str(TINY_PRESET),
+            "--device",
+            "cpu",
+        ]
         self.log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -99,8 +114,9 @@ def _run_through_api(server: Server, client, dataset: str, steps: int, lr: float
     rss = [server.rss()]
     cpu = server.cpu_seconds()
     started = time.perf_counter()
-    answer = client.post(f"{server.url}{API}/runs", json={"dataset": dataset, "steps": steps, "checkpoints": 1,
-                                                          "learning_rate": lr})
+    answer = client.post(
+        f"{server.url}{API}/runs", json={"dataset": dataset, "steps": steps, "checkpoints": 1, "learning_rate": lr}
+    )
     assert answer.status_code == 201, answer.text
     run_id = answer.json()["id"]
     threads = [threading.Thread(target=poll, args=(run_id,), daemon=True) for _ in range(pollers)]
@@ -156,22 +172,38 @@ def main() -> None:
             rss, busy_rss, polls, lr = [], [], 0, 1e-3
             for repeat in range(args.repeats):  # interleaved, best of: the machine is shared and noisy
                 lr *= 1.01  # a new content hash per run, so the pipeline's train cache never answers
-                run_id, wall, samples, _, quiet_cpu = _run_through_api(server, client, dataset["id"], args.steps,
-                                                                       lr, pollers=0, poll_s=args.poll)
+                run_id, wall, samples, _, quiet_cpu = _run_through_api(
+                    server, client, dataset["id"], args.steps, lr, pollers=0, poll_s=args.poll
+                )
                 rss += samples
                 results["api"].append((wall, _summary(root / "home", run_id)["steps_per_second_steady"]))
                 record = RunStore(root / "home" / "runs.sqlite").get(run_id)
                 out = root / f"baseline-{repeat}"
-                command = [sys.executable, "-m", "lorapipe", "train", record.dataset, "--config",
-                           record.request["config"], "--base-model", str(model), "--output-dir", str(out)]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "lorapipe",
+                    "train",
+                    record.dataset,
+                    "--config",
+                    record.request["config"],
+                    "--base-model",
+                    str(model),
+                    "--output-dir",
+                    str(out),
+                ]
                 started = time.perf_counter()
                 subprocess.run(command, check=True, capture_output=True)
-                results["baseline"].append((time.perf_counter() - started,
-                                            json.loads((out / "train_summary.json").read_text())
-                                            ["steps_per_second_steady"]))
+                results["baseline"].append(
+                    (
+                        time.perf_counter() - started,
+                        json.loads((out / "train_summary.json").read_text())["steps_per_second_steady"],
+                    )
+                )
                 lr *= 1.01
                 run_id, wall, samples, answered, busy_cpu = _run_through_api(
-                    server, client, dataset["id"], args.steps, lr, pollers=args.clients, poll_s=args.poll)
+                    server, client, dataset["id"], args.steps, lr, pollers=args.clients, poll_s=args.poll
+                )
                 busy_rss += samples
                 polls += answered
                 results["polled"].append((wall, _summary(root / "home", run_id)["steps_per_second_steady"]))
@@ -186,19 +218,29 @@ def main() -> None:
     ratio = quiet_wall / baseline_wall
     drop = 1 - busy_rate / quiet_rate
     growth = (max(rss) - rss[0]) / 2**20
-    print(f"{args.steps} steps at 64 px, tiny model, CPU ({len(photos)} photos uploaded and prepared via the API); "
-          f"best of {args.repeats} interleaved repeats")
-    print(f"`lorapipe train`: {baseline_wall:.2f} s ({baseline_rate:.2f} steps/s)   API run: {quiet_wall:.2f} s "
-          f"({quiet_rate:.2f} steps/s)   ratio {ratio:.3f} (target <= 1.05: {'PASS' if ratio <= 1.05 else 'FAIL'})")
-    print(f"server RSS while training: {rss[0] / 2**20:.0f} MiB at start, max {max(rss) / 2**20:.0f} MiB "
-          f"(+{growth:.1f} MiB over {len(rss)} samples); with {args.clients} pollers max "
-          f"{max(busy_rss) / 2**20:.0f} MiB")
-    print(f"step rate with {args.clients} clients polling every {args.poll:g} s ({polls} polls answered): "
-          f"{busy_rate:.2f} vs {quiet_rate:.2f} steps/s alone, drop {drop * 100:.1f}% "
-          f"(target < 3%: {'PASS' if drop < 0.03 else 'FAIL'})")
-    print(f"the server's own CPU while the run trains: {quiet_cpu * 100:.1f}% of a core with one watcher, "
-          f"{busy_cpu * 100:.1f}% with {args.clients} pollers (what the polling can take from a CPU-bound trainer; "
-          f"step rates on a shared machine also move with its other load)")
+    print(
+        f"{args.steps} steps at 64 px, tiny model, CPU ({len(photos)} photos uploaded and prepared via the API); "
+        f"best of {args.repeats} interleaved repeats"
+    )
+    print(
+        f"`lorapipe train`: {baseline_wall:.2f} s ({baseline_rate:.2f} steps/s)   API run: {quiet_wall:.2f} s "
+        f"({quiet_rate:.2f} steps/s)   ratio {ratio:.3f} (target <= 1.05: {'PASS' if ratio <= 1.05 else 'FAIL'})"
+    )
+    print(
+        f"server RSS while training: {rss[0] / 2**20:.0f} MiB at start, max {max(rss) / 2**20:.0f} MiB "
+        f"(+{growth:.1f} MiB over {len(rss)} samples); with {args.clients} pollers max "
+        f"{max(busy_rss) / 2**20:.0f} MiB"
+    )
+    print(
+        f"step rate with {args.clients} clients polling every {args.poll:g} s ({polls} polls answered): "
+        f"{busy_rate:.2f} vs {quiet_rate:.2f} steps/s alone, drop {drop * 100:.1f}% "
+        f"(target < 3%: {'PASS' if drop < 0.03 else 'FAIL'})"
+    )
+    print(
+        f"the server's own CPU while the run trains: {quiet_cpu * 100:.1f}% of a core with one watcher, "
+        f"{busy_cpu * 100:.1f}% with {args.clients} pollers (what the polling can take from a CPU-bound trainer; "
+        f"step rates on a shared machine also move with its other load)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,12 +22,28 @@ from pathlib import Path
 
 def _train(dataset: Path, model: Path, out: Path, steps: int, *sets: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "lorapipe", "train", str(dataset), "--base-model", str(model), "--output-dir",
-           str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lorapipe",
+        "train",
+        str(dataset),
+        "--base-model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
     # One bucket (fixed 64x64, no buckets) so the compiled graph is traced once, as on a real bucketed run after
     # each bucket's first step.
-    for item in ('sample_prompts=""', "sample_every_n_steps=0", f"max_train_steps={steps}", "seed=5",
-                 "enable_bucket=false", *sets):
+    for item in (
+        'sample_prompts=""',
+        "sample_every_n_steps=0",
+        f"max_train_steps={steps}",
+        "seed=5",
+        "enable_bucket=false",
+        *sets,
+    ):
         cmd += ["--set", item]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((out / "train_summary.json").read_text())
@@ -47,16 +63,19 @@ def main() -> None:
         model = Path(args.model) if args.model else make_pipeline_folder(root / "model")
         dataset = write_sample_dataset(root / "data")
         plain = _train(dataset, model, root / "plain", args.steps)
-        compiled = _train(dataset, model, root / "compiled", args.steps, "torch_compile=true",
-                          f"dynamo_backend={args.backend}")
+        compiled = _train(
+            dataset, model, root / "compiled", args.steps, "torch_compile=true", f"dynamo_backend={args.backend}"
+        )
     gap = max(abs(a - b) for a, b in zip(plain["losses"], compiled["losses"]))
     print(f"backend {args.backend}, {args.steps} steps, device {plain['device']}")
     print(f"largest per-step loss difference: {gap:.2e} ({'same' if gap < 1e-3 else 'DIFFERENT'} losses)")
     p, c = plain["steps_per_second_steady"], compiled["steps_per_second_steady"]
     if p and c:
         print(f"steady steps/s: plain {p:.3f}, compiled {c:.3f} -> speed {c / p:.3f}x")
-    print(f"whole run: plain {plain['seconds_training']:.1f} s, compiled {compiled['seconds_training']:.1f} s "
-          f"(compile cost about {compiled['seconds_training'] - plain['seconds_training']:.1f} s)")
+    print(
+        f"whole run: plain {plain['seconds_training']:.1f} s, compiled {compiled['seconds_training']:.1f} s "
+        f"(compile cost about {compiled['seconds_training'] - plain['seconds_training']:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,14 @@ def main() -> None:
         dataset = write_sample_dataset(root / "data")
         train = _subset_copy(dataset, root / "train", slice(2, None))
         held = _subset_copy(dataset, root / "held", slice(0, 2))
-        result = run_training(train, base_model=str(model), output_dir=root / "out", show_progress=False,
-                              step_lines=False, overrides=(f"max_train_steps={args.steps}",))
+        result = run_training(
+            train,
+            base_model=str(model),
+            output_dir=root / "out",
+            show_progress=False,
+            step_lines=False,
+            overrides=(f"max_train_steps={args.steps}",),
+        )
         cfg = load_train_config(held, base_model=str(model), output_dir=root / "unused").config
         samples = heldout_samples(scan_dataset(cfg.dataset).items, cfg.dataset)
         base, with_lora = compare_with_lora(str(model), result.lora_path, samples)

@@ -22,13 +22,29 @@ from pathlib import Path
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "DIFFUSERS_VERBOSITY": "error", "TRANSFORMERS_VERBOSITY": "error"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "DIFFUSERS_VERBOSITY": "error",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
 
 
 def _lorapipe(dataset: Path, model: Path, out: Path, *sets: str) -> dict:
-    cmd = [sys.executable, "-m", "lorapipe", "train", str(dataset), "--base-model", str(model), "--output-dir",
-           str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lorapipe",
+        "train",
+        str(dataset),
+        "--base-model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
     # The baseline renders no preview images, so the sample config's sample prompts are switched off here.
     for item in ('sample_prompts=""', "sample_every_n_steps=0", *sets):
         cmd += ["--set", item]
@@ -62,14 +78,16 @@ def _baseline_main(dataset: str, model: str, steps: int) -> None:
     params = []
     for part, model_ in (("unet", unet), ("text_encoder", te1), ("text_encoder_2", te2)):
         names = [t.module_name for t in targets.part(part)]
-        inject_adapter_in_model(LoraConfig(r=cfg.network_dim, lora_alpha=cfg.network_alpha, target_modules=names),
-                                model_)
+        inject_adapter_in_model(
+            LoraConfig(r=cfg.network_dim, lora_alpha=cfg.network_alpha, target_modules=names), model_
+        )
         params += [p for n, p in model_.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                          clip_sample=False)
+    sched = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
+    )
     latent_cache: dict = {}
 
     def encode(captions):
@@ -93,10 +111,15 @@ def _baseline_main(dataset: str, model: str, steps: int) -> None:
         context, pooled = encode([s.caption for s in samples])
         noise = torch.randn_like(latents) + cfg.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
         t = torch.randint(0, 1000, (latents.shape[0],))
-        time_ids = torch.tensor([[*s.original_size, *s.crop_top_left, *s.target_size] for s in samples],
-                                dtype=torch.float32)
-        pred = unet(sched.add_noise(latents, noise, t), t, context,
-                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        time_ids = torch.tensor(
+            [[*s.original_size, *s.crop_top_left, *s.target_size] for s in samples], dtype=torch.float32
+        )
+        pred = unet(
+            sched.add_noise(latents, noise, t),
+            t,
+            context,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+        ).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -106,13 +129,21 @@ def _baseline_main(dataset: str, model: str, steps: int) -> None:
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     steady = (len(stamps) - 4) / (stamps[-1] - stamps[3])  # after 3 warm-up steps, as the trainer reports it
-    print(json.dumps({"steps_per_second": len(batches) / seconds, "steps_per_second_steady": steady,
-                      "peak_rss_bytes": rss}))
+    print(
+        json.dumps(
+            {"steps_per_second": len(batches) / seconds, "steps_per_second_steady": steady, "peak_rss_bytes": rss}
+        )
+    )
 
 
 def _baseline(dataset: Path, model: Path, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--baseline-child", str(dataset), str(model), str(steps)],
-                         check=True, env=_env(), capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--baseline-child", str(dataset), str(model), str(steps)],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -144,8 +175,10 @@ def main() -> None:
         base_rss = min(r["peak_rss_bytes"] for r in base_runs)
         print(f"[1] lorapipe train: {ours_rate:.2f} steps/s, peak RSS {ours_rss / 2**20:.0f} MiB")
         print(f"    plain diffusers+peft loop: {base_rate:.2f} steps/s, peak RSS {base_rss / 2**20:.0f} MiB")
-        print(f"    speed ratio {ours_rate / base_rate:.2f}x (target >= 1.0), memory ratio {ours_rss / base_rss:.2f}x "
-              f"(target <= 1.0); best of {args.repeats}, steady rate after 3 warm-up steps")
+        print(
+            f"    speed ratio {ours_rate / base_rate:.2f}x (target >= 1.0), memory ratio {ours_rss / base_rss:.2f}x "
+            f"(target <= 1.0); best of {args.repeats}, steady rate after 3 warm-up steps"
+        )
         # Second-epoch speed-up: 2 images x 10 repeats = 20 steps per epoch, two epochs.
         small = root / "small"
         small.mkdir()
@@ -159,12 +192,21 @@ def main() -> None:
         subset.rename(subset.with_name("10_dwjz toy"))
         epochs = {}
         for cache in ("true", "false"):
-            run = _lorapipe(small / "0001-dataset", model, root / f"cache-{cache}", "max_train_epochs=2",
-                            f"cache_latents={cache}", "save_every_n_epochs=0")
+            run = _lorapipe(
+                small / "0001-dataset",
+                model,
+                root / f"cache-{cache}",
+                "max_train_epochs=2",
+                f"cache_latents={cache}",
+                "save_every_n_epochs=0",
+            )
             epochs[cache] = run["seconds_per_epoch"][:2]
             print(f"[2] cache_latents={cache}: epoch 1 {epochs[cache][0]:.2f} s, epoch 2 {epochs[cache][1]:.2f} s")
-        print(f"    second-epoch speed-up from cache_latents: {epochs['false'][1] / epochs['true'][1]:.2f}x "
-              "(epoch 2 without / with the cache; the cache fills lazily, so repeats already hit it in epoch 1)")
+        print(
+            f"    second-epoch speed-up from cache_latents: {epochs['false'][1] / epochs['true'][1]:.2f}x "
+            "(epoch 2 without / with the cache; the cache fills lazily, so repeats already hit it in epoch 1)"
+        )
+
 
 if __name__ == "__main__":
     main()

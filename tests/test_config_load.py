@@ -87,9 +87,15 @@ def test_set_overrides_parse_toml_literals_with_string_fallback(dataset_copy: Pa
     config = load_train_config(
         dataset_copy,
         config_path=path,
-        overrides=["learning_rate=1e-4", "output_name=my lora", "cache_latents=true",
-                   'optimizer_args=["weight_decay=0.01"]', "network_args=conv_dim=8 conv_alpha=4",
-                   "text_encoder_lr=[5e-5, 5e-5]", "resolution=96,96"],
+        overrides=[
+            "learning_rate=1e-4",
+            "output_name=my lora",
+            "cache_latents=true",
+            'optimizer_args=["weight_decay=0.01"]',
+            "network_args=conv_dim=8 conv_alpha=4",
+            "text_encoder_lr=[5e-5, 5e-5]",
+            "resolution=96,96",
+        ],
     ).config
     assert config.learning_rate == 1e-4
     assert config.output_name == "my lora"
@@ -150,8 +156,9 @@ def test_sectioned_error_names_the_section(dataset_copy: Path) -> None:
         ("network_dropout", 1.5, "at most 1"),
     ],
 )
-def test_wrong_types_and_impossible_values_are_errors(dataset_copy: Path, key: str, value: object,
-                                                      fragment: str) -> None:
+def test_wrong_types_and_impossible_values_are_errors(
+    dataset_copy: Path, key: str, value: object, fragment: str
+) -> None:
     path = write_config(dataset_copy, minimal_config(**{key: value}))
     with pytest.raises(ConfigError) as info:
         load_train_config(dataset_copy, config_path=path)
@@ -202,8 +209,9 @@ def test_network_args_conv_alpha_defaults_to_one(dataset_copy: Path) -> None:
 
 def test_cli_flags_beat_the_file(dataset_copy: Path, tmp_path: Path) -> None:
     path = write_config(dataset_copy, minimal_config(output_dir=str(tmp_path / "from-file")))
-    config = load_train_config(dataset_copy, config_path=path, output_dir=tmp_path / "cli",
-                               base_model="/models/tiny").config
+    config = load_train_config(
+        dataset_copy, config_path=path, output_dir=tmp_path / "cli", base_model="/models/tiny"
+    ).config
     assert Path(config.output_dir) == tmp_path / "cli"
     assert config.pretrained_model_name_or_path == "/models/tiny"
     config = load_train_config(dataset_copy, config_path=path).config
@@ -220,8 +228,9 @@ def test_missing_base_model_is_an_error_unless_given_on_the_cli(dataset_copy: Pa
 
 def test_relative_paths_are_found_beside_the_config(dataset_copy: Path) -> None:
     (dataset_copy / "prompts.txt").write_text("dwjz toy --w 64 --h 64\n", encoding="utf-8")
-    path = write_config(dataset_copy, minimal_config(sample_prompts="prompts.txt", logging_dir="logs",
-                                                     output_dir="out"))
+    path = write_config(
+        dataset_copy, minimal_config(sample_prompts="prompts.txt", logging_dir="logs", output_dir="out")
+    )
     config = load_train_config(dataset_copy, config_path=path).config
     assert config.sample_prompts == str(dataset_copy / "prompts.txt")
     assert config.output_dir == str(dataset_copy / "out") and config.logging_dir == str(dataset_copy / "logs")
@@ -235,8 +244,11 @@ def test_missing_network_weights_or_resume_is_an_error(dataset_copy: Path) -> No
 
 
 def test_dataset_config_file_is_refused_as_training_config(dataset_copy: Path) -> None:
-    path = write_config(dataset_copy, '[general]\nresolution = 64\n[[datasets]]\n[[datasets.subsets]]\n'
-                                      'image_dir = "x"\n', name="ds.toml")
+    path = write_config(
+        dataset_copy,
+        '[general]\nresolution = 64\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "x"\n',
+        name="ds.toml",
+    )
     with pytest.raises(ConfigError, match="dataset_config file"):
         load_train_config(dataset_copy, config_path=path)
 
@@ -274,8 +286,9 @@ def test_to_dict_is_json_serialisable(dataset_copy: Path) -> None:
 
 
 def test_notes_for_sd_scripts_precedence_rules(dataset_copy: Path) -> None:
-    path = write_config(dataset_copy, minimal_config(max_train_epochs=3, max_train_steps=10,
-                                                     text_encoder_lr=[1e-4, 2e-4]))
+    path = write_config(
+        dataset_copy, minimal_config(max_train_epochs=3, max_train_steps=10, text_encoder_lr=[1e-4, 2e-4])
+    )
     loaded = load_train_config(dataset_copy, config_path=path)
     assert loaded.config.max_train_epochs == 3 and loaded.config.text_encoder_lr == 1e-4
     text = "\n".join(loaded.warnings)
@@ -293,9 +306,15 @@ def test_output_name_must_be_a_file_name(dataset_copy: Path, name: str) -> None:
 @needs_no_opt_ml
 def test_sagemaker_paths_fall_back_to_local_folders(dataset_copy: Path, tmp_path: Path) -> None:
     (dataset_copy / "prompts.txt").write_text("dwjz toy --w 64 --h 64\n", encoding="utf-8")
-    path = write_config(dataset_copy, minimal_config(
-        train_data_dir="/opt/ml/input/data/train", output_dir="/opt/ml/model",
-        sample_prompts="/opt/ml/input/data/train/prompts.txt", logging_dir="/opt/ml/output/tensorboard"))
+    path = write_config(
+        dataset_copy,
+        minimal_config(
+            train_data_dir="/opt/ml/input/data/train",
+            output_dir="/opt/ml/model",
+            sample_prompts="/opt/ml/input/data/train/prompts.txt",
+            logging_dir="/opt/ml/output/tensorboard",
+        ),
+    )
     loaded = load_train_config(dataset_copy, config_path=path, output_dir=tmp_path / "run")
     config = loaded.config
     assert config.output_dir == str(tmp_path / "run")

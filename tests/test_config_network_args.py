@@ -66,22 +66,30 @@ def test_block_dims_and_alphas_are_read_per_block(dataset_copy: Path) -> None:
     dims = [0] + [4] * 9 + [2] * 3 + [8] * 9 + [0]
     alphas = [1.0] * BLOCKS
     conv = [2] * BLOCKS
-    loaded, _ = _load(dataset_copy, f"block_dims={_csv(dims)}", f"block_alphas={_csv(alphas)}",
-                      f"conv_block_dims={_csv(conv)}", "conv_block_alphas=" + _csv([0.5] * BLOCKS))
+    loaded, _ = _load(
+        dataset_copy,
+        f"block_dims={_csv(dims)}",
+        f"block_alphas={_csv(alphas)}",
+        f"conv_block_dims={_csv(conv)}",
+        "conv_block_alphas=" + _csv([0.5] * BLOCKS),
+    )
     options = loaded.config.network_options
     assert options.block_dims == tuple(dims) and options.block_alphas == tuple(alphas)
     assert options.conv_block_dims == tuple(conv) and options.conv_block_alphas == (0.5,) * BLOCKS
     assert all(isinstance(v, int) for v in options.block_dims)
 
 
-@pytest.mark.parametrize("key,value,says", [
-    ("block_dims", _csv([4] * 22), "22 values given"),
-    ("block_dims", _csv([4] * 24), "24 values given"),
-    ("block_dims", _csv([4] * 22 + [1.5]), "whole numbers"),
-    ("block_dims", _csv([4] * 22 + ["x"]), "whole numbers"),
-    ("block_alphas", _csv([1] * 22 + [-1]), "0 or more"),
-    ("conv_block_dims", _csv([2] * 20), "20 values given"),
-])
+@pytest.mark.parametrize(
+    "key,value,says",
+    [
+        ("block_dims", _csv([4] * 22), "22 values given"),
+        ("block_dims", _csv([4] * 24), "24 values given"),
+        ("block_dims", _csv([4] * 22 + [1.5]), "whole numbers"),
+        ("block_dims", _csv([4] * 22 + ["x"]), "whole numbers"),
+        ("block_alphas", _csv([1] * 22 + [-1]), "0 or more"),
+        ("conv_block_dims", _csv([2] * 20), "20 values given"),
+    ],
+)
 def test_bad_block_lists_are_refused(dataset_copy: Path, key: str, value: str, says: str) -> None:
     extra = [] if key == "block_dims" else [f"block_dims={_csv([4] * BLOCKS)}"]
     text, path = _problems(dataset_copy, f"{key}={value}", *extra)
@@ -124,8 +132,12 @@ def test_set_override_names_set_as_the_source(dataset_copy: Path) -> None:
 
 
 def test_gui_top_level_fields_join_network_args(dataset_copy: Path) -> None:
-    path = write_config(dataset_copy, minimal_config(LoRA_type="Standard", rank_dropout=0.1, loraplus_lr_ratio=8,
-                                                     block_dims=_csv([2] * BLOCKS), module_dropout=0))
+    path = write_config(
+        dataset_copy,
+        minimal_config(
+            LoRA_type="Standard", rank_dropout=0.1, loraplus_lr_ratio=8, block_dims=_csv([2] * BLOCKS), module_dropout=0
+        ),
+    )
     loaded = load_train_config(dataset_copy, config_path=path)
     config = loaded.config
     assert "rank_dropout=0.1" in config.network_args and "loraplus_lr_ratio=8" in config.network_args

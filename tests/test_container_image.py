@@ -26,8 +26,9 @@ def _hadolint() -> str:
 
 
 def test_dockerfile_passes_hadolint():
-    result = subprocess.run([_hadolint(), "--failure-threshold", "warning", str(DOCKERFILE)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [_hadolint(), "--failure-threshold", "warning", str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -74,13 +75,14 @@ def test_dockerfile_copies_only_existing_paths_and_nothing_under_opt_ml():
 
 def test_dockerfile_installs_package_and_pins_torch_without_torchvision():
     text = DOCKERFILE.read_text()
-    assert 'torch==${TORCH_VERSION}' in text
+    assert "torch==${TORCH_VERSION}" in text
     assert "pip install ." in text
     assert "torchvision" not in text.replace("keeps torchvision out", "").replace("torchvision stays out", "")
 
 
-@pytest.mark.parametrize(("name", "entry"), [("train", "lorapipe.train.sagemaker_entry"),
-                                             ("serve", "lorapipe.server.hosting")])
+@pytest.mark.parametrize(
+    ("name", "entry"), [("train", "lorapipe.train.sagemaker_entry"), ("serve", "lorapipe.server.hosting")]
+)
 def test_programs_are_executable_python_that_call_the_entry_points(name, entry):
     program = CONTAINER / name
     assert os.access(program, os.X_OK)

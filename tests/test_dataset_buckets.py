@@ -23,8 +23,14 @@ def test_bucket_list_matches_sd_scripts_counts():
 
 
 def test_select_bucket_and_crop_conditioning():
-    blueprint = DatasetBlueprint(resolution=(1024, 1024), subsets=(), enable_bucket=True, min_bucket_reso=256,
-                                 max_bucket_reso=2048, bucket_reso_steps=64)
+    blueprint = DatasetBlueprint(
+        resolution=(1024, 1024),
+        subsets=(),
+        enable_bucket=True,
+        min_bucket_reso=256,
+        max_bucket_reso=2048,
+        bucket_reso_steps=64,
+    )
     planner = BucketPlanner(blueprint)
     choice = planner.select(3000, 2000)  # 1.5 -> nearest ratio bucket 1216x832 (1.4615)
     assert choice.bucket == (1216, 832)
@@ -32,8 +38,11 @@ def test_select_bucket_and_crop_conditioning():
     left, top, _, _ = crop_ltrb(choice.bucket, (3000, 2000))
     assert left == 0  # image relatively wider than the bucket: fitted by width, so the offset is on top
     assert top == (832 - 1216 / 1.5) // 2
-    no_upscale = BucketPlanner(DatasetBlueprint(resolution=(64, 64), subsets=(), enable_bucket=True,
-                                                bucket_no_upscale=True, bucket_reso_steps=32))
+    no_upscale = BucketPlanner(
+        DatasetBlueprint(
+            resolution=(64, 64), subsets=(), enable_bucket=True, bucket_no_upscale=True, bucket_reso_steps=32
+        )
+    )
     assert no_upscale.select(100, 40).bucket == (96, 32)  # small image: own size floored to steps
     assert no_upscale.select(20, 100).bucket[0] == 0  # side below the step: reported by scan as an error
 
@@ -43,11 +52,22 @@ def test_load_sample_sizes_and_determinism(tmp_path):
     folder.mkdir()
     for n, size in enumerate([(150, 100), (100, 150), (80, 80)]):
         Image.fromarray(np.random.default_rng(n).integers(0, 255, (size[1], size[0], 3), np.uint8)).save(
-            folder / f"{n}.png")
+            folder / f"{n}.png"
+        )
         (folder / f"{n}.txt").write_text("sks toy, red, blue, green, yellow\n")
-    args = {"train_data_dir": str(tmp_path), "resolution": "64,64", "enable_bucket": True, "min_bucket_reso": 32,
-            "max_bucket_reso": 128, "bucket_reso_steps": 32, "caption_extension": ".txt", "shuffle_caption": True,
-            "keep_tokens": 1, "flip_aug": True, "train_batch_size": 2}
+    args = {
+        "train_data_dir": str(tmp_path),
+        "resolution": "64,64",
+        "enable_bucket": True,
+        "min_bucket_reso": 32,
+        "max_bucket_reso": 128,
+        "bucket_reso_steps": 32,
+        "caption_extension": ".txt",
+        "shuffle_caption": True,
+        "keep_tokens": 1,
+        "flip_aug": True,
+        "train_batch_size": 2,
+    }
     blueprint = blueprint_from_args(args, source="cfg.toml")
     scan = scan_dataset(blueprint)
     first = epoch_batches(scan, blueprint, 1, seed=7)
@@ -63,13 +83,15 @@ def test_load_sample_sizes_and_determinism(tmp_path):
     assert sample.pixels.shape == (bucket_h, bucket_w, 3)
     assert sample.original_size == (100, 150) and sample.target_size == (bucket_h, bucket_w)
     assert sample.caption.startswith("sks toy, ") and sorted(sample.caption.split(", ")) == sorted(
-        "sks toy, red, blue, green, yellow".split(", "))
+        "sks toy, red, blue, green, yellow".split(", ")
+    )
     assert sample.loss_weight == 1.0 and Path(sample.path) == item.path
 
 
 def test_caption_processing_rules():
-    subset = SubsetSpec(image_dir=Path("x"), caption_prefix="photo of", caption_suffix="4k",
-                        caption_dropout_every_n_epochs=3)
+    subset = SubsetSpec(
+        image_dir=Path("x"), caption_prefix="photo of", caption_suffix="4k", caption_dropout_every_n_epochs=3
+    )
     assert process_caption("sks dog", subset, 1, random.Random(0)) == "photo of sks dog 4k"
     assert process_caption("sks dog", subset, 3, random.Random(0)) == ""
     keep = SubsetSpec(image_dir=Path("x"), shuffle_caption=True, keep_tokens_separator="|||")
@@ -90,7 +112,13 @@ def test_token_warmup_adds_one_tag_at_a_time():
 
     # 5 flexible tags, min 1, warm-up 5 steps: floor(step x 4 / 5) + 1 of them.
     assert [tags(s) for s in (0, 1, 2, 4, 5, 50)] == [
-        "sks, a", "sks, a", "sks, a, b", "sks, a, b, c, d", caption, caption]
+        "sks, a",
+        "sks, a",
+        "sks, a, b",
+        "sks, a, b, c, d",
+        caption,
+        caption,
+    ]
     fraction = SubsetSpec(image_dir=Path("x"), keep_tokens=1, token_warmup_step=0.5)  # half of 10 steps = 5
     assert tags(2, fraction, total=10) == tags(2)
     assert tags(None) == caption  # sample images and validation see the whole caption

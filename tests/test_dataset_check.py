@@ -16,8 +16,14 @@ from lorapipe.dataset.sample import write_sample_dataset
 from lorapipe.dataset.scan import scan_dataset, steps_per_epoch, total_steps
 from lorapipe.errors import ConfigError
 
-BASE_ARGS = {"resolution": "64,64", "enable_bucket": True, "min_bucket_reso": 32, "max_bucket_reso": 128,
-             "bucket_reso_steps": 32, "caption_extension": ".txt"}
+BASE_ARGS = {
+    "resolution": "64,64",
+    "enable_bucket": True,
+    "min_bucket_reso": 32,
+    "max_bucket_reso": 128,
+    "bucket_reso_steps": 32,
+    "caption_extension": ".txt",
+}
 
 
 def _image(path: Path, size=(64, 64), color=(10, 200, 30), seed=0, fmt=None):
@@ -29,8 +35,12 @@ def _image(path: Path, size=(64, 64), color=(10, 200, 30), seed=0, fmt=None):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "lorapipe", "dataset", "check", *map(str, args)],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "lorapipe", "dataset", "check", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -122,8 +132,16 @@ def test_folder_name_is_the_caption_and_reg_balancing(tmp_path):
         _image(train / "5_sks dog" / f"{n}.png", seed=n)
     for n in range(4):
         _image(tmp_path / "reg" / "1_dog" / f"{n}.png", seed=10 + n)
-    blueprint = blueprint_from_args({**BASE_ARGS, "train_data_dir": str(train), "reg_data_dir": str(tmp_path / "reg"),
-                                     "prior_loss_weight": 0.5, "train_batch_size": 2}, source="test.toml")
+    blueprint = blueprint_from_args(
+        {
+            **BASE_ARGS,
+            "train_data_dir": str(train),
+            "reg_data_dir": str(tmp_path / "reg"),
+            "prior_loss_weight": 0.5,
+            "train_batch_size": 2,
+        },
+        source="test.toml",
+    )
     scan = scan_dataset(blueprint)
     train_items = [i for i in scan.items if not i.subset.is_reg]
     assert {i.caption for i in train_items} == {"sks dog"}
@@ -140,8 +158,8 @@ def test_dataset_config_strict_keys_and_fallbacks(tmp_path):
     config = tmp_path / "dataset.toml"
     config.write_text(
         '[general]\ncaption_extension = "txt"\nenable_bucket = true\nbucket_reso_steps = 32\n'
-        'min_bucket_reso = 32\nmax_bucket_reso = 128\n'
-        '[[datasets]]\nresolution = [64, 64]\nbatch_size = 2\n'
+        "min_bucket_reso = 32\nmax_bucket_reso = 128\n"
+        "[[datasets]]\nresolution = [64, 64]\nbatch_size = 2\n"
         '[[datasets.subsets]]\nimage_dir = "data"\nclass_tokens = "sks dog"\nnum_repeats = 7\n'
     )
     blueprint = blueprint_from_dataset_config(config, {"prior_loss_weight": 0.3})
@@ -156,17 +174,22 @@ def test_dataset_config_strict_keys_and_fallbacks(tmp_path):
 def test_bucket_steps_not_a_multiple_of_32_round_up_with_a_warning(tmp_path):
     # A kohya_ss GUI preset ships bucket_reso_steps = 1; SDXL needs multiples of 32 (sd-scripts stops on it).
     _image(tmp_path / "1_x" / "a.png")
-    blueprint = blueprint_from_args({**BASE_ARGS, "train_data_dir": str(tmp_path), "enable_bucket": True,
-                                     "bucket_reso_steps": 48}, source="cfg.toml")
+    blueprint = blueprint_from_args(
+        {**BASE_ARGS, "train_data_dir": str(tmp_path), "enable_bucket": True, "bucket_reso_steps": 48},
+        source="cfg.toml",
+    )
     assert blueprint.bucket_reso_steps == 64
     assert any("bucket_reso_steps = 48" in note.reason and "using 64" in note.reason for note in blueprint.notes)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("max_token_length", 100, "75, 150 or 225"),
-    ("enable_bucket", "maybe", "not true/false"),
-    ("caption_dropout_rate", 2, "between 0"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("max_token_length", 100, "75, 150 or 225"),
+        ("enable_bucket", "maybe", "not true/false"),
+        ("caption_dropout_rate", 2, "between 0"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path, key, value, message):
     _image(tmp_path / "1_x" / "a.png")
     with pytest.raises(ConfigError, match=f"cfg.toml: {key}.*{message}|cfg.toml: .*{message}"):
@@ -177,8 +200,10 @@ def test_unused_regularization_images_are_named(tmp_path):
     _image(tmp_path / "img" / "1_sks dog" / "0.png")
     for n in range(3):
         _image(tmp_path / "reg" / "1_dog" / f"{n}.png", seed=20 + n)
-    blueprint = blueprint_from_args({**BASE_ARGS, "train_data_dir": str(tmp_path / "img"),
-                                     "reg_data_dir": str(tmp_path / "reg")}, source="test.toml")
+    blueprint = blueprint_from_args(
+        {**BASE_ARGS, "train_data_dir": str(tmp_path / "img"), "reg_data_dir": str(tmp_path / "reg")},
+        source="test.toml",
+    )
     unused = next(p for p in scan_dataset(blueprint).problems if "not used" in p.reason)
     assert unused.reason.startswith("2 regularization image(s)")
     assert unused.files == tuple(str(tmp_path / "reg" / "1_dog" / f"{n}.png") for n in (1, 2))

@@ -46,8 +46,12 @@ max_bucket_reso = 64
 
 def _config(sample_dataset_dir, tmp_path, *overrides):
     toml = _two_tables(sample_dataset_dir, tmp_path)
-    return load_train_config(sample_dataset_dir, overrides=(f"dataset_config={toml}", *overrides),
-                             output_dir=tmp_path / "out", base_model="unused").config
+    return load_train_config(
+        sample_dataset_dir,
+        overrides=(f"dataset_config={toml}", *overrides),
+        output_dir=tmp_path / "out",
+        base_model="unused",
+    ).config
 
 
 def test_each_table_keeps_its_resolution_and_batch_size(sample_dataset_dir, tmp_path):
@@ -81,16 +85,27 @@ def test_an_empty_second_table_is_named(sample_dataset_dir, tmp_path):
   [[datasets.subsets]]\n  image_dir = "{sample_dataset_dir / SUBSET}"
 [[datasets]]\nresolution = 32\n""")
     with pytest.raises(ConfigError, match=r"\[\[datasets\]\] #2 has no \[\[datasets.subsets\]\]"):
-        load_train_config(sample_dataset_dir, overrides=(f"dataset_config={toml}",), output_dir=tmp_path / "o",
-                          base_model="unused")
+        load_train_config(
+            sample_dataset_dir, overrides=(f"dataset_config={toml}",), output_dir=tmp_path / "o", base_model="unused"
+        )
 
 
 def test_training_on_two_tables(tiny_model_dir, sample_dataset_dir, tmp_path):
     toml = _two_tables(sample_dataset_dir, tmp_path)
-    result = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out",
-                          overrides=(f"dataset_config={toml}", "max_train_steps=4", "seed=1", 'sample_prompts=""',
-                                     "sample_every_n_steps=0"),
-                          show_progress=False, step_lines=False)
+    result = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "out",
+        overrides=(
+            f"dataset_config={toml}",
+            "max_train_steps=4",
+            "seed=1",
+            'sample_prompts=""',
+            "sample_every_n_steps=0",
+        ),
+        show_progress=False,
+        step_lines=False,
+    )
     summary = json.loads(result.summary_path.read_text())
     assert summary["steps_done"] == 4 and result.lora_path.is_file()
     assert summary["batches_per_epoch"] == 18 + 24  # 36 samples at 64 px in twos (even per bucket) + 24 singles
@@ -100,10 +115,20 @@ def test_dataset_config_runs_write_ss_datasets(tiny_model_dir, sample_dataset_di
     from safetensors import safe_open
 
     toml = _two_tables(sample_dataset_dir, tmp_path)
-    result = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out",
-                          overrides=(f"dataset_config={toml}", "max_train_steps=1", "seed=1", 'sample_prompts=""',
-                                     "sample_every_n_steps=0"),
-                          show_progress=False, step_lines=False)
+    result = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "out",
+        overrides=(
+            f"dataset_config={toml}",
+            "max_train_steps=1",
+            "seed=1",
+            'sample_prompts=""',
+            "sample_every_n_steps=0",
+        ),
+        show_progress=False,
+        step_lines=False,
+    )
     with safe_open(str(result.lora_path), "pt") as f:
         meta = f.metadata()
     tables = json.loads(meta["ss_datasets"])

@@ -52,7 +52,9 @@ def test_deterministic_and_refuses_overwrite(tmp_path):
 def test_cli_make_sample(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "lorapipe", "dataset", "make-sample", str(tmp_path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == tmp_path / "0001-dataset"

@@ -50,8 +50,13 @@ def test_cfn_lint_catches_a_broken_template(tmp_path):
 
 def test_template_has_the_recipe_resources(template):
     types = {resource["Type"] for resource in template["Resources"].values()}
-    for expected in ("AWS::S3::Bucket", "AWS::ECR::Repository", "AWS::CodeBuild::Project", "AWS::Events::Rule",
-                     "AWS::IAM::Role"):
+    for expected in (
+        "AWS::S3::Bucket",
+        "AWS::ECR::Repository",
+        "AWS::CodeBuild::Project",
+        "AWS::Events::Rule",
+        "AWS::IAM::Role",
+    ):
         assert expected in types
     project = template["Resources"]["ImageBuildProject"]["Properties"]
     assert project["Source"]["BuildSpec"] == "container/buildspec.yml"

@@ -29,11 +29,19 @@ def _pixels(result, index=0):
 def test_plain_prompt_matches_diffusers_pixel_for_pixel(generator):
     import torch
 
-    result = generator.generate(GenerationRequest("a photo of dwjz toy", negative_prompt="blurry", seed=7,
-                                                  cfg_scale=5.0, **SMALL))
+    result = generator.generate(
+        GenerationRequest("a photo of dwjz toy", negative_prompt="blurry", seed=7, cfg_scale=5.0, **SMALL)
+    )
     pipe = generator.pipe
-    reference = pipe("a photo of dwjz toy", negative_prompt="blurry", num_inference_steps=3, guidance_scale=5.0,
-                     width=64, height=64, generator=torch.Generator("cpu").manual_seed(7)).images[0]
+    reference = pipe(
+        "a photo of dwjz toy",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        width=64,
+        height=64,
+        generator=torch.Generator("cpu").manual_seed(7),
+    ).images[0]
     assert np.array_equal(_pixels(result), np.asarray(reference, dtype=np.int16))
 
 
@@ -102,8 +110,7 @@ def test_samplers_and_img2img(generator):
     assert "Sampler: Euler a, Schedule type: Automatic" in ancestral.infotexts[0]
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in dpm.infotexts[0]
     init = Image.new("RGB", (64, 64), (200, 30, 30))
-    edited = generator.generate(GenerationRequest("toy", seed=9, init_images=(init,), denoising_strength=0.5,
-                                                  **SMALL))
+    edited = generator.generate(GenerationRequest("toy", seed=9, init_images=(init,), denoising_strength=0.5, **SMALL))
     assert edited.images[0].size == (64, 64) and "Denoising strength: 0.5" in edited.infotexts[0]
 
 
@@ -130,9 +137,30 @@ def test_cli_generate_writes_png_with_infotext(tiny_model_dir, lora_dir, tmp_pat
     from lorapipe.cli.main import main
 
     out = tmp_path / "out.png"
-    code = main(["generate", "a photo of dwjz toy <lora:toy:0.8> <lora:gone:1>", "--base-model", str(tiny_model_dir),
-                 "--lora-dir", str(lora_dir), "-o", str(out), "--steps", "2", "--seed", "11",
-                 "--width", "64", "--height", "64", "--sampler", "Euler", "--negative", "blurry"])
+    code = main(
+        [
+            "generate",
+            "a photo of dwjz toy <lora:toy:0.8> <lora:gone:1>",
+            "--base-model",
+            str(tiny_model_dir),
+            "--lora-dir",
+            str(lora_dir),
+            "-o",
+            str(out),
+            "--steps",
+            "2",
+            "--seed",
+            "11",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--sampler",
+            "Euler",
+            "--negative",
+            "blurry",
+        ]
+    )
     assert code == 0
     text = Image.open(out).info["parameters"]
     assert text.startswith("a photo of dwjz toy <lora:toy:0.8> <lora:gone:1>\nNegative prompt: blurry\nSteps: 2")

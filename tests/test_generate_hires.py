@@ -58,13 +58,19 @@ def test_upscalers_steps_sampler_and_resize_reach_the_infotext(generator):
         hires = HiresFix(scale=1.5, upscaler=upscaler, second_pass_steps=4, denoising_strength=0.5)
         result = generator.generate(GenerationRequest("a toy", seed=3, hires=hires, **SMALL))
         fields = parse_infotext(result.infotexts[0])
-        assert (fields["Hires upscaler"], fields["Hires steps"], fields["Denoising strength"]) == \
-            (upscaler, "4", "0.5")
+        assert (fields["Hires upscaler"], fields["Hires steps"], fields["Denoising strength"]) == (upscaler, "4", "0.5")
         images[upscaler] = _pixels(result)
     assert not np.array_equal(images["Latent (nearest-exact)"], images["Lanczos"])
-    resized = generator.generate(GenerationRequest(
-        "a toy", seed=3, steps=3, width=64, height=48,
-        hires=HiresFix(resize_x=96, resize_y=96, sampler_name="Euler a", prompt="a red toy")))
+    resized = generator.generate(
+        GenerationRequest(
+            "a toy",
+            seed=3,
+            steps=3,
+            width=64,
+            height=48,
+            hires=HiresFix(resize_x=96, resize_y=96, sampler_name="Euler a", prompt="a red toy"),
+        )
+    )
     assert resized.images[0].size == (96, 96)
     fields = parse_infotext(resized.infotexts[0])
     assert fields["Hires resize-1"] == "96" and fields["Hires sampler"] == "Euler a"
@@ -77,8 +83,9 @@ def test_unknown_upscaler_and_img2img_hires_are_errors(generator):
     from PIL import Image
 
     with pytest.raises(GenerationError, match="^enable_hr"):
-        generator.generate(GenerationRequest("toy", init_images=(Image.new("RGB", (64, 64)),),
-                                             hires=HiresFix(), **SMALL))
+        generator.generate(
+            GenerationRequest("toy", init_images=(Image.new("RGB", (64, 64)),), hires=HiresFix(), **SMALL)
+        )
 
 
 def test_interrupt_in_the_first_pass_returns_the_first_pass(generator):
@@ -112,9 +119,30 @@ def test_cli_hires_fix(tiny_model_dir, tmp_path, capsys):
     from lorapipe.cli.main import main
 
     out = tmp_path / "hr.png"
-    args = ["generate", "a toy", "--base-model", str(tiny_model_dir), "-o", str(out), "--steps", "2", "--seed", "3",
-            "--width", "64", "--height", "64", "--sampler", "LMS", "--hr-scale", "1.5", "--hr-upscaler", "Lanczos",
-            "--denoising-strength", "0.6"]
+    args = [
+        "generate",
+        "a toy",
+        "--base-model",
+        str(tiny_model_dir),
+        "-o",
+        str(out),
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--sampler",
+        "LMS",
+        "--hr-scale",
+        "1.5",
+        "--hr-upscaler",
+        "Lanczos",
+        "--denoising-strength",
+        "0.6",
+    ]
     assert main(args) == 0
     image = Image.open(out)
     fields = parse_infotext(image.info["parameters"])

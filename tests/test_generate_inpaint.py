@@ -39,7 +39,7 @@ def _inside(box=BOX, shrink=MARGIN) -> tuple[slice, slice]:
 
 def _outside(shape, box=BOX, grow=MARGIN) -> np.ndarray:
     keep = np.ones(shape[:2], bool)
-    keep[max(0, box[1] - grow):box[3] + grow, max(0, box[0] - grow):box[2] + grow] = False
+    keep[max(0, box[1] - grow) : box[3] + grow, max(0, box[0] - grow) : box[2] + grow] = False
     return keep
 
 
@@ -49,8 +49,11 @@ def _diff(result, init) -> np.ndarray:
 
 def _inpaint(generator, init, **options):
     mask = options.pop("mask", None) or _mask(init.size)
-    return generator.generate(GenerationRequest("toy", init_images=(init,), **SMALL,
-                                                inpaint=InpaintOptions(mask, blur_x=BLUR, blur_y=BLUR, **options)))
+    return generator.generate(
+        GenerationRequest(
+            "toy", init_images=(init,), **SMALL, inpaint=InpaintOptions(mask, blur_x=BLUR, blur_y=BLUR, **options)
+        )
+    )
 
 
 def test_only_the_masked_area_changes(generator):
@@ -128,9 +131,15 @@ def test_mask_preparation_follows_a1111():
 
 def test_soft_mask_and_batches(generator):
     init = _init()
-    result = generator.generate(GenerationRequest(
-        "toy", init_images=(init,), batch_size=2, **SMALL,
-        inpaint=InpaintOptions(_mask(), blur_x=BLUR, blur_y=BLUR, mask_round=False)))
+    result = generator.generate(
+        GenerationRequest(
+            "toy",
+            init_images=(init,),
+            batch_size=2,
+            **SMALL,
+            inpaint=InpaintOptions(_mask(), blur_x=BLUR, blur_y=BLUR, mask_round=False),
+        )
+    )
     assert len(result.images) == 2 and result.seeds == (3, 4)
     for image in result.images:
         diff = _diff(image, init)
@@ -154,9 +163,28 @@ def test_cli_inpaints_at_the_init_image_size(tiny_model_dir, tmp_path, capsys):
     init.save(tmp_path / "init.png")
     mask.save(tmp_path / "mask.png")
     out = tmp_path / "out.png"
-    code = main(["generate", "a toy", "--base-model", str(tiny_model_dir), "-o", str(out), "--steps", "3",
-                 "--seed", "3", "--init-image", str(tmp_path / "init.png"), "--mask", str(tmp_path / "mask.png"),
-                 "--mask-blur", str(BLUR), "--denoising-strength", "0.9"])
+    code = main(
+        [
+            "generate",
+            "a toy",
+            "--base-model",
+            str(tiny_model_dir),
+            "-o",
+            str(out),
+            "--steps",
+            "3",
+            "--seed",
+            "3",
+            "--init-image",
+            str(tmp_path / "init.png"),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--mask-blur",
+            str(BLUR),
+            "--denoising-strength",
+            "0.9",
+        ]
+    )
     assert code == 0
     with Image.open(out) as result:
         text = result.info["parameters"]

@@ -10,14 +10,17 @@ from lorapipe.generate.prompt_syntax import LoraTag, parse_attention, parse_extr
 from lorapipe.generate.samplers import build_scheduler, resolve_sampler, sampler_listing, schedule_listing
 
 
-@pytest.mark.parametrize("prompt, tag", [
-    ("<lora:toy>", LoraTag("toy", 1.0, 1.0)),
-    ("<lora:toy:0.7>", LoraTag("toy", 0.7, 0.7)),
-    ("<lora:toy:0.5:1.0>", LoraTag("toy", 0.5, 1.0)),
-    ("<lora:toy:te=0:unet=1.2>", LoraTag("toy", 0.0, 1.2)),
-    ("<lora:toy:0.3:unet=0.9>", LoraTag("toy", 0.3, 0.9)),
-    ("<lyco:toy:0.4>", LoraTag("toy", 0.4, 0.4)),
-])
+@pytest.mark.parametrize(
+    "prompt, tag",
+    [
+        ("<lora:toy>", LoraTag("toy", 1.0, 1.0)),
+        ("<lora:toy:0.7>", LoraTag("toy", 0.7, 0.7)),
+        ("<lora:toy:0.5:1.0>", LoraTag("toy", 0.5, 1.0)),
+        ("<lora:toy:te=0:unet=1.2>", LoraTag("toy", 0.0, 1.2)),
+        ("<lora:toy:0.3:unet=0.9>", LoraTag("toy", 0.3, 0.9)),
+        ("<lyco:toy:0.4>", LoraTag("toy", 0.4, 0.4)),
+    ],
+)
 def test_lora_tag_forms(prompt, tag):
     parsed = parse_extra_networks(f"a photo {prompt} of a toy")
     assert parsed.loras == (tag,)
@@ -31,18 +34,32 @@ def test_all_extra_network_tags_are_removed_and_several_loras_kept():
     assert "<" not in parsed.text
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("normal text", [("normal text", 1.0)]),
-    ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
-    ("(unbalanced", [("unbalanced", 1.1)]),
-    ("\\(literal\\]", [("(literal]", 1.0)]),
-    ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
-    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
-     [("a ", 1.0), ("house", 1.5730000000000004), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55),
-      (", sun, ", 1.1), ("sky", 1.4641000000000006), (".", 1.1)]),
-    ("[unbalanced", [("unbalanced", 1 / 1.1)]),
-    ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("normal text", [("normal text", 1.0)]),
+        ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+        ("(unbalanced", [("unbalanced", 1.1)]),
+        ("\\(literal\\]", [("(literal]", 1.0)]),
+        ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+        (
+            "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+            [
+                ("a ", 1.0),
+                ("house", 1.5730000000000004),
+                (" ", 1.1),
+                ("on", 1.0),
+                (" a ", 1.1),
+                ("hill", 0.55),
+                (", sun, ", 1.1),
+                ("sky", 1.4641000000000006),
+                (".", 1.1),
+            ],
+        ),
+        ("[unbalanced", [("unbalanced", 1 / 1.1)]),
+        ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
+    ],
+)
 def test_attention_matches_a1111_examples(text, expected):
     got = parse_attention(text)
     assert [t for t, _ in got] == [t for t, _ in expected]
@@ -113,9 +130,19 @@ def test_every_listed_sampler_builds_a_diffusers_scheduler():
 
 def test_infotext_layout_quoting_and_round_trip():
     text = create_infotext(
-        "a castle, dusk <lora:pixel:0.8>", "blurry, lowres",
-        {"Steps": 30, "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": 7.0, "Seed": 12,
-         "Size": "1024x768", "Model hash": "31e35c80fc", "Model": "sd_xl_base_1.0", "Variation seed": None},
+        "a castle, dusk <lora:pixel:0.8>",
+        "blurry, lowres",
+        {
+            "Steps": 30,
+            "Sampler": "DPM++ 2M",
+            "Schedule type": "Karras",
+            "CFG scale": 7.0,
+            "Seed": 12,
+            "Size": "1024x768",
+            "Model hash": "31e35c80fc",
+            "Model": "sd_xl_base_1.0",
+            "Variation seed": None,
+        },
         {"Lora hashes": lora_hashes_value([("pixel", "1a2b3c4d5e6f"), ("de:tail,", "0a9b8c7d6e5f")])},
     )
     lines = text.split("\n")

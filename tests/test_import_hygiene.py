@@ -33,11 +33,34 @@ ALLOWED = {
     # Evaluation reads LoRA files and a dataset and drives the generator; it never imports the trainer.
     "evaluate": NEUTRAL | {"sdxl", "dataset", "lora", "registry", "generate"},
     "deploy": NEUTRAL | {"store", "registry", "container_contract", "hosting_contract"},
-    "pipeline": NEUTRAL | {"sdxl", "store", "dataset", "config", "lora", "registry", "train", "container_contract",
-                           "hosting_contract", "deploy", "evaluate"},
+    "pipeline": NEUTRAL
+    | {
+        "sdxl",
+        "store",
+        "dataset",
+        "config",
+        "lora",
+        "registry",
+        "train",
+        "container_contract",
+        "hosting_contract",
+        "deploy",
+        "evaluate",
+    },
     # The studio's routes start and follow pipeline runs and prepare datasets; the pipeline never imports the server.
-    "server": NEUTRAL | {"sdxl", "lora", "registry", "generate", "store", "container_contract", "hosting_contract",
-                         "pipeline", "dataset", "config"},
+    "server": NEUTRAL
+    | {
+        "sdxl",
+        "lora",
+        "registry",
+        "generate",
+        "store",
+        "container_contract",
+        "hosting_contract",
+        "pipeline",
+        "dataset",
+        "config",
+    },
 }
 
 
@@ -52,8 +75,10 @@ def test_import_lorapipe_is_light():
 
 
 def test_help_is_light_and_lists_commands():
-    loaded = _loaded_after("import contextlib, io\nfrom lorapipe.cli.main import build_parser\n"
-                           "with contextlib.redirect_stdout(io.StringIO()):\n    build_parser().format_help()")
+    loaded = _loaded_after(
+        "import contextlib, io\nfrom lorapipe.cli.main import build_parser\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    build_parser().format_help()"
+    )
     assert not loaded & set(HEAVY)
     result = subprocess.run([sys.executable, "-m", "lorapipe", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "model" in result.stdout

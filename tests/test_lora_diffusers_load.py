@@ -63,8 +63,15 @@ def lora_layer_count(model) -> int:
 
 
 def generate(pipe) -> np.ndarray:
-    image = pipe("a photo of dwjz toy", num_inference_steps=2, height=64, width=64, guidance_scale=1.0,
-                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    image = pipe(
+        "a photo of dwjz toy",
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images[0]
     return np.asarray(image)
 
 
@@ -72,13 +79,21 @@ def test_load_lora_weights_attaches_every_module_with_the_same_math(tiny_model_d
     conv_dim = 2  # conv LoRA on: the superset of modules (plain LoRA is covered by the UNet-only test below)
     trainer_pipe = pipeline_class.from_pretrained(tiny_model_dir)
     models = {n: getattr(trainer_pipe, n) for n in ("unet", "text_encoder", "text_encoder_2")}
-    network = attach_kohya_lora(*models.values(), network_dim=4, network_alpha=2.0, conv_dim=conv_dim,
-                                conv_alpha=1.0 if conv_dim else None, dropout=None, seed=0)
+    network = attach_kohya_lora(
+        *models.values(),
+        network_dim=4,
+        network_alpha=2.0,
+        conv_dim=conv_dim,
+        conv_alpha=1.0 if conv_dim else None,
+        dropout=None,
+        seed=0,
+    )
     randomize_lora(network)
     probe = probe_inputs(models["unet"], models["text_encoder_2"])
     expected = outputs(models, probe)
-    path = save_kohya_lora(tmp_path / "toy.safetensors", network.kohya_state_dict(torch.float32),
-                           {"ss_network_module": "networks.lora"})
+    path = save_kohya_lora(
+        tmp_path / "toy.safetensors", network.kohya_state_dict(torch.float32), {"ss_network_module": "networks.lora"}
+    )
 
     pipe = pipeline_class.from_pretrained(tiny_model_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -96,8 +111,18 @@ def test_load_lora_weights_attaches_every_module_with_the_same_math(tiny_model_d
 
 def test_unet_only_file_loads_without_text_encoder_layers(tiny_model_dir, tmp_path, pipeline_class):
     pipe = pipeline_class.from_pretrained(tiny_model_dir)
-    network = attach_kohya_lora(pipe.unet, pipe.text_encoder, pipe.text_encoder_2, network_dim=2, network_alpha=1.0,
-                                conv_dim=None, conv_alpha=None, dropout=None, train_text_encoder=False, seed=0)
+    network = attach_kohya_lora(
+        pipe.unet,
+        pipe.text_encoder,
+        pipe.text_encoder_2,
+        network_dim=2,
+        network_alpha=1.0,
+        conv_dim=None,
+        conv_alpha=None,
+        dropout=None,
+        train_text_encoder=False,
+        seed=0,
+    )
     path = save_kohya_lora(tmp_path / "unet.safetensors", network.kohya_state_dict(torch.float16), {})
     fresh = pipeline_class.from_pretrained(tiny_model_dir)
     warnings = load_with_warnings(fresh, path)

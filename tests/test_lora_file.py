@@ -36,7 +36,7 @@ def sd_scripts_hashes(tensors, metadata) -> tuple[str, str]:
     """The two hashes exactly as sd-scripts' precalculate_safetensors_hashes computes them (reference version)."""
     data = save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
     header_len = int.from_bytes(data[:8], "little")
-    model_hash = hashlib.sha256(data[8 + header_len:]).hexdigest()
+    model_hash = hashlib.sha256(data[8 + header_len :]).hexdigest()
     legacy = hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
     return model_hash, legacy
 
@@ -52,7 +52,7 @@ def test_saved_file_has_metadata_tensors_and_sd_scripts_hashes(tmp_path):
     assert (metadata["sshs_model_hash"], metadata["sshs_legacy_hash"]) == sd_scripts_hashes(tensors, METADATA)
     # The model hash covers only tensor bytes: equal to the same hash taken over the final file.
     raw = path.read_bytes()
-    assert hashlib.sha256(raw[8 + struct.unpack("<Q", raw[:8])[0]:]).hexdigest() == metadata["sshs_model_hash"]
+    assert hashlib.sha256(raw[8 + struct.unpack("<Q", raw[:8])[0] :]).hexdigest() == metadata["sshs_model_hash"]
     other = save_kohya_lora(tmp_path / "other.safetensors", lora_tensors(rows=8, cols=40_000, seed=1), METADATA)
     assert read_header(other).metadata["sshs_model_hash"] != metadata["sshs_model_hash"]
 
@@ -60,8 +60,9 @@ def test_saved_file_has_metadata_tensors_and_sd_scripts_hashes(tmp_path):
 def test_hashes_ignore_non_ss_metadata(tmp_path):
     tensors = lora_tensors()
     first = read_header(save_kohya_lora(tmp_path / "a.safetensors", tensors, METADATA)).metadata
-    edited = read_header(save_kohya_lora(tmp_path / "b.safetensors", tensors,
-                                         METADATA | {"modelspec.title": "renamed by a user"})).metadata
+    edited = read_header(
+        save_kohya_lora(tmp_path / "b.safetensors", tensors, METADATA | {"modelspec.title": "renamed by a user"})
+    ).metadata
     assert first["sshs_model_hash"] == edited["sshs_model_hash"]
     assert first["sshs_legacy_hash"] == edited["sshs_legacy_hash"]
 
@@ -78,8 +79,10 @@ def test_overwrite_replaces_and_leaves_no_temporary_files(tmp_path):
     save_kohya_lora(path, lora_tensors(seed=1), METADATA)
     assert [p.name for p in tmp_path.iterdir()] == ["toy.safetensors"]
     with safe_open(path, "pt") as handle:
-        assert torch.equal(handle.get_tensor("lora_unet_input_blocks_4_1_proj_in.lora_down.weight"),
-                           lora_tensors(seed=1)["lora_unet_input_blocks_4_1_proj_in.lora_down.weight"])
+        assert torch.equal(
+            handle.get_tensor("lora_unet_input_blocks_4_1_proj_in.lora_down.weight"),
+            lora_tensors(seed=1)["lora_unet_input_blocks_4_1_proj_in.lora_down.weight"],
+        )
 
 
 _KILLED_WRITER = """
@@ -121,5 +124,5 @@ def test_same_tensors_and_metadata_give_the_same_bytes(tmp_path):
     reordered = dict(reversed(list(metadata.items())))
     second = save_kohya_lora(tmp_path / "b.safetensors", lora_tensors(), reordered).read_bytes()
     assert first == second
-    header = json.loads(first[8:8 + struct.unpack("<Q", first[:8])[0]])
+    header = json.loads(first[8 : 8 + struct.unpack("<Q", first[:8])[0]])
     assert list(header["__metadata__"]) == sorted(header["__metadata__"])

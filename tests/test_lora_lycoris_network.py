@@ -37,10 +37,19 @@ def _sgm_shaped_unet(unet: torch.nn.Module, device: str) -> torch.nn.Module:
         sgm = names.to_sgm(name)
         block_path = _SGM_BLOCK.match(sgm).group(1)
         block = _ensure(root, block_path, block_class[type(ancestors[-1][1]).__name__])
-        leaf = torch.nn.Linear(module.in_features, module.out_features, device=device) if isinstance(
-            module, torch.nn.Linear) else torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
-                                                          module.stride, module.padding, device=device)
-        _ensure(block, sgm[len(block_path) + 1:], None, leaf)
+        leaf = (
+            torch.nn.Linear(module.in_features, module.out_features, device=device)
+            if isinstance(module, torch.nn.Linear)
+            else torch.nn.Conv2d(
+                module.in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                device=device,
+            )
+        )
+        _ensure(block, sgm[len(block_path) + 1 :], None, leaf)
     return root
 
 
@@ -55,8 +64,9 @@ def _ensure(root: torch.nn.Module, path: str, cls: type | None, leaf: torch.nn.M
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if not hasattr(node, part):
-            node.add_module(part, leaf if (last and leaf is not None) else (cls() if last and cls else
-                                                                              torch.nn.Module()))
+            node.add_module(
+                part, leaf if (last and leaf is not None) else (cls() if last and cls else torch.nn.Module())
+            )
         node = getattr(node, part)
     return node
 
@@ -70,23 +80,41 @@ def _transformers4_path(encoder: torch.nn.Module) -> torch.nn.Module:
     return holder
 
 
-@pytest.mark.parametrize("preset, device, args, options", [
-    ("full", "meta", {"algo": "loha", "conv_dim": 2, "conv_alpha": 1},
-     LycorisOptions(algo="loha", conv_dim=2, conv_alpha=1)),
-    ("full", "meta", {"algo": "lokr", "factor": 8, "use_tucker": True, "conv_dim": 2},
-     LycorisOptions(algo="lokr", factor=8, use_tucker=True, conv_dim=2)),
-    # DoRA's dora_scale is the base weight's norm, so it needs real weights: the tiny model (same block layout).
-    ("tiny", "cpu", {"algo": "locon", "dora_wd": True}, LycorisOptions(algo="locon", dora_wd=True)),
-])
+@pytest.mark.parametrize(
+    "preset, device, args, options",
+    [
+        (
+            "full",
+            "meta",
+            {"algo": "loha", "conv_dim": 2, "conv_alpha": 1},
+            LycorisOptions(algo="loha", conv_dim=2, conv_alpha=1),
+        ),
+        (
+            "full",
+            "meta",
+            {"algo": "lokr", "factor": 8, "use_tucker": True, "conv_dim": 2},
+            LycorisOptions(algo="lokr", factor=8, use_tucker=True, conv_dim=2),
+        ),
+        # DoRA's dora_scale is the base weight's norm, so it needs real weights: the tiny model (same block layout).
+        ("tiny", "cpu", {"algo": "locon", "dora_wd": True}, LycorisOptions(algo="locon", dora_wd=True)),
+    ],
+)
 def test_sdxl_keys_and_shapes_equal_lycoris_under_sd_scripts(preset, device, args, options) -> None:
     from lycoris.kohya import create_network
 
     models = build_models(preset, device=device)
     unet, te1, te2 = models["unet"], models["text_encoder"], models["text_encoder_2"]
     # On meta, the base weights have no data; the (small, rank-2) LyCORIS tensors are real CPU tensors.
-    reference = create_network(1.0, 2, 1.0, None, [_transformers4_path(te1), _transformers4_path(te2)],
-                               _sgm_shaped_unet(unet, device), preset="full",
-                               **{k: str(v) for k, v in args.items()})
+    reference = create_network(
+        1.0,
+        2,
+        1.0,
+        None,
+        [_transformers4_path(te1), _transformers4_path(te2)],
+        _sgm_shaped_unet(unet, device),
+        preset="full",
+        **{k: str(v) for k, v in args.items()},
+    )
     reference.apply_to([], [], apply_text_encoder=True, apply_unet=True)
     expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     for lora in reference.loras:
@@ -118,9 +146,15 @@ def test_module_set_is_kohya_locon_and_training_changes_only_the_network(tiny_mo
     net.train_mode()
     sample = torch.randn(1, 4, 16, 16)
     cond = {"text_embeds": torch.randn(1, 32), "time_ids": torch.zeros(1, 6)}
-    kwargs = {"encoder_hidden_states": torch.randn(1, 77, unet.config.cross_attention_dim),
-              "added_cond_kwargs": {**cond, "text_embeds": torch.randn(
-                  1, unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim)}}
+    kwargs = {
+        "encoder_hidden_states": torch.randn(1, 77, unet.config.cross_attention_dim),
+        "added_cond_kwargs": {
+            **cond,
+            "text_embeds": torch.randn(
+                1, unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+            ),
+        },
+    }
     before = unet(sample, 10, **kwargs).sample.detach()
     for _ in range(3):
         loss = unet(sample, 10, **kwargs).sample.pow(2).mean()
@@ -144,11 +178,24 @@ def test_lycoris_loha_trains_saves_and_resumes_like_sd_scripts(tiny_model_dir, s
     from lorapipe.train.run import run_training
 
     args = '["algo=loha", "conv_dim=2", "conv_alpha=1", "rank_dropout=0.1", "module_dropout=0.1"]'
-    common = ("network_module=\"lycoris.kohya\"", f"network_args={args}", "network_dim=4", "network_alpha=2",
-              "unet_lr=0.001", "text_encoder_lr=0.0005", "scale_weight_norms=1.0", "seed=3")
-    result = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out",
-                          show_progress=False, step_lines=False,
-                          overrides=(*common, "max_train_steps=3", "save_state=true"))
+    common = (
+        'network_module="lycoris.kohya"',
+        f"network_args={args}",
+        "network_dim=4",
+        "network_alpha=2",
+        "unet_lr=0.001",
+        "text_encoder_lr=0.0005",
+        "scale_weight_norms=1.0",
+        "seed=3",
+    )
+    result = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "out",
+        show_progress=False,
+        step_lines=False,
+        overrides=(*common, "max_train_steps=3", "save_state=true"),
+    )
     assert result.status == "finished" and result.steps_done == 3
     with safe_open(str(result.lora_path), "pt") as f:
         keys, meta = set(f.keys()), f.metadata()
@@ -161,7 +208,12 @@ def test_lycoris_loha_trains_saves_and_resumes_like_sd_scripts(tiny_model_dir, s
     assert w2 and any(t.abs().max() > 0 for t in w2.values())
     # A second run continues from the saved state (LyCORIS tensors restored by name).
     state = next(p for p in (tmp_path / "out").iterdir() if p.is_dir() and p.name.endswith("-state"))
-    resumed = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "again",
-                           show_progress=False, step_lines=False,
-                           overrides=(*common, "max_train_steps=4", f"resume=\"{state}\""))
+    resumed = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "again",
+        show_progress=False,
+        step_lines=False,
+        overrides=(*common, "max_train_steps=4", f'resume="{state}"'),
+    )
     assert resumed.status == "finished" and resumed.steps_done == 4

@@ -46,9 +46,18 @@ FINISHED = 1_700_000_600.25
 
 def build(**overrides):
     kwargs = dict(
-        config_dict=CONFIG, dataset_summary=SUMMARY, base_model_name="stabilityai/stable-diffusion-xl-base-1.0",
-        training_started_at=STARTED, training_finished_at=FINISHED, steps=120, epoch=3, network_dim=16,
-        network_alpha=8.0, network_args={"conv_dim": 4, "conv_alpha": 1}, session_id=1234, max_train_steps=120,
+        config_dict=CONFIG,
+        dataset_summary=SUMMARY,
+        base_model_name="stabilityai/stable-diffusion-xl-base-1.0",
+        training_started_at=STARTED,
+        training_finished_at=FINISHED,
+        steps=120,
+        epoch=3,
+        network_dim=16,
+        network_alpha=8.0,
+        network_args={"conv_dim": 4, "conv_alpha": 1},
+        session_id=1234,
+        max_train_steps=120,
     )
     kwargs.update(overrides)
     return build_kohya_metadata(**kwargs)

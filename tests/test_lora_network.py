@@ -244,8 +244,17 @@ def test_full_sdxl_attaches_on_the_meta_device_with_kohya_shapes():
     from lorapipe.sdxl.factory import build_models
 
     full = build_models("full", device="meta")
-    network = attach_kohya_lora(full["unet"], full["text_encoder"], full["text_encoder_2"], network_dim=16,
-                                network_alpha=8.0, conv_dim=4, conv_alpha=1.0, dropout=None, lora_dtype=None)
+    network = attach_kohya_lora(
+        full["unet"],
+        full["text_encoder"],
+        full["text_encoder_2"],
+        network_dim=16,
+        network_alpha=8.0,
+        conv_dim=4,
+        conv_alpha=1.0,
+        dropout=None,
+        lora_dtype=None,
+    )
     assert network.num_modules == {"unet": 788, "text_encoder": 72, "text_encoder_2": 192}
     shapes = network.kohya_shapes()
     assert len(shapes) == 3 * 1052
@@ -266,8 +275,13 @@ def test_backward_reaches_only_lora_weights_like_a_kohya_first_step(models):
     for part in ("unet", "text_encoder", "text_encoder_2"):
         models[part].train()
     probe = probe_inputs(models["unet"], models["text_encoder_2"])
-    context = torch.cat([models["text_encoder"](probe.token_ids).last_hidden_state,
-                         models["text_encoder_2"](probe.token_ids).last_hidden_state], dim=-1)
+    context = torch.cat(
+        [
+            models["text_encoder"](probe.token_ids).last_hidden_state,
+            models["text_encoder_2"](probe.token_ids).last_hidden_state,
+        ],
+        dim=-1,
+    )
     assert context.shape[-1] == models["unet"].config.cross_attention_dim
     pred = models["unet"](probe.latents, 10, context, added_cond_kwargs=probe.added).sample
     pred.pow(2).mean().backward()
@@ -275,5 +289,9 @@ def test_backward_reaches_only_lora_weights_like_a_kohya_first_step(models):
         layer = network.lora_layer(target)
         assert layer.lora_B["kohya"].weight.grad is not None, target.kohya_name
         assert float(layer.lora_B["kohya"].weight.grad.abs().sum()) > 0, target.kohya_name
-    assert all(p.grad is None for part in ("unet", "text_encoder", "text_encoder_2")
-               for n, p in models[part].named_parameters() if "lora_" not in n)
+    assert all(
+        p.grad is None
+        for part in ("unet", "text_encoder", "text_encoder_2")
+        for n, p in models[part].named_parameters()
+        if "lora_" not in n
+    )

@@ -61,8 +61,10 @@ def test_conv_block_dims_turn_on_conv_lora_per_block():
     network = attach(models, block_ranks=BlockRanks.parse(conv_block_dims=conv_dims), train_text_encoder=False)
     shapes = network.kohya_shapes()
     convs = {k for k, s in shapes.items() if len(s) == 4 and s[2:] == (3, 3)}
-    assert convs == {"lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight",
-                     "lora_unet_input_blocks_1_0_out_layers_3.lora_down.weight"}
+    assert convs == {
+        "lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight",
+        "lora_unet_input_blocks_1_0_out_layers_3.lora_down.weight",
+    }
     assert network.alphas["lora_unet_input_blocks_1_0_in_layers_2"] == 1.0  # conv alpha default
     # the resnet's Linear (time embedding) joins with network_dim, as in sd-scripts' conv target classes
     assert shapes["lora_unet_input_blocks_1_0_emb_layers_1.lora_down.weight"][0] == 4
@@ -93,8 +95,9 @@ def test_network_from_weights_reproduces_a_mixed_rank_file():
     saved = network.kohya_state_dict()
 
     fresh = tiny_models()
-    loaded, report = attach_kohya_lora_from_weights(fresh["unet"], fresh["text_encoder"], fresh["text_encoder_2"],
-                                                    saved)
+    loaded, report = attach_kohya_lora_from_weights(
+        fresh["unet"], fresh["text_encoder"], fresh["text_encoder_2"], saved
+    )
     assert report.loaded == len(network.targets) and not report.missing and not report.unexpected
     assert loaded.ranks == network.ranks and loaded.alphas == network.alphas
     assert loaded.num_modules["text_encoder"] == 0
@@ -109,8 +112,9 @@ def test_network_from_weights_refuses_a_file_without_sdxl_modules():
     models = tiny_models()
     sd15_like = {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8)}
     with pytest.raises(ModelLoadError, match="no Kohya LoRA module"):
-        attach_kohya_lora_from_weights(models["unet"], models["text_encoder"], models["text_encoder_2"], sd15_like,
-                                       source="old.safetensors")
+        attach_kohya_lora_from_weights(
+            models["unet"], models["text_encoder"], models["text_encoder_2"], sd15_like, source="old.safetensors"
+        )
 
 
 def test_all_zero_block_dims_is_refused():

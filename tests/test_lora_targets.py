@@ -71,8 +71,15 @@ def test_full_sdxl_conv_names(full_models, kohya_name):
 
 def test_never_targets_what_sd_scripts_leaves_alone(full_models):
     names = targets_of(full_models, conv=True).kohya_names()
-    forbidden = ("input_blocks_0_0", "time_embed", "label_emb", "lora_unet_out_", "norm", "text_projection",
-                 "embeddings")
+    forbidden = (
+        "input_blocks_0_0",
+        "time_embed",
+        "label_emb",
+        "lora_unet_out_",
+        "norm",
+        "text_projection",
+        "embeddings",
+    )
     assert not [n for n in names if any(f in n for f in forbidden)]
 
 
@@ -99,7 +106,7 @@ def test_diffusers_maps_every_full_sdxl_key_onto_an_existing_module(full_models)
     assert len(alphas) == len(targets)
 
     for part in ("unet", "text_encoder", "text_encoder_2"):
-        sub = {k[len(part) + 1:]: v for k, v in converted.items() if k.split(".")[0] == part}
+        sub = {k[len(part) + 1 :]: v for k, v in converted.items() if k.split(".")[0] == part}
         if part == "unet":
             peft_keys = convert_unet_state_dict_to_peft(sub)
         else:  # the same two steps diffusers' text-encoder loader takes

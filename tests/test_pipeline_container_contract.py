@@ -28,8 +28,9 @@ def _opt_ml(root: Path, dataset: Path | None, hyperparameters: dict[str, str]) -
     opt_ml = OptMl(root)
     opt_ml.input_config_dir.mkdir(parents=True, exist_ok=True)
     opt_ml.hyperparameters_file.write_text(json.dumps(hyperparameters))
-    opt_ml.resource_config_file.write_text(json.dumps(
-        {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
+    opt_ml.resource_config_file.write_text(
+        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"})
+    )
     channel = opt_ml.channel_dir()
     channel.parent.mkdir(parents=True, exist_ok=True)
     if dataset is not None:
@@ -43,8 +44,9 @@ def _start(opt_ml: OptMl) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if not key.startswith("SM_")}  # no toolkit variables
     env.update(LORAPIPE_OPT_ML=str(opt_ml.root), PYTHONUNBUFFERED="1")
     # `train` as SageMaker passes it; the program must accept and drop it
-    return subprocess.Popen([sys.executable, str(PROGRAM), "train"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(PROGRAM), "train"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
 
 
 def _collect(process: subprocess.Popen, lines: list[str], seen_step: threading.Event) -> None:
@@ -79,8 +81,13 @@ def test_sigterm_checkpoints_and_a_restart_resumes(tmp_path, sample_dataset_dir,
     assert not list(opt_ml.model_dir.glob("*.safetensors")), "an interrupted job has no final model"
 
     # A new job with the same checkpoint location (spot restart): resumes and finishes.
-    result = subprocess.run([sys.executable, str(PROGRAM)], capture_output=True, text=True, timeout=400,
-                            env={**os.environ, "LORAPIPE_OPT_ML": str(opt_ml.root), "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        [sys.executable, str(PROGRAM)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "LORAPIPE_OPT_ML": str(opt_ml.root), "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     steps = [int(line.split()[0].split("=")[1]) for line in result.stdout.splitlines() if line.startswith("step=")]
     assert steps and steps[0] > 1, f"resumed run started again from step 1: {steps}"
@@ -92,8 +99,13 @@ def test_sigterm_checkpoints_and_a_restart_resumes(tmp_path, sample_dataset_dir,
 
 def test_empty_channel_writes_the_failure_file(tmp_path, hyperparameters):
     opt_ml = _opt_ml(tmp_path / "opt-ml", None, hyperparameters)
-    result = subprocess.run([sys.executable, str(PROGRAM), "train"], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "LORAPIPE_OPT_ML": str(opt_ml.root)})
+    result = subprocess.run(
+        [sys.executable, str(PROGRAM), "train"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LORAPIPE_OPT_ML": str(opt_ml.root)},
+    )
     assert result.returncode != 0
     failure = opt_ml.failure_file.read_text(encoding="utf-8")
     assert len(failure) <= FAILURE_LIMIT
@@ -102,8 +114,13 @@ def test_empty_channel_writes_the_failure_file(tmp_path, hyperparameters):
 
 def test_unknown_hyperparameter_fails_with_its_name_first(tmp_path, sample_dataset_dir, hyperparameters):
     opt_ml = _opt_ml(tmp_path / "opt-ml", sample_dataset_dir, {**hyperparameters, "max_train_stepz": "3"})
-    result = subprocess.run([sys.executable, str(PROGRAM), "train"], capture_output=True, text=True, timeout=240,
-                            env={**os.environ, "LORAPIPE_OPT_ML": str(opt_ml.root)})
+    result = subprocess.run(
+        [sys.executable, str(PROGRAM), "train"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "LORAPIPE_OPT_ML": str(opt_ml.root)},
+    )
     assert result.returncode != 0
     failure = opt_ml.failure_file.read_text(encoding="utf-8")
     assert "max_train_stepz" in failure.splitlines()[0]

@@ -42,25 +42,38 @@ def test_root_from_argument_then_env_then_default(tmp_path, monkeypatch):
 
 
 def test_hyperparameters_are_strings_and_become_set_overrides(opt_ml):
-    opt_ml.hyperparameters_file.write_text(json.dumps({
-        "max_train_steps": "2", "learning_rate": 0.001, "cache_latents": True,
-        "sagemaker_program": "train.py", "_tuning_objective_metric": "loss",
-    }))
+    opt_ml.hyperparameters_file.write_text(
+        json.dumps(
+            {
+                "max_train_steps": "2",
+                "learning_rate": 0.001,
+                "cache_latents": True,
+                "sagemaker_program": "train.py",
+                "_tuning_objective_metric": "loss",
+            }
+        )
+    )
     hyperparameters = read_hyperparameters(opt_ml)
     assert hyperparameters == {"max_train_steps": "2", "learning_rate": "0.001", "cache_latents": "true"}
     assert hyperparameters_to_overrides(hyperparameters) == (
-        "cache_latents=true", "learning_rate=0.001", "max_train_steps=2")
+        "cache_latents=true",
+        "learning_rate=0.001",
+        "max_train_steps=2",
+    )
 
 
 def test_missing_hyperparameters_mean_none(opt_ml):
     assert read_hyperparameters(opt_ml) == {}
 
 
-@pytest.mark.parametrize("content, match", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "JSON object"),
-    ('{"optimizer_args": ["a=1"]}', "optimizer_args"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"optimizer_args": ["a=1"]}', "optimizer_args"),
+    ],
+)
 def test_bad_hyperparameters_name_the_file(opt_ml, content, match):
     opt_ml.hyperparameters_file.write_text(content)
     with pytest.raises(ConfigError, match=match) as info:
@@ -70,8 +83,9 @@ def test_bad_hyperparameters_name_the_file(opt_ml, content, match):
 
 def test_resource_config(opt_ml):
     assert read_resource_config(opt_ml).hosts == ("algo-1",)
-    opt_ml.resource_config_file.write_text(json.dumps(
-        {"current_host": "algo-2", "hosts": ["algo-2", "algo-1"], "network_interface_name": "ethwe"}))
+    opt_ml.resource_config_file.write_text(
+        json.dumps({"current_host": "algo-2", "hosts": ["algo-2", "algo-1"], "network_interface_name": "ethwe"})
+    )
     config = read_resource_config(opt_ml)
     assert config.hosts == ("algo-1", "algo-2") and config.current_host == "algo-2"
     assert not config.is_leader and config.network_interface_name == "ethwe"

@@ -11,8 +11,15 @@ from lorapipe.pipeline.local_backend import trainer_command, visible_gpu_count
 
 
 def _job(tmp_path: Path, config: Path | None = None) -> TrainJob:
-    return TrainJob("run", tmp_path / "0001-dataset", str(tmp_path / "0001-dataset"), tmp_path / "train",
-                    "/models/tiny", config, ("max_train_steps=2", "seed=1"))
+    return TrainJob(
+        "run",
+        tmp_path / "0001-dataset",
+        str(tmp_path / "0001-dataset"),
+        tmp_path / "train",
+        "/models/tiny",
+        config,
+        ("max_train_steps=2", "seed=1"),
+    )
 
 
 def test_single_device_runs_the_trainer_cli(tmp_path):

@@ -63,8 +63,15 @@ def test_copy_of_a_cached_artifact_is_verified(tmp_path):
 
 def test_publish_to_a_folder_and_the_lora_dir(tmp_path, log):
     artifact = find_artifact(write_artifact(tmp_path / "train"))
-    manifest = publish_artifact(artifact, run_id="run-1", output_url=str(tmp_path / "out"),
-                                lora_dir=tmp_path / "loras", lora_name="my-toy", endpoint_url=None, log=log)
+    manifest = publish_artifact(
+        artifact,
+        run_id="run-1",
+        output_url=str(tmp_path / "out"),
+        lora_dir=tmp_path / "loras",
+        lora_name="my-toy",
+        endpoint_url=None,
+        log=log,
+    )
     published = tmp_path / "out" / "run-1"
     for name in ("dwjz_toy.safetensors", "train_summary.json", "sample/dwjz_toy_00.png", "publish.json"):
         assert (published / name).is_file(), name
@@ -81,8 +88,15 @@ def test_publish_to_a_folder_and_the_lora_dir(tmp_path, log):
 def test_lora_names_must_be_plain(tmp_path, log, name):
     artifact = find_artifact(write_artifact(tmp_path / "train"))
     with pytest.raises(StoreError, match="--lora-name"):
-        publish_artifact(artifact, run_id="r", output_url=None, lora_dir=tmp_path / "loras", lora_name=name,
-                         endpoint_url=None, log=log)
+        publish_artifact(
+            artifact,
+            run_id="r",
+            output_url=None,
+            lora_dir=tmp_path / "loras",
+            lora_name=name,
+            endpoint_url=None,
+            log=log,
+        )
     assert not (tmp_path / "loras").exists()
 
 
@@ -91,8 +105,15 @@ def test_failed_upload_publishes_nothing(tmp_path, log, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     artifact = find_artifact(write_artifact(tmp_path / "train"))
     with pytest.raises(StoreError, match="s3://bucket/models"):
-        publish_artifact(artifact, run_id="r", output_url="s3://bucket/models", lora_dir=tmp_path / "loras",
-                         lora_name="toy", endpoint_url="http://127.0.0.1:9", log=log)
+        publish_artifact(
+            artifact,
+            run_id="r",
+            output_url="s3://bucket/models",
+            lora_dir=tmp_path / "loras",
+            lora_name="toy",
+            endpoint_url="http://127.0.0.1:9",
+            log=log,
+        )
     assert not (tmp_path / "loras").exists(), "the server never sees a LoRA whose upload failed"
 
 
@@ -108,7 +129,14 @@ def test_upload_failing_midway_is_rolled_back(seaweed_s3, tmp_path, log, monkeyp
     # The LoRA vanishes between verification and upload (a disk or cleanup fault): upload of the last file fails.
     artifact.lora.unlink()
     with pytest.raises(StoreError):
-        publish_artifact(artifact, run_id="r", output_url=f"s3://{bucket}/models", lora_dir=tmp_path / "loras",
-                         lora_name="toy", endpoint_url=seaweed_s3.endpoint_url, log=log)
+        publish_artifact(
+            artifact,
+            run_id="r",
+            output_url=f"s3://{bucket}/models",
+            lora_dir=tmp_path / "loras",
+            lora_name="toy",
+            endpoint_url=seaweed_s3.endpoint_url,
+            log=log,
+        )
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0, "partial upload removed"
     assert not (tmp_path / "loras").exists()

@@ -15,8 +15,9 @@ from lorapipe.pipeline.records import RunStore, new_run_id
 
 def _make(store: RunStore, tmp_path: Path, dataset: str = "/data/0001-dataset") -> str:
     run_id = new_run_id()
-    store.create_run(run_id, backend="local", dataset=dataset, output=None, run_dir=tmp_path / run_id,
-                     request={"dataset": dataset})
+    store.create_run(
+        run_id, backend="local", dataset=dataset, output=None, run_dir=tmp_path / run_id, request={"dataset": dataset}
+    )
     return run_id
 
 
@@ -123,6 +124,11 @@ def test_hub_ids_hash_by_name_and_cache_key_covers_every_input(tmp_path):
     base = dict(dataset_hash="d", config_hash="c", base_model_hash="m", overrides=("a=1",), trainer_version="v")
     key = train_cache_key(**base)
     assert train_cache_key(**{**base, "overrides": ("a=1",)}) == key
-    for field, value in (("dataset_hash", "d2"), ("config_hash", None), ("base_model_hash", "m2"),
-                         ("overrides", ("a=2",)), ("trainer_version", "v2")):
+    for field, value in (
+        ("dataset_hash", "d2"),
+        ("config_hash", None),
+        ("base_model_hash", "m2"),
+        ("overrides", ("a=2",)),
+        ("trainer_version", "v2"),
+    ):
         assert train_cache_key(**{**base, field: value}) != key, field

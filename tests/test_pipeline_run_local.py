@@ -22,8 +22,13 @@ TRAIN_SETTINGS = ("--set", "max_train_steps=2", "--set", "sample_every_n_steps=2
 
 
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lorapipe", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "lorapipe", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _sha(path: Path) -> str:
@@ -50,21 +55,41 @@ def _wait_for(predicate, timeout: float, what: str):
 def world(tmp_path_factory, sample_dataset_dir, tiny_model_dir):
     root = tmp_path_factory.mktemp("pipeline-local")
     dataset = shutil.copytree(sample_dataset_dir, root / "datasets" / "0001-dataset")
-    return {"root": root, "home": root / "home", "dataset": dataset, "model": tiny_model_dir,
-            "output": root / "published", "loras": root / "loras"}
+    return {
+        "root": root,
+        "home": root / "home",
+        "dataset": dataset,
+        "model": tiny_model_dir,
+        "output": root / "published",
+        "loras": root / "loras",
+    }
 
 
 def _common(world, output: Path | None = None, loras: Path | None = None, train=TRAIN_SETTINGS) -> list[str]:
-    return ["--home", str(world["home"]), "--base-model", str(world["model"]),
-            "--output", str(output or world["output"]), "--lora-dir", str(loras or world["loras"]), *train]
+    return [
+        "--home",
+        str(world["home"]),
+        "--base-model",
+        str(world["model"]),
+        "--output",
+        str(output or world["output"]),
+        "--lora-dir",
+        str(loras or world["loras"]),
+        *train,
+    ]
 
 
 @pytest.fixture(scope="module")
 def first_run(world):
     """Start a run, close the CLI mid-run (SIGHUP, like closing the terminal), reattach with `runs show --follow`."""
     command = [sys.executable, "-m", "lorapipe", "pipeline", "run", str(world["dataset"]), *_common(world)]
-    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cli = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert cli.stdout is not None
     run_id = _run_id(cli.stdout.readline())
     store = RunStore(world["home"] / "runs.sqlite")
@@ -83,8 +108,13 @@ def test_run_survives_the_cli_and_publishes_everything(world, first_run):
     assert record.status == "succeeded", record.error
     statuses = {step.name: step.status for step in record.steps}
     # No metric models here (offline, none cached): evaluate skips itself and the final file is published.
-    assert statuses == {"validate": "succeeded", "train": "succeeded", "evaluate": "skipped", "sample": "succeeded",
-                        "publish": "succeeded"}
+    assert statuses == {
+        "validate": "succeeded",
+        "train": "succeeded",
+        "evaluate": "skipped",
+        "sample": "succeeded",
+        "publish": "succeeded",
+    }
 
     published = world["output"] / run_id
     lora = published / "dwjz_toy.safetensors"
@@ -122,8 +152,9 @@ def test_unchanged_content_elsewhere_is_not_trained_again(world, first_run):
     assert train.status == "cached" and first_id in train.detail
     assert "step=1 loss=" not in result.stdout, "the trainer did not run"
     assert record.cache_key == store.get(first_id).cache_key
-    assert _sha(world["output"] / run_id / "dwjz_toy.safetensors") == \
-        _sha(world["output"] / first_id / "dwjz_toy.safetensors")
+    assert _sha(world["output"] / run_id / "dwjz_toy.safetensors") == _sha(
+        world["output"] / first_id / "dwjz_toy.safetensors"
+    )
 
 
 def test_changed_dataset_trains_again_cancel_stops_it_and_a_rerun_resumes(world, first_run):
@@ -146,8 +177,11 @@ def test_changed_dataset_trains_again_cancel_stops_it_and_a_rerun_resumes(world,
     cancelled = _cli("runs", "cancel", run_id, "--home", str(world["home"]))
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     pid = store.get(run_id).pid
-    _wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
-              150, "the worker to exit")
+    _wait_for(
+        lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
+        150,
+        "the worker to exit",
+    )
     record = store.get(run_id)
     assert record.status == "cancelled" and record.steps[1].status == "cancelled"
     assert record.steps[3].status == "pending", "publish never ran"

@@ -38,9 +38,14 @@ def _wait_for(predicate, timeout: float, what: str):
 def test_cancel_stops_the_training_job_and_the_run_ends_cancelled(seaweed_s3, sample_dataset_dir, tmp_path):
     out = fresh_bucket(seaweed_s3, "out")
     home = PipelineHome.resolve(tmp_path / "home")
-    request = RunRequest(dataset=str(sample_dataset_dir), output=f"s3://{out}/models", backend="sagemaker",
-                         s3_endpoint_url=seaweed_s3.endpoint_url, lora_dir=str(tmp_path / "loras"),
-                         sagemaker=sagemaker_options())
+    request = RunRequest(
+        dataset=str(sample_dataset_dir),
+        output=f"s3://{out}/models",
+        backend="sagemaker",
+        s3_endpoint_url=seaweed_s3.endpoint_url,
+        lora_dir=str(tmp_path / "loras"),
+        sagemaker=sagemaker_options(),
+    )
     record = create_run(request, home)
     worker_pid = start_worker_under_moto(home, record.id, seaweed_s3)
     log_path = home.run_dir(record.id) / "run.log"
@@ -67,8 +72,9 @@ def test_cancel_stops_the_job_of_a_worker_that_is_gone(tmp_path, monkeypatch):
     moto = pytest.importorskip("moto")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     home = PipelineHome.resolve(tmp_path / "home")
-    request = RunRequest(dataset="s3://data/0001-dataset/", output="s3://out/models", backend="sagemaker",
-                         sagemaker=sagemaker_options())
+    request = RunRequest(
+        dataset="s3://data/0001-dataset/", output="s3://out/models", backend="sagemaker", sagemaker=sagemaker_options()
+    )
     record = create_run(request, home)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -30,9 +30,14 @@ def local_dataset(tmp_path, sample_dataset_dir) -> Path:
 
 
 def _request(server, dataset: Path, out: str, tmp_path: Path) -> RunRequest:
-    return RunRequest(dataset=str(dataset), output=f"s3://{out}/models", backend="sagemaker",
-                      s3_endpoint_url=server.endpoint_url, lora_dir=str(tmp_path / "loras"),
-                      sagemaker=sagemaker_options())
+    return RunRequest(
+        dataset=str(dataset),
+        output=f"s3://{out}/models",
+        backend="sagemaker",
+        s3_endpoint_url=server.endpoint_url,
+        lora_dir=str(tmp_path / "loras"),
+        sagemaker=sagemaker_options(),
+    )
 
 
 def _objects(server, bucket: str, prefix: str) -> dict[str, tuple]:
@@ -53,8 +58,9 @@ def test_local_dataset_is_uploaded_once_and_the_job_reads_the_upload(aws, local_
     out = fresh_bucket(server, "out")
     home = PipelineHome.resolve(tmp_path / "home")
     record = create_run(_request(server, local_dataset, out, tmp_path), home)
-    server.client().put_object(Bucket=out, Key=f"models/sagemaker/{job_name_for(record.id)}/output/model.tar.gz",
-                               Body=model_tarball(tmp_path))
+    server.client().put_object(
+        Bucket=out, Key=f"models/sagemaker/{job_name_for(record.id)}/output/model.tar.gz", Body=model_tarball(tmp_path)
+    )
 
     assert execute_run(home, record.id) == "succeeded", RunStore(home.database).get(record.id).error
     prefix = f"models/datasets/{upload_name(local_dataset, ContentHasher().folder(local_dataset))}/"
@@ -82,8 +88,9 @@ def test_local_dataset_is_uploaded_once_and_the_job_reads_the_upload(aws, local_
     assert channel_url in RunStore(home.database).get(again.id).steps[0].detail
 
 
-def test_changed_dataset_gets_a_new_prefix_and_a_cut_short_upload_resumes(seaweed_s3, local_dataset, tmp_path,
-                                                                          monkeypatch):
+def test_changed_dataset_gets_a_new_prefix_and_a_cut_short_upload_resumes(
+    seaweed_s3, local_dataset, tmp_path, monkeypatch
+):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed_s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed_s3.secret_key)
     out = fresh_bucket(seaweed_s3, "out")
@@ -137,11 +144,14 @@ def test_an_explicit_config_travels_as_the_config_channel(aws, local_dataset, tm
     home = PipelineHome.resolve(tmp_path / "home")
     request = _request(server, local_dataset, out, tmp_path)
     record = create_run(dataclasses.replace(request, config=str(config)), home)
-    server.client().put_object(Bucket=out, Key=f"models/sagemaker/{job_name_for(record.id)}/output/model.tar.gz",
-                               Body=model_tarball(tmp_path))
+    server.client().put_object(
+        Bucket=out, Key=f"models/sagemaker/{job_name_for(record.id)}/output/model.tar.gz", Body=model_tarball(tmp_path)
+    )
     assert execute_run(home, record.id) == "succeeded", RunStore(home.database).get(record.id).error
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-                for c in sagemaker.describe_training_job(TrainingJobName=job_name_for(record.id))["InputDataConfig"]}
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+        for c in sagemaker.describe_training_job(TrainingJobName=job_name_for(record.id))["InputDataConfig"]
+    }
     prefix = f"models/configs/{_sha(config.read_bytes())[:12]}/"
     assert channels["config"] == f"s3://{out}/{prefix}"
     body = server.client().get_object(Bucket=out, Key=prefix + "kohya-sdxl-config.toml")["Body"].read()

@@ -52,16 +52,34 @@ def test_watch_once_cli_starts_and_waits_for_a_run(tmp_path, sample_dataset_dir)
     shutil.copy(sample_dataset_dir / "kohya-sdxl-config.toml", bad)
     home = tmp_path / "home"
     result = subprocess.run(
-        [sys.executable, "-m", "lorapipe", "pipeline", "watch", str(store), "--once", "--wait", "--home", str(home),
-         "--lora-dir", str(tmp_path / "loras")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "lorapipe",
+            "pipeline",
+            "watch",
+            str(store),
+            "--once",
+            "--wait",
+            "--home",
+            str(home),
+            "--lora-dir",
+            str(tmp_path / "loras"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "0003-dataset is new or changed" in result.stdout
     runs = RunStore(home / "runs.sqlite").list_runs()
     assert len(runs) == 1 and runs[0].status == "failed" and "0003-dataset" in runs[0].error
-    again = subprocess.run([sys.executable, "-m", "lorapipe", "pipeline", "watch", str(store), "--once",
-                            "--home", str(home)], capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "lorapipe", "pipeline", "watch", str(store), "--once", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0 and "new or changed" not in again.stdout
 
 

@@ -45,8 +45,9 @@ def test_shared_alias_is_ambiguous_but_stems_work(tmp_path):
     assert registry.resolve("a").name == "a" and registry.resolve("b").name == "b"
 
 
-@pytest.mark.parametrize("name", ["../toy", "..", "%2e%2e/toy", "/etc/passwd", "sub/toy", "sub\\toy",
-                                  "toy\x00", "C:toy", "", " toy"])
+@pytest.mark.parametrize(
+    "name", ["../toy", "..", "%2e%2e/toy", "/etc/passwd", "sub/toy", "sub\\toy", "toy\x00", "C:toy", "", " toy"]
+)
 def test_path_like_names_are_refused(tmp_path, name):
     _write_safetensors(tmp_path / "toy.safetensors")
     registry = LoraRegistry(tmp_path)

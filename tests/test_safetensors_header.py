@@ -48,9 +48,10 @@ def test_reads_what_safetensors_wrote(real_file):
             assert entry.dtype == {"float32": "F32", "float16": "F16"}[str(TENSORS[name].dtype)]
             assert entry.shape == TENSORS[name].shape
             # The offsets index the data area: the bytes there are the tensor itself.
-            raw = real_file.read_bytes()[header.data_offset + begin:header.data_offset + end]
-            np.testing.assert_array_equal(np.frombuffer(raw, TENSORS[name].dtype).reshape(entry.shape),
-                                          handle.get_tensor(name))
+            raw = real_file.read_bytes()[header.data_offset + begin : header.data_offset + end]
+            np.testing.assert_array_equal(
+                np.frombuffer(raw, TENSORS[name].dtype).reshape(entry.shape), handle.get_tensor(name)
+            )
 
 
 def test_bytes_and_file_readers_agree(real_file):
@@ -118,8 +119,21 @@ def test_length_over_the_cap_is_refused_before_reading_it(tmp_path):
         (_raw({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 999]}}, b"ab"), "bytes 0..999"),
         (_raw({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4), "lies outside"),
     ],
-    ids=["not-json", "not-utf8", "not-object", "metadata-int", "metadata-list", "no-offsets", "entry-not-object",
-         "unknown-dtype", "negative-dim", "string-dim", "one-offset", "offsets-past-end", "offsets-reversed"],
+    ids=[
+        "not-json",
+        "not-utf8",
+        "not-object",
+        "metadata-int",
+        "metadata-list",
+        "no-offsets",
+        "entry-not-object",
+        "unknown-dtype",
+        "negative-dim",
+        "string-dim",
+        "one-offset",
+        "offsets-past-end",
+        "offsets-reversed",
+    ],
 )
 def test_broken_headers_are_refused_naming_the_file(tmp_path, content, problem):
     path = tmp_path / "broken.safetensors"
@@ -145,7 +159,9 @@ def test_missing_file_names_it(tmp_path):
 
 
 def test_reading_a_header_does_not_import_torch(real_file):
-    code = ("import sys; from lorapipe.safetensors_header import read_header; "
-            f"read_header({str(real_file)!r}); print('torch' in sys.modules)")
+    code = (
+        "import sys; from lorapipe.safetensors_header import read_header; "
+        f"read_header({str(real_file)!r}); print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert result.stdout.strip() == "False"

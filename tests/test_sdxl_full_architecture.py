@@ -22,8 +22,10 @@ def test_sgm_names_cover_every_full_unet_parameter():
     unet = build_models("full", device="meta")["unet"]
     names = UnetNameMap(unet_config("full")).sgm_names([n for n, _ in unet.named_parameters()])
     assert len(set(names.values())) == len(names)  # one-to-one
-    assert names["down_blocks.2.attentions.1.transformer_blocks.9.attn2.to_k.weight"] == \
-        "input_blocks.8.1.transformer_blocks.9.attn2.to_k.weight"
+    assert (
+        names["down_blocks.2.attentions.1.transformer_blocks.9.attn2.to_k.weight"]
+        == "input_blocks.8.1.transformer_blocks.9.attn2.to_k.weight"
+    )
     assert names["up_blocks.0.attentions.2.proj_out.weight"] == "output_blocks.2.1.proj_out.weight"
     assert names["up_blocks.1.upsamplers.0.conv.weight"] == "output_blocks.5.2.conv.weight"
     assert names["mid_block.resnets.1.conv2.weight"] == "middle_block.2.out_layers.3.weight"

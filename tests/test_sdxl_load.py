@@ -14,8 +14,14 @@ from lorapipe.sdxl.single_file import write_single_file
 
 
 def _image(pipe, seed=0):
-    out = pipe("a photo of dwjz toy", num_inference_steps=2, width=64, height=64, output_type="np",
-               generator=torch.Generator().manual_seed(seed))
+    out = pipe(
+        "a photo of dwjz toy",
+        num_inference_steps=2,
+        width=64,
+        height=64,
+        output_type="np",
+        generator=torch.Generator().manual_seed(seed),
+    )
     return out.images[0]
 
 
@@ -48,13 +54,15 @@ def test_single_file_uses_original_sgm_names(tmp_path, tiny_pipe):
     from lorapipe.safetensors_header import read_header
 
     names = set(read_header(write_single_file(tiny_pipe, tmp_path / "m.safetensors")).tensors)
-    for expected in ("model.diffusion_model.input_blocks.4.1.proj_in.weight",
-                     "model.diffusion_model.middle_block.1.proj_out.weight",
-                     "model.diffusion_model.output_blocks.2.2.conv.weight",
-                     "first_stage_model.decoder.up.0.block.0.conv1.weight",
-                     "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
-                     "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight",
-                     "conditioner.embedders.1.model.text_projection"):
+    for expected in (
+        "model.diffusion_model.input_blocks.4.1.proj_in.weight",
+        "model.diffusion_model.middle_block.1.proj_out.weight",
+        "model.diffusion_model.output_blocks.2.2.conv.weight",
+        "first_stage_model.decoder.up.0.block.0.conv1.weight",
+        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+        "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight",
+        "conditioner.embedders.1.model.text_projection",
+    ):
         assert expected in names, expected
 
 
@@ -95,8 +103,9 @@ def test_hub_id_offline_and_missing_path(monkeypatch):
 
 
 def test_cli_reports_bad_model_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lorapipe", "model", "info", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "lorapipe", "model", "info", str(tmp_path)], capture_output=True, text=True
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path) in lines[0] and "Traceback" not in result.stderr

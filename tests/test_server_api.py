@@ -33,8 +33,15 @@ def _png(b64: str) -> Image.Image:
 
 
 def test_txt2img_shape_infotext_and_echo(client):
-    body = {"prompt": "a toy <lora:dwjz_toy:0.7>", "negative_prompt": "blurry", "seed": 42, "batch_size": 2,
-            "sampler_name": "Euler a", "unknown_key": 1, **SMALL}
+    body = {
+        "prompt": "a toy <lora:dwjz_toy:0.7>",
+        "negative_prompt": "blurry",
+        "seed": 42,
+        "batch_size": 2,
+        "sampler_name": "Euler a",
+        "unknown_key": 1,
+        **SMALL,
+    }
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200
     data = response.json()
@@ -90,8 +97,11 @@ def test_bad_values_answer_4xx_naming_the_field_and_never_reach_the_worker(clien
     refused("/sdapi/v1/txt2img", {**SMALL, "seed": 2**70}, "seed")
     refused("/sdapi/v1/txt2img", {**SMALL, "subseed": -5}, "subseed")
     refused("/sdapi/v1/img2img", {**SMALL, "init_images": ["%%%not base64"]}, "init_images[0]")
-    refused("/sdapi/v1/img2img", {**SMALL, "init_images": [base64.b64encode(b"GIF89a" + b"x" * 20).decode()]},
-            "init_images[0]")
+    refused(
+        "/sdapi/v1/img2img",
+        {**SMALL, "init_images": [base64.b64encode(b"GIF89a" + b"x" * 20).decode()]},
+        "init_images[0]",
+    )
     refused("/sdapi/v1/png-info", {"image": "%%%"}, "image")
     refused("/sdapi/v1/options", {"sd_model_checkpoint": "nope.safetensors"}, "sd_model_checkpoint")
     many = " ".join(f"<lora:missing{i}:1>" for i in range(17))
@@ -132,8 +142,9 @@ def test_img2img_accepts_data_uri_and_blanks_init_images_in_echo(client):
     latent = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [data_uri], "resize_mode": 3})
     assert latent.status_code == 422 and "resize_mode" in json.dumps(latent.json())
     # 1 step at strength 0.75 is int(0.75) = 0 steps in diffusers; it still runs one, not a 500.
-    one_step = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [data_uri], "steps": 1,
-                                                      "denoising_strength": 0.75})
+    one_step = client.post(
+        "/sdapi/v1/img2img", json={**SMALL, "init_images": [data_uri], "steps": 1, "denoising_strength": 0.75}
+    )
     assert one_step.status_code == 200 and len(one_step.json()["images"]) == 1
 
 
@@ -186,8 +197,9 @@ def test_auth_on_every_route_but_ping(generator):
             response = client.get(path)
             assert response.status_code == 401, path
             assert response.headers["www-authenticate"].startswith("Basic")
-        assert client.get("/sdapi/v1/loras", auth=("alice", "wrong")).json()["detail"] == \
-            "Incorrect username or password"
+        assert (
+            client.get("/sdapi/v1/loras", auth=("alice", "wrong")).json()["detail"] == "Incorrect username or password"
+        )
         assert client.get("/sdapi/v1/loras", auth=("alice", "s3cret:x")).status_code == 200
 
 
@@ -222,9 +234,16 @@ def test_body_and_pixel_caps(generator):
 
 
 def test_txt2img_hires_fix(client):
-    body = {"prompt": "a toy <lora:toy:0.6>", "seed": 8, "enable_hr": True, "hr_scale": 1.5,
-            "hr_upscaler": "Latent (nearest-exact)", "denoising_strength": 0.6, "hr_second_pass_steps": 3,
-            **SMALL}
+    body = {
+        "prompt": "a toy <lora:toy:0.6>",
+        "seed": 8,
+        "enable_hr": True,
+        "hr_scale": 1.5,
+        "hr_upscaler": "Latent (nearest-exact)",
+        "denoising_strength": 0.6,
+        "hr_second_pass_steps": 3,
+        **SMALL,
+    }
     first = client.post("/sdapi/v1/txt2img", json=body)
     assert first.status_code == 200
     image = _png(first.json()["images"][0])
@@ -237,8 +256,10 @@ def test_txt2img_hires_fix(client):
     assert "Size: 64x64" in info["infotexts"][0] and "Hires upscale: 1.5, Hires steps: 3" in info["infotexts"][0]
     again = _png(client.post("/sdapi/v1/txt2img", json=body).json()["images"][0])
     assert again.tobytes() == image.tobytes()
-    lms = client.post("/sdapi/v1/txt2img", json={**SMALL, "sampler_name": "k_lms", "enable_hr": True,
-                                                 "hr_resize_x": 80, "hr_upscaler": "Lanczos"})
+    lms = client.post(
+        "/sdapi/v1/txt2img",
+        json={**SMALL, "sampler_name": "k_lms", "enable_hr": True, "hr_resize_x": 80, "hr_upscaler": "Lanczos"},
+    )
     assert lms.status_code == 200 and _png(lms.json()["images"][0]).size == (80, 80)
     assert "Hires resize: 80x0" in json.loads(lms.json()["info"])["infotexts"][0]
 
@@ -256,5 +277,7 @@ def test_hires_fix_errors_name_the_field(client, generator):
         assert too_big.status_code == 422 and too_big.json()["detail"][0]["loc"] == ["body", "hr_scale"]
         too_wide = capped.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_resize_x": 256})
         assert too_wide.status_code == 422 and too_wide.json()["detail"][0]["loc"] == ["body", "hr_resize_x"]
-        assert capped.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 1.5,
-                                                      "steps": 1}).status_code == 200
+        assert (
+            capped.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 1.5, "steps": 1}).status_code
+            == 200
+        )

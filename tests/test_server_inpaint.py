@@ -50,12 +50,13 @@ def _result(response) -> tuple[np.ndarray, dict]:
     assert response.status_code == 200, response.text
     image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))).convert("RGB")
     return np.abs(np.asarray(image, np.int16) - np.asarray(_init(), np.int16)).sum(-1), json.loads(
-        response.json()["info"])
+        response.json()["info"]
+    )
 
 
 def _outside(grow: int) -> np.ndarray:
     keep = np.ones((64, 64), bool)
-    keep[BOX[1] - grow:BOX[3] + grow, BOX[0] - grow:BOX[2] + grow] = False
+    keep[BOX[1] - grow : BOX[3] + grow, BOX[0] - grow : BOX[2] + grow] = False
     return keep
 
 
@@ -72,14 +73,16 @@ def test_whole_picture_repaints_only_the_mask(client):
 def test_a1111_api_defaults_inpaint_only_masked_with_fill(client):
     diff, info = _result(_post(client))  # A1111's API: inpaint_full_res, padding 0, fill, blur 4
     assert diff[_outside(11)].max() == 0 and diff[30:38, 26:34].mean() > 30
-    assert "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 0, Masked content: fill" \
-        in info["infotexts"][0]
+    assert (
+        "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 0, Masked content: fill" in info["infotexts"][0]
+    )
 
 
 def test_invert_and_separate_blur_directions(client):
-    diff, info = _result(_post(client, inpainting_mask_invert=1, mask_blur_x=3, mask_blur_y=1,
-                               inpaint_full_res=False, inpainting_fill=2))
-    assert diff[BOX[1] + 4:BOX[3] - 4, BOX[0] + 8:BOX[2] - 8].max() == 0 and diff[_outside(9)].mean() > 30
+    diff, info = _result(
+        _post(client, inpainting_mask_invert=1, mask_blur_x=3, mask_blur_y=1, inpaint_full_res=False, inpainting_fill=2)
+    )
+    assert diff[BOX[1] + 4 : BOX[3] - 4, BOX[0] + 8 : BOX[2] - 8].max() == 0 and diff[_outside(9)].mean() > 30
     infotext = info["infotexts"][0]
     assert "Mask mode: Inpaint not masked" in infotext and "Mask blur" not in infotext  # x != y: A1111 omits it
     assert "Masked content: latent noise" in infotext

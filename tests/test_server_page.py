@@ -16,8 +16,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                                reason="headless Chromium not installed (apt install chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="headless Chromium not installed (apt install chromium chromium-driver)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,19 @@ def browser():
     profile = tempfile.mkdtemp(prefix="lorapipe-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--window-size=1280,900", "--disable-dev-shm-usage"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+        "--disable-dev-shm-usage",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
@@ -82,8 +94,10 @@ def test_page_generates_with_a_lora_and_shows_infotext(server, browser):
     texts = [c.find_element(By.CSS_SELECTOR, "pre").text for c in cards]
     assert all("<lora:toy:0.7>" in t and 'Lora hashes: "toy: ' in t for t in texts)
     assert {"Seed: 321" in t or "Seed: 322" in t for t in texts} == {True}
-    assert all(browser.execute_script("return arguments[0].naturalWidth", img) == 128
-               for img in browser.find_elements(By.CSS_SELECTOR, ".result img"))
+    assert all(
+        browser.execute_script("return arguments[0].naturalWidth", img) == 128
+        for img in browser.find_elements(By.CSS_SELECTOR, ".result img")
+    )
     assert "Seed: 321" in texts[0]  # first image first
     browser.execute_script("window.scrollTo(0, 0)")
     ARTIFACTS.mkdir(exist_ok=True)

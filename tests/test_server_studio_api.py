@@ -29,13 +29,22 @@ def world(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("studio-api")
     loras = root / "loras"
     loras.mkdir()
-    return {"root": root, "home": root / "home", "loras": loras, "outside": root / "outside",
-            "generator": load_generator(tiny_model_dir, loras), "model": tiny_model_dir}
+    return {
+        "root": root,
+        "home": root / "home",
+        "loras": loras,
+        "outside": root / "outside",
+        "generator": load_generator(tiny_model_dir, loras),
+        "model": tiny_model_dir,
+    }
 
 
 def _app(world, **studio):
-    settings = ServerSettings(base_model=str(world["model"]), lora_dir=str(world["loras"]),
-                              studio=StudioSettings(home=str(world["home"]), **studio))
+    settings = ServerSettings(
+        base_model=str(world["model"]),
+        lora_dir=str(world["loras"]),
+        studio=StudioSettings(home=str(world["home"]), **studio),
+    )
     return create_app(settings, generator=world["generator"])
 
 
@@ -69,8 +78,10 @@ def test_bad_uploads_are_refused_by_name_and_write_nothing(world, client):
         "cut.png": (png_bytes()[:-40], "truncated"),
         "huge.png": (huge_png_header(), "decompression bomb"),
         "big.png": (b"\x89PNG" + b"\0" * 300_000, "larger than"),
-        "evil.zip": (zip_bytes({"ok.png": png_bytes(), "../../outside/escape.png": png_bytes(seed=1)}),
-                     "outside the archive"),
+        "evil.zip": (
+            zip_bytes({"ok.png": png_bytes(), "../../outside/escape.png": png_bytes(seed=1)}),
+            "outside the archive",
+        ),
         "links.zip": (zip_bytes({"ok.png": png_bytes()}, symlinks={"link.png": "/etc/passwd"}), "symbolic link"),
         "broken.zip": (zip_bytes({"ok.png": png_bytes()})[:-30], "not a readable zip"),
     }
@@ -81,13 +92,20 @@ def test_bad_uploads_are_refused_by_name_and_write_nothing(world, client):
         assert name in detail and reason in detail, (name, detail)
     # a multipart body cut off before its closing boundary: no file arrived, and the answer names the field
     head = b'--XX\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
-    cut = client.post(f"{API}/datasets/{dataset}/photos", content=head + png_bytes()[:-100],
-                      headers={"content-type": "multipart/form-data; boundary=XX"})
+    cut = client.post(
+        f"{API}/datasets/{dataset}/photos",
+        content=head + png_bytes()[:-100],
+        headers={"content-type": "multipart/form-data; boundary=XX"},
+    )
     assert cut.status_code == 422 and cut.json()["detail"][0]["loc"] == ["body", "files"]
     # one bad file spoils the whole request: the good one beside it is not kept either
-    mixed = client.post(f"{API}/datasets/{dataset}/photos",
-                        files=[("files", ("good.png", png_bytes(), "image/png")),
-                               ("files", ("bad.jpg", b"GIF89a not really", "image/jpeg"))])
+    mixed = client.post(
+        f"{API}/datasets/{dataset}/photos",
+        files=[
+            ("files", ("good.png", png_bytes(), "image/png")),
+            ("files", ("bad.jpg", b"GIF89a not really", "image/jpeg")),
+        ],
+    )
     assert mixed.status_code == 422 and "bad.jpg" in mixed.json()["detail"]
     assert files_under(world["root"]) == before
     assert not world["outside"].exists()
@@ -95,15 +113,25 @@ def test_bad_uploads_are_refused_by_name_and_write_nothing(world, client):
     assert client.get("/sdapi/v1/samplers").status_code == 200  # still serving
 
     # A client's file name is a label, never a path; names on disk are the server's.
-    stored = client.post(f"{API}/datasets/{dataset}/photos",
-                         files=[("files", ("../../etc/passwd.png", png_bytes(), "image/png")),
-                                ("files", ("photos.zip", zip_bytes({"a/one.png": png_bytes(seed=2),
-                                                                    "a/one.txt": b"caption"}), "application/zip"))])
+    stored = client.post(
+        f"{API}/datasets/{dataset}/photos",
+        files=[
+            ("files", ("../../etc/passwd.png", png_bytes(), "image/png")),
+            (
+                "files",
+                ("photos.zip", zip_bytes({"a/one.png": png_bytes(seed=2), "a/one.txt": b"caption"}), "application/zip"),
+            ),
+        ],
+    )
     assert stored.status_code == 201, stored.text
-    assert [(p["name"], p["label"]) for p in stored.json()] == [("photo-0001.png", "passwd.png"),
-                                                                 ("photo-0002.png", "photos.zip:one.png")]
-    too_many = client.post(f"{API}/datasets/{dataset}/photos",
-                           files=[("files", (f"p{i}.png", png_bytes(seed=i), "image/png")) for i in range(7)])
+    assert [(p["name"], p["label"]) for p in stored.json()] == [
+        ("photo-0001.png", "passwd.png"),
+        ("photo-0002.png", "photos.zip:one.png"),
+    ]
+    too_many = client.post(
+        f"{API}/datasets/{dataset}/photos",
+        files=[("files", (f"p{i}.png", png_bytes(seed=i), "image/png")) for i in range(7)],
+    )
     assert too_many.status_code == 422 and "at most 8 photos" in too_many.json()["detail"]
     assert client.get(f"{API}/datasets/{dataset}/photos/..%2F..%2Fmeta.json").status_code == 404
     assert client.get(f"{API}/datasets/../../etc").status_code == 404
@@ -119,8 +147,11 @@ def test_photos_are_prepared_checked_and_captioned(world, client):
     assert client.get(f"{API}/presets").json() == ["subject", "face", "style", "tiny-cpu"]
     prepared = client.post(f"{API}/datasets/{dataset}/prepare", json={"preset": "tiny-cpu"})
     assert prepared.status_code == 200, prepared.text
-    assert [k["photo"] for k in prepared.json()["prepared"]["kept"]] == ["photo-0001.png", "photo-0002.png",
-                                                                           "photo-0003.png"]
+    assert [k["photo"] for k in prepared.json()["prepared"]["kept"]] == [
+        "photo-0001.png",
+        "photo-0002.png",
+        "photo-0003.png",
+    ]
     report = client.get(f"{API}/datasets/{dataset}/check").json()
     assert report["ok"] and set(report["photos"]) == {"photo-0001.png", "photo-0002.png", "photo-0003.png"}
     assert all(any("caption" in f["reason"] for f in found) for found in report["photos"].values())
@@ -148,16 +179,21 @@ def test_photos_are_prepared_checked_and_captioned(world, client):
 def test_every_route_asks_for_credentials_and_no_cors(world):
     from fastapi.testclient import TestClient
 
-    settings = ServerSettings(base_model=str(world["model"]), lora_dir=str(world["loras"]),
-                              api_auth=(("ann", "secret"),), studio=StudioSettings(home=str(world["home"])))
+    settings = ServerSettings(
+        base_model=str(world["model"]),
+        lora_dir=str(world["loras"]),
+        api_auth=(("ann", "secret"),),
+        studio=StudioSettings(home=str(world["home"])),
+    )
     with TestClient(create_app(settings, generator=world["generator"])) as guarded:
         for path in ("/studio/", "/studio/studio.js", f"{API}/runs", f"{API}/datasets", f"{API}/presets"):
             answer = guarded.get(path)
             assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Basic"), path
         assert guarded.post(f"{API}/datasets", json={"trigger": "abc"}).status_code == 401
         assert guarded.get(f"{API}/presets", auth=("ann", "secret")).status_code == 200
-        preflight = guarded.options(f"{API}/runs", headers={"Origin": "https://evil.example",
-                                                            "Access-Control-Request-Method": "POST"})
+        preflight = guarded.options(
+            f"{API}/runs", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
         assert "access-control-allow-origin" not in preflight.headers
 
 
@@ -166,8 +202,10 @@ def test_bad_ids_and_configs_are_4xx_naming_what(world, client, sample_dataset_d
     assert "no such run" in client.get(f"{API}/runs/20200101-000000-abcdef").json()["detail"]
     assert client.post(f"{API}/datasets", json={"trigger": "../x"}).status_code == 422
     dataset = _install_prepared(world, client, sample_dataset_dir)
-    bad = client.post(f"{API}/runs", json={"dataset": dataset, "steps": 8,
-                                           "config_toml": "learning_rate = 'fast'\nnetwork_dimm = 4\n"})
+    bad = client.post(
+        f"{API}/runs",
+        json={"dataset": dataset, "steps": 8, "config_toml": "learning_rate = 'fast'\nnetwork_dimm = 4\n"},
+    )
     assert bad.status_code == 422, bad.text
     assert "learning_rate" in bad.json()["detail"] and "network_dimm" in bad.json()["detail"]
     broken = client.post(f"{API}/runs", json={"dataset": dataset, "config_toml": "resolution = [1024,"})
@@ -185,8 +223,17 @@ def test_run_is_followed_cancelled_resumed_and_published(world, client, sample_d
     from lorapipe.pipeline.records import RunStore
 
     dataset = _install_prepared(world, client, sample_dataset_dir)
-    started = client.post(f"{API}/runs", json={"dataset": dataset, "steps": 8, "checkpoints": 4, "rank": 2,
-                                               "learning_rate": 0.002, "lora_name": "studio-toy"})
+    started = client.post(
+        f"{API}/runs",
+        json={
+            "dataset": dataset,
+            "steps": 8,
+            "checkpoints": 4,
+            "rank": 2,
+            "learning_rate": 0.002,
+            "lora_name": "studio-toy",
+        },
+    )
     assert started.status_code == 201, started.text
     run_id = started.json()["id"]
     config = Path(RunStore(world["home"] / "runs.sqlite").get(run_id).request["config"]).read_text()
@@ -246,8 +293,13 @@ def test_run_is_followed_cancelled_resumed_and_published(world, client, sample_d
     assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
 
     # `lorapipe runs list` shows the same runs.
-    listing = subprocess.run([sys.executable, "-m", "lorapipe", "runs", "list", "--home", str(world["home"]),
-                              "--json"], check=True, capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(
+        [sys.executable, "-m", "lorapipe", "runs", "list", "--home", str(world["home"]), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert {run_id, resumed} <= {r["id"] for r in json.loads(listing.stdout)}
     assert (world["loras"] / "studio-toy.safetensors").is_file()  # the run's own publish step
 
@@ -271,13 +323,24 @@ def test_a_run_template_sends_runs_to_sagemaker_without_holding_the_device(world
     pipeline's business, tested there) and the local device stays free for generation."""
     from fastapi.testclient import TestClient
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
         monkeypatch.setenv(key, value)
     template = world["root"] / "sagemaker-run.json"
-    template.write_text(json.dumps({"backend": "sagemaker", "output": "s3://models/studio",
-                                    "s3_endpoint_url": "http://127.0.0.1:9",  # nothing listens: the upload fails
-                                    "sagemaker": {"image": "lorapipe:test", "role_arn": "arn:aws:iam::1:role/x"}}))
+    template.write_text(
+        json.dumps(
+            {
+                "backend": "sagemaker",
+                "output": "s3://models/studio",
+                "s3_endpoint_url": "http://127.0.0.1:9",  # nothing listens: the upload fails
+                "sagemaker": {"image": "lorapipe:test", "role_arn": "arn:aws:iam::1:role/x"},
+            }
+        )
+    )
     with TestClient(_app(world, run_template=str(template))) as remote:
         dataset = _install_prepared(world, remote, sample_dataset_dir)
         started = remote.post(f"{API}/runs", json={"dataset": dataset, "steps": 4})
@@ -288,6 +351,12 @@ def test_a_run_template_sends_runs_to_sagemaker_without_holding_the_device(world
         assert record.backend == "sagemaker" and record.output == "s3://models/studio"
         assert record.request["base_model"] == str(world["model"])
         assert remote.post("/sdapi/v1/txt2img", json=TINY_TXT2IMG).status_code == 200  # no local training
-        final = wait_for(lambda: (r := remote.get(f"{API}/runs/{record.id}").json())["status"] in
-                         ("failed", "succeeded", "cancelled") and r, 120, "the run to end")
+        final = wait_for(
+            lambda: (
+                (r := remote.get(f"{API}/runs/{record.id}").json())["status"] in ("failed", "succeeded", "cancelled")
+                and r
+            ),
+            120,
+            "the run to end",
+        )
         assert final["status"] == "failed" and "cannot reach the S3 endpoint" in final["error"]

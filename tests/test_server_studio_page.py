@@ -17,8 +17,10 @@ from lorapipe.server.studio_settings import StudioSettings
 
 TINY_PRESET = Path(__file__).resolve().parents[1] / "examples" / "presets" / "tiny-cpu.toml"
 
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                                reason="headless Chromium not installed (apt install chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="headless Chromium not installed (apt install chromium chromium-driver)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,13 @@ def studio_server(tiny_model_dir, tmp_path_factory):
     loras = root / "loras"
     loras.mkdir()
     captioner = make_tiny_captioner(root / "tiny-blip", "blip")
-    settings = ServerSettings(base_model=str(tiny_model_dir), lora_dir=str(loras),
-                              studio=StudioSettings(home=str(root / "home"), presets=(str(TINY_PRESET),),
-                                                    captioner="blip", captioner_model=str(captioner)))
+    settings = ServerSettings(
+        base_model=str(tiny_model_dir),
+        lora_dir=str(loras),
+        studio=StudioSettings(
+            home=str(root / "home"), presets=(str(TINY_PRESET),), captioner="blip", captioner_model=str(captioner)
+        ),
+    )
     with RunningServer(create_app(settings, generator=load_generator(tiny_model_dir, loras))) as running:
         yield running, root
 
@@ -74,8 +80,11 @@ def test_photos_to_lora_to_image_in_one_page(studio_server, browser):  # noqa: F
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-captioned") == "6")
     first = browser.find_element(By.CSS_SELECTOR, "#captions textarea")
     assert first.get_attribute("value").startswith("dwjz toy")
-    browser.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('change'))",
-                           first, "dwjz toy, a small test photo")
+    browser.execute_script(
+        "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('change'))",
+        first,
+        "dwjz toy, a small test photo",
+    )
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".caption.saved"))
     _shot(browser, "2-captions", "captions-step")
 
@@ -92,8 +101,12 @@ def test_photos_to_lora_to_image_in_one_page(studio_server, browser):  # noqa: F
 
     # 4. train: the loss chart fills and sample images appear per checkpoint
     browser.find_element(By.ID, "start").click()
-    wait.until(lambda d: any(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
-                             for img in d.find_elements(By.CSS_SELECTOR, ".checkpoint img.sample")))
+    wait.until(
+        lambda d: any(
+            d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+            for img in d.find_elements(By.CSS_SELECTOR, ".checkpoint img.sample")
+        )
+    )
     wait.until(lambda d: d.find_element(By.ID, "run-status").get_attribute("data-status") == "succeeded")
     columns = browser.find_elements(By.CSS_SELECTOR, ".checkpoint")
     assert len(columns) >= 2 and all(c.find_elements(By.CSS_SELECTOR, "img.sample") for c in columns)

@@ -25,8 +25,17 @@ def api(server):
 
 
 def test_txt2img_with_lora_tag(api):
-    result = api.txt2img(prompt="a photo of dwjz toy <lora:toy:0.8>", negative_prompt="blurry", seed=1234,
-                         steps=2, width=64, height=64, cfg_scale=6, sampler_name="DPM++ 2M", scheduler="karras")
+    result = api.txt2img(
+        prompt="a photo of dwjz toy <lora:toy:0.8>",
+        negative_prompt="blurry",
+        seed=1234,
+        steps=2,
+        width=64,
+        height=64,
+        cfg_scale=6,
+        sampler_name="DPM++ 2M",
+        scheduler="karras",
+    )
     assert result.image.size == (64, 64)
     assert result.info["seed"] == 1234 and result.info["all_seeds"] == [1234]
     infotext = result.info["infotexts"][0]
@@ -38,8 +47,18 @@ def test_txt2img_with_lora_tag(api):
 
 
 def test_txt2img_hires_fix(api):
-    result = api.txt2img(prompt="a toy", seed=5, steps=2, width=64, height=64, enable_hr=True, hr_scale=1.5,
-                         hr_upscaler=webuiapi.HiResUpscaler.Latent, denoising_strength=0.6, sampler_name="LMS")
+    result = api.txt2img(
+        prompt="a toy",
+        seed=5,
+        steps=2,
+        width=64,
+        height=64,
+        enable_hr=True,
+        hr_scale=1.5,
+        hr_upscaler=webuiapi.HiResUpscaler.Latent,
+        denoising_strength=0.6,
+        sampler_name="LMS",
+    )
     assert result.image.size == (96, 96)
     infotext = result.info["infotexts"][0]
     assert "Sampler: LMS" in infotext and "Denoising strength: 0.6" in infotext
@@ -80,8 +99,19 @@ def test_img2img_inpainting_with_mask_image(api):
     init = Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 40, 40))
-    result = api.img2img(images=[init], mask_image=mask, mask_blur=2, inpainting_fill=1, inpaint_full_res=False,
-                         denoising_strength=0.8, prompt="a toy", seed=21, steps=3, width=64, height=64)
+    result = api.img2img(
+        images=[init],
+        mask_image=mask,
+        mask_blur=2,
+        inpainting_fill=1,
+        inpaint_full_res=False,
+        denoising_strength=0.8,
+        prompt="a toy",
+        seed=21,
+        steps=3,
+        width=64,
+        height=64,
+    )
     diff = np.abs(np.asarray(result.image.convert("RGB"), np.int16) - np.asarray(init, np.int16)).sum(-1)
     outside = np.ones((64, 64), bool)
     outside[10:46, 10:46] = False

@@ -112,9 +112,23 @@ def test_unreachable_endpoint(monkeypatch):
 def test_cli_check_on_bucket(bucket_with_dataset, s3_env, tmp_path):
     bucket, _ = bucket_with_dataset
     result = subprocess.run(
-        [sys.executable, "-m", "lorapipe", "dataset", "check", f"s3://{bucket}", "--json", "--no-tokens",
-         "--cache-dir", str(tmp_path / "cache"), "--s3-endpoint", s3_env.endpoint_url],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "lorapipe",
+            "dataset",
+            "check",
+            f"s3://{bucket}",
+            "--json",
+            "--no-tokens",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--s3-endpoint",
+            s3_env.endpoint_url,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     import json
@@ -127,8 +141,9 @@ def test_cli_check_on_bucket(bucket_with_dataset, s3_env, tmp_path):
     assert Path(tmp_path / "cache").is_dir()
 
 
-def test_fetch_file_reuses_an_intact_copy_refetches_a_republished_one_and_checks_the_sidecar(s3_env, shared_bucket,
-                                                                                               tmp_path):
+def test_fetch_file_reuses_an_intact_copy_refetches_a_republished_one_and_checks_the_sidecar(
+    s3_env, shared_bucket, tmp_path
+):
     store = open_store(f"s3://{shared_bucket}/loras-{uuid.uuid4().hex[:8]}")
     source = tmp_path / "toy.safetensors"
     source.write_bytes(b"first version")

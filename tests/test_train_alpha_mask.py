@@ -36,9 +36,12 @@ def test_the_mask_is_cropped_resized_and_flipped_with_the_pixels(sample_dataset_
     dataset = copy_dataset(sample_dataset_dir, tmp_path, keep=2)
     for n, image in enumerate(sorted((dataset / SUBSET).glob("*.png"))):
         _cut_out(image, seed=n)
-    cfg = load_train_config(dataset, overrides=("alpha_mask=true", "random_crop=true", "flip_aug=true",
-                                                "cache_latents=false"),
-                            output_dir=tmp_path / "o", base_model="unused").config
+    cfg = load_train_config(
+        dataset,
+        overrides=("alpha_mask=true", "random_crop=true", "flip_aug=true", "cache_latents=false"),
+        output_dir=tmp_path / "o",
+        base_model="unused",
+    ).config
     scan = scan_dataset(cfg.dataset)
     flips = set()
     for seed in range(8):
@@ -67,11 +70,22 @@ def test_training_with_alpha_masks(tiny_model_dir, sample_dataset_dir, tmp_path)
     for n, image in enumerate(sorted((dataset / SUBSET).glob("*.png"))):
         _cut_out(image, seed=n)
     common = ("max_train_steps=2", "seed=2", 'sample_prompts=""', "sample_every_n_steps=0")
-    masked = run_training(dataset, base_model=str(tiny_model_dir), output_dir=tmp_path / "m",
-                          overrides=(*common, "alpha_mask=true", "masked_loss=true"), show_progress=False,
-                          step_lines=False)
-    plain = run_training(dataset, base_model=str(tiny_model_dir), output_dir=tmp_path / "p", overrides=common,
-                         show_progress=False, step_lines=False)
+    masked = run_training(
+        dataset,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "m",
+        overrides=(*common, "alpha_mask=true", "masked_loss=true"),
+        show_progress=False,
+        step_lines=False,
+    )
+    plain = run_training(
+        dataset,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "p",
+        overrides=common,
+        show_progress=False,
+        step_lines=False,
+    )
     assert masked.lora_path.is_file()
     # Two thirds of each image count with the mask, all of it without: the losses must differ.
     assert all(abs(a - b) > 1e-6 for a, b in zip(masked.losses, plain.losses))
@@ -79,14 +93,22 @@ def test_training_with_alpha_masks(tiny_model_dir, sample_dataset_dir, tmp_path)
 
 def test_masked_loss_needs_alpha_mask(tiny_model_dir, sample_dataset_dir, tmp_path):
     with pytest.raises(ConfigError, match="masked_loss.*alpha_mask"):
-        run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "o",
-                     overrides=("masked_loss=true",), show_progress=False)
+        run_training(
+            sample_dataset_dir,
+            base_model=str(tiny_model_dir),
+            output_dir=tmp_path / "o",
+            overrides=("masked_loss=true",),
+            show_progress=False,
+        )
 
 
 def test_conditioning_mask_images_are_refused_by_name(sample_dataset_dir, tmp_path):
     toml = tmp_path / "dataset.toml"
-    toml.write_text(f"""[general]\nresolution = 64\n[[datasets]]\n[[datasets.subsets]]\n"""
-                    f"""image_dir = "{sample_dataset_dir / SUBSET}"\nconditioning_data_dir = "{tmp_path}"\n""")
+    toml.write_text(
+        f"""[general]\nresolution = 64\n[[datasets]]\n[[datasets.subsets]]\n"""
+        f"""image_dir = "{sample_dataset_dir / SUBSET}"\nconditioning_data_dir = "{tmp_path}"\n"""
+    )
     with pytest.raises(ConfigError, match="conditioning_data_dir"):
-        load_train_config(sample_dataset_dir, overrides=(f"dataset_config={toml}",), output_dir=tmp_path / "o",
-                          base_model="unused")
+        load_train_config(
+            sample_dataset_dir, overrides=(f"dataset_config={toml}",), output_dir=tmp_path / "o", base_model="unused"
+        )

@@ -20,11 +20,22 @@ def test_compiled_unet_trains_the_same_lora(tiny_model_dir, sample_dataset_dir, 
     import torch._dynamo
 
     torch._dynamo.reset()  # count only this run's captures
-    plain = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "plain",
-                         overrides=COMMON, show_progress=False, step_lines=False)
-    compiled = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "compiled",
-                            overrides=(*COMMON, "torch_compile=true", "dynamo_backend=eager"),
-                            show_progress=False, step_lines=False)
+    plain = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "plain",
+        overrides=COMMON,
+        show_progress=False,
+        step_lines=False,
+    )
+    compiled = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "compiled",
+        overrides=(*COMMON, "torch_compile=true", "dynamo_backend=eager"),
+        show_progress=False,
+        step_lines=False,
+    )
     captured = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     torch._dynamo.reset()
     assert captured >= 1  # the compiled run really went through TorchDynamo

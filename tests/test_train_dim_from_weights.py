@@ -18,13 +18,22 @@ def _shapes(path) -> dict[str, tuple]:
 
 
 def test_ranks_come_from_the_file(tiny_model_dir, sample_dataset_dir, tmp_path):
-    first = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "a",
-                         overrides=(*COMMON, "network_dim=2", "network_alpha=2", "network_train_unet_only=true"),
-                         show_progress=False, step_lines=False)
-    second = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "b",
-                          overrides=(*COMMON, "network_dim=8", f"network_weights={first.lora_path}",
-                                     "dim_from_weights=true"),
-                          show_progress=False, step_lines=False)
+    first = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "a",
+        overrides=(*COMMON, "network_dim=2", "network_alpha=2", "network_train_unet_only=true"),
+        show_progress=False,
+        step_lines=False,
+    )
+    second = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "b",
+        overrides=(*COMMON, "network_dim=8", f"network_weights={first.lora_path}", "dim_from_weights=true"),
+        show_progress=False,
+        step_lines=False,
+    )
     before, after = _shapes(first.lora_path), _shapes(second.lora_path)
     assert after == before  # rank 2, UNet modules only, as in the file (network_dim = 8 does not apply)
     assert all(shape[0] == 2 for key, shape in after.items() if key.endswith("lora_down.weight"))
@@ -34,5 +43,10 @@ def test_ranks_come_from_the_file(tiny_model_dir, sample_dataset_dir, tmp_path):
 
 def test_dim_from_weights_needs_network_weights(tiny_model_dir, sample_dataset_dir, tmp_path):
     with pytest.raises(ConfigError, match="dim_from_weights.*network_weights"):
-        run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "o",
-                     overrides=(*COMMON, "dim_from_weights=true"), show_progress=False)
+        run_training(
+            sample_dataset_dir,
+            base_model=str(tiny_model_dir),
+            output_dir=tmp_path / "o",
+            overrides=(*COMMON, "dim_from_weights=true"),
+            show_progress=False,
+        )

@@ -44,9 +44,25 @@ def test_each_process_gets_every_nth_batch_and_the_same_count():
 def _train(dataset: Path, model: Path, out: Path, *extra: str, processes: int = 1, wait: bool = True):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "lorapipe", "train", str(dataset), "--base-model", str(model),
-               "--output-dir", str(out), "--no-progress", "--set", "seed=11", "--set", "max_grad_norm=0",
-               "--processes", str(processes), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "lorapipe",
+        "train",
+        str(dataset),
+        "--base-model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        "--set",
+        "seed=11",
+        "--set",
+        "max_grad_norm=0",
+        "--processes",
+        str(processes),
+        *extra,
+    ]
     log = open(out.parent / f"{out.name}.log", "w")
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     if not wait:
@@ -61,8 +77,15 @@ def runs(tmp_path_factory, sample_dataset_dir, tiny_model_dir):
     """One process accumulating 2 batches, and 2 processes with 1 batch each, STEPS optimizer steps each."""
     root = tmp_path_factory.mktemp("distributed")
     dataset = copy_dataset(sample_dataset_dir, root)
-    one = _train(dataset, tiny_model_dir, root / "one", "--set", f"max_train_steps={STEPS}",
-                 "--set", "gradient_accumulation_steps=2")
+    one = _train(
+        dataset,
+        tiny_model_dir,
+        root / "one",
+        "--set",
+        f"max_train_steps={STEPS}",
+        "--set",
+        "gradient_accumulation_steps=2",
+    )
     two = _train(dataset, tiny_model_dir, root / "two", "--set", f"max_train_steps={STEPS}", processes=2)
     return root, dataset, tiny_model_dir, one, two
 
@@ -103,6 +126,7 @@ def test_a_sigterm_stops_every_process_at_one_step_and_resume_continues_the_curv
     assert len(states) == 1, log.read_text()[-3000:]
     stopped_at = json.loads((states[0] / "train_state.json").read_text())["current_step"]
     assert 1 <= stopped_at < STEPS, f"stopped at {stopped_at}; the machine was too slow to stop within {STEPS}"
-    resumed = _train(dataset, model, root / "resumed", "--set", f"max_train_steps={STEPS}",
-                     "--resume", str(states[0]), processes=2)
+    resumed = _train(
+        dataset, model, root / "resumed", "--set", f"max_train_steps={STEPS}", "--resume", str(states[0]), processes=2
+    )
     assert resumed["losses"] == pytest.approx(one["losses"][stopped_at:], abs=1e-5)

@@ -10,8 +10,14 @@ from lorapipe.train.max_norm import module_update
 from lorapipe.train.run import run_training
 from tests.train_fixtures import one_thread  # noqa: F401 (autouse fixture)
 
-COMMON = ("max_train_steps=3", "seed=8", "save_precision=float", 'sample_prompts=""', "sample_every_n_steps=0",
-          "learning_rate=0.01")
+COMMON = (
+    "max_train_steps=3",
+    "seed=8",
+    "save_precision=float",
+    'sample_prompts=""',
+    "sample_every_n_steps=0",
+    "learning_rate=0.01",
+)
 
 
 def test_module_update_matches_applying_down_then_up():
@@ -23,8 +29,9 @@ def test_module_update_matches_applying_down_then_up():
     down_c, up_c = torch.randn(4, 6, 3, 3), torch.randn(5, 4, 1, 1)
     image = torch.randn(1, 6, 8, 8)
     both = torch.nn.functional.conv2d(torch.nn.functional.conv2d(image, down_c, padding=1), up_c)
-    assert torch.allclose(torch.nn.functional.conv2d(image, module_update(down_c, up_c, 1.0), padding=1), both,
-                          atol=1e-4)
+    assert torch.allclose(
+        torch.nn.functional.conv2d(image, module_update(down_c, up_c, 1.0), padding=1), both, atol=1e-4
+    )
 
 
 def _update_norms(path) -> dict[str, float]:
@@ -41,13 +48,25 @@ def _update_norms(path) -> dict[str, float]:
 
 
 def test_scale_weight_norms_caps_every_module_update(tiny_model_dir, sample_dataset_dir, tmp_path):
-    free = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "free",
-                        overrides=COMMON, show_progress=False, step_lines=False)
+    free = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "free",
+        overrides=COMMON,
+        show_progress=False,
+        step_lines=False,
+    )
     free_norms, _ = _update_norms(free.lora_path)
     limit = sorted(free_norms.values())[len(free_norms) // 2]  # the median: half the modules are above it
     assert max(free_norms.values()) > limit * 1.05
-    capped = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "capped",
-                          overrides=(*COMMON, f"scale_weight_norms={limit}"), show_progress=False, step_lines=False)
+    capped = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "capped",
+        overrides=(*COMMON, f"scale_weight_norms={limit}"),
+        show_progress=False,
+        step_lines=False,
+    )
     norms, meta = _update_norms(capped.lora_path)
     assert max(norms.values()) <= limit * (1 + 1e-4)
     assert sum(n > limit * 0.999 for n in norms.values()) >= len(norms) // 4  # many sit on the cap

@@ -37,16 +37,33 @@ def _lr_scalars(logs: Path) -> dict[str, float]:
 
 
 def test_network_args_run_shapes_the_file_and_splits_the_learning_rates(tiny_model_dir, sample_dataset_dir, tmp_path):
-    network_args = ["rank_dropout=0.1", "module_dropout=0.1", "block_dims=" + ",".join(map(str, BLOCK_DIMS)),
-                    "block_alphas=" + ",".join(map(str, BLOCK_ALPHAS)), "loraplus_lr_ratio=4",
-                    "loraplus_text_encoder_lr_ratio=2"]
+    network_args = [
+        "rank_dropout=0.1",
+        "module_dropout=0.1",
+        "block_dims=" + ",".join(map(str, BLOCK_DIMS)),
+        "block_alphas=" + ",".join(map(str, BLOCK_ALPHAS)),
+        "loraplus_lr_ratio=4",
+        "loraplus_text_encoder_lr_ratio=2",
+    ]
     args_toml = "[" + ", ".join(f'"{item}"' for item in network_args) + "]"
     logs = tmp_path / "logs"
     result = run_training(
-        sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out", show_progress=False,
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "out",
+        show_progress=False,
         step_lines=False,
-        overrides=("max_train_steps=2", "network_dim=4", "network_alpha=4", f"network_args={args_toml}",
-                   "unet_lr=0.001", "text_encoder_lr=0.0005", f"logging_dir={logs}", "log_with=tensorboard"))
+        overrides=(
+            "max_train_steps=2",
+            "network_dim=4",
+            "network_alpha=4",
+            f"network_args={args_toml}",
+            "unet_lr=0.001",
+            "text_encoder_lr=0.0005",
+            f"logging_dir={logs}",
+            "log_with=tensorboard",
+        ),
+    )
     assert result.status == "finished" and result.steps_done == 2
     assert all(torch.isfinite(torch.tensor(result.losses)))
 
@@ -77,4 +94,3 @@ def test_network_args_run_shapes_the_file_and_splits_the_learning_rates(tiny_mod
     assert lrs["lr/unet"] == pytest.approx(0.001)
     assert lrs["lr/unet_plus"] == pytest.approx(4 * lrs["lr/unet"])
     assert lrs["lr/text_encoder_plus"] == pytest.approx(2 * lrs["lr/text_encoder"])
-

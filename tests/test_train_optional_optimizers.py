@@ -18,13 +18,16 @@ def _quadratic_steps(optimizer, param, steps=5):
     return losses[0], float(((param - 1.0) ** 2).sum())
 
 
-@pytest.mark.parametrize("name, package, class_name, args", [
-    ("Lion", "lion_pytorch", "Lion", ["weight_decay=0.01"]),
-    ("Prodigy", "prodigyopt", "Prodigy", ["d_coef=2", "safeguard_warmup=True"]),
-    ("DAdaptAdam", "dadaptation", "DAdaptAdam", []),
-    ("DAdaptation", "dadaptation", "DAdaptAdam", []),
-    ("DAdaptLion", "dadaptation", "DAdaptLion", []),
-])
+@pytest.mark.parametrize(
+    "name, package, class_name, args",
+    [
+        ("Lion", "lion_pytorch", "Lion", ["weight_decay=0.01"]),
+        ("Prodigy", "prodigyopt", "Prodigy", ["d_coef=2", "safeguard_warmup=True"]),
+        ("DAdaptAdam", "dadaptation", "DAdaptAdam", []),
+        ("DAdaptation", "dadaptation", "DAdaptAdam", []),
+        ("DAdaptLion", "dadaptation", "DAdaptLion", []),
+    ],
+)
 def test_optional_optimizer_builds_from_its_package_and_learns(name, package, class_name, args):
     pytest.importorskip(package)
     param = torch.nn.Parameter(torch.zeros(8))

@@ -27,8 +27,19 @@ def _metadata(path: Path) -> dict[str, str]:
 
 def test_cli_train_writes_kohya_lora_and_summary(tiny_model_dir, sample_dataset_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["train", str(sample_dataset_dir), "--base-model", str(tiny_model_dir), "--output-dir", str(out),
-                 "--set", "max_train_steps=3", "--no-progress"])
+    code = main(
+        [
+            "train",
+            str(sample_dataset_dir),
+            "--base-model",
+            str(tiny_model_dir),
+            "--output-dir",
+            str(out),
+            "--set",
+            "max_train_steps=3",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "step=3 loss=" in captured.out
@@ -51,19 +62,32 @@ def test_cli_train_writes_kohya_lora_and_summary(tiny_model_dir, sample_dataset_
 def test_same_seed_gives_the_same_file(tiny_model_dir, sample_dataset_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     args = dict(base_model=str(tiny_model_dir), show_progress=False, step_lines=False)
-    runs = [run_training(sample_dataset_dir, output_dir=tmp_path / name,
-                         overrides=("max_train_steps=2", f"seed={seed}"), **args)
-            for name, seed in (("a", 7), ("b", 7), ("c", 8))]
+    runs = [
+        run_training(
+            sample_dataset_dir, output_dir=tmp_path / name, overrides=("max_train_steps=2", f"seed={seed}"), **args
+        )
+        for name, seed in (("a", 7), ("b", 7), ("c", 8))
+    ]
     assert runs[0].lora_path.read_bytes() == runs[1].lora_path.read_bytes()
     assert _tensors(runs[0].lora_path)["lora_unet_input_blocks_4_1_proj_in.lora_up.weight"].abs().max() > 0
-    assert not all(torch.equal(x, y) for x, y in zip(_tensors(runs[0].lora_path).values(),
-                                                      _tensors(runs[2].lora_path).values()))
+    assert not all(
+        torch.equal(x, y) for x, y in zip(_tensors(runs[0].lora_path).values(), _tensors(runs[2].lora_path).values())
+    )
 
 
 def test_interrupted_run_resumes_on_the_same_loss_curve(tiny_model_dir, sample_dataset_dir, tmp_path):
-    args = dict(base_model=str(tiny_model_dir), show_progress=False, step_lines=False,
-                overrides=("max_train_steps=4", "gradient_accumulation_steps=2", "lr_scheduler=cosine",
-                           "lr_warmup_steps=1", "network_dropout=0.1"))
+    args = dict(
+        base_model=str(tiny_model_dir),
+        show_progress=False,
+        step_lines=False,
+        overrides=(
+            "max_train_steps=4",
+            "gradient_accumulation_steps=2",
+            "lr_scheduler=cosine",
+            "lr_warmup_steps=1",
+            "network_dropout=0.1",
+        ),
+    )
     whole = run_training(sample_dataset_dir, output_dir=tmp_path / "whole", **args)
     part = run_training(sample_dataset_dir, output_dir=tmp_path / "part", stop_after_steps=2, **args)
     assert part.status == "interrupted" and part.lora_path is None and part.steps_done == 2
@@ -79,21 +103,29 @@ def test_interrupted_run_resumes_on_the_same_loss_curve(tiny_model_dir, sample_d
 
 def test_resume_onto_another_dataset_is_refused(tiny_model_dir, sample_dataset_dir, tmp_path):
     args = dict(base_model=str(tiny_model_dir), show_progress=False, step_lines=False)
-    first = run_training(sample_dataset_dir, output_dir=tmp_path / "a", stop_after_steps=1,
-                         overrides=("max_train_steps=2",), **args)
+    first = run_training(
+        sample_dataset_dir, output_dir=tmp_path / "a", stop_after_steps=1, overrides=("max_train_steps=2",), **args
+    )
     other = copy_dataset(sample_dataset_dir, tmp_path / "other")
     caption = next((other / "20_dwjz toy").glob("*.txt"))
     caption.write_text("dwjz toy, a different caption\n")
     with pytest.raises(TrainingError, match="different dataset"):
-        run_training(other, output_dir=tmp_path / "b", resume=first.state_path, overrides=("max_train_steps=2",),
-                     **args)
+        run_training(
+            other, output_dir=tmp_path / "b", resume=first.state_path, overrides=("max_train_steps=2",), **args
+        )
 
 
 def test_non_finite_loss_stops_before_the_step_and_names_the_files(tiny_model_dir, sample_dataset_dir, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"loss is (nan|inf).*step 1 for .*\.png"):
-        run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=out, show_progress=False,
-                     step_lines=False, overrides=("max_train_steps=3", "noise_offset=1e39"))
+        run_training(
+            sample_dataset_dir,
+            base_model=str(tiny_model_dir),
+            output_dir=out,
+            show_progress=False,
+            step_lines=False,
+            overrides=("max_train_steps=3", "noise_offset=1e39"),
+        )
     assert not (out / "dwjz_toy.safetensors").exists()
     kept = _tensors(out / "dwjz_toy-step00000000.safetensors")  # the last good weights (here: the initial ones)
     assert all(torch.isfinite(t.float()).all() for t in kept.values())
@@ -102,16 +134,30 @@ def test_non_finite_loss_stops_before_the_step_and_names_the_files(tiny_model_di
 
 def test_bad_input_fails_fast_and_writes_nothing(tiny_model_dir, sample_dataset_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["train", str(sample_dataset_dir), "--base-model", str(tiny_model_dir), "--output-dir", str(out),
-                 "--set", "no_such_key=1"])
+    code = main(
+        [
+            "train",
+            str(sample_dataset_dir),
+            "--base-model",
+            str(tiny_model_dir),
+            "--output-dir",
+            str(out),
+            "--set",
+            "no_such_key=1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "no_such_key" in err and not out.exists()
     code = main(["train", str(tmp_path / "missing"), "--base-model", str(tiny_model_dir), "--output-dir", str(out)])
     err = capsys.readouterr().err
     assert code != 0 and "missing" in err and len(err.strip().splitlines()) == 1 and not out.exists()
     with pytest.raises(ConfigError, match="cache_text_encoder_outputs"):
-        run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=out,
-                     overrides=("cache_text_encoder_outputs=true",))
+        run_training(
+            sample_dataset_dir,
+            base_model=str(tiny_model_dir),
+            output_dir=out,
+            overrides=("cache_text_encoder_outputs=true",),
+        )
     assert not out.exists()
 
 
@@ -121,11 +167,24 @@ def test_epoch_files_samples_and_tensorboard(tiny_model_dir, sample_dataset_dir,
     prompts.write_text("dwjz toy on a beach --w 64 --h 64 --s 2 --d 5 --l 4\n")
     out = tmp_path / "out"
     result = run_training(
-        data, base_model=str(tiny_model_dir), output_dir=out, show_progress=False, step_lines=False,
-        overrides=("max_train_epochs=3", "save_every_n_epochs=1", "save_last_n_epochs=1", f"sample_prompts={prompts}",
-                   "sample_every_n_epochs=1", "sample_sampler=euler_a", f"logging_dir={tmp_path / 'logs'}",
-                   "network_train_unet_only=true", "cache_text_encoder_outputs_to_disk=true",
-                   "cache_latents_to_disk=true"))
+        data,
+        base_model=str(tiny_model_dir),
+        output_dir=out,
+        show_progress=False,
+        step_lines=False,
+        overrides=(
+            "max_train_epochs=3",
+            "save_every_n_epochs=1",
+            "save_last_n_epochs=1",
+            f"sample_prompts={prompts}",
+            "sample_every_n_epochs=1",
+            "sample_sampler=euler_a",
+            f"logging_dir={tmp_path / 'logs'}",
+            "network_train_unet_only=true",
+            "cache_text_encoder_outputs_to_disk=true",
+            "cache_latents_to_disk=true",
+        ),
+    )
     assert result.steps_done == 6
     subset = data / "1_dwjz toy"
     assert len(list(subset.glob("*_te_outputs.npz"))) == 2 and len(list(subset.glob("*_sdxl.npz"))) == 2
@@ -140,11 +199,25 @@ def test_epoch_files_samples_and_tensorboard(tiny_model_dir, sample_dataset_dir,
 def test_bf16_mixed_precision_and_extra_objectives_run_on_cpu(tiny_model_dir, sample_dataset_dir, tmp_path):
     """bf16 autocast with fp32 LoRA weights, huber loss, min-SNR, multires + ip noise, Adafactor, 150 tokens."""
     result = run_training(
-        sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "out", show_progress=False,
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "out",
+        show_progress=False,
         step_lines=False,
-        overrides=("max_train_steps=2", "mixed_precision=bf16", "save_precision=bf16", "loss_type=huber",
-                   "min_snr_gamma=5", "multires_noise_iterations=4", "ip_noise_gamma=0.1", "optimizer_type=Adafactor",
-                   "lr_scheduler=adafactor", "max_token_length=150", "network_args=[\"conv_dim=2\"]"))
+        overrides=(
+            "max_train_steps=2",
+            "mixed_precision=bf16",
+            "save_precision=bf16",
+            "loss_type=huber",
+            "min_snr_gamma=5",
+            "multires_noise_iterations=4",
+            "ip_noise_gamma=0.1",
+            "optimizer_type=Adafactor",
+            "lr_scheduler=adafactor",
+            "max_token_length=150",
+            'network_args=["conv_dim=2"]',
+        ),
+    )
     tensors = _tensors(result.lora_path)
     assert all(t.dtype == torch.bfloat16 for t in tensors.values())
     assert any(t.ndim == 4 and t.shape[-1] == 3 for t in tensors.values())  # conv LoRA (3x3 down weights)
@@ -154,9 +227,20 @@ def test_bf16_mixed_precision_and_extra_objectives_run_on_cpu(tiny_model_dir, sa
 def test_token_warmup_reaches_the_training_captions(tiny_model_dir, sample_dataset_dir, tmp_path):
     """With token_warmup_min = 0 the first steps train on (almost) empty captions: the losses change."""
     common = ("max_train_steps=2", "seed=6", 'sample_prompts=""', "sample_every_n_steps=0")
-    plain = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "a",
-                         overrides=common, show_progress=False, step_lines=False)
-    warm = run_training(sample_dataset_dir, base_model=str(tiny_model_dir), output_dir=tmp_path / "b",
-                        overrides=(*common, "token_warmup_step=100", "token_warmup_min=0"), show_progress=False,
-                        step_lines=False)
+    plain = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "a",
+        overrides=common,
+        show_progress=False,
+        step_lines=False,
+    )
+    warm = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "b",
+        overrides=(*common, "token_warmup_step=100", "token_warmup_min=0"),
+        show_progress=False,
+        step_lines=False,
+    )
     assert warm.losses[0] != plain.losses[0]

@@ -19,8 +19,13 @@ def _root(tmp_path, sample_dataset_dir, hyperparameters):
 
 
 def test_entry_trains_into_model_dir_and_resumes_from_checkpoints(tiny_model_dir, sample_dataset_dir, tmp_path):
-    hps = {"pretrained_model_name_or_path": str(tiny_model_dir), "max_train_steps": "2", "save_state": "true",
-           "save_every_n_steps": "1", "save_every_n_epochs": "0"}
+    hps = {
+        "pretrained_model_name_or_path": str(tiny_model_dir),
+        "max_train_steps": "2",
+        "save_state": "true",
+        "save_every_n_steps": "1",
+        "save_every_n_epochs": "0",
+    }
     root = _root(tmp_path, sample_dataset_dir, hps)
     assert main(["--opt-ml-root", str(root), "train"]) == 0
     assert (root / "model" / "dwjz_toy.safetensors").is_file()
@@ -37,8 +42,11 @@ def test_entry_trains_into_model_dir_and_resumes_from_checkpoints(tiny_model_dir
 
 def test_the_config_channel_wins_over_the_dataset_toml(tiny_model_dir, sample_dataset_dir, tmp_path):
     """The pipeline ships an explicit --config as the `config` channel; the dataset's own TOML says 32 steps."""
-    root = _root(tmp_path, sample_dataset_dir, {"pretrained_model_name_or_path": str(tiny_model_dir),
-                                                 "sample_prompts": "", "sample_every_n_steps": "0"})
+    root = _root(
+        tmp_path,
+        sample_dataset_dir,
+        {"pretrained_model_name_or_path": str(tiny_model_dir), "sample_prompts": "", "sample_every_n_steps": "0"},
+    )
     config = root / "input" / "data" / "config"
     config.mkdir(parents=True)
     dataset_toml = (root / "input" / "data" / "train" / "kohya-sdxl-config.toml").read_text()
@@ -48,8 +56,9 @@ def test_the_config_channel_wins_over_the_dataset_toml(tiny_model_dir, sample_da
 
 
 def test_entry_writes_the_failure_file(tiny_model_dir, sample_dataset_dir, tmp_path):
-    root = _root(tmp_path, sample_dataset_dir, {"pretrained_model_name_or_path": str(tiny_model_dir),
-                                                 "no_such_option": "1"})
+    root = _root(
+        tmp_path, sample_dataset_dir, {"pretrained_model_name_or_path": str(tiny_model_dir), "no_such_option": "1"}
+    )
     assert main(["--opt-ml-root", str(root)]) != 0
     failure = (root / "output" / "failure").read_text()
     assert "no_such_option" in failure.splitlines()[0]
@@ -71,8 +80,12 @@ def test_entry_trains_in_several_processes_and_reports_a_stop_as_143(tiny_model_
     env.update(LORAPIPE_PROCESSES="2", OMP_NUM_THREADS="1")
     log = tmp_path / "entry.log"
     with log.open("w") as out:
-        child = subprocess.Popen([sys.executable, "-m", "lorapipe.train.sagemaker_entry", "--opt-ml-root",
-                                  str(root), "train"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "lorapipe.train.sagemaker_entry", "--opt-ml-root", str(root), "train"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + 240
         while "step=2 " not in log.read_text() and time.monotonic() < deadline:
             assert child.poll() is None, log.read_text()[-3000:]

@@ -38,8 +38,11 @@ def test_noise_offset_adds_a_per_channel_constant():
 
 def test_multires_noise_is_renormalised_to_unit_std():
     latents = torch.zeros(2, 4, 32, 32)
-    noise = N.make_noise(latents, N.NoiseOptions(multires_noise_iterations=6, multires_noise_discount=0.3),
-                         torch.Generator().manual_seed(2))
+    noise = N.make_noise(
+        latents,
+        N.NoiseOptions(multires_noise_iterations=6, multires_noise_discount=0.3),
+        torch.Generator().manual_seed(2),
+    )
     assert abs(float(noise.std()) - 1.0) < 1e-4
 
 
@@ -92,8 +95,11 @@ def test_huber_and_smooth_l1_formulas():
     smooth = L.element_loss(pred, target, L.LossOptions(loss_type="smooth_l1"), c)
     assert math.isclose(float(smooth), 2 * (math.sqrt(4 + 0.25) - 0.5), rel_tol=1e-6)
     sched = N.make_noise_scheduler(N.NoiseOptions())
-    const = L.huber_c_per_sample(torch.tensor([1, 999]), L.LossOptions(huber_schedule="constant", huber_c=0.2,
-                                                                       huber_scale=2.0), sched.alphas_cumprod)
+    const = L.huber_c_per_sample(
+        torch.tensor([1, 999]),
+        L.LossOptions(huber_schedule="constant", huber_c=0.2, huber_scale=2.0),
+        sched.alphas_cumprod,
+    )
     assert torch.allclose(const, torch.tensor([0.4, 0.4]))
     snr_c = L.huber_c_per_sample(torch.tensor([1, 999]), L.LossOptions(), sched.alphas_cumprod)
     assert snr_c[0] > snr_c[1] >= 0.1  # large c (l2-like) at low noise, towards huber_c at high noise
@@ -103,23 +109,30 @@ def test_loss_weights_scale_each_sample():
     sched = N.make_noise_scheduler(N.NoiseOptions())
     pred, target = torch.ones(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)
     t = torch.tensor([100, 100])
-    base = L.training_loss(pred, target, t, torch.tensor([1.0, 1.0]), L.LossOptions(), N.snr_table(sched),
-                           sched.alphas_cumprod)
-    half = L.training_loss(pred, target, t, torch.tensor([1.0, 0.0]), L.LossOptions(), N.snr_table(sched),
-                           sched.alphas_cumprod)
+    base = L.training_loss(
+        pred, target, t, torch.tensor([1.0, 1.0]), L.LossOptions(), N.snr_table(sched), sched.alphas_cumprod
+    )
+    half = L.training_loss(
+        pred, target, t, torch.tensor([1.0, 0.0]), L.LossOptions(), N.snr_table(sched), sched.alphas_cumprod
+    )
     assert math.isclose(float(base), 1.0) and math.isclose(float(half), 0.5)
 
 
 def test_optimizer_args_are_python_literals():
     assert parse_optimizer_args(["weight_decay=0.01", "betas=0.9,0.99", "relative_step=False"]) == {
-        "weight_decay": 0.01, "betas": (0.9, 0.99), "relative_step": False}
+        "weight_decay": 0.01,
+        "betas": (0.9, 0.99),
+        "relative_step": False,
+    }
     with pytest.raises(ConfigError, match="optimizer_args"):
         parse_optimizer_args(["weight_decay"])
 
 
 def _groups():
-    return [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.1},
-            {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.2}]
+    return [
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.1},
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.2},
+    ]
 
 
 def test_optimizers_kohya_names():

@@ -21,8 +21,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def copy_dataset(sample_dataset_dir: Path, dest: Path, *, keep: int | None = None, repeats: int | None = None,
-                 skip: int = 0) -> Path:
+def copy_dataset(
+    sample_dataset_dir: Path, dest: Path, *, keep: int | None = None, repeats: int | None = None, skip: int = 0
+) -> Path:
     """Copy `0001-dataset` to dest/0001-dataset; optionally keep only images [skip, skip+keep) and rename the
     subset folder to `<repeats>_dwjz toy`."""
     target = dest / "0001-dataset"

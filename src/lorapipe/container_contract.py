@@ -106,7 +106,7 @@ def _read_json_object(path: Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror}); check the container's /opt/ml mount") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level; write {{\"key\": \"value\"}}")
+        raise ConfigError(f'{path}: expected a JSON object at the top level; write {{"key": "value"}}')
     return data
 
 
@@ -172,8 +172,10 @@ def find_training_config(opt_ml: OptMl, channel: Path) -> Path | None:
     folder = opt_ml.channel_dir(CONFIG_CHANNEL)
     tomls = sorted(folder.glob("*.toml")) if folder.is_dir() else []
     if len(tomls) > 1:
-        raise DatasetError(f"{folder}: the '{CONFIG_CHANNEL}' channel holds {len(tomls)} .toml files; "
-                           "it must hold exactly the one training config")
+        raise DatasetError(
+            f"{folder}: the '{CONFIG_CHANNEL}' channel holds {len(tomls)} .toml files; "
+            "it must hold exactly the one training config"
+        )
     return tomls[0] if tomls else find_dataset_config(channel)
 
 
@@ -187,7 +189,7 @@ def failure_text(cause: str, detail: str = "") -> str:
     if not detail or room <= 0:
         return cause
     if len(detail) > room:
-        detail = "…" + detail[-(room - 1):]
+        detail = "…" + detail[-(room - 1) :]
     return f"{cause}\n{detail}"
 
 

@@ -28,7 +28,7 @@ def sha256_file(path: str | Path, offset: int = 0) -> str:
 
 def legacy_hash_bytes(data: bytes) -> str:
     """A1111's legacy hash of a file already in memory (of an empty block when the file is under 1 MiB)."""
-    return hashlib.sha256(data[LEGACY_HASH_OFFSET:LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH]).hexdigest()[:8]
+    return hashlib.sha256(data[LEGACY_HASH_OFFSET : LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH]).hexdigest()[:8]
 
 
 def legacy_hash_file(path: str | Path) -> str:

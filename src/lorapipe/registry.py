@@ -181,8 +181,7 @@ def _scan(root: Path, previous: Mapping[Path, LoraEntry]) -> _Catalogue:
         aliases.setdefault(entry.alias, []).append(entry)
     # An alias shared by two files is ambiguous: only the exact stems resolve them.
     by_alias = {alias: group[0] for alias, group in aliases.items() if len(group) == 1}
-    return _Catalogue(MappingProxyType(by_name), MappingProxyType(by_alias), tuple(problems),
-                      MappingProxyType(skipped))
+    return _Catalogue(MappingProxyType(by_name), MappingProxyType(by_alias), tuple(problems), MappingProxyType(skipped))
 
 
 def _lora_files(root: Path) -> Iterable[Path]:
@@ -198,8 +197,10 @@ def _entry_for(path: Path, previous: LoraEntry | None) -> LoraEntry:
     if previous is not None and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
         return previous
     if stat.st_size > MAX_LORA_BYTES:
-        raise GenerationError(f"{path}: {stat.st_size / 1024**3:.1f} GiB is larger than any SDXL network file "
-                              f"({MAX_LORA_BYTES // 1024**3} GiB); move it out of the LoRA folder")
+        raise GenerationError(
+            f"{path}: {stat.st_size / 1024**3:.1f} GiB is larger than any SDXL network file "
+            f"({MAX_LORA_BYTES // 1024**3} GiB); move it out of the LoRA folder"
+        )
     header = read_safetensors_header(path)
     metadata = dict(header.metadata)
     tensor_hash = sha256_file(path, offset=header.data_offset)  # A1111's addnet hash

@@ -25,10 +25,32 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 LENGTH_PREFIX_BYTES = 8
 METADATA_KEY = "__metadata__"
 # Every dtype name the safetensors format defines (safetensors 0.8).
-SAFETENSORS_DTYPES = frozenset({
-    "BOOL", "U8", "I8", "U16", "I16", "F16", "BF16", "U32", "I32", "F32", "F64", "U64", "I64", "C64",
-    "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2",
-})
+SAFETENSORS_DTYPES = frozenset(
+    {
+        "BOOL",
+        "U8",
+        "I8",
+        "U16",
+        "I16",
+        "F16",
+        "BF16",
+        "U32",
+        "I32",
+        "F32",
+        "F64",
+        "U64",
+        "I64",
+        "C64",
+        "F8_E4M3",
+        "F8_E5M2",
+        "F8_E4M3FNUZ",
+        "F8_E5M2FNUZ",
+        "F8_E8M0",
+        "F4",
+        "F6_E2M3",
+        "F6_E3M2",
+    }
+)
 DEFAULT_REMEDY = "re-save the file, or re-copy it if it was cut short"
 
 
@@ -77,7 +99,7 @@ def parse_header(data: bytes | memoryview, source: Path | str, *, remedy: str = 
     """Validate the header of a whole safetensors file held in memory; `source` names it in errors."""
     view = memoryview(data)
     header_len = _header_length(source, bytes(view[:LENGTH_PREFIX_BYTES]), len(view), remedy)
-    return _parse(source, bytes(view[LENGTH_PREFIX_BYTES:LENGTH_PREFIX_BYTES + header_len]), len(view), remedy)
+    return _parse(source, bytes(view[LENGTH_PREFIX_BYTES : LENGTH_PREFIX_BYTES + header_len]), len(view), remedy)
 
 
 def _header_length(source: Path | str, prefix: bytes, size: int, remedy: str) -> int:
@@ -85,11 +107,17 @@ def _header_length(source: Path | str, prefix: bytes, size: int, remedy: str) ->
         raise _not_safetensors(source, f"{size} bytes is too short for the 8-byte header length", remedy)
     (header_len,) = struct.unpack("<Q", prefix)
     if header_len > size - LENGTH_PREFIX_BYTES:
-        raise _not_safetensors(source, f"header length {header_len} does not fit the {size}-byte file "
-                                       "(not safetensors, or truncated)", remedy)
+        raise _not_safetensors(
+            source,
+            f"header length {header_len} does not fit the {size}-byte file (not safetensors, or truncated)",
+            remedy,
+        )
     if header_len > MAX_HEADER_BYTES:
-        raise _not_safetensors(source, f"header length {header_len} is over the {MAX_HEADER_BYTES}-byte cap "
-                                       "(a corrupt length field)", remedy)
+        raise _not_safetensors(
+            source,
+            f"header length {header_len} is over the {MAX_HEADER_BYTES}-byte cap (a corrupt length field)",
+            remedy,
+        )
     return header_len
 
 
@@ -122,8 +150,12 @@ def _tensor_entry(source: Path | str, name: str, entry: Any, data_size: int, rem
         raise _not_safetensors(source, f"tensor {name!r} has malformed data_offsets {offsets!r}", remedy)
     begin, end = offsets
     if not begin <= end <= data_size:
-        raise _not_safetensors(source, f"tensor {name!r} ({dtype}, bytes {begin}..{end}) lies outside the "
-                                       f"{data_size}-byte data area: the file is truncated or corrupt", remedy)
+        raise _not_safetensors(
+            source,
+            f"tensor {name!r} ({dtype}, bytes {begin}..{end}) lies outside the "
+            f"{data_size}-byte data area: the file is truncated or corrupt",
+            remedy,
+        )
     return TensorEntry(dtype, tuple(shape), (begin, end))
 
 

@@ -167,8 +167,12 @@ class Store:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 old = previous.get(rel)
                 cached = target / rel
-                if old and {k: old.get(k) for k in version} == version and cached.is_file() \
-                        and sha256_file(cached) == old.get("sha256"):
+                if (
+                    old
+                    and {k: old.get(k) for k in version} == version
+                    and cached.is_file()
+                    and sha256_file(cached) == old.get("sha256")
+                ):
                     shutil.copy2(cached, local)
                     manifest[rel] = old
                     reused += 1
@@ -192,8 +196,10 @@ class Store:
         with self._errors(f"{name}/{sidecar}"):
             expected = self._fs.cat_file(self._path(f"{name}/{sidecar}")).decode("utf-8", "replace").split()
         if expected and expected[0].lower() != digest:
-            raise StoreError(f"{self.url_of(f'{name}/{rel}')}: sha256 {digest[:12]}... does not match its .sha256 "
-                             f"file ({expected[0][:12]}...); re-upload it")
+            raise StoreError(
+                f"{self.url_of(f'{name}/{rel}')}: sha256 {digest[:12]}... does not match its .sha256 "
+                f"file ({expected[0][:12]}...); re-upload it"
+            )
 
     @staticmethod
     def _read_manifest(target: Path) -> dict[str, dict[str, Any]]:
@@ -223,8 +229,11 @@ class Store:
         version = {"size": int(info.get("size") or 0), "etag": str(info.get("ETag") or info.get("mtime"))}
         record_path = target.with_name(f".{target.name}.version")
         record = self._read_record(record_path)
-        if target.is_file() and {k: record.get(k) for k in version} == version \
-                and record.get("local") == [target.stat().st_size, target.stat().st_mtime_ns]:
+        if (
+            target.is_file()
+            and {k: record.get(k) for k in version} == version
+            and record.get("local") == [target.stat().st_size, target.stat().st_mtime_ns]
+        ):
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_target(target) as scratch:
@@ -233,8 +242,9 @@ class Store:
             digest = sha256_file(scratch)
             self._check_sidecar(rel, digest)
         stat = target.stat()
-        atomic_write_bytes(record_path, json.dumps({**version, "sha256": digest,
-                                                    "local": [stat.st_size, stat.st_mtime_ns]}).encode())
+        atomic_write_bytes(
+            record_path, json.dumps({**version, "sha256": digest, "local": [stat.st_size, stat.st_mtime_ns]}).encode()
+        )
         return target
 
     def _check_sidecar(self, rel: str, digest: str) -> None:
@@ -244,8 +254,10 @@ class Store:
                 return
             expected = self._fs.cat_file(self._path(sidecar)).decode("utf-8", "replace").split()
         if expected and expected[0].lower() != digest:
-            raise StoreError(f"{self.url_of(rel)}: sha256 {digest[:12]}... does not match its .sha256 file "
-                             f"({expected[0][:12]}...); re-upload it")
+            raise StoreError(
+                f"{self.url_of(rel)}: sha256 {digest[:12]}... does not match its .sha256 file "
+                f"({expected[0][:12]}...); re-upload it"
+            )
 
     @staticmethod
     def _read_record(path: Path) -> dict[str, Any]:

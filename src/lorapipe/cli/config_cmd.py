@@ -21,8 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("file", metavar="FILE", help="Kohya training TOML, e.g. NNNN-dataset/kohya-sdxl-config.toml")
     check.add_argument("--dataset-dir", metavar="DIR", help="dataset folder (default: the folder of FILE)")
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any Kohya key (value read as a TOML literal, else as text); repeatable")
+    check.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any Kohya key (value read as a TOML literal, else as text); repeatable",
+    )
     check.add_argument("--output-dir", metavar="DIR", help="output folder, as `lorapipe train --output-dir`")
     check.add_argument("--base-model", metavar="MODEL", help="base model, as `lorapipe train --base-model`")
     check.add_argument("--json", action="store_true", help="print {ok, errors, warnings, config} as JSON")
@@ -41,8 +47,14 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 def _run_check(args: argparse.Namespace) -> int:
     from lorapipe.config.report import check_file
 
-    return check_file(args.file, dataset_dir=args.dataset_dir, overrides=args.overrides,
-                      output_dir=args.output_dir, base_model=args.base_model, as_json=args.json)
+    return check_file(
+        args.file,
+        dataset_dir=args.dataset_dir,
+        overrides=args.overrides,
+        output_dir=args.output_dir,
+        base_model=args.base_model,
+        as_json=args.json,
+    )
 
 
 def _run_keys(args: argparse.Namespace) -> int:

@@ -26,8 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     check.add_argument("--cache-dir", metavar="DIR", help="local cache for s3:// datasets")
     check.add_argument("--no-tokens", action="store_true", help="skip counting caption tokens with the CLIP tokenizer")
-    check.add_argument("--hashes", action="store_true", help="hash every image to find byte-identical duplicates "
-                       "(default: only files of equal size are hashed)")
+    check.add_argument(
+        "--hashes",
+        action="store_true",
+        help="hash every image to find byte-identical duplicates (default: only files of equal size are hashed)",
+    )
     check.set_defaults(handler=_run_check)
 
     _register_prepare(commands)
@@ -50,13 +53,20 @@ def _register_prepare(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("photos", metavar="PHOTOS", help="folder of photos (JPEG, PNG, WebP, HEIC, AVIF, ...)")
     prepare.add_argument("--trigger", required=True, help="one rare word that will mean your subject, e.g. sks")
     prepare.add_argument("--class", dest="class_name", default="", help="what the subject is, e.g. 'dog', 'woman'")
-    prepare.add_argument("--out", metavar="DIR", help="dataset folder to create (default: the next free "
-                         "NNNN-dataset beside PHOTOS)")
-    prepare.add_argument("--preset", default="subject", help="subject, face, style, or the path of your own "
-                         "Kohya TOML (default: subject)")
+    prepare.add_argument(
+        "--out", metavar="DIR", help="dataset folder to create (default: the next free NNNN-dataset beside PHOTOS)"
+    )
+    prepare.add_argument(
+        "--preset",
+        default="subject",
+        help="subject, face, style, or the path of your own Kohya TOML (default: subject)",
+    )
     prepare.add_argument("--steps", type=int, help="step budget instead of the preset's max_train_steps")
-    prepare.add_argument("--base-model", metavar="PATH_OR_ID", help="write pretrained_model_name_or_path "
-                         "(default: the preset's, SDXL 1.0 base on the hub)")
+    prepare.add_argument(
+        "--base-model",
+        metavar="PATH_OR_ID",
+        help="write pretrained_model_name_or_path (default: the preset's, SDXL 1.0 base on the hub)",
+    )
     prepare.set_defaults(handler=_run_prepare)
 
     presets = commands.add_parser("presets", help="list the training presets, or print one to copy and edit")
@@ -72,10 +82,16 @@ def _register_caption(commands: argparse._SubParsersAction) -> None:
         "<image><caption_extension>. Existing captions are kept unless --overwrite.",
     )
     caption.add_argument("dataset", metavar="DATASET", help="dataset folder (the one holding kohya-sdxl-config.toml)")
-    caption.add_argument("--captioner", default="blip", help="blip (sentences), florence2 (detailed sentences) or "
-                         "wd14 (tags); default blip")
-    caption.add_argument("--captioner-model", metavar="PATH_OR_ID", help="local folder or hub id of the model "
-                         "(default: the family's usual checkpoint)")
+    caption.add_argument(
+        "--captioner",
+        default="blip",
+        help="blip (sentences), florence2 (detailed sentences) or wd14 (tags); default blip",
+    )
+    caption.add_argument(
+        "--captioner-model",
+        metavar="PATH_OR_ID",
+        help="local folder or hub id of the model (default: the family's usual checkpoint)",
+    )
     caption.add_argument("--overwrite", action="store_true", help="replace existing captions")
     caption.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
     caption.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -110,9 +126,16 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
     bar = _progress_bar("photos", "photo")
     try:
-        result = prepare_dataset(Path(args.photos), Path(args.out) if args.out else None, trigger=args.trigger,
-                                 class_name=args.class_name, preset=args.preset, steps=args.steps,
-                                 progress=bar, base_model=args.base_model)
+        result = prepare_dataset(
+            Path(args.photos),
+            Path(args.out) if args.out else None,
+            trigger=args.trigger,
+            class_name=args.class_name,
+            preset=args.preset,
+            steps=args.steps,
+            progress=bar,
+            base_model=args.base_model,
+        )
     finally:
         bar.close()
     for photo in result.kept:
@@ -124,12 +147,18 @@ def _run_prepare(args: argparse.Namespace) -> int:
     for problem in errors:
         print(f"ERROR   {printable(problem.path)}: {problem.reason}")
     dataset = printable(result.dataset_dir)
-    print(f"{len(result.kept)} photos ({len(result.converted)} converted), {len(result.skipped)} left out -> "
-          f"{printable(result.subset_dir)}")
-    print(f"preset {result.preset}: {result.repeats} repeats x {result.epochs} epochs = {result.expected_steps} "
-          f"steps; config {printable(result.config_path)}")
-    print(f"next: lorapipe dataset caption {_quoted(dataset)}   (then: lorapipe dataset check {_quoted(dataset)}; "
-          f"lorapipe train {_quoted(dataset)})")
+    print(
+        f"{len(result.kept)} photos ({len(result.converted)} converted), {len(result.skipped)} left out -> "
+        f"{printable(result.subset_dir)}"
+    )
+    print(
+        f"preset {result.preset}: {result.repeats} repeats x {result.epochs} epochs = {result.expected_steps} "
+        f"steps; config {printable(result.config_path)}"
+    )
+    print(
+        f"next: lorapipe dataset caption {_quoted(dataset)}   (then: lorapipe dataset check {_quoted(dataset)}; "
+        f"lorapipe train {_quoted(dataset)})"
+    )
     return 1 if errors else 0
 
 
@@ -160,16 +189,24 @@ def _run_caption(args: argparse.Namespace) -> int:
 
     bar = _progress_bar("captions", "image")
     try:
-        summary = caption_dataset(Path(args.dataset), captioner=args.captioner, model=args.captioner_model,
-                                  overwrite=args.overwrite, batch_size=args.batch_size, progress=bar,
-                                  device=args.device)
+        summary = caption_dataset(
+            Path(args.dataset),
+            captioner=args.captioner,
+            model=args.captioner_model,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
+            progress=bar,
+            device=args.device,
+        )
     finally:
         bar.close()
     for failure in summary.failed:
         print(f"failed {printable(failure.path)}: {failure.reason}")
     hint = " (--overwrite replaces them)" if summary.kept else ""
-    print(f"{summary.captioner}: {summary.captioned} captioned, {len(summary.kept)} kept{hint}, "
-          f"{len(summary.failed)} failed")
+    print(
+        f"{summary.captioner}: {summary.captioned} captioned, {len(summary.kept)} kept{hint}, "
+        f"{len(summary.failed)} failed"
+    )
     return 1 if summary.failed else 0
 
 

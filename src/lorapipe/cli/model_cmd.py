@@ -21,8 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--preset", choices=("tiny", "full"), default="tiny")
     tiny.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--single-file", type=Path, metavar="FILE",
-                      help="also write the model as one .safetensors checkpoint in the original SGM layout")
+    tiny.add_argument(
+        "--single-file",
+        type=Path,
+        metavar="FILE",
+        help="also write the model as one .safetensors checkpoint in the original SGM layout",
+    )
     tiny.set_defaults(handler=_make_tiny)
 
     info = commands.add_parser("info", help="say what a --base-model value is (folder, single file or hub id)")
@@ -56,8 +60,11 @@ def _info(args: argparse.Namespace) -> int:
     from lorapipe.sdxl.load import resolve_base_model
 
     source = resolve_base_model(args.base_model)
-    kinds = {"diffusers": "diffusers SDXL folder", "single_file": "single-file SDXL checkpoint (SGM layout)",
-             "hub": "hub id (downloaded on first use)",
-             "random": "SDXL architecture with seeded random weights, built in memory (benchmarks)"}
+    kinds = {
+        "diffusers": "diffusers SDXL folder",
+        "single_file": "single-file SDXL checkpoint (SGM layout)",
+        "hub": "hub id (downloaded on first use)",
+        "random": "SDXL architecture with seeded random weights, built in memory (benchmarks)",
+    }
     print(f"{source.name if source.kind == 'random' else source.location}: {kinds[source.kind]}")
     return 0

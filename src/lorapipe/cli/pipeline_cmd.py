@@ -18,26 +18,33 @@ from lorapipe.pipeline.evaluate_stage import EVAL_MODES, PUBLISH_CHOICES
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     pipeline = subparsers.add_parser(
-        "pipeline", help="dataset -> validate -> train -> evaluate -> sample -> publish, locally or on SageMaker",
+        "pipeline",
+        help="dataset -> validate -> train -> evaluate -> sample -> publish, locally or on SageMaker",
     )
     commands = pipeline.add_subparsers(dest="pipeline_command", metavar="SUBCOMMAND")
     pipeline.set_defaults(handler=lambda args: _print_help(pipeline))
 
     run = commands.add_parser(
-        "run", help="start a run (validate, train, evaluate, sample, publish); Ctrl-C detaches, the run goes on",
+        "run",
+        help="start a run (validate, train, evaluate, sample, publish); Ctrl-C detaches, the run goes on",
         description="Validate the dataset, train a LoRA (skipped when dataset, config and base model are unchanged "
-        "since a successful run), score its checkpoints and pick one (evaluate), check sample images, and publish the LoRA, train_summary.json, samples and "
-        "sha256 files to --output and into the LoRA folder the server reads.",
+        "since a successful run), score its checkpoints and pick one (evaluate), check sample images, and publish "
+        "the LoRA, train_summary.json, samples and sha256 files to --output and into the LoRA folder the server "
+        "reads.",
     )
     run.add_argument("dataset", metavar="DATASET", help="NNNN-dataset folder or s3://BUCKET/NNNN-dataset/ prefix")
     _add_run_options(run)
     run.add_argument("--detach", action="store_true", help="print the run id and return at once")
-    run.add_argument("--foreground", action="store_true",
-                     help="run the steps in this process (no detached worker; stops when the terminal closes)")
+    run.add_argument(
+        "--foreground",
+        action="store_true",
+        help="run the steps in this process (no detached worker; stops when the terminal closes)",
+    )
     run.set_defaults(handler=_run)
 
     watch = commands.add_parser(
-        "watch", help="start a run whenever a new or changed NNNN-dataset appears in a store",
+        "watch",
+        help="start a run whenever a new or changed NNNN-dataset appears in a store",
         description="Poll STORE (a folder or s3:// prefix holding NNNN-dataset folders) and start a run for each "
         "dataset whose content hash has not been run yet.",
     )
@@ -49,15 +56,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     watch.set_defaults(handler=_watch)
 
     definition = commands.add_parser(
-        "sagemaker-definition", help="print a SageMaker Pipelines definition with the recipe's parameter names",
+        "sagemaker-definition",
+        help="print a SageMaker Pipelines definition with the recipe's parameter names",
     )
     definition.add_argument("--sagemaker-role", metavar="ARN", help="execution role ARN for the training step")
     definition.add_argument("--name", default="lorapipe-training", help="the training step's name")
-    definition.add_argument("--upsert", metavar="PIPELINE",
-                            help="create or update this SageMaker pipeline instead of printing "
-                                 "(needs --sagemaker-role)")
-    definition.add_argument("--pipeline-role", metavar="ARN",
-                            help="role Pipelines starts the job with (deploy/ output PipelineExecutionRoleArn)")
+    definition.add_argument(
+        "--upsert",
+        metavar="PIPELINE",
+        help="create or update this SageMaker pipeline instead of printing (needs --sagemaker-role)",
+    )
+    definition.add_argument(
+        "--pipeline-role",
+        metavar="ARN",
+        help="role Pipelines starts the job with (deploy/ output PipelineExecutionRoleArn)",
+    )
     definition.add_argument("--region", help="AWS region (default: the AWS config's)")
     definition.add_argument("--sagemaker-endpoint", metavar="URL", help="SageMaker API endpoint override")
     definition.set_defaults(handler=_definition)
@@ -92,39 +105,74 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", metavar="DIR",
-                        help="run database and run folders (default: $LORAPIPE_HOME or ~/.lorapipe)")
+    parser.add_argument(
+        "--home", metavar="DIR", help="run database and run folders (default: $LORAPIPE_HOME or ~/.lorapipe)"
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     _add_home(parser)
-    parser.add_argument("--output", metavar="URL", help="folder or s3://BUCKET/PREFIX to publish to (sagemaker: "
-                        "a local dataset is uploaded under OUTPUT/datasets/ too)")
+    parser.add_argument(
+        "--output",
+        metavar="URL",
+        help="folder or s3://BUCKET/PREFIX to publish to (sagemaker: "
+        "a local dataset is uploaded under OUTPUT/datasets/ too)",
+    )
     from lorapipe.pipeline.backend import BACKENDS, DEFAULT_BACKEND  # stdlib-only: --help stays light
 
     parser.add_argument("--backend", choices=tuple(BACKENDS), default=DEFAULT_BACKEND)
-    parser.add_argument("--base-model", metavar="PATH_OR_ID",
-                        help="diffusers folder, single file or hub id (default: the config's)")
+    parser.add_argument(
+        "--base-model", metavar="PATH_OR_ID", help="diffusers folder, single file or hub id (default: the config's)"
+    )
     parser.add_argument("--config", metavar="TOML", help="Kohya training TOML (default: the dataset's own)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable)",
+    )
     parser.add_argument("--lora-dir", metavar="DIR", help="the server's LoRA folder (default: HOME/loras)")
     parser.add_argument("--lora-name", metavar="NAME", help="published LoRA name (default: the config's output_name)")
-    parser.add_argument("--s3-endpoint", metavar="URL", default=os.environ.get("AWS_ENDPOINT_URL"),
-                        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="train even if an identical run succeeded")
-    parser.add_argument("--deploy", metavar="ENDPOINT", help="after publish, add the LoRA to this SageMaker endpoint "
-                        "(see `lorapipe deploy`; needs --output s3://... unless the endpoint has a LoRA prefix)")
+    parser.add_argument(
+        "--deploy",
+        metavar="ENDPOINT",
+        help="after publish, add the LoRA to this SageMaker endpoint "
+        "(see `lorapipe deploy`; needs --output s3://... unless the endpoint has a LoRA prefix)",
+    )
     evaluate = parser.add_argument_group(
-        "evaluate step", "score every checkpoint (as `lorapipe eval`) and publish the recommended one; the report "
-        "goes to RUN/eval/eval.html, the measures into publish.json and the LoRA's ss_lorapipe_eval_* metadata")
-    evaluate.add_argument("--evaluate", choices=EVAL_MODES, default="auto",
-                          help="auto (default): when the metric models are on this machine (a folder, or a hub id in the "
-                          "Hugging Face cache); on: load them, downloading if need be, or fail the run")
-    evaluate.add_argument("--no-evaluate", dest="evaluate", action="store_const", const="off",
-                          help="skip the evaluate step (same as --evaluate off)")
-    evaluate.add_argument("--publish-checkpoint", choices=PUBLISH_CHOICES, default="recommended",
-                          help="publish the recommended checkpoint (default) or the final one")
+        "evaluate step",
+        "score every checkpoint (as `lorapipe eval`) and publish the recommended one; the report "
+        "goes to RUN/eval/eval.html, the measures into publish.json and the LoRA's ss_lorapipe_eval_* metadata",
+    )
+    evaluate.add_argument(
+        "--evaluate",
+        choices=EVAL_MODES,
+        default="auto",
+        help="auto (default): when the metric models are on this machine (a folder, or a hub id in the "
+        "Hugging Face cache); on: load them, downloading if need be, or fail the run",
+    )
+    evaluate.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_const",
+        const="off",
+        help="skip the evaluate step (same as --evaluate off)",
+    )
+    evaluate.add_argument(
+        "--publish-checkpoint",
+        choices=PUBLISH_CHOICES,
+        default="recommended",
+        help="publish the recommended checkpoint (default) or the final one",
+    )
     evaluate.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="PATH_OR_ID")
     evaluate.add_argument("--dino-model", default=DEFAULT_DINO_MODEL, metavar="PATH_OR_ID")
     evaluate.add_argument("--eval-steps", type=int, default=25, metavar="N", help="sampling steps per image (25)")
@@ -165,14 +213,24 @@ def _request(args: argparse.Namespace, dataset: str):
         use_cache=not args.no_cache,
         deploy_endpoint=args.deploy,
         sagemaker=SageMakerOptions(
-            image=args.sagemaker_image, role_arn=args.sagemaker_role, instance_type=args.instance_type,
-            instance_count=args.instance_count, volume_size_gb=args.volume_size_gb,
-            max_runtime_s=args.max_runtime_s, spot=args.spot, max_wait_s=args.max_wait_s, region=args.region,
-            endpoint_url=args.sagemaker_endpoint, poll_interval_s=args.poll_interval,
+            image=args.sagemaker_image,
+            role_arn=args.sagemaker_role,
+            instance_type=args.instance_type,
+            instance_count=args.instance_count,
+            volume_size_gb=args.volume_size_gb,
+            max_runtime_s=args.max_runtime_s,
+            spot=args.spot,
+            max_wait_s=args.max_wait_s,
+            region=args.region,
+            endpoint_url=args.sagemaker_endpoint,
+            poll_interval_s=args.poll_interval,
         ),
         evaluate=EvaluateOptions(
-            mode=args.evaluate, publish=args.publish_checkpoint, clip_model=_model_arg(args.clip_model),
-            dino_model=_model_arg(args.dino_model), steps=args.eval_steps,
+            mode=args.evaluate,
+            publish=args.publish_checkpoint,
+            clip_model=_model_arg(args.clip_model),
+            dino_model=_model_arg(args.dino_model),
+            steps=args.eval_steps,
             images_per_prompt=args.eval_images_per_prompt,
         ),
     )
@@ -219,8 +277,9 @@ def _run_foreground(home, run_id: str) -> int:
     cancel = Cancellation()
     signal.signal(signal.SIGTERM, lambda signum, frame: cancel.request())
     done = threading.Event()
-    printer = threading.Thread(target=follow_log, args=(home, run_id, sys.stdout),
-                               kwargs={"should_stop": done.is_set}, daemon=True)
+    printer = threading.Thread(
+        target=follow_log, args=(home, run_id, sys.stdout), kwargs={"should_stop": done.is_set}, daemon=True
+    )
     printer.start()
     try:
         execute_run(home, run_id, cancel)
@@ -244,8 +303,9 @@ def _watch(args: argparse.Namespace) -> int:
 
     home = PipelineHome.resolve(args.home)
     template = _request(args, _dataset_arg(args.store).rstrip("/") + "/0000-template")
-    watcher = DatasetWatcher(home, args.store if args.store.startswith("s3://") else os.path.abspath(args.store),
-                             template)
+    watcher = DatasetWatcher(
+        home, args.store if args.store.startswith("s3://") else os.path.abspath(args.store), template
+    )
     from lorapipe.errors import LorapipeError
 
     while True:
@@ -279,8 +339,15 @@ def _definition(args: argparse.Namespace) -> int:
     if args.upsert:
         if not args.sagemaker_role:
             raise PipelineError("--upsert: give --sagemaker-role, the role SageMaker Pipelines runs the step with")
-        print(upsert_pipeline(args.upsert, args.sagemaker_role, pipeline_role_arn=args.pipeline_role,
-                              region=args.region, endpoint_url=args.sagemaker_endpoint))
+        print(
+            upsert_pipeline(
+                args.upsert,
+                args.sagemaker_role,
+                pipeline_role_arn=args.pipeline_role,
+                region=args.region,
+                endpoint_url=args.sagemaker_endpoint,
+            )
+        )
         return 0
     print(json.dumps(pipeline_definition(role_arn=args.sagemaker_role, step_name=args.name), indent=2))
     return 0

@@ -16,20 +16,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "beside it, train a LoRA and write <output_name>.safetensors plus train_summary.json.",
     )
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", help="folder with the Kohya config and image folders")
-    parser.add_argument("--base-model", metavar="PATH",
-                        help="SDXL base: diffusers folder, single-file checkpoint or hub id "
-                        "(default: pretrained_model_name_or_path of the config)")
+    parser.add_argument(
+        "--base-model",
+        metavar="PATH",
+        help="SDXL base: diffusers folder, single-file checkpoint or hub id "
+        "(default: pretrained_model_name_or_path of the config)",
+    )
     parser.add_argument("--output-dir", metavar="DIR", help="where the LoRA, samples and summary go")
     parser.add_argument("--config", metavar="FILE", help="Kohya training TOML (default: DATASET_DIR's own)")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override one Kohya key, e.g. --set max_train_steps=100 (repeatable)")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one Kohya key, e.g. --set max_train_steps=100 (repeatable)",
+    )
     parser.add_argument("--resume", metavar="DIR", help="continue from a state folder written with save_state")
     parser.add_argument("--state-dir", metavar="DIR", help="where state folders go (default: the output folder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (step lines still print)")
-    parser.add_argument("--processes", metavar="N", type=int, default=1,
-                        help="train in N processes, one per GPU, each on its share of the batches (runs itself "
-                        "under torch.distributed.run; `accelerate launch --multi_gpu --num_processes N -m lorapipe "
-                        "train` works too)")
+    parser.add_argument(
+        "--processes",
+        metavar="N",
+        type=int,
+        default=1,
+        help="train in N processes, one per GPU, each on its share of the batches (runs itself "
+        "under torch.distributed.run; `accelerate launch --multi_gpu --num_processes N -m lorapipe "
+        "train` works too)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -47,15 +61,23 @@ def _run(args: argparse.Namespace) -> int:
     from lorapipe.train.run import run_training
 
     result = run_training(
-        args.dataset_dir, base_model=args.base_model, output_dir=args.output_dir, config_path=args.config,
-        overrides=tuple(args.overrides), resume=args.resume, state_dir=args.state_dir,
-        stop_signals=(signal.SIGTERM,), show_progress=not args.no_progress,
+        args.dataset_dir,
+        base_model=args.base_model,
+        output_dir=args.output_dir,
+        config_path=args.config,
+        overrides=tuple(args.overrides),
+        resume=args.resume,
+        state_dir=args.state_dir,
+        stop_signals=(signal.SIGTERM,),
+        show_progress=not args.no_progress,
     )
     if result.lora_path is None and result.status == "finished":
         return 0  # not the main process: it wrote nothing and prints nothing
     if result.status != "finished":
-        print(f"training stopped at step {result.steps_done}/{result.total_steps}; state saved in "
-              f"{result.state_path}; continue with --resume {result.state_path}")
+        print(
+            f"training stopped at step {result.steps_done}/{result.total_steps}; state saved in "
+            f"{result.state_path}; continue with --resume {result.state_path}"
+        )
         return 3
     print(result.lora_path)
     return 0
@@ -67,10 +89,25 @@ def _relaunch(args: argparse.Namespace) -> None:
     import os
     import sys
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               str(args.processes), "-m", "lorapipe", "train", args.dataset_dir]
-    for flag, value in (("--base-model", args.base_model), ("--output-dir", args.output_dir),
-                        ("--config", args.config), ("--resume", args.resume), ("--state-dir", args.state_dir)):
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(args.processes),
+        "-m",
+        "lorapipe",
+        "train",
+        args.dataset_dir,
+    ]
+    for flag, value in (
+        ("--base-model", args.base_model),
+        ("--output-dir", args.output_dir),
+        ("--config", args.config),
+        ("--resume", args.resume),
+        ("--state-dir", args.state_dir),
+    ):
         if value:
             command += [flag, str(value)]
     for override in args.overrides:

@@ -27,13 +27,30 @@ LYCORIS_MODULE = "lycoris.kohya"
 
 # Block-wise and dropout fields the GUI writes into network_args for networks.lora (when set).
 _KOHYA_FIELDS = (
-    "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims", "block_alphas",
-    "conv_block_dims", "conv_block_alphas", "rank_dropout", "module_dropout",
+    "down_lr_weight",
+    "mid_lr_weight",
+    "up_lr_weight",
+    "block_lr_zero_threshold",
+    "block_dims",
+    "block_alphas",
+    "conv_block_dims",
+    "conv_block_alphas",
+    "rank_dropout",
+    "module_dropout",
 )
 # Fields the GUI writes into network_args for every lycoris.kohya type (always, even at their defaults).
 _LYCORIS_FIELDS = (
-    "LyCORIS_preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "bypass_mode", "dora_wd",
-    "module_dropout", "use_scalar", "rank_dropout_scale", "train_norm",
+    "LyCORIS_preset",
+    "conv_dim",
+    "conv_alpha",
+    "use_tucker",
+    "rank_dropout",
+    "bypass_mode",
+    "dora_wd",
+    "module_dropout",
+    "use_scalar",
+    "rank_dropout_scale",
+    "train_norm",
 )
 _LOKR_FIELDS = ("factor", "use_cp", "decompose_both")
 # LoRA+ ratios join network_args (when set) for every type.
@@ -65,9 +82,16 @@ LORA_TYPES: dict[str, GuiLoraType] = {
     "LyCORIS/LoKr": GuiLoraType(LYCORIS_MODULE, "lokr", _LYCORIS_FIELDS + _LOKR_FIELDS, always=True),
 }
 # Every GUI field that only ever reaches sd-scripts through network_args.
-GUI_NETWORK_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(
-    _KOHYA_FIELDS + ("conv_dim", "conv_alpha") + _LYCORIS_FIELDS + _LOKR_FIELDS + LORAPLUS_FIELDS + _OTHER_TYPE_FIELDS
-))
+GUI_NETWORK_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        _KOHYA_FIELDS
+        + ("conv_dim", "conv_alpha")
+        + _LYCORIS_FIELDS
+        + _LOKR_FIELDS
+        + LORAPLUS_FIELDS
+        + _OTHER_TYPE_FIELDS
+    )
+)
 
 
 @dataclass
@@ -109,8 +133,11 @@ def apply_gui_rules(values: Mapping[str, Any], origins: Mapping[str, str], sourc
 def _number_keys() -> frozenset[str]:
     numeric = (INT, FLOAT, NUMBER, FLOAT_OR_LIST)
     keys = {name for name, item in kohya_fields().items() if item.metadata["kind"] in numeric}
-    keys |= {name for name, default in {**SUBSET_DEFAULTS, **DATASET_DEFAULTS}.items()
-             if isinstance(default, (int, float)) and not isinstance(default, bool)}
+    keys |= {
+        name
+        for name, default in {**SUBSET_DEFAULTS, **DATASET_DEFAULTS}.items()
+        if isinstance(default, (int, float)) and not isinstance(default, bool)
+    }
     return frozenset(keys | set(GUI_NETWORK_FIELDS) | {"epoch", "lr_warmup", "validation_seed"})
 
 
@@ -129,8 +156,10 @@ def _gui_lengths(raw: Mapping[str, Any], result: GuiResult, where) -> None:
     if epoch is not None and not steps_given and is_off(values.get("max_train_epochs")):
         values["max_train_epochs"] = epoch
         result.origins["max_train_epochs"] = where("epoch")
-        result.warnings.append(f"{where('epoch')}: epoch = {epoch}: max_train_steps is not set, so the kohya_ss GUI "
-                               f"trains {epoch} epochs; read as max_train_epochs = {epoch}")
+        result.warnings.append(
+            f"{where('epoch')}: epoch = {epoch}: max_train_steps is not set, so the kohya_ss GUI "
+            f"trains {epoch} epochs; read as max_train_epochs = {epoch}"
+        )
     elif epoch is not None:
         result.warnings.append(f"{where('epoch')}: epoch ignored: max_train_steps/max_train_epochs set the length")
     if _unset(raw.get("lr_scheduler_num_cycles")) and "lr_scheduler_num_cycles" in raw and epoch is not None:
@@ -140,8 +169,10 @@ def _gui_lengths(raw: Mapping[str, Any], result: GuiResult, where) -> None:
         fraction = float(warmup) / 100
         values["lr_warmup_steps"] = fraction
         result.origins["lr_warmup_steps"] = where("lr_warmup")
-        result.warnings.append(f"{where('lr_warmup')}: lr_warmup = {warmup} (percent of all steps, a kohya_ss GUI "
-                               f"field); read as lr_warmup_steps = {fraction}")
+        result.warnings.append(
+            f"{where('lr_warmup')}: lr_warmup = {warmup} (percent of all steps, a kohya_ss GUI "
+            f"field); read as lr_warmup_steps = {fraction}"
+        )
 
 
 def _network_fields(result: GuiResult, where) -> None:
@@ -156,15 +187,18 @@ def _network_fields(result: GuiResult, where) -> None:
     else:
         result.errors.append(
             f"{where('LoRA_type')}: LoRA_type = {lora_type!r} trains a network lorapipe does not; use one of "
-            f"{', '.join(repr(name) for name in LORA_TYPES)}")
+            f"{', '.join(repr(name) for name in LORA_TYPES)}"
+        )
         for name in present:
             values.pop(name)
         return
     if lora_type is not None:
         module = values.get("network_module")
         if module is not None and str(module).strip() != kind.network_module:
-            result.errors.append(f"{where('network_module')}: network_module = {module!r} contradicts LoRA_type = "
-                                 f"{lora_type!r} ({kind.network_module}); keep only one of them")
+            result.errors.append(
+                f"{where('network_module')}: network_module = {module!r} contradicts LoRA_type = "
+                f"{lora_type!r} ({kind.network_module}); keep only one of them"
+            )
             return
         values["network_module"] = kind.network_module
         result.origins.setdefault("network_module", where("LoRA_type"))
@@ -197,13 +231,16 @@ def _network_fields(result: GuiResult, where) -> None:
         values["network_args"] = args + added
         result.origins.setdefault("network_args", where(lora_type and "LoRA_type" or present[0]))
         label = f"LoRA_type = {lora_type!r}" if lora_type is not None else "kohya_ss GUI fields"
-        result.warnings.append(f"{where('LoRA_type' if lora_type else present[0])}: {label}: read as "
-                               f"network_module = {kind.network_module!r}, network_args += {added}, as the GUI "
-                               f"does")
+        result.warnings.append(
+            f"{where('LoRA_type' if lora_type else present[0])}: {label}: read as "
+            f"network_module = {kind.network_module!r}, network_args += {added}, as the GUI "
+            f"does"
+        )
     if ignored:
         label = f"LoRA_type {lora_type!r}" if lora_type is not None else "networks.lora (no LoRA_type)"
-        result.warnings.append(f"{where(ignored[0])}: {', '.join(ignored)} ignored: the kohya_ss GUI does not use "
-                               f"them for {label}")
+        result.warnings.append(
+            f"{where(ignored[0])}: {', '.join(ignored)} ignored: the kohya_ss GUI does not use them for {label}"
+        )
 
 
 def _listed(value: Any) -> list[Any]:

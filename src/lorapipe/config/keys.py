@@ -37,20 +37,60 @@ class KeySpec:
 OPTIMIZERS = {
     name.lower(): name
     for name in (
-        "AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
-        "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP",
-        "DAdaptAdamPreprint", "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor",
+        "AdamW",
+        "AdamW8bit",
+        "PagedAdamW",
+        "PagedAdamW8bit",
+        "PagedAdamW32bit",
+        "Lion",
+        "Lion8bit",
+        "PagedLion8bit",
+        "SGDNesterov",
+        "SGDNesterov8bit",
+        "DAdaptation",
+        "DAdaptAdaGrad",
+        "DAdaptAdam",
+        "DAdaptAdan",
+        "DAdaptAdanIP",
+        "DAdaptAdamPreprint",
+        "DAdaptLion",
+        "DAdaptSGD",
+        "Prodigy",
+        "Adafactor",
     )
 }
 # sd-scripts knows these too, but lorapipe's trainer cannot build them.
 OPTIMIZERS_UNAVAILABLE = ("RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree")
 LR_SCHEDULERS = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
-    "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant", "adafactor",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+    "piecewise_constant",
+    "adafactor",
 )
 SAMPLE_SAMPLERS = (
-    "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
-    "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
+    "ddim",
+    "pndm",
+    "lms",
+    "euler",
+    "euler_a",
+    "heun",
+    "dpm_2",
+    "dpm_2_a",
+    "dpmsolver",
+    "dpmsolver++",
+    "dpmsingle",
+    "k_lms",
+    "k_euler",
+    "k_euler_a",
+    "k_dpm_2",
+    "k_dpm_2_a",
 )
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
@@ -62,15 +102,34 @@ NETWORK_MODULES = (LORA_MODULE, LYCORIS_MODULE)
 # warn that networks.lora ignores it), and those it refuses (block-wise LR weights, which also change which modules
 # train, are not implemented).
 NETWORK_ARGS_SUPPORTED = (
-    "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "block_dims", "block_alphas",
-    "conv_block_dims", "conv_block_alphas", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+    "conv_dim",
+    "conv_alpha",
+    "dropout",
+    "rank_dropout",
+    "module_dropout",
+    "block_dims",
+    "block_alphas",
+    "conv_block_dims",
+    "conv_block_alphas",
+    "loraplus_lr_ratio",
+    "loraplus_unet_lr_ratio",
     "loraplus_text_encoder_lr_ratio",
 )
 NETWORK_ARGS_REJECTED = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
 # torch.compile backends sd-scripts' --dynamo_backend offers; "no" is what the kohya_ss GUI writes for "off".
 DYNAMO_BACKENDS = (
-    "eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs", "ofi", "fx2trt", "onnxrt",
-    "tensorrt", "ipex", "tvm",
+    "eager",
+    "aot_eager",
+    "inductor",
+    "aot_ts_nvfuser",
+    "nvprims_nvfuser",
+    "cudagraphs",
+    "ofi",
+    "fx2trt",
+    "onnxrt",
+    "tensorrt",
+    "ipex",
+    "tvm",
 )
 
 _NO_EFFECT = "has no effect on the trained LoRA"
@@ -136,7 +195,7 @@ _REJECTED: dict[str, str] = {
     "dataset_class": "custom dataset classes are not supported",
     "weighted_captions": "(word:1.2) caption weights " + _NOT_IMPL,
     "conditioning_data_dir": "mask images for masked_loss " + _NOT_IMPL + "; put the mask in the images' alpha "
-                             "channel and set alpha_mask = true",
+    "channel and set alpha_mask = true",
     "save_n_epoch_ratio": _NOT_IMPL + "; use save_every_n_epochs",
     "resume_from_huggingface": "resuming from the Hub " + _NOT_IMPL + "; download the state folder and use resume",
     "output_config": "use `lorapipe config check FILE` to see the effective config",
@@ -144,8 +203,8 @@ _REJECTED: dict[str, str] = {
 }
 
 _MAPPED: dict[str, tuple[str, str]] = {
-    "use_8bit_adam": ("optimizer_type", "legacy sd-scripts flag; means optimizer_type = \"AdamW8bit\""),
-    "use_lion_optimizer": ("optimizer_type", "legacy sd-scripts flag; means optimizer_type = \"Lion\""),
+    "use_8bit_adam": ("optimizer_type", 'legacy sd-scripts flag; means optimizer_type = "AdamW8bit"'),
+    "use_lion_optimizer": ("optimizer_type", 'legacy sd-scripts flag; means optimizer_type = "Lion"'),
     "sdxl_cache_text_encoder_outputs": ("cache_text_encoder_outputs", "kohya_ss GUI name"),
     "sdxl_no_half_vae": ("no_half_vae", "kohya_ss GUI name"),
     "optimizer": ("optimizer_type", "kohya_ss GUI name"),
@@ -181,10 +240,15 @@ _GUI_IGNORED: dict[str, str] = {
 }
 # kohya_ss GUI fields that become other keys (config/gui.py applies them before the table is consulted).
 _GUI_MAPPED: dict[str, tuple[str, str]] = {
-    "LoRA_type": ("network_module", "kohya_ss GUI field; picks network_module and which GUI fields become "
-                                    f"network_args, as the GUI does ({', '.join(LORA_TYPES)})"),
-    "epoch": ("max_train_epochs", "kohya_ss GUI field; the GUI trains this many epochs when max_train_steps is "
-                                  "not set"),
+    "LoRA_type": (
+        "network_module",
+        "kohya_ss GUI field; picks network_module and which GUI fields become "
+        f"network_args, as the GUI does ({', '.join(LORA_TYPES)})",
+    ),
+    "epoch": (
+        "max_train_epochs",
+        "kohya_ss GUI field; the GUI trains this many epochs when max_train_steps is not set",
+    ),
     "lr_warmup": ("lr_warmup_steps", "kohya_ss GUI field (percent of all steps); read as a fraction"),
     **{old: ("network_args", f"older kohya_ss GUI name of {new}") for old, new in RENAMED_FIELDS.items()},
 }
@@ -208,9 +272,17 @@ def _build_table() -> dict[str, KeySpec]:
     for name, (target, reason) in _GUI_MAPPED.items():
         table.setdefault(name, KeySpec(name, MAPPED, reason, maps_to=target, gui=True))
     for name in GUI_NETWORK_FIELDS:
-        table.setdefault(name, KeySpec(name, MAPPED, "kohya_ss GUI field; becomes network_args for the LoRA_types "
-                                       "the GUI uses it with, ignored with a warning for the others",
-                                       maps_to="network_args", gui=True))
+        table.setdefault(
+            name,
+            KeySpec(
+                name,
+                MAPPED,
+                "kohya_ss GUI field; becomes network_args for the LoRA_types "
+                "the GUI uses it with, ignored with a warning for the others",
+                maps_to="network_args",
+                gui=True,
+            ),
+        )
     return table
 
 

@@ -57,8 +57,10 @@ def load_train_config(
     """Read, validate and resolve a Kohya training config for `dataset_dir`; raises `ConfigProblems`."""
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
-        raise DatasetError(f"{dataset_dir}: dataset folder does not exist; pass the folder holding "
-                           f"{DATASET_CONFIG_NAME} and the <repeats>_<name> folders")
+        raise DatasetError(
+            f"{dataset_dir}: dataset folder does not exist; pass the folder holding "
+            f"{DATASET_CONFIG_NAME} and the <repeats>_<name> folders"
+        )
     if config_path is None and not (dataset_dir / DATASET_CONFIG_NAME).exists():
         from lorapipe.dataset.prepare import unprepared_hint
 
@@ -108,8 +110,11 @@ class _Builder:
         values = self._classify(gui.values)
         te_lr = values.get("text_encoder_lr")
         if isinstance(te_lr, (list, tuple)) and len(set(te_lr)) > 1:
-            self.warn("text_encoder_lr", f"text_encoder_lr = {te_lr!r}: networks.lora uses the first value for "
-                                         f"both text encoders (as sd-scripts does)")
+            self.warn(
+                "text_encoder_lr",
+                f"text_encoder_lr = {te_lr!r}: networks.lora uses the first value for "
+                f"both text encoders (as sd-scripts does)",
+            )
         fields = kohya_fields()
         kwargs: dict[str, Any] = {}
         for key, item in fields.items():
@@ -140,8 +145,11 @@ class _Builder:
         for key, value in values.items():
             spec = k.KEY_TABLE.get(key)
             if spec is None:
-                self.error(key, f"{key}: unknown key{_suggest(key)}; remove it or fix the spelling "
-                                f"(`lorapipe config keys` lists every key)")
+                self.error(
+                    key,
+                    f"{key}: unknown key{_suggest(key)}; remove it or fix the spelling "
+                    f"(`lorapipe config keys` lists every key)",
+                )
             elif spec.status in (k.SUPPORTED, k.DATASET):
                 kept[key] = value
             elif spec.status == k.MAPPED:
@@ -156,8 +164,10 @@ class _Builder:
 
     def _ignored(self, spec: k.KeySpec, value: Any) -> None:
         if spec.name == "xformers" and isinstance(value, str) and not is_off(value):
-            self.warn(spec.name, f"xformers = {value!r} is the kohya_ss GUI form (sd-scripts wants true/false); "
-                                 f"ignored: {spec.reason}")
+            self.warn(
+                spec.name,
+                f"xformers = {value!r} is the kohya_ss GUI form (sd-scripts wants true/false); ignored: {spec.reason}",
+            )
         elif spec.gui or not is_off(value):
             self.warn(spec.name, f"{spec.name} ignored: {spec.reason}")
 
@@ -170,8 +180,11 @@ class _Builder:
         elif is_off(value):
             return
         if target in kept and kept[target] != value and not is_off(kept[target]):
-            self.error(spec.name, f"{spec.name} = {value!r} contradicts {target} = {kept[target]!r} "
-                                  f"({self.where(target)}); keep only {target}")
+            self.error(
+                spec.name,
+                f"{spec.name} = {value!r} contradicts {target} = {kept[target]!r} "
+                f"({self.where(target)}); keep only {target}",
+            )
             return
         kept[target] = value
         self.origins.setdefault(target, self.where(spec.name))
@@ -204,18 +217,26 @@ class _Builder:
         """log_with = "wandb" logs to wandb (offline) when the package is installed; otherwise a warning."""
         if kwargs.get("log_with") == "wandb" and importlib.util.find_spec("wandb") is None:
             fallback = "TensorBoard" if kwargs.get("logging_dir") else "no tracker"
-            self.warn("log_with", f"log_with = \"wandb\": the wandb package is not installed; using {fallback} "
-                                  f"(pip install wandb to log there)")
+            self.warn(
+                "log_with",
+                f'log_with = "wandb": the wandb package is not installed; using {fallback} '
+                f"(pip install wandb to log there)",
+            )
             kwargs["log_with"] = "tensorboard" if kwargs.get("logging_dir") else None
 
     def _names_and_length(self, kwargs: dict[str, Any]) -> None:
         name = kwargs.get("output_name")
         if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
-            self.error("output_name", f"output_name = {name!r} must be a plain file name (no folders); put the "
-                                      f"folder in output_dir")
+            self.error(
+                "output_name",
+                f"output_name = {name!r} must be a plain file name (no folders); put the folder in output_dir",
+            )
         if kwargs.get("max_train_epochs") and "max_train_steps" in kwargs:
-            self.warn("max_train_epochs", f"max_train_epochs = {kwargs['max_train_epochs']} overrides "
-                                          f"max_train_steps = {kwargs['max_train_steps']} (as in sd-scripts)")
+            self.warn(
+                "max_train_epochs",
+                f"max_train_epochs = {kwargs['max_train_epochs']} overrides "
+                f"max_train_steps = {kwargs['max_train_steps']} (as in sd-scripts)",
+            )
 
     def _optimizer(self, kwargs: dict[str, Any]) -> None:
         if "optimizer_args" in kwargs:
@@ -232,15 +253,21 @@ class _Builder:
         elif text.lower() in k.OPTIMIZERS:
             kwargs["optimizer_type"] = k.OPTIMIZERS[text.lower()]
         elif text.lower() in (name.lower() for name in k.OPTIMIZERS_UNAVAILABLE):
-            self.error("optimizer_type", f"optimizer_type = {name!r} (schedule-free) is known to sd-scripts but not "
-                                         f"available in lorapipe; use AdamW, Adafactor or Prodigy")
+            self.error(
+                "optimizer_type",
+                f"optimizer_type = {name!r} (schedule-free) is known to sd-scripts but not "
+                f"available in lorapipe; use AdamW, Adafactor or Prodigy",
+            )
         elif "." in text:
             kwargs["optimizer_type"] = text  # a module.Class path, as sd-scripts allows
         else:
             close = difflib.get_close_matches(text, list(k.OPTIMIZERS.values()), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            self.error("optimizer_type", f"optimizer_type = {name!r} is unknown{hint}; use one of "
-                                         f"{', '.join(k.OPTIMIZERS.values())} or a module.Class path")
+            self.error(
+                "optimizer_type",
+                f"optimizer_type = {name!r} is unknown{hint}; use one of "
+                f"{', '.join(k.OPTIMIZERS.values())} or a module.Class path",
+            )
 
     def _scheduler(self, kwargs: dict[str, Any]) -> None:
         name = kwargs.get("lr_scheduler")
@@ -260,16 +287,22 @@ class _Builder:
         if value.strip().lower() == "safetensors":
             kwargs["save_model_as"] = "safetensors"
         else:
-            self.error("save_model_as", f"save_model_as = {value!r}: lorapipe writes LoRA files as .safetensors "
-                                        f"only (the format that carries Kohya's metadata and hashes); set "
-                                        f"save_model_as = \"safetensors\"")
+            self.error(
+                "save_model_as",
+                f"save_model_as = {value!r}: lorapipe writes LoRA files as .safetensors "
+                f"only (the format that carries Kohya's metadata and hashes); set "
+                f'save_model_as = "safetensors"',
+            )
 
     def _network(self, kwargs: dict[str, Any]) -> None:
         module = (kwargs.get("network_module") or "").strip() or None
         if module is not None and module not in k.NETWORK_MODULES:
-            self.error("network_module", f"network_module = {module!r}: lorapipe trains networks.lora (LoRA, and "
-                                         f"LoCon via network_args conv_dim) and lycoris.kohya (LoCon, LoHa, LoKr, "
-                                         f"DoRA); set one of them")
+            self.error(
+                "network_module",
+                f"network_module = {module!r}: lorapipe trains networks.lora (LoRA, and "
+                f"LoCon via network_args conv_dim) and lycoris.kohya (LoCon, LoHa, LoKr, "
+                f"DoRA); set one of them",
+            )
         if module is not None:
             kwargs["network_module"] = module
         if module == LYCORIS_MODULE:
@@ -302,8 +335,11 @@ class _Builder:
         elif kwargs.get("pretrained_model_name_or_path"):
             kwargs["pretrained_model_name_or_path"] = self._input_path(kwargs["pretrained_model_name_or_path"])
         else:
-            self.error("pretrained_model_name_or_path", "pretrained_model_name_or_path is missing; set it to an "
-                       "SDXL base model (folder, file or hub id) or pass --base-model")
+            self.error(
+                "pretrained_model_name_or_path",
+                "pretrained_model_name_or_path is missing; set it to an "
+                "SDXL base model (folder, file or hub id) or pass --base-model",
+            )
         kwargs["output_dir"] = str(self._output_dir(kwargs.get("output_dir"), output_dir))
         for key in ("vae", "network_weights", "resume", "sample_prompts"):
             if kwargs.get(key):
@@ -317,8 +353,9 @@ class _Builder:
                 else:
                     self.warn(key, message + "; no sample images will be made")
         if kwargs.get("logging_dir"):
-            kwargs["logging_dir"] = str(self._output_side(kwargs["logging_dir"], Path(kwargs["output_dir"]), "logs",
-                                                          "logging_dir"))
+            kwargs["logging_dir"] = str(
+                self._output_side(kwargs["logging_dir"], Path(kwargs["output_dir"]), "logs", "logging_dir")
+            )
 
     def _input_path(self, value: str, *, key: str | None = None) -> str:
         """Relative -> beside the config file when something is there; SageMaker train-channel paths -> dataset."""
@@ -344,8 +381,10 @@ class _Builder:
         path = Path(configured).expanduser()
         if configured.startswith(SAGEMAKER_ROOT) and not path.exists():
             local = fallback / sub if sub else fallback
-            self.warn(key, f"{key} '{configured}' exists only inside SageMaker; writing to {local} "
-                           f"(pass --output-dir to choose)")
+            self.warn(
+                key,
+                f"{key} '{configured}' exists only inside SageMaker; writing to {local} (pass --output-dir to choose)",
+            )
             return local
         return path if path.is_absolute() else self.config_dir / path
 

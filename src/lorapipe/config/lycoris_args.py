@@ -21,8 +21,18 @@ LYCORIS_ALGOS_NOT_TRAINED = ("ia3", "dylora", "glora", "full", "diag-oft", "boft
 LYCORIS_PRESETS = ("full", "full-lin", "attn-mlp", "attn-only", "unet-transformer-only", "unet-convblock-only")
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", "none", ""}
-_FLAGS = ("use_tucker", "use_scalar", "decompose_both", "dora_wd", "wd_on_output", "rank_dropout_scale",
-          "bypass_mode", "full_matrix", "unbalanced_factorization", "rs_lora")
+_FLAGS = (
+    "use_tucker",
+    "use_scalar",
+    "decompose_both",
+    "dora_wd",
+    "wd_on_output",
+    "rank_dropout_scale",
+    "bypass_mode",
+    "full_matrix",
+    "unbalanced_factorization",
+    "rs_lora",
+)
 # LyCORIS's older spellings of use_tucker.
 _TUCKER_ALIASES = ("use_cp", "use_conv_cp")
 _PROBABILITIES = ("dropout", "rank_dropout", "module_dropout")
@@ -50,13 +60,18 @@ def parse_lycoris_args(items: Sequence[str]) -> LycorisArgs:
     algo = LYCORIS_ALGOS.get(algo_text)
     if algo is None:
         trained = ", ".join(sorted(LYCORIS_ALGOS))
-        why = "is a LyCORIS algorithm lorapipe does not train" if algo_text in LYCORIS_ALGOS_NOT_TRAINED else \
-            "is not a LyCORIS algorithm"
+        why = (
+            "is a LyCORIS algorithm lorapipe does not train"
+            if algo_text in LYCORIS_ALGOS_NOT_TRAINED
+            else "is not a LyCORIS algorithm"
+        )
         errors.append(f"algo={algo_text} {why}; use one of {trained}")
     preset = pairs.pop("preset", "full").strip() or "full"
     if preset not in LYCORIS_PRESETS:
-        errors.append(f"preset={preset}: lorapipe trains LyCORIS's built-in presets ({', '.join(LYCORIS_PRESETS)}); "
-                      f"a preset file is not supported")
+        errors.append(
+            f"preset={preset}: lorapipe trains LyCORIS's built-in presets ({', '.join(LYCORIS_PRESETS)}); "
+            f"a preset file is not supported"
+        )
     flags: dict[str, bool] = {}
     numbers: dict[str, float] = {}
     for key, value in pairs.items():
@@ -81,8 +96,9 @@ def parse_lycoris_args(items: Sequence[str]) -> LycorisArgs:
                 numbers[name] = number
         elif name == "train_norm":
             if _flag(value):
-                errors.append("train_norm=True: normalisation layers have no Kohya SGM name lorapipe can save; "
-                              "remove it")
+                errors.append(
+                    "train_norm=True: normalisation layers have no Kohya SGM name lorapipe can save; remove it"
+                )
         else:
             warnings.append(f"{key}={value}: LyCORIS does not use this argument for SDXL; ignored")
     if errors:

@@ -15,7 +15,15 @@ from typing import Any, TypeVar
 
 # Value kinds understood by `lorapipe.config.values.coerce`.
 FLAG, INT, FLOAT, STR, PATH, STR_LIST, NUMBER, FLOAT_OR_LIST, DERIVED = (
-    "flag", "int", "float", "str", "path", "str_list", "int_or_float", "float_or_list", "derived",
+    "flag",
+    "int",
+    "float",
+    "str",
+    "path",
+    "str_list",
+    "int_or_float",
+    "float_or_list",
+    "derived",
 )
 
 
@@ -261,9 +269,7 @@ class TrainConfig:
 def kohya_fields() -> dict[str, dataclasses.Field]:
     """The TrainConfig fields that are Kohya option keys (not derived, not bookkeeping)."""
     return {
-        item.name: item
-        for item in dataclasses.fields(TrainConfig)
-        if item.metadata.get("kind") not in (None, DERIVED)
+        item.name: item for item in dataclasses.fields(TrainConfig) if item.metadata.get("kind") not in (None, DERIVED)
     }
 
 

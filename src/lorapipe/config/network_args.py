@@ -12,7 +12,10 @@ from lorapipe.config.values import ValueProblem
 # SDXL's UNet in SGM order: time/label embedding, 9 input blocks, 3 middle, 9 output, out (sd-scripts' layout).
 SDXL_BLOCK_COUNT = 23
 _BLOCK_LISTS: dict[str, type] = {
-    "block_dims": int, "block_alphas": float, "conv_block_dims": int, "conv_block_alphas": float,
+    "block_dims": int,
+    "block_alphas": float,
+    "conv_block_dims": int,
+    "conv_block_alphas": float,
 }
 _LORAPLUS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 
@@ -57,8 +60,14 @@ def parse_network_args(items: Sequence[str]) -> NetworkArgs:
     for key, value in dict(pairs).items():
         reader.read(key, value)
     conv_dim, conv_alpha = reader.conv()
-    return NetworkArgs(conv_dim, conv_alpha, reader.numbers.get("dropout"), reader.options(),
-                       tuple(reader.errors), tuple(reader.warnings))
+    return NetworkArgs(
+        conv_dim,
+        conv_alpha,
+        reader.numbers.get("dropout"),
+        reader.options(),
+        tuple(reader.errors),
+        tuple(reader.warnings),
+    )
 
 
 class _Reader:
@@ -72,8 +81,10 @@ class _Reader:
 
     def read(self, key: str, value: str) -> None:
         if key in k.NETWORK_ARGS_REJECTED:
-            self.errors.append(f"{key}={value}: block-wise learning-rate weights are not implemented by lorapipe; "
-                               f"remove it (block_dims/block_alphas set per-block ranks instead)")
+            self.errors.append(
+                f"{key}={value}: block-wise learning-rate weights are not implemented by lorapipe; "
+                f"remove it (block_dims/block_alphas set per-block ranks instead)"
+            )
         elif key in _BLOCK_LISTS:
             self._block_list(key, value)
         elif key in k.NETWORK_ARGS_SUPPORTED:
@@ -103,8 +114,10 @@ class _Reader:
             self.errors.append(f"{key}={value!r} must be {SDXL_BLOCK_COUNT} comma-separated {what}")
             return
         if len(parsed) != SDXL_BLOCK_COUNT:
-            self.errors.append(f"{key}: {len(parsed)} values given; SDXL's UNet has {SDXL_BLOCK_COUNT} blocks "
-                               f"(embedding, 9 input, 3 middle, 9 output, out), one value each")
+            self.errors.append(
+                f"{key}: {len(parsed)} values given; SDXL's UNet has {SDXL_BLOCK_COUNT} blocks "
+                f"(embedding, 9 input, 3 middle, 9 output, out), one value each"
+            )
         elif any(v < 0 for v in parsed):
             self.errors.append(f"{key}={value}: values must be 0 or more (0 leaves that block out)")
         else:
@@ -130,10 +143,14 @@ class _Reader:
         unet_ratio = self.numbers.get("loraplus_unet_lr_ratio", ratio)
         te_ratio = self.numbers.get("loraplus_text_encoder_lr_ratio", ratio)
         return NetworkOptions(
-            rank_dropout=self.numbers.get("rank_dropout"), module_dropout=self.numbers.get("module_dropout"),
-            block_dims=lists.get("block_dims"), block_alphas=lists.get("block_alphas"),
-            conv_block_dims=lists.get("conv_block_dims"), conv_block_alphas=lists.get("conv_block_alphas"),
-            loraplus_unet_lr_ratio=unet_ratio, loraplus_text_encoder_lr_ratio=te_ratio,
+            rank_dropout=self.numbers.get("rank_dropout"),
+            module_dropout=self.numbers.get("module_dropout"),
+            block_dims=lists.get("block_dims"),
+            block_alphas=lists.get("block_alphas"),
+            conv_block_dims=lists.get("conv_block_dims"),
+            conv_block_alphas=lists.get("conv_block_alphas"),
+            loraplus_unet_lr_ratio=unet_ratio,
+            loraplus_text_encoder_lr_ratio=te_ratio,
         )
 
 
@@ -150,12 +167,18 @@ def _probability(number: float) -> str | None:
 
 
 def _ratio(number: float) -> str | None:
-    return None if number > 0 else ("must be above 0 (LoRA+ multiplies the lora_up learning rate by it); remove it "
-                                    "to train without LoRA+")
+    return (
+        None
+        if number > 0
+        else ("must be above 0 (LoRA+ multiplies the lora_up learning rate by it); remove it to train without LoRA+")
+    )
 
 
 _NUMBER_RULES: dict[str, Callable[[float], str | None]] = {
-    "conv_dim": _whole, "conv_alpha": _not_negative, "dropout": _not_negative,
-    "rank_dropout": _probability, "module_dropout": _probability,
+    "conv_dim": _whole,
+    "conv_alpha": _not_negative,
+    "dropout": _not_negative,
+    "rank_dropout": _probability,
+    "module_dropout": _probability,
     **{key: _ratio for key in _LORAPLUS},
 }

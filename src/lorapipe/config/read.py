@@ -42,7 +42,7 @@ def read_training_toml(path: Path) -> RawConfig:
     if "datasets" in document or "general" in document:
         raise ConfigError(
             f"{path}: this is a dataset_config file ([general]/[[datasets]]), not a training config; "
-            f"name it in the training config with dataset_config = \"{path.name}\""
+            f'name it in the training config with dataset_config = "{path.name}"'
         )
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -52,11 +52,15 @@ def read_training_toml(path: Path) -> RawConfig:
         where = f"{path} [{name}]" if isinstance(item, dict) else str(path)
         for key, value in entries:
             if isinstance(value, dict):
-                raise ConfigError(f"{where}: [{key}] is a nested table; Kohya configs have one level of "
-                                  f"sections holding key = value lines")
+                raise ConfigError(
+                    f"{where}: [{key}] is a nested table; Kohya configs have one level of "
+                    f"sections holding key = value lines"
+                )
             if key in values:
-                warnings.append(f"{where}: {key} is also set in {origins[key]}; the later value {value!r} is used "
-                                f"(as sd-scripts does)")
+                warnings.append(
+                    f"{where}: {key} is also set in {origins[key]}; the later value {value!r} is used "
+                    f"(as sd-scripts does)"
+                )
             values[key] = value
             origins[key] = where
     return RawConfig(values, origins, tuple(warnings))

@@ -74,8 +74,10 @@ def _dataset_lines(dataset: dict[str, Any] | None) -> list[str]:
     for key, value in dataset.items():
         if key == "subsets":
             for subset in value:
-                lines.append(f"    subset {subset.get('image_dir')}: repeats {subset.get('num_repeats')}, "
-                             f"class_tokens {subset.get('class_tokens')!r}, reg {subset.get('is_reg')}")
+                lines.append(
+                    f"    subset {subset.get('image_dir')}: repeats {subset.get('num_repeats')}, "
+                    f"class_tokens {subset.get('class_tokens')!r}, reg {subset.get('is_reg')}"
+                )
         elif key != "notes":
             lines.append(f"    {key} = {json.dumps(value, default=str)}")
     return lines
@@ -85,8 +87,9 @@ def print_keys(*, as_json: bool = False, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     rows = sorted(KEY_TABLE.values(), key=lambda spec: (spec.status, spec.name))
     if as_json:
-        data = [{"key": s.name, "status": s.status, "reason": s.reason, "maps_to": s.maps_to, "gui": s.gui}
-                for s in rows]
+        data = [
+            {"key": s.name, "status": s.status, "reason": s.reason, "maps_to": s.maps_to, "gui": s.gui} for s in rows
+        ]
         out.write(json.dumps(data, indent=2) + "\n")
         return 0
     width = max(len(s.name) for s in rows)

@@ -106,8 +106,10 @@ def _number(value: Any) -> int | float:
     if value < 0:
         raise ValueProblem(f"must be 0 or more, got {value!r}")
     if isinstance(value, float) and value > 1:
-        raise ValueProblem(f"= {value} is a float, which sd-scripts reads as a fraction of all steps; "
-                           f"write a whole number of steps ({int(value)}) or a fraction below 1")
+        raise ValueProblem(
+            f"= {value} is a float, which sd-scripts reads as a fraction of all steps; "
+            f"write a whole number of steps ({int(value)}) or a fraction below 1"
+        )
     return value
 
 
@@ -129,7 +131,7 @@ def _str_list(value: Any) -> tuple[str, ...]:
         return tuple(value.split())
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(v.strip() for v in value if v.strip())
-    raise ValueProblem(f"must be a list of \"key=value\" strings, got {value!r}")
+    raise ValueProblem(f'must be a list of "key=value" strings, got {value!r}')
 
 
 def _bounded(number: int | float, item: dataclasses.Field) -> int | float:

@@ -63,8 +63,15 @@ def _color_aug(image: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
 
 
-def load_sample(item: ImageItem, blueprint: DatasetBlueprint, epoch: int, rng: random.Random, *,
-                step: int | None = None, total_steps: int | None = None) -> Sample:
+def load_sample(
+    item: ImageItem,
+    blueprint: DatasetBlueprint,
+    epoch: int,
+    rng: random.Random,
+    *,
+    step: int | None = None,
+    total_steps: int | None = None,
+) -> Sample:
     """Decode `item` and produce its pixels, caption and SDXL size conditioning for `epoch` (`step` and
     `total_steps`: for token warm-up)."""
     subset = item.subset
@@ -80,8 +87,13 @@ def load_sample(item: ImageItem, blueprint: DatasetBlueprint, epoch: int, rng: r
     if alpha is not None:
         mask_rng = random.Random()
         mask_rng.setstate(crop_state)
-        mask = trim_and_resize(alpha.convert("RGB"), choice, random_crop=subset.random_crop, rng=mask_rng,
-                               interpolation=subset.resize_interpolation)[..., 0]
+        mask = trim_and_resize(
+            alpha.convert("RGB"),
+            choice,
+            random_crop=subset.random_crop,
+            rng=mask_rng,
+            interpolation=subset.resize_interpolation,
+        )[..., 0]
     left, top, right, _ = crop_ltrb(item.bucket, image.size)
     flipped = subset.flip_aug and rng.random() < 0.5
     if flipped:

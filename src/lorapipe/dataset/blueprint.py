@@ -22,10 +22,24 @@ SDXL_BUCKET_STEP_MULTIPLE = 32
 # Flat Kohya training-TOML keys this layer consumes; the config layer hands exactly these to blueprint_from_args.
 DATASET_KEYS = frozenset(
     {
-        "train_data_dir", "reg_data_dir", "dataset_config", "resolution", "enable_bucket", "min_bucket_reso",
-        "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale", "train_batch_size", "prior_loss_weight",
-        "max_token_length", "caption_extension", "caption_extention", "dataset_repeats", "resize_interpolation",
-        "validation_split", "validation_seed",
+        "train_data_dir",
+        "reg_data_dir",
+        "dataset_config",
+        "resolution",
+        "enable_bucket",
+        "min_bucket_reso",
+        "max_bucket_reso",
+        "bucket_reso_steps",
+        "bucket_no_upscale",
+        "train_batch_size",
+        "prior_loss_weight",
+        "max_token_length",
+        "caption_extension",
+        "caption_extention",
+        "dataset_repeats",
+        "resize_interpolation",
+        "validation_split",
+        "validation_seed",
     }
     | (set(opt.SUBSET_DEFAULTS) - {"num_repeats", "class_tokens", "custom_attributes"})
 )
@@ -95,8 +109,9 @@ class DatasetBlueprint:
         """One single-table blueprint per [[datasets]] table (just this one for a plain dataset)."""
         if not self.more_datasets:
             return (self,)
-        first = replace(self, subsets=tuple(s for s in self.subsets if s.dataset_index == 0), more_datasets=(),
-                        notes=())
+        first = replace(
+            self, subsets=tuple(s for s in self.subsets if s.dataset_index == 0), more_datasets=(), notes=()
+        )
         return (first, *self.more_datasets)
 
     def batch_size_of(self, dataset_index: int) -> int:
@@ -160,15 +175,20 @@ def dataset_params(layers: tuple[Mapping[str, Any], ...], source: str) -> tuple[
     get = lambda key: opt.lookup(key, layers, opt.DATASET_DEFAULTS[key])  # noqa: E731
     notes: list[Problem] = []
     if get("resolution") is None:
-        raise ConfigError(f"{source}: resolution is missing; set e.g. resolution = \"1024,1024\"")
+        raise ConfigError(f'{source}: resolution is missing; set e.g. resolution = "1024,1024"')
     resolution = opt.as_resolution(get("resolution"), "resolution", source)
     enable_bucket = opt.as_bool(get("enable_bucket"), "enable_bucket", source)
     steps = opt.as_int(get("bucket_reso_steps"), "bucket_reso_steps", source, minimum=1)
     if steps % SDXL_BUCKET_STEP_MULTIPLE:
         # sd-scripts stops here; a kohya_ss GUI preset ships bucket_reso_steps = 1, so round up and say so.
         rounded = steps + SDXL_BUCKET_STEP_MULTIPLE - steps % SDXL_BUCKET_STEP_MULTIPLE
-        notes.append(warning(source, f"bucket_reso_steps = {steps} is not a multiple of {SDXL_BUCKET_STEP_MULTIPLE}, "
-                                     f"which SDXL's VAE and UNet need (sd-scripts refuses it); using {rounded}"))
+        notes.append(
+            warning(
+                source,
+                f"bucket_reso_steps = {steps} is not a multiple of {SDXL_BUCKET_STEP_MULTIPLE}, "
+                f"which SDXL's VAE and UNet need (sd-scripts refuses it); using {rounded}",
+            )
+        )
         steps = rounded
     min_reso = opt.as_int(get("min_bucket_reso"), "min_bucket_reso", source, minimum=1)
     max_reso = opt.as_int(get("max_bucket_reso"), "max_bucket_reso", source, minimum=1)

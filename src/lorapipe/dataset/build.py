@@ -24,9 +24,7 @@ from lorapipe.dataset.layout import find_folder_subsets, resolve_data_dir
 from lorapipe.errors import ConfigError, DatasetError
 
 
-def blueprint_from_args(
-    args: Mapping[str, Any], *, source: str, dataset_dir: Path | None = None
-) -> DatasetBlueprint:
+def blueprint_from_args(args: Mapping[str, Any], *, source: str, dataset_dir: Path | None = None) -> DatasetBlueprint:
     """Folder mode: subsets are the `<repeats>_<name>` folders of train_data_dir (and reg_data_dir).
 
     `dataset_dir` stands in for train_data_dir when that is unset or a SageMaker `/opt/ml/...` path that does not
@@ -58,8 +56,10 @@ def blueprint_from_args(
         notes.extend(problems)
         for folder in found:
             spec, subset_notes = subset_from_layers(
-                folder.path, ({"num_repeats": folder.num_repeats, "class_tokens": folder.class_tokens}, layer),
-                source, is_reg=is_reg,
+                folder.path,
+                ({"num_repeats": folder.num_repeats, "class_tokens": folder.class_tokens}, layer),
+                source,
+                is_reg=is_reg,
             )
             subsets.append(spec)
             notes.extend(subset_notes)

@@ -83,8 +83,15 @@ def _split_tags(text: str, separator: str) -> list[str]:
     return [t.strip() for t in text.split(separator) if t.strip()]
 
 
-def process_caption(caption: str, subset: SubsetSpec, epoch: int, rng: random.Random, *,
-                    step: int | None = None, total_steps: int | None = None) -> str:
+def process_caption(
+    caption: str,
+    subset: SubsetSpec,
+    epoch: int,
+    rng: random.Random,
+    *,
+    step: int | None = None,
+    total_steps: int | None = None,
+) -> str:
     """The caption one sample sees in `epoch` (1-based, as sd-scripts counts), drawn with `rng`.
 
     `step` (optimizer steps done before this batch) and `total_steps` drive token warm-up; without them (sample

@@ -117,22 +117,35 @@ def _caption_stats(scan: DatasetScan, count_tokens: bool) -> tuple[dict[str, Any
     if count_tokens and captions:
         from lorapipe.dataset.tokens import CaptionTokenCounter
 
-        texts = [" ".join(filter(None, (i.subset.caption_prefix, i.caption, i.subset.caption_suffix)))
-                 for i in scan.items]
+        texts = [
+            " ".join(filter(None, (i.subset.caption_prefix, i.caption, i.subset.caption_suffix))) for i in scan.items
+        ]
         counts = CaptionTokenCounter().count(texts)
         limit = scan.blueprint.max_token_length
         stats.update(tokens_min=min(counts), tokens_mean=round(statistics.fmean(counts), 1), tokens_max=max(counts))
         truncated = [(i, n) for i, n in zip(scan.items, counts) if n > limit]
         stats["truncated"] = len(truncated)
         for item, n in truncated:
-            problems.append(warning(item.caption_path or item.path, f"caption has {n} tokens; everything after "
-                                    f"{limit} is cut (max_token_length = {limit}; 150 or 225 keep more)"))
+            problems.append(
+                warning(
+                    item.caption_path or item.path,
+                    f"caption has {n} tokens; everything after "
+                    f"{limit} is cut (max_token_length = {limit}; 150 or 225 keep more)",
+                )
+            )
     return stats, problems
 
 
 def report_for(
-    name: str, path: Path, blueprint: DatasetBlueprint, *, train_args: Mapping[str, Any] | None = None,
-    config: str | None = None, count_tokens: bool = True, hash_all: bool = False, deep: bool = False,
+    name: str,
+    path: Path,
+    blueprint: DatasetBlueprint,
+    *,
+    train_args: Mapping[str, Any] | None = None,
+    config: str | None = None,
+    count_tokens: bool = True,
+    hash_all: bool = False,
+    deep: bool = False,
     extra_problems: tuple[Problem, ...] = (),
 ) -> DatasetReport:
     """Scan `blueprint` and summarise it; `train_args` supplies max_train_epochs/steps for the total."""
@@ -148,27 +161,46 @@ def report_for(
     for subset in blueprint.subsets:
         members = [i for i in scan.items if i.subset == subset]
         trigger, class_name = split_trigger_and_class(subset.class_tokens or "")
-        subsets.append(SubsetReport(
-            folder=str(subset.image_dir), repeats=subset.num_repeats, trigger=trigger, class_name=class_name,
-            is_reg=subset.is_reg, images=len(members), captions=sum(1 for i in members if i.caption_path),
-            samples_per_epoch=sum(i.repeats for i in members),
-        ))
+        subsets.append(
+            SubsetReport(
+                folder=str(subset.image_dir),
+                repeats=subset.num_repeats,
+                trigger=trigger,
+                class_name=class_name,
+                is_reg=subset.is_reg,
+                images=len(members),
+                captions=sum(1 for i in members if i.caption_path),
+                samples_per_epoch=sum(i.repeats for i in members),
+            )
+        )
     image_counts: dict[tuple[int, int], int] = {}
     for item in scan.items:
         image_counts[item.bucket] = image_counts.get(item.bucket, 0) + 1
-    buckets = tuple({"width": w, "height": h, "images": image_counts.get((w, h), 0), "samples": n}
-                    for (w, h), n in bucket_sample_counts(scan).items())
+    buckets = tuple(
+        {"width": w, "height": h, "images": image_counts.get((w, h), 0), "samples": n}
+        for (w, h), n in bucket_sample_counts(scan).items()
+    )
     stats, token_problems = _caption_stats(scan, count_tokens)
     return DatasetReport(
-        name=name, path=str(path), config=config, subsets=tuple(subsets), images=len(scan.items),
-        captions=sum(1 for i in scan.items if i.caption_path), batch_size=blueprint.batch_size,
-        steps_per_epoch=steps_per_epoch(scan), total_steps=steps, epochs=epochs, buckets=buckets,
-        caption_stats=stats, problems=tuple(extra_problems) + scan.problems + tuple(token_problems),
+        name=name,
+        path=str(path),
+        config=config,
+        subsets=tuple(subsets),
+        images=len(scan.items),
+        captions=sum(1 for i in scan.items if i.caption_path),
+        batch_size=blueprint.batch_size,
+        steps_per_epoch=steps_per_epoch(scan),
+        total_steps=steps,
+        epochs=epochs,
+        buckets=buckets,
+        caption_stats=stats,
+        problems=tuple(extra_problems) + scan.problems + tuple(token_problems),
     )
 
 
-def folder_blueprint(folder: Path, config_path: Path | None = None, dataset_config_path: Path | None = None
-                     ) -> tuple[DatasetBlueprint, dict[str, Any], tuple[Problem, ...]]:
+def folder_blueprint(
+    folder: Path, config_path: Path | None = None, dataset_config_path: Path | None = None
+) -> tuple[DatasetBlueprint, dict[str, Any], tuple[Problem, ...]]:
     """The blueprint training would read for one local dataset folder (its own config unless one is given), the
     flat training args, and a note when the folder has no config at all."""
     extra: list[Problem] = []
@@ -179,8 +211,13 @@ def folder_blueprint(folder: Path, config_path: Path | None = None, dataset_conf
     else:
         args = dict(_FALLBACK_ARGS)
         source = str(folder)
-        extra.append(warning(folder, f"no {DATASET_CONFIG_NAME} here; checked with resolution 1024,1024, buckets "
-                                     "on and sd-scripts' caption_extension .caption"))
+        extra.append(
+            warning(
+                folder,
+                f"no {DATASET_CONFIG_NAME} here; checked with resolution 1024,1024, buckets "
+                "on and sd-scripts' caption_extension .caption",
+            )
+        )
     if dataset_config_path is not None:
         blueprint = blueprint_from_dataset_config(dataset_config_path, args)
     else:
@@ -188,12 +225,20 @@ def folder_blueprint(folder: Path, config_path: Path | None = None, dataset_conf
     return blueprint, args, tuple(extra)
 
 
-def _check_local_folder(folder: Path, config_path: Path | None, dataset_config_path: Path | None,
-                        **options: Any) -> DatasetReport:
+def _check_local_folder(
+    folder: Path, config_path: Path | None, dataset_config_path: Path | None, **options: Any
+) -> DatasetReport:
     blueprint, args, extra = folder_blueprint(folder, config_path, dataset_config_path)
     config = config_path or (folder / DATASET_CONFIG_NAME if (folder / DATASET_CONFIG_NAME).is_file() else None)
-    return report_for(folder.name, folder, blueprint, train_args=args, config=str(config or "") or None,
-                      extra_problems=extra, **options)
+    return report_for(
+        folder.name,
+        folder,
+        blueprint,
+        train_args=args,
+        config=str(config or "") or None,
+        extra_problems=extra,
+        **options,
+    )
 
 
 def _relabel(report: DatasetReport, local_root: Path, url: str) -> DatasetReport:
@@ -201,13 +246,21 @@ def _relabel(report: DatasetReport, local_root: Path, url: str) -> DatasetReport
     prefix = str(local_root)
 
     def fix(text: str) -> str:
-        return url + text[len(prefix):] if text.startswith(prefix) else text
+        return url + text[len(prefix) :] if text.startswith(prefix) else text
 
-    problems = tuple(Problem(fix(p.path), p.severity, p.reason.replace(prefix, url), tuple(fix(f) for f in p.files))
-                     for p in report.problems)
+    problems = tuple(
+        Problem(fix(p.path), p.severity, p.reason.replace(prefix, url), tuple(fix(f) for f in p.files))
+        for p in report.problems
+    )
     subsets = tuple(SubsetReport(**{**asdict(s), "folder": fix(s.folder)}) for s in report.subsets)
-    return DatasetReport(**{**{f: getattr(report, f) for f in report.__dataclass_fields__},
-                            "path": url, "problems": problems, "subsets": subsets})
+    return DatasetReport(
+        **{
+            **{f: getattr(report, f) for f in report.__dataclass_fields__},
+            "path": url,
+            "problems": problems,
+            "subsets": subsets,
+        }
+    )
 
 
 def check_dataset(
@@ -235,13 +288,20 @@ def check_dataset(
     root = Path(target).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
-    reports = tuple(_check_local_folder(folder, config_path, dataset_config_path, **options)
-                    for folder in _dataset_folders(root))
+    reports = tuple(
+        _check_local_folder(folder, config_path, dataset_config_path, **options) for folder in _dataset_folders(root)
+    )
     return CheckReport(target, reports)
 
 
-def _check_remote(url: str, endpoint_url: str | None, cache_dir: Path | None, config_path: Path | None,
-                  dataset_config_path: Path | None, options: dict[str, Any]) -> CheckReport:
+def _check_remote(
+    url: str,
+    endpoint_url: str | None,
+    cache_dir: Path | None,
+    config_path: Path | None,
+    dataset_config_path: Path | None,
+    options: dict[str, Any],
+) -> CheckReport:
     from lorapipe.store import open_store
 
     cache = Path(cache_dir) if cache_dir else Path(os.environ.get("LORAPIPE_CACHE", "~/.cache/lorapipe")).expanduser()
@@ -260,4 +320,3 @@ def _check_remote(url: str, endpoint_url: str | None, cache_dir: Path | None, co
         report = _check_local_folder(local, config_path, dataset_config_path, **options)
         reports.append(_relabel(report, local, dataset_store.url_of(name)))
     return CheckReport(url, tuple(reports))
-

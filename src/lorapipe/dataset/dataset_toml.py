@@ -92,12 +92,20 @@ def read_dataset_config(path: Path, args: Mapping[str, Any]) -> DatasetBlueprint
     run = run_params(args, source)
     first_params, first_subsets = tables[0]
     more = tuple(DatasetBlueprint(subsets=subsets, source=source, **params, **run) for params, subsets in tables[1:])
-    return DatasetBlueprint(subsets=tuple(s for _, subsets in tables for s in subsets), source=source,
-                            notes=tuple(notes), more_datasets=more, from_dataset_config=True, **first_params, **run)
+    return DatasetBlueprint(
+        subsets=tuple(s for _, subsets in tables for s in subsets),
+        source=source,
+        notes=tuple(notes),
+        more_datasets=more,
+        from_dataset_config=True,
+        **first_params,
+        **run,
+    )
 
 
-def _read_table(dataset, general, flat, number: int, where: str, path: Path,
-                notes: list[Problem]) -> tuple[dict, tuple[SubsetSpec, ...]]:
+def _read_table(
+    dataset, general, flat, number: int, where: str, path: Path, notes: list[Problem]
+) -> tuple[dict, tuple[SubsetSpec, ...]]:
     """One [[datasets]] table: its options and its subsets (tagged with the table's number). The same image_dir
     may appear in two tables (the same photos at two resolutions), not twice in one."""
     source = str(path)
@@ -117,8 +125,10 @@ def _read_table(dataset, general, flat, number: int, where: str, path: Path,
         if "metadata_file" in raw:
             raise ConfigError(f"{path}: {place}: metadata_file (fine-tuning datasets) is not supported; use image_dir")
         if "conditioning_data_dir" in raw:
-            raise ConfigError(f"{path}: {place}: conditioning_data_dir (mask images for masked_loss) is not "
-                              "supported; put the mask in the images' alpha channel and set alpha_mask = true")
+            raise ConfigError(
+                f"{path}: {place}: conditioning_data_dir (mask images for masked_loss) is not "
+                "supported; put the mask in the images' alpha channel and set alpha_mask = true"
+            )
         if "image_dir" not in raw:
             raise ConfigError(f"{path}: {place}: image_dir is required")
         image_dir = _resolve_image_dir(raw["image_dir"], path)
@@ -131,4 +141,3 @@ def _read_table(dataset, general, flat, number: int, where: str, path: Path,
         subsets.append(replace(spec, dataset_index=number))
         notes.extend(subset_notes)
     return params, tuple(subsets)
-

@@ -73,8 +73,10 @@ def probe_image(path: Path) -> ImageHeader:
     """Read the header of `path`; raise DatasetError with the reason if it cannot be trained on."""
     header = read_image_header(path)
     if header.format not in ACCEPTED_FORMATS:
-        raise DatasetError(f"{path}: {header.format} images are not trained; convert it to PNG or JPEG "
-                           "(`lorapipe dataset prepare` does)")
+        raise DatasetError(
+            f"{path}: {header.format} images are not trained; convert it to PNG or JPEG "
+            "(`lorapipe dataset prepare` does)"
+        )
     return header
 
 

@@ -16,9 +16,11 @@ def _dataset_block(d: DatasetReport) -> list[str]:
         lines.append(f"  config: {d.config}")
     for s in d.subsets:
         kind = "reg " if s.is_reg else ""
-        lines.append(f"  {kind}subset {s.folder.rsplit('/', 1)[-1]!r}: repeats {s.repeats}, trigger {s.trigger!r}, "
-                     f"class {s.class_name!r}, {s.images} images, {s.captions} captions, "
-                     f"{s.samples_per_epoch} samples/epoch")
+        lines.append(
+            f"  {kind}subset {s.folder.rsplit('/', 1)[-1]!r}: repeats {s.repeats}, trigger {s.trigger!r}, "
+            f"class {s.class_name!r}, {s.images} images, {s.captions} captions, "
+            f"{s.samples_per_epoch} samples/epoch"
+        )
     lines.append(f"  images {d.images}, captions {d.captions}, batch size {d.batch_size}")
     lines.append(f"  steps per epoch {d.steps_per_epoch}; total {d.total_steps} steps over {d.epochs} epoch(s)")
     if d.buckets:
@@ -31,8 +33,10 @@ def _dataset_block(d: DatasetReport) -> list[str]:
     if "words_min" in stats:
         text = f"  captions: {stats['words_min']}-{stats['words_max']} words (mean {stats['words_mean']})"
         if "tokens_max" in stats:
-            text += (f"; {stats['tokens_min']}-{stats['tokens_max']} CLIP tokens (mean {stats['tokens_mean']}), "
-                     f"{stats['truncated']} over {stats['max_token_length']}")
+            text += (
+                f"; {stats['tokens_min']}-{stats['tokens_max']} CLIP tokens (mean {stats['tokens_mean']}), "
+                f"{stats['truncated']} over {stats['max_token_length']}"
+            )
         lines.append(text)
     return lines
 

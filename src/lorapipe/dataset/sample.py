@@ -40,8 +40,18 @@ _SEED = 20240611
 
 # (width, height) of the 12 images: squares, landscapes and portraits, all >= the config's min_bucket_reso (32).
 _SIZES = (
-    (96, 96), (128, 96), (96, 128), (160, 96), (96, 160), (128, 128),
-    (80, 80), (144, 112), (112, 144), (160, 160), (64, 96), (112, 64),
+    (96, 96),
+    (128, 96),
+    (96, 128),
+    (160, 96),
+    (96, 160),
+    (128, 128),
+    (80, 80),
+    (144, 112),
+    (112, 144),
+    (160, 160),
+    (64, 96),
+    (112, 64),
 )
 _BACKGROUNDS = ("sky gradient", "checkered floor", "green meadow", "plain grey wall", "sunset gradient", "polka dots")
 _TOY_BODY = (32, 178, 170)

@@ -62,8 +62,13 @@ def _list_subset(subset: SubsetSpec, problems: list[Problem]) -> list[Path]:
         if child.name.startswith("."):
             continue
         if child.is_dir():
-            problems.append(warning(child, "sub-folders of a subset are not scanned; move its images up or make "
-                                    "it a <repeats>_<name> folder of its own"))
+            problems.append(
+                warning(
+                    child,
+                    "sub-folders of a subset are not scanned; move its images up or make "
+                    "it a <repeats>_<name> folder of its own",
+                )
+            )
         elif is_image_name(child.name):
             images.append(child)
         elif child.suffix.lower() not in _QUIET_EXTENSIONS and child.suffix.lower() != subset.caption_extension:
@@ -94,16 +99,30 @@ def _caption_for(image: Path, subset: SubsetSpec, problems: list[Problem], mispl
         misplaced[extension].append(image.with_name(image.stem + extension))
     if not others:
         if subset.class_tokens:
-            problems.append(warning(image, f"no {subset.caption_extension} caption; the folder name "
-                                    f"'{subset.class_tokens}' is used as its caption"))
+            problems.append(
+                warning(
+                    image,
+                    f"no {subset.caption_extension} caption; the folder name "
+                    f"'{subset.class_tokens}' is used as its caption",
+                )
+            )
         else:
-            problems.append(warning(image, f"no {subset.caption_extension} caption and no class tokens; trained "
-                                    "with an empty caption"))
+            problems.append(
+                warning(
+                    image, f"no {subset.caption_extension} caption and no class tokens; trained with an empty caption"
+                )
+            )
     return subset.class_tokens or "", None
 
 
-def _scan_image(image: Path, subset: SubsetSpec, planner: BucketPlanner, blueprint: DatasetBlueprint,
-                problems: list[Problem], deep: bool) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+def _scan_image(
+    image: Path,
+    subset: SubsetSpec,
+    planner: BucketPlanner,
+    blueprint: DatasetBlueprint,
+    problems: list[Problem],
+    deep: bool,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
     try:
         header = probe_image(image)
         if deep:
@@ -112,29 +131,48 @@ def _scan_image(image: Path, subset: SubsetSpec, planner: BucketPlanner, bluepri
         problems.append(error(image, str(exc).split(": ", 1)[-1]))
         return None
     if header.truncated:
-        problems.append(error(image, f"{header.format} file is truncated (incomplete download or copy); "
-                                     "replace it"))
+        problems.append(error(image, f"{header.format} file is truncated (incomplete download or copy); replace it"))
         return None
     if not extension_matches(image, header):
-        problems.append(warning(image, f"is a {header.format} file named {image.suffix}; lorapipe reads it by "
-                                       f"content, but other tools may not — rename it"))
+        problems.append(
+            warning(
+                image,
+                f"is a {header.format} file named {image.suffix}; lorapipe reads it by "
+                f"content, but other tools may not — rename it",
+            )
+        )
     if header.animated:
         problems.append(warning(image, "animated image; only the first frame is trained"))
     if header.orientation != 1:
-        problems.append(warning(image, f"EXIF orientation {header.orientation} applied: trained as "
-                                       f"{header.size[0]}x{header.size[1]} (sd-scripts ignores EXIF and trains "
-                                       "it rotated)"))
+        problems.append(
+            warning(
+                image,
+                f"EXIF orientation {header.orientation} applied: trained as "
+                f"{header.size[0]}x{header.size[1]} (sd-scripts ignores EXIF and trains "
+                "it rotated)",
+            )
+        )
     width, height = header.size
     choice = planner.select(width, height)
     if choice.bucket[0] < 1 or choice.bucket[1] < 1:
-        problems.append(error(image, f"{width}x{height} is smaller than bucket_reso_steps "
-                                     f"{blueprint.bucket_reso_steps} with bucket_no_upscale; remove or enlarge it"))
+        problems.append(
+            error(
+                image,
+                f"{width}x{height} is smaller than bucket_reso_steps "
+                f"{blueprint.bucket_reso_steps} with bucket_no_upscale; remove or enlarge it",
+            )
+        )
         return None
     if blueprint.enable_bucket and min(width, height) < blueprint.min_bucket_reso:
         fate = "cropped to a tiny bucket" if blueprint.bucket_no_upscale else "upscaled"
-        problems.append(warning(image, f"{width}x{height} is below min_bucket_reso {blueprint.min_bucket_reso}; "
-                                       f"it is {fate}"
-                                       f" ({choice.bucket[0]}x{choice.bucket[1]})"))
+        problems.append(
+            warning(
+                image,
+                f"{width}x{height} is below min_bucket_reso {blueprint.min_bucket_reso}; "
+                f"it is {fate}"
+                f" ({choice.bucket[0]}x{choice.bucket[1]})",
+            )
+        )
     return header.size, choice.bucket, choice.resized
 
 
@@ -161,9 +199,14 @@ def _balance_reg_repeats(items: list[ImageItem], problems: list[Problem]) -> lis
         first_loop = False
     unused = [items[n].path for n in reg_indices if n not in registered]
     if unused:
-        problems.append(warning(items[reg_indices[0]].subset.image_dir,
-                                f"{len(unused)} regularization image(s) are not used: reg samples are capped at the "
-                                f"{train_samples} training samples per epoch", unused))
+        problems.append(
+            warning(
+                items[reg_indices[0]].subset.image_dir,
+                f"{len(unused)} regularization image(s) are not used: reg samples are capped at the "
+                f"{train_samples} training samples per epoch",
+                unused,
+            )
+        )
     return [replace(i, repeats=repeats[n]) if n in repeats else i for n, i in enumerate(items)]
 
 
@@ -180,26 +223,36 @@ def _flag_duplicates(items: list[ImageItem], problems: list[Problem], hash_all: 
             digest = sha256_file(items[n].path)
             hashed[n] = replace(items[n], sha256=digest)
             if digest in first_with:
-                problems.append(warning(items[n].path, f"byte-identical to {first_with[digest]}; it is trained "
-                                                       "twice as often — delete one copy"))
+                problems.append(
+                    warning(
+                        items[n].path,
+                        f"byte-identical to {first_with[digest]}; it is trained twice as often — delete one copy",
+                    )
+                )
             else:
                 first_with[digest] = items[n].path
     return hashed
 
 
-def scan_dataset(blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: bool = False,
-                 training_seed: int | None = None) -> DatasetScan:
+def scan_dataset(
+    blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: bool = False, training_seed: int | None = None
+) -> DatasetScan:
     """Scan every subset of `blueprint`. Never raises for bad files: each one becomes a Problem.
 
     With validation_split, each training subset's images are shuffled with validation_seed (else
     `training_seed`, as sd-scripts) and the last fraction is held out as `validation_items`. Several [[datasets]]
     tables are scanned one by one (own buckets, reg balancing and split) and their items joined."""
     if blueprint.more_datasets:
-        parts = [scan_dataset(table, deep=deep, hash_all=hash_all, training_seed=training_seed)
-                 for table in blueprint.datasets()]
-        return DatasetScan(blueprint, tuple(i for p in parts for i in p.items),
-                           tuple(blueprint.notes) + tuple(x for p in parts for x in p.problems),
-                           tuple(i for p in parts for i in p.validation_items))
+        parts = [
+            scan_dataset(table, deep=deep, hash_all=hash_all, training_seed=training_seed)
+            for table in blueprint.datasets()
+        ]
+        return DatasetScan(
+            blueprint,
+            tuple(i for p in parts for i in p.items),
+            tuple(blueprint.notes) + tuple(x for p in parts for x in p.problems),
+            tuple(i for p in parts for i in p.validation_items),
+        )
     problems: list[Problem] = list(blueprint.notes)
     planner = BucketPlanner(blueprint)
     items: list[ImageItem] = []
@@ -211,26 +264,40 @@ def scan_dataset(blueprint: DatasetBlueprint, *, deep: bool = False, hash_all: b
                 continue
             caption, caption_path = _caption_for(image, subset, problems, misplaced)
             original, bucket, resized = sizes
-            items.append(ImageItem(image, subset, caption, caption_path, original, bucket, resized,
-                                   subset.num_repeats))
+            items.append(ImageItem(image, subset, caption, caption_path, original, bucket, resized, subset.num_repeats))
         for extension, files in misplaced.items():
-            problems.append(error(subset.image_dir, f"{len(files)} caption(s) exist as {extension} but "
-                                  f"caption_extension is {subset.caption_extension}, so they would be ignored; set "
-                                  f"caption_extension = \"{extension}\" (or rename them)", files))
+            problems.append(
+                error(
+                    subset.image_dir,
+                    f"{len(files)} caption(s) exist as {extension} but "
+                    f"caption_extension is {subset.caption_extension}, so they would be ignored; set "
+                    f'caption_extension = "{extension}" (or rename them)',
+                    files,
+                )
+            )
     if not items:
-        problems.append(error(blueprint.source or "dataset", "no trainable images found; train_data_dir must be "
-                              "the parent of <repeats>_<name> folders with images"))
+        problems.append(
+            error(
+                blueprint.source or "dataset",
+                "no trainable images found; train_data_dir must be the parent of <repeats>_<name> folders with images",
+            )
+        )
     items, held_out = _split_validation(items, blueprint, training_seed)
     if held_out and not any(not item.subset.is_reg for item in items):
-        problems.append(error(blueprint.source or "dataset", f"validation_split = {blueprint.validation_split} "
-                              "holds out every training image; lower it"))
+        problems.append(
+            error(
+                blueprint.source or "dataset",
+                f"validation_split = {blueprint.validation_split} holds out every training image; lower it",
+            )
+        )
     items = _balance_reg_repeats(items, problems)
     items = _flag_duplicates(items, problems, hash_all)
     return DatasetScan(blueprint, tuple(items), tuple(problems), tuple(held_out))
 
 
-def _split_validation(items: list[ImageItem], blueprint: DatasetBlueprint,
-                      training_seed: int | None) -> tuple[list[ImageItem], list[ImageItem]]:
+def _split_validation(
+    items: list[ImageItem], blueprint: DatasetBlueprint, training_seed: int | None
+) -> tuple[list[ImageItem], list[ImageItem]]:
     """sd-scripts' split_train_val per training subset (reg subsets are never split): shuffle the images with the
     seed, hold out the last round(n x split). Held-out images count once each (no repeats)."""
     import random
@@ -242,7 +309,7 @@ def _split_validation(items: list[ImageItem], blueprint: DatasetBlueprint,
     for subset in blueprint.train_subsets:
         mine = sorted((i for i in items if i.subset == subset), key=lambda i: i.path.name)
         random.Random(seed).shuffle(mine)
-        held_out += mine[len(mine) - round(len(mine) * blueprint.validation_split):]
+        held_out += mine[len(mine) - round(len(mine) * blueprint.validation_split) :]
     chosen = {item.path for item in held_out}
     kept = [item for item in items if item.path not in chosen]  # training order stays the scan's order
     return kept, held_out
@@ -262,8 +329,9 @@ def steps_per_epoch(scan: DatasetScan, batch_size: int | None = None) -> int:
     counts: dict[tuple[int, tuple[int, int]], int] = defaultdict(int)
     for item in scan.items:
         counts[(item.subset.dataset_index, item.bucket)] += item.repeats
-    return sum(math.ceil(n / (batch_size or scan.blueprint.batch_size_of(index)))
-               for (index, _), n in counts.items() if n)
+    return sum(
+        math.ceil(n / (batch_size or scan.blueprint.batch_size_of(index))) for (index, _), n in counts.items() if n
+    )
 
 
 def total_steps(

@@ -29,8 +29,8 @@ class Recommendation:
 def rule_text(clip_t_margin: float = CLIP_T_MARGIN, leakage_margin: float = LEAKAGE_MARGIN) -> str:
     return (
         f"highest DINO-I among checkpoints whose CLIP-T is within {clip_t_margin:g} of the best CLIP-T and whose "
-        f"leakage is within {leakage_margin:g} of the lowest leakage (ties: the earlier checkpoint; when none meets both "
-        "margins, only the CLIP-T margin applies)"
+        f"leakage is within {leakage_margin:g} of the lowest leakage (ties: the earlier checkpoint; when none meets "
+        "both margins, only the CLIP-T margin applies)"
     )
 
 

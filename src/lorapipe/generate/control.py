@@ -70,8 +70,15 @@ class JobControl:
 
     def snapshot(self) -> ProgressSnapshot:
         with self._lock:
-            return ProgressSnapshot(self._job_no, self._job_count, self._step, self._steps, self._started_at,
-                                    self._interrupted.is_set(), self._skipped.is_set())
+            return ProgressSnapshot(
+                self._job_no,
+                self._job_count,
+                self._step,
+                self._steps,
+                self._started_at,
+                self._interrupted.is_set(),
+                self._skipped.is_set(),
+            )
 
     # -- called by the generator --------------------------------------------------------------------------
     @property

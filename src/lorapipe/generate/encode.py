@@ -40,9 +40,7 @@ def chunk_prompt(text: str, tokenizer) -> list[TokenChunk]:
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     comma = None if comma == tokenizer.unk_token_id else comma
     fragments = parse_attention(text)
-    ids_per_fragment = tokenizer(
-        [t for t, _ in fragments], add_special_tokens=False, truncation=False
-    ).input_ids
+    ids_per_fragment = tokenizer([t for t, _ in fragments], add_special_tokens=False, truncation=False).input_ids
     chunks: list[TokenChunk] = []
     ids: list[int] = []
     weights: list[float] = []
@@ -51,10 +49,12 @@ def chunk_prompt(text: str, tokenizer) -> list[TokenChunk]:
     def close_chunk() -> None:
         nonlocal ids, weights, last_comma
         padding = CLIP_CHUNK_TOKENS - len(ids)
-        chunks.append(TokenChunk(
-            ids=(bos, *ids, *([eos] * padding), eos),
-            weights=(1.0, *weights, *([1.0] * padding), 1.0),
-        ))
+        chunks.append(
+            TokenChunk(
+                ids=(bos, *ids, *([eos] * padding), eos),
+                weights=(1.0, *weights, *([1.0] * padding), 1.0),
+            )
+        )
         ids, weights, last_comma = [], [], -1
 
     for (fragment, weight), fragment_ids in zip(fragments, ids_per_fragment):
@@ -64,11 +64,10 @@ def chunk_prompt(text: str, tokenizer) -> list[TokenChunk]:
         for token in fragment_ids:
             if token == comma:
                 last_comma = len(ids)
-            elif (len(ids) == CLIP_CHUNK_TOKENS and last_comma != -1
-                  and len(ids) - last_comma <= COMMA_BACKTRACK):
+            elif len(ids) == CLIP_CHUNK_TOKENS and last_comma != -1 and len(ids) - last_comma <= COMMA_BACKTRACK:
                 # Move the words after the last comma into the next chunk so a phrase is not cut in two.
-                moved_ids, moved_weights = ids[last_comma + 1:], weights[last_comma + 1:]
-                ids, weights = ids[:last_comma + 1], weights[:last_comma + 1]
+                moved_ids, moved_weights = ids[last_comma + 1 :], weights[last_comma + 1 :]
+                ids, weights = ids[: last_comma + 1], weights[: last_comma + 1]
                 close_chunk()
                 ids, weights = moved_ids, moved_weights
             if len(ids) == CLIP_CHUNK_TOKENS:
@@ -92,8 +91,9 @@ def encode_prompt(text: str, pipe) -> PromptEmbeds:
     with torch.no_grad():
         for chunk in chunks:
             ids_1 = torch.tensor([chunk.ids], device=device)
-            ids_2 = torch.tensor([_repad(chunk.ids, pipe.tokenizer.eos_token_id, pipe.tokenizer_2.pad_token_id)],
-                                 device=device)
+            ids_2 = torch.tensor(
+                [_repad(chunk.ids, pipe.tokenizer.eos_token_id, pipe.tokenizer_2.pad_token_id)], device=device
+            )
             weights = torch.tensor(chunk.weights, device=device)
             out_1 = pipe.text_encoder(ids_1, output_hidden_states=True)
             out_2 = pipe.text_encoder_2(ids_2, output_hidden_states=True)

@@ -124,8 +124,15 @@ class Generator:
         self._inpaint = None
 
     @classmethod
-    def load(cls, base_model: str, *, lora_dir: str | Path | None = None, device: str | None = None,
-             dtype: str | None = None, hash_model: bool = True) -> Generator:
+    def load(
+        cls,
+        base_model: str,
+        *,
+        lora_dir: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        hash_model: bool = True,
+    ) -> Generator:
         """Load `base_model` (diffusers folder, single file or hub id) onto `device` (default: cuda if present)."""
         import torch
 
@@ -193,12 +200,21 @@ class Generator:
             batch = slice(iteration * request.batch_size, (iteration + 1) * request.batch_size)
             control.begin_batch(iteration * passes, _steps_run(request))
             if plan is None:
-                images += self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control,
-                                          mask=mask)
+                images += self._run_batch(
+                    pipe, request, positive, negative, seeds[batch], subseeds[batch], control, mask=mask
+                )
                 continue
             self._apply_loras(active, warnings)  # no-op unless the previous hires pass switched the set
-            first = self._run_batch(pipe, request, positive, negative, seeds[batch], subseeds[batch], control,
-                                    output_type="latent" if plan.latent else "pil")
+            first = self._run_batch(
+                pipe,
+                request,
+                positive,
+                negative,
+                seeds[batch],
+                subseeds[batch],
+                control,
+                output_type="latent" if plan.latent else "pil",
+            )
             if control.should_stop_sampling():  # interrupted or skipped: A1111 returns the first pass as it is
                 images += decode_latents(pipe, first) if plan.latent else first
                 continue
@@ -213,15 +229,23 @@ class Generator:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand back activations so memory stays flat across many requests
         return GenerationResult(
-            images=tuple(images), infotexts=infotexts, seeds=tuple(seeds), subseeds=tuple(subseeds),
-            request=request, sampler_name=resolved.sampler.name, schedule_label=resolved.schedule_label,
-            loras=tuple(active), warnings=tuple(warnings), interrupted=control.interrupted,
-            job_timestamp=job_timestamp, model=self.model, hires_target=plan.target if plan else None,
+            images=tuple(images),
+            infotexts=infotexts,
+            seeds=tuple(seeds),
+            subseeds=tuple(subseeds),
+            request=request,
+            sampler_name=resolved.sampler.name,
+            schedule_label=resolved.schedule_label,
+            loras=tuple(active),
+            warnings=tuple(warnings),
+            interrupted=control.interrupted,
+            job_timestamp=job_timestamp,
+            model=self.model,
+            hires_target=plan.target if plan else None,
             extra_params=MappingProxyType(extra),
         )
 
-    def _run_batch(self, pipe, request, positive, negative, seeds, subseeds, control, output_type="pil",
-                   mask=None):
+    def _run_batch(self, pipe, request, positive, negative, seeds, subseeds, control, output_type="pil", mask=None):
         import torch
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -232,12 +256,17 @@ class Generator:
         embed_dtype = self.pipe.unet.dtype
         kwargs = {}
         if request.init_images:
-            kwargs["image"] = [self._fitted(request.init_images[i % len(request.init_images)], request)
-                               for i in range(size)]
+            kwargs["image"] = [
+                self._fitted(request.init_images[i % len(request.init_images)], request) for i in range(size)
+            ]
             kwargs["strength"] = request.denoising_strength
         else:
-            shape = (size, self.pipe.unet.config.in_channels,
-                     request.height // self.pipe.vae_scale_factor, request.width // self.pipe.vae_scale_factor)
+            shape = (
+                size,
+                self.pipe.unet.config.in_channels,
+                request.height // self.pipe.vae_scale_factor,
+                request.width // self.pipe.vae_scale_factor,
+            )
             latents = randn_tensor(shape, generator=generators, device=self.device, dtype=embed_dtype)
             if request.subseed_strength > 0:
                 sub_generators = [torch.Generator("cpu").manual_seed(s) for s in subseeds]
@@ -245,8 +274,17 @@ class Generator:
                 latents = slerp(request.subseed_strength, latents, sub)
             kwargs["latents"] = latents
             kwargs["width"], kwargs["height"] = request.width, request.height
-        return self._denoise(pipe, positive, negative, generators, control, steps=_scheduler_steps(request),
-                             cfg_scale=request.cfg_scale, output_type=output_type, **kwargs)
+        return self._denoise(
+            pipe,
+            positive,
+            negative,
+            generators,
+            control,
+            steps=_scheduler_steps(request),
+            cfg_scale=request.cfg_scale,
+            output_type=output_type,
+            **kwargs,
+        )
 
     def _run_inpaint_batch(self, pipe, request, positive, negative, seeds, generators, control, mask) -> list:
         from lorapipe.generate.inpaint import inpaint_batch
@@ -263,11 +301,21 @@ class Generator:
             inits = [self._fitted(image, request) for image in inits]
 
         def denoise(**kwargs):
-            return self._denoise(pipe, positive, negative, generators, control, steps=_scheduler_steps(request),
-                                 cfg_scale=request.cfg_scale, strength=request.denoising_strength, **kwargs)
+            return self._denoise(
+                pipe,
+                positive,
+                negative,
+                generators,
+                control,
+                steps=_scheduler_steps(request),
+                cfg_scale=request.cfg_scale,
+                strength=request.denoising_strength,
+                **kwargs,
+            )
 
-        return inpaint_batch(pipe, request.inpaint, mask, inits, width=request.width, height=request.height,
-                             seeds=seeds, denoise=denoise)
+        return inpaint_batch(
+            pipe, request.inpaint, mask, inits, width=request.width, height=request.height, seeds=seeds, denoise=denoise
+        )
 
     def _run_hires_pass(self, plan: _HiresPlan, request, first, seeds, control) -> list:
         """Upscale the first pass and denoise it again at the target size (A1111 sample_hr_pass)."""
@@ -277,23 +325,33 @@ class Generator:
 
         self._apply_loras(plan.loras, [])  # warned about when the plan was applied first
         upscaler = plan.options.upscaler
-        image = (upscale_latents(first, plan.target, upscaler) if plan.latent
-                 else [upscale_image(picture, plan.target, upscaler) for picture in first])
+        image = (
+            upscale_latents(first, plan.target, upscaler)
+            if plan.latent
+            else [upscale_image(picture, plan.target, upscaler) for picture in first]
+        )
         img2img = self._img2img_pipeline()
         img2img.scheduler = self._scheduler(plan.resolved)
         # Fresh generators from the same seeds, as A1111 draws the hires noise from the image seeds again.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         positive, negative = plan.conds
-        return self._denoise(img2img, positive, negative, generators, control, steps=plan.steps,
-                             cfg_scale=request.cfg_scale, image=image, strength=plan.options.denoising_strength)
+        return self._denoise(
+            img2img,
+            positive,
+            negative,
+            generators,
+            control,
+            steps=plan.steps,
+            cfg_scale=request.cfg_scale,
+            image=image,
+            strength=plan.options.denoising_strength,
+        )
 
     def _fitted(self, image, request: GenerationRequest):
         """An init image at the request's size, brought there as its resize_mode says."""
-        return fit(image.convert("RGB"), request.width, request.height, request.resize_mode,
-                   self.pipe.image_processor)
+        return fit(image.convert("RGB"), request.width, request.height, request.resize_mode, self.pipe.image_processor)
 
-    def _denoise(self, pipe, positive, negative, generators, control, *, steps, cfg_scale, output_type="pil",
-                 **kwargs):
+    def _denoise(self, pipe, positive, negative, generators, control, *, steps, cfg_scale, output_type="pil", **kwargs):
         size = len(generators)
 
         def on_step_end(pipeline, step_index, _timestep, tensors):
@@ -324,8 +382,10 @@ class Generator:
         target = hires_target(request.width, request.height, options)
         if target is None:
             return None  # A1111 turns hires fix off when the target is the first-pass size
-        hr_resolved = resolve_sampler(options.sampler_name or resolved.sampler.name,
-                                      options.scheduler if options.scheduler is not None else request.scheduler)
+        hr_resolved = resolve_sampler(
+            options.sampler_name or resolved.sampler.name,
+            options.scheduler if options.scheduler is not None else request.scheduler,
+        )
         prompt = options.prompt or request.prompt
         negative_prompt = options.negative_prompt or request.negative_prompt
         parsed = parse_extra_networks(prompt)
@@ -333,11 +393,20 @@ class Generator:
         steps = options.second_pass_steps or request.steps
         # diffusers runs int(steps * strength) steps; at least one, so a tiny step count still refines.
         steps = max(steps, math.ceil(1 / options.denoising_strength))
-        return _HiresPlan(options=options, target=target, resolved=hr_resolved, loras=loras, prompt=prompt,
-                          negative_prompt=negative_prompt, text=parsed.text,
-                          negative_text=parse_extra_networks(negative_prompt).text, steps=steps,
-                          steps_run=int(steps * options.denoising_strength),
-                          latent=is_latent_upscaler(options.upscaler), warnings=tuple(warnings))
+        return _HiresPlan(
+            options=options,
+            target=target,
+            resolved=hr_resolved,
+            loras=loras,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            text=parsed.text,
+            negative_text=parse_extra_networks(negative_prompt).text,
+            steps=steps,
+            steps_run=int(steps * options.denoising_strength),
+            latent=is_latent_upscaler(options.upscaler),
+            warnings=tuple(warnings),
+        )
 
     def _apply_loras(self, loras: tuple[ActiveLora, ...], warnings: list[str]) -> tuple[ActiveLora, ...]:
         """Merge `loras`; returns those applied and adds a warning for each file left out or partly read."""
@@ -359,8 +428,9 @@ class Generator:
                 else:
                     missing.append(tag.name)
                 continue
-            active.append(ActiveLora(entry=entry, mentioned_as=tag.name, te_weight=tag.te_weight,
-                                     unet_weight=tag.unet_weight))
+            active.append(
+                ActiveLora(entry=entry, mentioned_as=tag.name, te_weight=tag.te_weight, unet_weight=tag.unet_weight)
+            )
         warnings = [f"Networks not found: {', '.join(missing)}"] if missing else []
         return tuple(active), warnings + skipped
 
@@ -395,11 +465,19 @@ class Generator:
         extra: dict[str, object] = dict(inpaint_infotext(request.inpaint)) if request.inpaint else {}
         loras = list(active)
         if plan:
-            extra.update(hires_infotext(
-                plan.options, first_sampler=resolved.sampler.name, hr_sampler=plan.resolved.sampler.name,
-                first_schedule=resolved.schedule_label, hr_schedule=plan.resolved.schedule_label,
-                hr_prompt=plan.prompt if plan.prompt != request.prompt else None,
-                hr_negative_prompt=plan.negative_prompt if plan.negative_prompt != request.negative_prompt else None))
+            extra.update(
+                hires_infotext(
+                    plan.options,
+                    first_sampler=resolved.sampler.name,
+                    hr_sampler=plan.resolved.sampler.name,
+                    first_schedule=resolved.schedule_label,
+                    hr_schedule=plan.resolved.schedule_label,
+                    hr_prompt=plan.prompt if plan.prompt != request.prompt else None,
+                    hr_negative_prompt=plan.negative_prompt
+                    if plan.negative_prompt != request.negative_prompt
+                    else None,
+                )
+            )
             loras += [lora for lora in plan.loras if lora not in loras]
         extra["Lora hashes"] = lora_hashes_value([(a.mentioned_as, a.entry.short_hash) for a in loras])
         return {key: value for key, value in extra.items() if value is not None}
@@ -421,14 +499,18 @@ class Generator:
         }
         return create_infotext(request.prompt, request.negative_prompt, params, extra)
 
+
 def merge_lora_tags(tags: Sequence[LoraTag]) -> tuple[LoraTag, ...]:
     """One tag per LoRA name, in first-mention order, with the multipliers of repeated tags added (A1111 applies
     each repeat on top of the others, which is the same sum)."""
     merged: dict[str, LoraTag] = {}
     for tag in tags:
         seen = merged.get(tag.name)
-        merged[tag.name] = tag if seen is None else replace(seen, te_weight=seen.te_weight + tag.te_weight,
-                                                            unet_weight=seen.unet_weight + tag.unet_weight)
+        merged[tag.name] = (
+            tag
+            if seen is None
+            else replace(seen, te_weight=seen.te_weight + tag.te_weight, unet_weight=seen.unet_weight + tag.unet_weight)
+        )
     return tuple(merged.values())
 
 
@@ -446,8 +528,9 @@ def check_request(request: GenerationRequest) -> None:
     for text_field in ("prompt", "negative_prompt"):
         names = {tag.name for tag in parse_extra_networks(getattr(request, text_field)).loras}
         if len(names) > MAX_LORAS_PER_REQUEST:
-            raise GenerationError(f"{text_field}: {len(names)} different LoRAs; at most {MAX_LORAS_PER_REQUEST} "
-                                  "per request")
+            raise GenerationError(
+                f"{text_field}: {len(names)} different LoRAs; at most {MAX_LORAS_PER_REQUEST} per request"
+            )
     resolve_sampler(request.sampler_name, request.scheduler)
     for field_name in ("width", "height"):
         value = getattr(request, field_name)
@@ -494,6 +577,3 @@ def _fixed_seed(seed: int | None) -> int:
     if seed is None or seed == -1:
         return random.randrange(MAX_SEED)
     return int(seed)
-
-
-

@@ -18,19 +18,22 @@ LATENT_FACTOR = 8  # SDXL's VAE: latents are 1/8 of the pixels (A1111's opt_f)
 DEFAULT_LATENT_MODE = "Latent"  # A1111's `latent_upscale_default_mode`, used when hr_upscaler is not given
 
 # name -> (torch interpolate mode, antialias), as A1111's shared.latent_upscale_modes.
-LATENT_UPSCALE_MODES: Mapping[str, tuple[str, bool]] = MappingProxyType({
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
-})
+LATENT_UPSCALE_MODES: Mapping[str, tuple[str, bool]] = MappingProxyType(
+    {
+        "Latent": ("bilinear", False),
+        "Latent (antialiased)": ("bilinear", True),
+        "Latent (bicubic)": ("bicubic", False),
+        "Latent (bicubic antialiased)": ("bicubic", True),
+        "Latent (nearest)": ("nearest", False),
+        "Latent (nearest-exact)": ("nearest-exact", False),
+    }
+)
 # name -> PIL resampling filter name; the order is A1111's /sdapi/v1/upscalers order for these three.
 IMAGE_UPSCALERS: Mapping[str, str] = MappingProxyType({"None": "LANCZOS", "Lanczos": "LANCZOS", "Nearest": "NEAREST"})
 
 
 HIRES_DENOISING_STRENGTH = 0.7  # A1111's default for the hires pass
+
 
 @dataclass(frozen=True)
 class HiresFix:
@@ -60,8 +63,11 @@ class HiresTarget:
 
 def check_hires(hires: HiresFix) -> None:
     """GenerationError naming the field for options A1111 would refuse."""
-    if hires.upscaler is not None and hires.upscaler not in LATENT_UPSCALE_MODES \
-            and hires.upscaler not in IMAGE_UPSCALERS:
+    if (
+        hires.upscaler is not None
+        and hires.upscaler not in LATENT_UPSCALE_MODES
+        and hires.upscaler not in IMAGE_UPSCALERS
+    ):
         known = ", ".join([*LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS])
         raise GenerationError(f"hr_upscaler: could not find upscaler named {hires.upscaler}; use one of: {known}")
     if not 0 < hires.denoising_strength <= 1:
@@ -100,8 +106,16 @@ def hires_target(width: int, height: int, hires: HiresFix) -> HiresTarget | None
     return HiresTarget(up_w, up_h, final_w, final_h)
 
 
-def hires_infotext(hires: HiresFix, *, first_sampler: str, hr_sampler: str, first_schedule: str,
-                   hr_schedule: str, hr_prompt: str | None, hr_negative_prompt: str | None) -> dict[str, object]:
+def hires_infotext(
+    hires: HiresFix,
+    *,
+    first_sampler: str,
+    hr_sampler: str,
+    first_schedule: str,
+    hr_schedule: str,
+    hr_prompt: str | None,
+    hr_negative_prompt: str | None,
+) -> dict[str, object]:
     """The extra_generation_params A1111 adds for hires fix, in its insertion order (None = left out).
     `hr_prompt`/`hr_negative_prompt` are None when they equal the first pass's."""
     params: dict[str, object] = {"Denoising strength": hires.denoising_strength}
@@ -133,8 +147,9 @@ def upscale_image(image, target: HiresTarget, upscaler: str):
     """Resize a PIL image with the named image upscaler, then crop to the final size."""
     from PIL import Image
 
-    resized = image.resize((target.upscale_width, target.upscale_height),
-                           getattr(Image.Resampling, IMAGE_UPSCALERS[upscaler]))
+    resized = image.resize(
+        (target.upscale_width, target.upscale_height), getattr(Image.Resampling, IMAGE_UPSCALERS[upscaler])
+    )
     left = (target.upscale_width - target.width) // 2
     top = (target.upscale_height - target.height) // 2
     return resized.crop((left, top, left + target.width, top + target.height))
@@ -146,8 +161,10 @@ def is_latent_upscaler(upscaler: str | None) -> bool:
 
 def upscaler_listing() -> list[dict]:
     """`/sdapi/v1/upscalers` entries (A1111 UpscalerData shape; its model-free upscalers report scale 4)."""
-    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in IMAGE_UPSCALERS]
+    return [
+        {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        for name in IMAGE_UPSCALERS
+    ]
 
 
 def latent_mode_listing() -> list[dict]:
@@ -162,4 +179,4 @@ def _whole_latents(pixels: int) -> int:
 def _centre_crop(latents, height: int, width: int):
     top = (latents.shape[-2] - height) // 2
     left = (latents.shape[-1] - width) // 2
-    return latents[..., top:top + height, left:left + width]
+    return latents[..., top : top + height, left : left + width]

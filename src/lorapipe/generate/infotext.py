@@ -17,8 +17,18 @@ VERSION_TEXT = f"lorapipe-v{__version__}"
 
 # A1111 create_infotext order (v1.10), restricted to the keys lorapipe can produce.
 _KEY_ORDER = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-    "Variation seed", "Variation seed strength", "Denoising strength", "RNG",
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Seed",
+    "Size",
+    "Model hash",
+    "Model",
+    "Variation seed",
+    "Variation seed strength",
+    "Denoising strength",
+    "RNG",
 )
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -43,8 +53,9 @@ def unquote(text: str) -> str:
         return text
 
 
-def create_infotext(prompt: str, negative_prompt: str, params: Mapping[str, object],
-                    extra: Mapping[str, object] = ()) -> str:
+def create_infotext(
+    prompt: str, negative_prompt: str, params: Mapping[str, object], extra: Mapping[str, object] = ()
+) -> str:
     """Build one image's infotext. `params` uses A1111 key names; None values are left out."""
     # An extra param with a fixed slot (hires fix's `Denoising strength`) keeps that slot, as in A1111.
     merged = {**params, **{k: v for k, v in dict(extra).items() if v is not None}}
@@ -53,8 +64,7 @@ def create_infotext(prompt: str, negative_prompt: str, params: Mapping[str, obje
     ordered.update({k: v for k, v in merged.items() if k not in ordered})
     ordered["Version"] = VERSION_TEXT
     pairs = ", ".join(
-        key if value == key else f"{key}: {quote(value)}"
-        for key, value in ordered.items() if value is not None
+        key if value == key else f"{key}: {quote(value)}" for key, value in ordered.items() if value is not None
     )
     negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{negative}\n{pairs}".strip()
@@ -78,7 +88,7 @@ def parse_infotext(text: str) -> dict[str, str]:
         line = line.strip()
         if line.startswith("Negative prompt:"):
             in_negative = True
-            line = line[len("Negative prompt:"):].strip()
+            line = line[len("Negative prompt:") :].strip()
         (negative if in_negative else prompt).append(line)
     result: dict[str, str] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
     for key, value in _PARAM.findall(last):

@@ -106,8 +106,9 @@ def prepare_region(options: InpaintOptions, mask, image, width: int, height: int
         overlay = mask.point(lambda value: min(255, value * 2))
         region = InpaintRegion(image, mask, original=image, overlay_mask=overlay, crop=None)
     if options.masked_content == "fill":
-        region = InpaintRegion(fill_masked(region.image, region.mask), region.mask, region.original,
-                               region.overlay_mask, region.crop)
+        region = InpaintRegion(
+            fill_masked(region.image, region.mask), region.mask, region.original, region.overlay_mask, region.crop
+        )
     return region
 
 
@@ -151,8 +152,9 @@ def inpaint_infotext(options: InpaintOptions) -> dict[str, object]:
     return params
 
 
-def inpaint_batch(pipe, options: InpaintOptions, mask, init_images, *, width: int, height: int, seeds,
-                  denoise: Callable[..., list]) -> list:
+def inpaint_batch(
+    pipe, options: InpaintOptions, mask, init_images, *, width: int, height: int, seeds, denoise: Callable[..., list]
+) -> list:
     """Inpaint one batch with diffusers' SDXL inpaint pipeline `pipe`; `denoise(**pipeline_kwargs)` runs it
     (prompts, sampler, steps, strength and progress are the caller's). Returns the pasted-back PIL images."""
     from diffusers.image_processor import VaeImageProcessor
@@ -162,8 +164,12 @@ def inpaint_batch(pipe, options: InpaintOptions, mask, init_images, *, width: in
     processor = pipe.image_processor
     regions = [prepare_region(options, mask, image, width, height, processor) for image in init_images]
     # diffusers binarises the latent-blend mask at 0.5, which is A1111's mask_round; without it the blend is soft.
-    pipe.mask_processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor, do_normalize=False,
-                                            do_binarize=options.mask_round, do_convert_grayscale=True)
+    pipe.mask_processor = VaeImageProcessor(
+        vae_scale_factor=pipe.vae_scale_factor,
+        do_normalize=False,
+        do_binarize=options.mask_round,
+        do_convert_grayscale=True,
+    )
     masks = [region.mask for region in regions]
     start = [region.image for region in regions]
     if options.masked_content in ("latent noise", "latent nothing"):

@@ -16,8 +16,9 @@ def slerp(t: float, low, high):
     so = torch.sin(omega)
     near = dot.abs() > 0.9995
     w_low = torch.where(near, 1 - t, torch.sin((1 - t) * omega) / so).unsqueeze(1)
-    w_high = torch.where(near, torch.tensor(t, dtype=low.dtype, device=low.device),
-                         torch.sin(t * omega) / so).unsqueeze(1)
+    w_high = torch.where(
+        near, torch.tensor(t, dtype=low.dtype, device=low.device), torch.sin(t * omega) / so
+    ).unsqueeze(1)
     return (w_low * low_flat + w_high * high_flat).reshape(low.shape)
 
 

@@ -80,8 +80,10 @@ class FusedLoraSet:
             except GenerationError as exc:
                 warnings.append(f"LoRA {lora.mentioned_as}: not applied: {exc}")
             except OSError as exc:  # removed or unreadable since the catalogue was built
-                warnings.append(f"LoRA {lora.mentioned_as}: not applied: {lora.entry.path.name}: "
-                                f"{exc.strerror or exc}; check the LoRA folder")
+                warnings.append(
+                    f"LoRA {lora.mentioned_as}: not applied: {lora.entry.path.name}: "
+                    f"{exc.strerror or exc}; check the LoRA folder"
+                )
         while plans:
             try:
                 self._fuse(plans)
@@ -172,15 +174,22 @@ class FusedLoraSet:
         import torch
 
         try:
-            tensors = {suffix: handle.get_tensor(key).to(weight.device, torch.float32)
-                       for suffix, key in patch.keys.items()}
+            tensors = {
+                suffix: handle.get_tensor(key).to(weight.device, torch.float32) for suffix, key in patch.keys.items()
+            }
             delta = layer_delta(patch.network, tensors, weight)
         except (read_error, RuntimeError, ValueError, IndexError) as exc:  # torch raises RuntimeError on bad shapes
-            raise _LoraFailed(lora, f"{patch.network.title} layer {patch.layer.module_name}: "
-                                    f"{str(exc).splitlines()[0]}; is it an SDXL LoRA?") from None
+            raise _LoraFailed(
+                lora,
+                f"{patch.network.title} layer {patch.layer.module_name}: "
+                f"{str(exc).splitlines()[0]}; is it an SDXL LoRA?",
+            ) from None
         if tuple(delta.weight.shape) != tuple(weight.shape):
-            raise _LoraFailed(lora, f"layer {patch.layer.module_name} is {tuple(weight.shape)} in SDXL but "
-                                    f"{tuple(delta.weight.shape)} in the file; is it an SDXL LoRA?")
+            raise _LoraFailed(
+                lora,
+                f"layer {patch.layer.module_name} is {tuple(weight.shape)} in SDXL but "
+                f"{tuple(delta.weight.shape)} in the file; is it an SDXL LoRA?",
+            )
         if not torch.isfinite(delta.weight).all():
             raise _LoraFailed(lora, f"layer {patch.layer.module_name}: NaN or infinite values; re-download it")
         return delta
@@ -202,12 +211,13 @@ class FusedLoraSet:
         encoders = {"clip_l": ("tokenizer", "text_encoder"), "clip_g": ("tokenizer_2", "text_encoder_2")}
         by_token: dict[str, dict[str, str]] = {}
         for key in keys:
-            token, _, part = key[len("bundle_emb."):].rpartition(".")
+            token, _, part = key[len("bundle_emb.") :].rpartition(".")
             by_token.setdefault(token, {})[part] = key
         for token, parts in by_token.items():
             if set(parts) != set(encoders):
-                raise _LoraFailed(lora, f"embedding {token!r} has {sorted(parts)}; SDXL embeddings need clip_l "
-                                        "and clip_g")
+                raise _LoraFailed(
+                    lora, f"embedding {token!r} has {sorted(parts)}; SDXL embeddings need clip_l and clip_g"
+                )
             if token in self._pipe.tokenizer.get_vocab():
                 raise _LoraFailed(lora, f"embedding {token!r} is already a token; rename the embedding")
             for part, (tokenizer_name, encoder_name) in encoders.items():

@@ -55,8 +55,9 @@ def describe_model(location: str, *, hash_weights: bool = True) -> ModelInfo:
     name = path.stem if path.is_file() else path.name
     if not hash_weights or not path.exists():
         return ModelInfo(name=name, location=location, sha256=None)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    )
     digest = hashlib.sha256()
     for file in files:
         with file.open("rb") as fh:
@@ -65,4 +66,3 @@ def describe_model(location: str, *, hash_weights: bool = True) -> ModelInfo:
     # A1111's legacy hash is accepted as an alias only, and only for files long enough to have one.
     legacy = legacy_hash_file(path) if path.is_file() and path.stat().st_size > LEGACY_HASH_OFFSET else None
     return ModelInfo(name=name, location=location, sha256=digest.hexdigest(), legacy_hash=legacy)
-

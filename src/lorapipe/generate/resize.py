@@ -14,8 +14,9 @@ RESIZE_MODES = {0: "default", 1: "crop", 2: "fill"}
 
 def check_resize_mode(mode: int) -> None:
     if mode not in RESIZE_MODES:
-        raise GenerationError(f"resize_mode: {mode} is not supported; use 0 (just resize), 1 (crop and resize) or "
-                              "2 (resize and fill)")
+        raise GenerationError(
+            f"resize_mode: {mode} is not supported; use 0 (just resize), 1 (crop and resize) or 2 (resize and fill)"
+        )
 
 
 def fit(image, width: int, height: int, mode: int, processor):

@@ -20,9 +20,9 @@ from lorapipe.errors import GenerationError
 API_DEFAULT_SAMPLER = "Euler"  # A1111's sampler_index default, used when sampler_name is empty
 
 
-
 class SamplerNotFound(GenerationError):
     """A sampler or schedule name A1111 does not know (the API answers 404, as A1111 does)."""
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -59,13 +59,28 @@ _M = MappingProxyType
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler", _M({}), "karras"),
     SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), "DPMSolverSinglestepScheduler", _M({}), "karras"),
-    SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "DPMSolverMultistepScheduler",
-                _M({"algorithm_type": "sde-dpmsolver++"}), "exponential"),
-    SamplerSpec("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), "DPMSolverMultistepScheduler",
-                _M({"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}), "exponential"),
+    SamplerSpec(
+        "DPM++ 2M SDE",
+        ("k_dpmpp_2m_sde",),
+        "DPMSolverMultistepScheduler",
+        _M({"algorithm_type": "sde-dpmsolver++"}),
+        "exponential",
+    ),
+    SamplerSpec(
+        "DPM++ 2M SDE Heun",
+        ("k_dpmpp_2m_sde_heun",),
+        "DPMSolverMultistepScheduler",
+        _M({"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}),
+        "exponential",
+    ),
     # diffusers' third-order SDE-DPMSolver++ update is k-diffusion's sample_dpmpp_3m_sde (eta 1).
-    SamplerSpec("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), "DPMSolverMultistepScheduler",
-                _M({"algorithm_type": "sde-dpmsolver++", "solver_order": 3}), "exponential"),
+    SamplerSpec(
+        "DPM++ 3M SDE",
+        ("k_dpmpp_3m_sde",),
+        "DPMSolverMultistepScheduler",
+        _M({"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+        "exponential",
+    ),
     SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler"),
     SamplerSpec("Euler", ("k_euler",), "EulerDiscreteScheduler"),
     SamplerSpec("LMS", ("k_lms",), "LMSDiscreteScheduler"),  # needs scipy (a lorapipe dependency)
@@ -83,8 +98,9 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
     AUTOMATIC,
     ScheduleSpec("uniform", "Uniform", (), _M({})),
     ScheduleSpec("karras", "Karras", (), _M({"use_karras_sigmas": True})),
-    ScheduleSpec("exponential", "Exponential", (),
-                 _M({"use_exponential_sigmas": True, "timestep_spacing": "linspace"})),
+    ScheduleSpec(
+        "exponential", "Exponential", (), _M({"use_exponential_sigmas": True, "timestep_spacing": "linspace"})
+    ),
     ScheduleSpec("sgm_uniform", "SGM Uniform", ("SGMUniform",), _M({"timestep_spacing": "trailing"})),
     ScheduleSpec("simple", "Simple", (), _M({"timestep_spacing": "trailing"})),
 )
@@ -136,8 +152,11 @@ def build_scheduler(resolved: ResolvedSampler, base_config: Mapping[str, object]
 def sampler_listing() -> list[dict]:
     """`/sdapi/v1/samplers` entries."""
     return [
-        {"name": s.name, "aliases": list(s.aliases),
-         "options": {"scheduler": s.default_schedule} if s.default_schedule else {}}
+        {
+            "name": s.name,
+            "aliases": list(s.aliases),
+            "options": {"scheduler": s.default_schedule} if s.default_schedule else {},
+        }
         for s in SAMPLERS
     ]
 
@@ -145,7 +164,12 @@ def sampler_listing() -> list[dict]:
 def schedule_listing() -> list[dict]:
     """`/sdapi/v1/schedulers` entries."""
     return [
-        {"name": s.name, "label": s.label, "aliases": list(s.aliases) or None,
-         "default_rho": 7.0 if s.name == "karras" else -1, "need_inner_model": False}
+        {
+            "name": s.name,
+            "label": s.label,
+            "aliases": list(s.aliases) or None,
+            "default_rho": 7.0 if s.name == "karras" else -1,
+            "need_inner_model": False,
+        }
         for s in SCHEDULES
     ]

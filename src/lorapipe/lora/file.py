@@ -67,4 +67,4 @@ def _rewrite_header(serialized: bytes, metadata: Mapping[str, str], path: Path) 
     header["__metadata__"] = dict(metadata)
     raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
-    return struct.pack("<Q", len(raw)) + raw, memoryview(serialized)[parsed.data_offset:]
+    return struct.pack("<Q", len(raw)) + raw, memoryview(serialized)[parsed.data_offset :]

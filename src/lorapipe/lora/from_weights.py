@@ -36,8 +36,9 @@ def module_ranks_of(state_dict: Mapping[str, Any], aliases: Mapping[str, str]) -
     return {stem: (rank, alphas.get(stem) or float(rank)) for stem, rank in downs.items()}
 
 
-def file_module_ranks(unet: Any, text_encoder: Any, text_encoder_2: Any, state_dict: Mapping[str, Any], *,
-                      source: str = "network_weights") -> dict[str, tuple[int, float]]:
+def file_module_ranks(
+    unet: Any, text_encoder: Any, text_encoder_2: Any, state_dict: Mapping[str, Any], *, source: str = "network_weights"
+) -> dict[str, tuple[int, float]]:
     """kohya_name -> (rank, alpha) for the file's modules that this SDXL model has (conv targets included);
     ModelLoadError naming `source` when there is none."""
     candidates = kohya_target_names(unet, text_encoder, text_encoder_2, conv=True)
@@ -45,8 +46,9 @@ def file_module_ranks(unet: Any, text_encoder: Any, text_encoder_2: Any, state_d
     known = {t.kohya_name for t in candidates}
     present = {name: value for name, value in ranks.items() if name in known}
     if not present:
-        raise ModelLoadError(f"{source}: no Kohya LoRA module of this SDXL model in the file; is it an SDXL "
-                             "networks.lora file?")
+        raise ModelLoadError(
+            f"{source}: no Kohya LoRA module of this SDXL model in the file; is it an SDXL networks.lora file?"
+        )
     return present
 
 
@@ -65,9 +67,17 @@ def attach_kohya_lora_from_weights(
     parts = {t.part for t in candidates if t.kohya_name in present}
     common_rank, common_alpha = Counter(present.values()).most_common(1)[0][0]
     network = attach_kohya_lora(
-        unet, text_encoder, text_encoder_2, network_dim=common_rank, network_alpha=common_alpha, conv_dim=1,
-        conv_alpha=1.0, dropout=None, train_unet="unet" in parts,
-        train_text_encoder=bool(parts & {"text_encoder", "text_encoder_2"}), lora_dtype=lora_dtype,
+        unet,
+        text_encoder,
+        text_encoder_2,
+        network_dim=common_rank,
+        network_alpha=common_alpha,
+        conv_dim=1,
+        conv_alpha=1.0,
+        dropout=None,
+        train_unet="unet" in parts,
+        train_text_encoder=bool(parts & {"text_encoder", "text_encoder_2"}),
+        lora_dtype=lora_dtype,
         module_ranks=present,
     )
     return network, network.load_kohya_state_dict(state_dict, source=source)

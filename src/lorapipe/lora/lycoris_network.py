@@ -28,9 +28,17 @@ from lorapipe.lora.targets import KOHYA_PREFIXES, PARTS, kohya_target_names
 # Module classes of LyCORIS's presets that exist in sd-scripts' SGM UNet too (see the module docstring).
 _SGM_FOREIGN_CLASSES = ("TimestepEmbedding",)
 # The class attributes LycorisNetworkKohya.apply_preset sets.
-_PRESET_ATTRIBUTES = ("ENABLE_CONV", "UNET_TARGET_REPLACE_MODULE", "UNET_TARGET_REPLACE_NAME",
-                      "TEXT_ENCODER_TARGET_REPLACE_MODULE", "TEXT_ENCODER_TARGET_REPLACE_NAME", "MODULE_ALGO_MAP",
-                      "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")
+_PRESET_ATTRIBUTES = (
+    "ENABLE_CONV",
+    "UNET_TARGET_REPLACE_MODULE",
+    "UNET_TARGET_REPLACE_NAME",
+    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    "TEXT_ENCODER_TARGET_REPLACE_NAME",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
+)
 
 
 @dataclass
@@ -60,8 +68,11 @@ class LycorisKohyaNetwork:
         """sd-scripts' groups (one per part, LR 0 freezes a part); LoRA+ lifts `lora_up` tensors as LyCORIS does."""
         te_lrs = _text_encoder_lrs(text_encoder_lr, default_lr)
         lrs = {"unet": default_lr if unet_lr is None else unet_lr, **dict(zip(PARTS[1:], te_lrs, strict=True))}
-        ratios = {"unet": loraplus_unet_lr_ratio, "text_encoder": loraplus_text_encoder_lr_ratio,
-                  "text_encoder_2": loraplus_text_encoder_lr_ratio}
+        ratios = {
+            "unet": loraplus_unet_lr_ratio,
+            "text_encoder": loraplus_text_encoder_lr_ratio,
+            "text_encoder_2": loraplus_text_encoder_lr_ratio,
+        }
         groups: list[dict[str, Any]] = []
         for part in PARTS:
             modules = self.modules.get(part, [])
@@ -94,20 +105,26 @@ class LycorisKohyaNetwork:
     def kohya_shapes(self) -> dict[str, tuple[int, ...]]:
         return {key: tuple(tensor.shape) for key, tensor in self.network.state_dict().items()}
 
-    def load_kohya_state_dict(self, state_dict: Mapping[str, Any], *, source: str = "network_weights") -> (
-            KohyaLoadReport):
+    def load_kohya_state_dict(
+        self, state_dict: Mapping[str, Any], *, source: str = "network_weights"
+    ) -> KohyaLoadReport:
         """Fill the modules from a LyCORIS file of the same algorithm and ranks (a resume or network_weights)."""
         own = self.kohya_shapes()
         for key, tensor in state_dict.items():
             if key in own and tuple(tensor.shape) != own[key]:
-                raise TrainingError(f"{source}: {key} has shape {tuple(tensor.shape)}, the network expects "
-                                    f"{own[key]}; use the algo, network_dim, conv_dim and factor the file was "
-                                    f"trained with")
+                raise TrainingError(
+                    f"{source}: {key} has shape {tuple(tensor.shape)}, the network expects "
+                    f"{own[key]}; use the algo, network_dim, conv_dim and factor the file was "
+                    f"trained with"
+                )
         result = self.network.load_state_dict(dict(state_dict), strict=False)
         stems = {key.split(".")[0] for key in own}
         missing_stems = {key.split(".")[0] for key in result.missing_keys}
-        return KohyaLoadReport(loaded=len(stems - missing_stems), missing=tuple(sorted(missing_stems)),
-                               unexpected=tuple(result.unexpected_keys))
+        return KohyaLoadReport(
+            loaded=len(stems - missing_stems),
+            missing=tuple(sorted(missing_stems)),
+            unexpected=tuple(result.unexpected_keys),
+        )
 
     def train_mode(self) -> None:
         """Dropouts (rank/module/neuron) read the LyCORIS modules' own training flag."""
@@ -184,8 +201,7 @@ def attach_lycoris(
         modules["unet"] = []
     if not train_text_encoder:
         modules["text_encoder"] = modules["text_encoder_2"] = []
-    network.apply_to([text_encoder, text_encoder_2], unet, apply_text_encoder=train_text_encoder,
-                     apply_unet=train_unet)
+    network.apply_to([text_encoder, text_encoder_2], unet, apply_text_encoder=train_text_encoder, apply_unet=train_unet)
     if lora_dtype is not None:
         dtype = getattr(torch, lora_dtype) if isinstance(lora_dtype, str) else lora_dtype
         network.to(dtype)
@@ -207,8 +223,9 @@ def _sdxl_preset(preset_name: str) -> Iterator[type]:
     from lycoris.kohya import LycorisNetworkKohya
 
     preset = dict(PRESET[preset_name])
-    preset["unet_target_module"] = [name for name in preset.get("unet_target_module", [])
-                                    if name not in _SGM_FOREIGN_CLASSES]
+    preset["unet_target_module"] = [
+        name for name in preset.get("unet_target_module", []) if name not in _SGM_FOREIGN_CLASSES
+    ]
     preset["unet_target_name"] = []
     saved = {name: getattr(LycorisNetworkKohya, name) for name in _PRESET_ATTRIBUTES}
     LycorisNetworkKohya.apply_preset(preset)
@@ -224,8 +241,11 @@ def _rename_to_sgm(network: Any, unet: Any, te1: Any, te2: Any) -> dict[str, lis
     targets = kohya_target_names(unet, te1, te2, conv=True)
     # LyCORIS: prefix + the module's path in the model we hand it. The SGM UNet paths differ from diffusers'; the
     # CLIP paths differ by transformers 5 dropping the `text_model.` level that sd-scripts' (transformers 4) has.
-    names = {f"{KOHYA_PREFIXES[part]}_{t.module_name.replace('.', '_')}": t.kohya_name
-             for part in PARTS for t in targets.part(part)}
+    names = {
+        f"{KOHYA_PREFIXES[part]}_{t.module_name.replace('.', '_')}": t.kohya_name
+        for part in PARTS
+        for t in targets.part(part)
+    }
     modules: dict[str, list[Any]] = {part: [] for part in PARTS}
     unknown = []
     for module in network.text_encoder_loras + network.unet_loras:
@@ -237,6 +257,8 @@ def _rename_to_sgm(network: Any, unet: Any, te1: Any, te2: Any) -> dict[str, lis
         part = next(part for part, prefix in KOHYA_PREFIXES.items() if sgm.startswith(prefix + "_"))
         modules[part].append(module)
     if unknown:
-        raise TrainingError(f"LyCORIS wrapped {len(unknown)} modules that have no Kohya SGM name (e.g. "
-                            f"{unknown[:3]}); report this with your diffusers/lycoris-lora versions")
+        raise TrainingError(
+            f"LyCORIS wrapped {len(unknown)} modules that have no Kohya SGM name (e.g. "
+            f"{unknown[:3]}); report this with your diffusers/lycoris-lora versions"
+        )
     return modules

@@ -24,8 +24,14 @@ MODELSPEC_IMPLEMENTATION_SDXL = "https://github.com/Stability-AI/generative-mode
 DEFAULT_SDXL_RESOLUTION = (1024, 1024)
 UNKNOWN_COMMIT = "(unknown)"
 # sd-scripts train_util.SS_METADATA_MINIMUM_KEYS: what `no_metadata` keeps.
-MINIMUM_SS_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
-                   "ss_network_args")
+MINIMUM_SS_KEYS = (
+    "ss_v2",
+    "ss_base_model_version",
+    "ss_network_module",
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_network_args",
+)
 
 # ss key -> Kohya config key, copied verbatim (str()) from the config. The trainer passes the whole TrainConfig, so
 # the defaults are TrainConfig's (lorapipe/config/model.py); a key the caller leaves out is written as "None".
@@ -79,14 +85,25 @@ _FROM_CONFIG: dict[str, str] = {
 # Keys sd-scripts records that TrainConfig does not carry (lorapipe ignores them or reads them per subset): written
 # with the value the run effectively had.
 _NOT_IN_TRAIN_CONFIG: dict[str, Any] = {
-    "lowram": False, "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0.0,
-    "face_crop_aug_range": None, "fp8_base": False, "fp8_base_unet": False, "resize_interpolation": None,
+    "lowram": False,
+    "caption_dropout_rate": 0.0,
+    "caption_dropout_every_n_epochs": 0,
+    "caption_tag_dropout_rate": 0.0,
+    "face_crop_aug_range": None,
+    "fp8_base": False,
+    "fp8_base_unet": False,
+    "resize_interpolation": None,
 }
 # modelspec field -> Kohya `metadata_*` config key (written when set).
 _MODELSPEC_FROM_CONFIG = {
-    "author": "metadata_author", "description": "metadata_description", "license": "metadata_license",
-    "tags": "metadata_tags", "usage_hint": "metadata_usage_hint", "merged_from": "metadata_merged_from",
-    "trigger_phrase": "metadata_trigger_phrase", "preprocessor": "metadata_preprocessor",
+    "author": "metadata_author",
+    "description": "metadata_description",
+    "license": "metadata_license",
+    "tags": "metadata_tags",
+    "usage_hint": "metadata_usage_hint",
+    "merged_from": "metadata_merged_from",
+    "trigger_phrase": "metadata_trigger_phrase",
+    "preprocessor": "metadata_preprocessor",
     "is_negative_embedding": "metadata_is_negative_embedding",
 }
 
@@ -196,12 +213,14 @@ def build_kohya_metadata(
     ss = {k: _kohya_str(v) for k, v in meta.items()}
     if no_metadata:
         ss = {k: v for k, v in ss.items() if k in MINIMUM_SS_KEYS}
-    return ss | modelspec_metadata(cfg, title=cfg.get("metadata_title") or name, saved_at=finished,
-                                   implementation_version=implementation_version)
+    return ss | modelspec_metadata(
+        cfg, title=cfg.get("metadata_title") or name, saved_at=finished, implementation_version=implementation_version
+    )
 
 
-def modelspec_metadata(cfg: Mapping[str, Any], *, title: str, saved_at: float,
-                       implementation_version: str | None = None) -> dict[str, str]:
+def modelspec_metadata(
+    cfg: Mapping[str, Any], *, title: str, saved_at: float, implementation_version: str | None = None
+) -> dict[str, str]:
     """Stability AI ModelSpec keys for an SDXL LoRA (sd-scripts `sai_model_spec.build_metadata`)."""
     spec = {
         "sai_model_spec": MODELSPEC_VERSION,

@@ -88,8 +88,11 @@ class KohyaLoraNetwork:
         """
         te_lrs = _text_encoder_lrs(text_encoder_lr, default_lr)
         lrs = {"unet": default_lr if unet_lr is None else unet_lr, **dict(zip(TEXT_ENCODER_PARTS, te_lrs))}
-        ratios = {"unet": loraplus_unet_lr_ratio, "text_encoder": loraplus_text_encoder_lr_ratio,
-                  "text_encoder_2": loraplus_text_encoder_lr_ratio}
+        ratios = {
+            "unet": loraplus_unet_lr_ratio,
+            "text_encoder": loraplus_text_encoder_lr_ratio,
+            "text_encoder_2": loraplus_text_encoder_lr_ratio,
+        }
         groups: list[dict[str, Any]] = []
         for part in PARTS:
             if not self.targets.part(part):
@@ -141,8 +144,9 @@ class KohyaLoraNetwork:
             state[f"{name}.alpha"] = torch.tensor(self.alphas[name], dtype=out_dtype)
         return state
 
-    def load_kohya_state_dict(self, state_dict: Mapping[str, Any], *, source: str = "network_weights") -> (
-            KohyaLoadReport):
+    def load_kohya_state_dict(
+        self, state_dict: Mapping[str, Any], *, source: str = "network_weights"
+    ) -> KohyaLoadReport:
         """Fill the LoRA weights from a Kohya file's tensors (sd-scripts `network_weights`, or a resume).
 
         Accepts SGM names (sd-scripts) and diffusers-block names (diffusers' `convert_state_dict_to_kohya`). A
@@ -243,8 +247,11 @@ def attach_kohya_lora(
         raise ConfigError(f"network_dim: must be a positive integer, got {network_dim}")
     if conv_dim is not None and int(conv_dim) <= 0:
         raise ConfigError(f"network_args conv_dim: must be a positive integer, got {conv_dim}")
-    for key, value in (("network_dropout", dropout), ("network_args rank_dropout", rank_dropout),
-                       ("network_args module_dropout", module_dropout)):
+    for key, value in (
+        ("network_dropout", dropout),
+        ("network_args rank_dropout", rank_dropout),
+        ("network_args module_dropout", module_dropout),
+    ):
         if value is not None and not 0 <= float(value) < 1:
             raise ConfigError(f"{key}: must be in [0, 1), got {value}")
     if not (train_unet or train_text_encoder):
@@ -259,12 +266,17 @@ def attach_kohya_lora(
         if model is not None:
             model.requires_grad_(False)
     all_targets = kohya_target_names(
-        unet, text_encoder, text_encoder_2, conv=c_dim is not None or blocks.conv_dims is not None,
-        train_unet=train_unet, train_text_encoder=train_text_encoder,
+        unet,
+        text_encoder,
+        text_encoder_2,
+        conv=c_dim is not None or blocks.conv_dims is not None,
+        train_unet=train_unet,
+        train_text_encoder=train_text_encoder,
     )
     unet_blocks = UnetBlocks.from_config(unet.config) if unet is not None and train_unet else None
-    plan = plan_ranks(all_targets, dim=dim, alpha=alpha, conv_dim=c_dim, conv_alpha=c_alpha, blocks=blocks,
-                      unet_blocks=unet_blocks)
+    plan = plan_ranks(
+        all_targets, dim=dim, alpha=alpha, conv_dim=c_dim, conv_alpha=c_alpha, blocks=blocks, unet_blocks=unet_blocks
+    )
     if module_ranks is not None:
         plan = {name: module_ranks.get(name, (0, 0.0)) for name in plan}
     targets, ranks, alphas = _keep_planned(all_targets, plan)
@@ -287,24 +299,34 @@ def attach_kohya_lora(
         param.requires_grad_(True)
     dropouts = KohyaDropouts(float(dropout or 0), float(rank_dropout or 0), float(module_dropout or 0))
     if dropouts.active:
-        network._hooks += [network.lora_layer(t).lora_A[ADAPTER_NAME].register_forward_hook(dropouts.hook)
-                           for t in network.targets]
+        network._hooks += [
+            network.lora_layer(t).lora_A[ADAPTER_NAME].register_forward_hook(dropouts.hook) for t in network.targets
+        ]
     return network
 
 
-def _keep_planned(targets: KohyaTargets, plan: Mapping[str, tuple[int, float]]) -> tuple[
-        KohyaTargets, dict[str, int], dict[str, float]]:
+def _keep_planned(
+    targets: KohyaTargets, plan: Mapping[str, tuple[int, float]]
+) -> tuple[KohyaTargets, dict[str, int], dict[str, float]]:
     """Drop modules planned with rank 0 (sd-scripts creates none); refuse a network left with nothing."""
-    kept = KohyaTargets(**{part: tuple(t for t in targets.part(part) if plan[t.kohya_name][0] > 0)
-                           for part in PARTS})
+    kept = KohyaTargets(**{part: tuple(t for t in targets.part(part) if plan[t.kohya_name][0] > 0) for part in PARTS})
     if not len(kept):
         raise ConfigError("network_args block_dims/conv_block_dims: every module has rank 0; nothing to train")
-    return (kept, {t.kohya_name: plan[t.kohya_name][0] for t in kept},
-            {t.kohya_name: plan[t.kohya_name][1] for t in kept})
+    return (
+        kept,
+        {t.kohya_name: plan[t.kohya_name][0] for t in kept},
+        {t.kohya_name: plan[t.kohya_name][1] for t in kept},
+    )
 
 
-def _inject(model: Any, targets: Sequence[KohyaTarget], dim: int, alpha: float, ranks: Mapping[str, int],
-            alphas: Mapping[str, float]) -> Any:
+def _inject(
+    model: Any,
+    targets: Sequence[KohyaTarget],
+    dim: int,
+    alpha: float,
+    ranks: Mapping[str, int],
+    alphas: Mapping[str, float],
+) -> Any:
     """Attach one peft adapter to `model` on exactly `targets`; return the tuner (kept for unload).
 
     Modules whose rank/alpha differ from network_dim/network_alpha (conv LoRA, block-wise dims) get peft
@@ -317,8 +339,7 @@ def _inject(model: Any, targets: Sequence[KohyaTarget], dim: int, alpha: float, 
 
     # peft reads pattern keys as regular expressions matched at a dotted boundary: escape the exact names.
     rank_pattern = {re.escape(t.module_name): ranks[t.kohya_name] for t in targets if ranks[t.kohya_name] != dim}
-    alpha_pattern = {re.escape(t.module_name): alphas[t.kohya_name] for t in targets
-                     if alphas[t.kohya_name] != alpha}
+    alpha_pattern = {re.escape(t.module_name): alphas[t.kohya_name] for t in targets if alphas[t.kohya_name] != alpha}
     config = LoraConfig(
         r=dim,
         lora_alpha=alpha,

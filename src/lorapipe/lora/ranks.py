@@ -29,12 +29,19 @@ class BlockRanks:
     conv_alphas: tuple[float, ...] | None = None
 
     @classmethod
-    def parse(cls, block_dims: Any = None, block_alphas: Any = None, conv_block_dims: Any = None,
-              conv_block_alphas: Any = None) -> BlockRanks:
+    def parse(
+        cls,
+        block_dims: Any = None,
+        block_alphas: Any = None,
+        conv_block_dims: Any = None,
+        conv_block_alphas: Any = None,
+    ) -> BlockRanks:
         """Accept sd-scripts' comma-separated strings or sequences."""
         return cls(
-            _values("block_dims", block_dims, int), _values("block_alphas", block_alphas, float),
-            _values("conv_block_dims", conv_block_dims, int), _values("conv_block_alphas", conv_block_alphas, float),
+            _values("block_dims", block_dims, int),
+            _values("block_alphas", block_alphas, float),
+            _values("conv_block_dims", conv_block_dims, int),
+            _values("conv_block_alphas", conv_block_alphas, float),
         )
 
     @property
@@ -71,8 +78,16 @@ class UnetBlocks:
         return 1 + self.num_input_blocks + 3 + number
 
 
-def plan_ranks(targets: KohyaTargets, *, dim: int, alpha: float, conv_dim: int | None, conv_alpha: float | None,
-               blocks: BlockRanks, unet_blocks: UnetBlocks | None) -> dict[str, tuple[int, float]]:
+def plan_ranks(
+    targets: KohyaTargets,
+    *,
+    dim: int,
+    alpha: float,
+    conv_dim: int | None,
+    conv_alpha: float | None,
+    blocks: BlockRanks,
+    unet_blocks: UnetBlocks | None,
+) -> dict[str, tuple[int, float]]:
     """kohya_name -> (rank, alpha); rank 0 means sd-scripts would not create that module."""
     plan: dict[str, tuple[int, float]] = {}
     has_unet = bool(targets.unet)  # text-encoder-only training ignores block-wise UNet ranks, as sd-scripts
@@ -90,18 +105,30 @@ def plan_ranks(targets: KohyaTargets, *, dim: int, alpha: float, conv_dim: int |
     return {name: (int(rank), _alpha_or_rank(a, rank)) for name, (rank, a) in plan.items()}
 
 
-def _per_block(blocks: BlockRanks, unet_blocks: UnetBlocks | None, dim: int, alpha: float, conv_dim: int | None,
-               conv_alpha: float | None) -> tuple[Any, Any, Any, Any]:
+def _per_block(
+    blocks: BlockRanks,
+    unet_blocks: UnetBlocks | None,
+    dim: int,
+    alpha: float,
+    conv_dim: int | None,
+    conv_alpha: float | None,
+) -> tuple[Any, Any, Any, Any]:
     """sd-scripts `get_block_dims_and_alphas`: fill what is not given from the network-wide values."""
     if unet_blocks is None:
         raise ConfigError("network_args block_dims: needs the UNet (not with network_train_text_encoder_only)")
     n = unet_blocks.count
-    for key, values in (("block_dims", blocks.dims), ("block_alphas", blocks.alphas),
-                        ("conv_block_dims", blocks.conv_dims), ("conv_block_alphas", blocks.conv_alphas)):
+    for key, values in (
+        ("block_dims", blocks.dims),
+        ("block_alphas", blocks.alphas),
+        ("conv_block_dims", blocks.conv_dims),
+        ("conv_block_alphas", blocks.conv_alphas),
+    ):
         if values is not None and len(values) != n:
-            raise ConfigError(f"network_args {key}: {len(values)} values given; this UNet has {n} blocks "
-                              f"(embedding, {unet_blocks.num_input_blocks} input, 3 middle, "
-                              f"{unet_blocks.num_output_blocks} output, out)")
+            raise ConfigError(
+                f"network_args {key}: {len(values)} values given; this UNet has {n} blocks "
+                f"(embedding, {unet_blocks.num_input_blocks} input, 3 middle, "
+                f"{unet_blocks.num_output_blocks} output, out)"
+            )
     dims = blocks.dims or (dim,) * n
     alphas = blocks.alphas or (alpha,) * n
     if blocks.conv_dims is not None:

@@ -25,8 +25,9 @@ TEXT_ENCODER_PARTS = ("text_encoder", "text_encoder_2")
 # Kinds of wrapped layer: Linear and 1x1 convs take network_dim/alpha, 3x3 convs conv_dim/conv_alpha.
 LINEAR, CONV1X1, CONV3X3 = "linear", "conv1x1", "conv3x3"
 # Sub-module names peft adds inside a wrapped layer; never targets themselves.
-_PEFT_INTERNALS = frozenset({"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_embedding_A",
-                             "lora_embedding_B", "lora_magnitude_vector"})
+_PEFT_INTERNALS = frozenset(
+    {"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
+)
 
 
 @dataclass(frozen=True)

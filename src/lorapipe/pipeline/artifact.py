@@ -88,11 +88,16 @@ def find_artifact(folder: Path) -> Artifact:
     run_loras = tuple(c.path for c in run.checkpoints)
     lora = _named_by_summary(summary, run_loras) or (run.final.path if run.final.kind == "final" else None)
     if lora is None:
-        raise PipelineError(f"{folder}: only intermediate checkpoints ({', '.join(p.name for p in loras)}), no final "
-                            f"{run.output_name}.safetensors; the run stopped early, check the train step's log")
+        raise PipelineError(
+            f"{folder}: only intermediate checkpoints ({', '.join(p.name for p in loras)}), no final "
+            f"{run.output_name}.safetensors; the run stopped early, check the train step's log"
+        )
     sample_dir = folder / SAMPLE_DIR
-    samples = tuple(sorted(p for p in sample_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)) \
-        if sample_dir.is_dir() else ()
+    samples = (
+        tuple(sorted(p for p in sample_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        if sample_dir.is_dir()
+        else ()
+    )
     files = (*samples, *((summary,) if summary.is_file() else ()), *run_loras)
     digests = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
     return Artifact(folder, lora, summary if summary.is_file() else None, samples, digests, run_loras)

@@ -40,8 +40,15 @@ def upload_name(dataset_dir: Path, content_hash: str) -> str:
     return f"{stem}-{content_hash[:12]}"
 
 
-def upload_dataset(dataset_dir: Path, *, output_url: str, hasher: ContentHasher, endpoint_url: str | None,
-                   log: RunLog, should_stop: Callable[[], bool] = lambda: False) -> UploadResult:
+def upload_dataset(
+    dataset_dir: Path,
+    *,
+    output_url: str,
+    hasher: ContentHasher,
+    endpoint_url: str | None,
+    log: RunLog,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> UploadResult:
     """Upload `dataset_dir` under `output_url` (an s3:// prefix) unless that content is already there."""
     from lorapipe.store import open_store
 
@@ -81,8 +88,10 @@ def upload_dataset(dataset_dir: Path, *, output_url: str, hasher: ContentHasher,
     except LorapipeError:
         raise
     except Exception as exc:  # s3fs/botocore raise their own types: name the destination and what to check
-        raise StoreError(f"{output_url}: cannot upload the dataset ({type(exc).__name__}: {exc}); "
-                         "check --output, --s3-endpoint and credentials") from exc
+        raise StoreError(
+            f"{output_url}: cannot upload the dataset ({type(exc).__name__}: {exc}); "
+            "check --output, --s3-endpoint and credentials"
+        ) from exc
     log.info(f"upload: done, {uploaded} uploaded, {unchanged} already there; dataset at {url}")
     return UploadResult(url, uploaded, unchanged)
 

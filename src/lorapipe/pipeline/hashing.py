@@ -67,12 +67,23 @@ def _counts(relative: Path) -> bool:
     return not relative.name.endswith(_IGNORED_SUFFIXES)
 
 
-def train_cache_key(*, dataset_hash: str, config_hash: str | None, base_model_hash: str,
-                    overrides: tuple[str, ...], trainer_version: str) -> str:
+def train_cache_key(
+    *,
+    dataset_hash: str,
+    config_hash: str | None,
+    base_model_hash: str,
+    overrides: tuple[str, ...],
+    trainer_version: str,
+) -> str:
     """One key for the train step: any change in data, config, base model, overrides or trainer retrains."""
     payload = json.dumps(
-        {"dataset": dataset_hash, "config": config_hash, "base_model": base_model_hash,
-         "overrides": sorted(overrides), "trainer": trainer_version},
+        {
+            "dataset": dataset_hash,
+            "config": config_hash,
+            "base_model": base_model_hash,
+            "overrides": sorted(overrides),
+            "trainer": trainer_version,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()

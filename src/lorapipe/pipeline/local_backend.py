@@ -69,8 +69,14 @@ class LocalBackend:
         command = trainer_command(job, self.gpus)
         log.info("train: " + " ".join(command[1:]))
         try:
-            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            child = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         except OSError as exc:
             raise PipelineError(f"{command[0]}: cannot start the trainer ({exc.strerror}); check the install") from exc
         stopper = threading.Thread(target=_stop_when_cancelled, args=(child, cancel), daemon=True)

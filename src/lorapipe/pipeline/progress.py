@@ -48,8 +48,14 @@ class Checkpoint:
     samples: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {"name": self.name, "step": self.step, "epoch": self.epoch, "final": self.final, "size": self.size,
-                "samples": list(self.samples)}
+        return {
+            "name": self.name,
+            "step": self.step,
+            "epoch": self.epoch,
+            "final": self.final,
+            "size": self.size,
+            "samples": list(self.samples),
+        }
 
 
 @dataclass
@@ -104,9 +110,16 @@ class ProgressReader:
             self.step = max(self.step, int(match[1]))
 
     def to_json(self) -> dict:
-        return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch, "loss": self.loss,
-                "lr": self.lr, "elapsed_s": self.elapsed_s, "eta_s": self.eta_s,
-                "losses": [[step, loss] for step, loss in self.losses]}
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "lr": self.lr,
+            "elapsed_s": self.elapsed_s,
+            "eta_s": self.eta_s,
+            "losses": [[step, loss] for step, loss in self.losses],
+        }
 
 
 def _checkpoint_position(stem: str, final_stem: str | None) -> tuple[int | None, int | None]:

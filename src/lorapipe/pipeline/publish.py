@@ -21,8 +21,17 @@ from lorapipe.registry import LoraRegistry, check_lora_name
 MANIFEST_NAME = "publish.json"
 
 
-def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None, lora_dir: Path, lora_name: str,
-                     endpoint_url: str | None, log: RunLog, evaluation: dict | None = None) -> dict:
+def publish_artifact(
+    artifact: Artifact,
+    *,
+    run_id: str,
+    output_url: str | None,
+    lora_dir: Path,
+    lora_name: str,
+    endpoint_url: str | None,
+    log: RunLog,
+    evaluation: dict | None = None,
+) -> dict:
     """Publish and return the manifest (what went where, with sha256s, and the evaluate step's measures)."""
     check_publish_name(lora_name)
     write_sha256_sidecars(artifact)
@@ -37,10 +46,12 @@ def publish_artifact(artifact: Artifact, *, run_id: str, output_url: str | None,
     if evaluation is not None:
         manifest["evaluation"] = evaluation
     if output_url:
-        manifest["output_prefix"], manifest["uploaded"] = _upload(artifact, run_id, output_url, endpoint_url,
-                                                                  manifest, log)
-    manifest["registry"] = install_lora(artifact.lora, artifact.sha256[artifact.relative(artifact.lora)],
-                                        lora_dir=lora_dir, lora_name=lora_name)
+        manifest["output_prefix"], manifest["uploaded"] = _upload(
+            artifact, run_id, output_url, endpoint_url, manifest, log
+        )
+    manifest["registry"] = install_lora(
+        artifact.lora, artifact.sha256[artifact.relative(artifact.lora)], lora_dir=lora_dir, lora_name=lora_name
+    )
     log.info(f"publish: LoRA available to the server as <lora:{lora_name}:1> ({manifest['lora_path']})")
     return manifest
 
@@ -59,8 +70,12 @@ def install_lora(source: Path, sha256: str, *, lora_dir: Path, lora_name: str) -
     if entry is None or entry.path.resolve() != target.resolve():
         problems = "; ".join(LoraRegistry(lora_dir).problems) or "not listed"
         raise StoreError(f"{target}: the LoRA folder's catalogue does not list it ({problems}); check the file")
-    return {"name": entry.name, "path": str(target), "short_hash": entry.short_hash,
-            "sha256_tensors": entry.sha256_tensors}
+    return {
+        "name": entry.name,
+        "path": str(target),
+        "short_hash": entry.short_hash,
+        "sha256_tensors": entry.sha256_tensors,
+    }
 
 
 def publish_checkpoint(checkpoint: Path, *, lora_dir: Path, lora_name: str) -> dict:
@@ -82,8 +97,9 @@ def check_publish_name(name: str) -> None:
         raise StoreError(f"--lora-name {name!r}: a hidden file would not be listed; drop the leading '.'")
 
 
-def _upload(artifact: Artifact, run_id: str, output_url: str, endpoint_url: str | None, manifest: dict,
-            log: RunLog) -> tuple[str, list[str]]:
+def _upload(
+    artifact: Artifact, run_id: str, output_url: str, endpoint_url: str | None, manifest: dict, log: RunLog
+) -> tuple[str, list[str]]:
     from lorapipe.store import open_store
 
     prefix = f"{run_id}"
@@ -104,8 +120,10 @@ def _upload(artifact: Artifact, run_id: str, output_url: str, endpoint_url: str 
         _remove_uploaded(output_url, endpoint_url, uploaded, log)
         if isinstance(exc, LorapipeError):
             raise
-        raise StoreError(f"{output_url}: upload failed ({type(exc).__name__}: {exc}); "
-                         "check the URL, --s3-endpoint-url and credentials") from exc
+        raise StoreError(
+            f"{output_url}: upload failed ({type(exc).__name__}: {exc}); "
+            "check the URL, --s3-endpoint-url and credentials"
+        ) from exc
     destination = f"{output_url.rstrip('/')}/{prefix}/"
     log.info(f"publish: {len(uploaded)} files and {MANIFEST_NAME} to {destination}")
     return destination, uploaded

@@ -98,10 +98,19 @@ class RunRecord:
 
     def to_json(self) -> dict:
         return {
-            "id": self.id, "status": self.status, "backend": self.backend, "dataset": self.dataset,
-            "output": self.output, "run_dir": str(self.run_dir), "created": self.created, "updated": self.updated,
-            "cache_key": self.cache_key, "artifact_dir": str(self.artifact_dir) if self.artifact_dir else None,
-            "pid": self.pid, "error": self.error, "request": self.request,
+            "id": self.id,
+            "status": self.status,
+            "backend": self.backend,
+            "dataset": self.dataset,
+            "output": self.output,
+            "run_dir": str(self.run_dir),
+            "created": self.created,
+            "updated": self.updated,
+            "cache_key": self.cache_key,
+            "artifact_dir": str(self.artifact_dir) if self.artifact_dir else None,
+            "pid": self.pid,
+            "error": self.error,
+            "request": self.request,
             "steps": [step.__dict__ for step in self.steps],
         }
 
@@ -135,8 +144,9 @@ class RunStore:
             db.close()
 
     # -- runs ---------------------------------------------------------------------------------------------------
-    def create_run(self, run_id: str, *, backend: str, dataset: str, output: str | None, run_dir: Path,
-                   request: dict) -> RunRecord:
+    def create_run(
+        self, run_id: str, *, backend: str, dataset: str, output: str | None, run_dir: Path, request: dict
+    ) -> RunRecord:
         now = time.time()
         with self._connect() as db:
             db.execute(
@@ -158,8 +168,9 @@ class RunStore:
         values = {key: (str(value) if isinstance(value, Path) else value) for key, value in fields.items()}
         assignments = ", ".join(f"{key} = ?" for key in values)
         with self._connect() as db:
-            db.execute(f"UPDATE runs SET {assignments}, updated = ? WHERE id = ?",
-                       (*values.values(), time.time(), run_id))
+            db.execute(
+                f"UPDATE runs SET {assignments}, updated = ? WHERE id = ?", (*values.values(), time.time(), run_id)
+            )
 
     def start_run(self, run_id: str, pid: int) -> bool:
         """Move a queued run to running; False if it was cancelled before its worker got going."""
@@ -184,15 +195,18 @@ class RunStore:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchall()
             if not rows:
-                rows = db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY created DESC",
-                                  (f"%{run_id}%",)).fetchall()
+                rows = db.execute(
+                    "SELECT * FROM runs WHERE id LIKE ? ORDER BY created DESC", (f"%{run_id}%",)
+                ).fetchall()
             if len(rows) != 1:
                 what = "no run" if not rows else f"{len(rows)} runs"
                 raise PipelineError(f"run {run_id!r}: {what} match; see `lorapipe runs list`")
             steps = db.execute("SELECT * FROM steps WHERE run_id = ?", (rows[0]["id"],)).fetchall()
         order = {name: index for index, name in enumerate(STEP_NAMES)}
-        step_records = sorted((StepRecord(s["name"], s["status"], s["started"], s["finished"], s["detail"])
-                               for s in steps), key=lambda step: order.get(step.name, 99))
+        step_records = sorted(
+            (StepRecord(s["name"], s["status"], s["started"], s["finished"], s["detail"]) for s in steps),
+            key=lambda step: order.get(step.name, 99),
+        )
         return _run_from_row(rows[0], tuple(step_records))
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
@@ -238,20 +252,25 @@ class RunStore:
     # -- watch state --------------------------------------------------------------------------------------------
     def watched_run(self, store: str, dataset: str, content_hash: str) -> str | None:
         with self._connect() as db:
-            row = db.execute("SELECT run_id FROM watched WHERE store = ? AND dataset = ? AND content_hash = ?",
-                             (store, dataset, content_hash)).fetchone()
+            row = db.execute(
+                "SELECT run_id FROM watched WHERE store = ? AND dataset = ? AND content_hash = ?",
+                (store, dataset, content_hash),
+            ).fetchone()
         return row["run_id"] if row else None
 
     def remember_watched(self, store: str, dataset: str, content_hash: str, run_id: str) -> None:
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO watched VALUES (?, ?, ?, ?, ?)",
-                       (store, dataset, content_hash, run_id, time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO watched VALUES (?, ?, ?, ?, ?)",
+                (store, dataset, content_hash, run_id, time.time()),
+            )
 
     # -- file hash cache ----------------------------------------------------------------------------------------
     def cached_file_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
         with self._connect() as db:
-            row = db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
-                             (path, size, mtime_ns)).fetchone()
+            row = db.execute(
+                "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?", (path, size, mtime_ns)
+            ).fetchone()
         return row["sha256"] if row else None
 
     def remember_file_hash(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
@@ -261,9 +280,18 @@ class RunStore:
 
 def _run_from_row(row: sqlite3.Row, steps: tuple[StepRecord, ...]) -> RunRecord:
     return RunRecord(
-        id=row["id"], created=row["created"], updated=row["updated"], status=row["status"],
-        backend=row["backend"], dataset=row["dataset"], output=row["output"], run_dir=Path(row["run_dir"]),
-        request=json.loads(row["request"]), cache_key=row["cache_key"],
+        id=row["id"],
+        created=row["created"],
+        updated=row["updated"],
+        status=row["status"],
+        backend=row["backend"],
+        dataset=row["dataset"],
+        output=row["output"],
+        run_dir=Path(row["run_dir"]),
+        request=json.loads(row["request"]),
+        cache_key=row["cache_key"],
         artifact_dir=Path(row["artifact_dir"]) if row["artifact_dir"] else None,
-        pid=row["pid"], error=row["error"], steps=steps,
+        pid=row["pid"],
+        error=row["error"],
+        steps=steps,
     )

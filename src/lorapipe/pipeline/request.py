@@ -52,8 +52,10 @@ class RunRequest:
         if self.backend not in BACKENDS:
             raise PipelineError(f"--backend {self.backend!r}: unknown backend; use one of {', '.join(BACKENDS)}")
         if BACKENDS[self.backend].remote and not (self.output or "").startswith("s3://"):
-            raise PipelineError(f"--output: the {self.backend} backend writes to S3 (and uploads a local dataset "
-                                "there); give --output s3://BUCKET/PREFIX")
+            raise PipelineError(
+                f"--output: the {self.backend} backend writes to S3 (and uploads a local dataset "
+                "there); give --output s3://BUCKET/PREFIX"
+            )
 
     @property
     def uploads_dataset(self) -> bool:

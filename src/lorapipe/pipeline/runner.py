@@ -46,8 +46,9 @@ class RunContext:
         return self.home.run_dir(self.run_id)
 
 
-def execute_run(home: PipelineHome, run_id: str, cancel: Cancellation | None = None,
-                backend: TrainBackend | None = None) -> str:
+def execute_run(
+    home: PipelineHome, run_id: str, cancel: Cancellation | None = None, backend: TrainBackend | None = None
+) -> str:
     """Run every step of a recorded run in this process; return the final status."""
     records = RunStore(home.database)
     record = records.get(run_id)
@@ -118,9 +119,14 @@ def _upload_dataset(ctx: RunContext, dataset_dir: Path) -> str:
     from lorapipe.pipeline.dataset_upload import upload_dataset
 
     _check_cancel(ctx)
-    result = upload_dataset(dataset_dir, output_url=ctx.request.output or "", hasher=ContentHasher(ctx.records),
-                            endpoint_url=ctx.request.s3_endpoint_url, log=ctx.log,
-                            should_stop=lambda: ctx.cancel.requested)
+    result = upload_dataset(
+        dataset_dir,
+        output_url=ctx.request.output or "",
+        hasher=ContentHasher(ctx.records),
+        endpoint_url=ctx.request.s3_endpoint_url,
+        log=ctx.log,
+        should_stop=lambda: ctx.cancel.requested,
+    )
     return result.url
 
 
@@ -153,8 +159,17 @@ def _step_train(ctx: RunContext, dataset_dir: Path, dataset_url: str, backend: T
     if cached is not None:
         return cached
     resume = _resumable_state(ctx, key) if ctx.request.use_cache else None
-    job = TrainJob(ctx.run_id, dataset_dir, dataset_url, train_dir, ctx.request.base_model, config,
-                   ctx.request.overrides, key, resume)
+    job = TrainJob(
+        ctx.run_id,
+        dataset_dir,
+        dataset_url,
+        train_dir,
+        ctx.request.base_model,
+        config,
+        ctx.request.overrides,
+        key,
+        resume,
+    )
     folder = backend.train(job, ctx.log, ctx.cancel)
     _check_cancel(ctx)
     artifact = find_artifact(folder)
@@ -192,8 +207,14 @@ def _step_evaluate(ctx: RunContext, dataset_dir: Path, artifact: Artifact) -> tu
     """Score every checkpoint and pick the one to publish (lorapipe.pipeline.evaluate_stage)."""
     _check_cancel(ctx)
     ctx.records.set_step(ctx.run_id, "evaluate", "running")
-    outcome = evaluate_artifact(artifact, ctx.request.evaluate, dataset_dir=dataset_dir,
-                                base_model=ctx.request.base_model, out_dir=ctx.run_dir / "eval", log=ctx.log)
+    outcome = evaluate_artifact(
+        artifact,
+        ctx.request.evaluate,
+        dataset_dir=dataset_dir,
+        base_model=ctx.request.base_model,
+        out_dir=ctx.run_dir / "eval",
+        log=ctx.log,
+    )
     ctx.records.set_step(ctx.run_id, "evaluate", "succeeded" if outcome.manifest else "skipped", outcome.detail)
     return outcome.artifact, outcome.manifest
 
@@ -224,7 +245,8 @@ def _step_publish(ctx: RunContext, artifact: Artifact, evaluation: dict | None =
     if ctx.request.deploy_endpoint:
         from lorapipe.pipeline.deploy_step import deploy_published
 
-        result["deploy"] = deploy_published(ctx.request, Path(result["lora_path"]), lora_name,
-                                            result.get("output_prefix"), ctx.log)
+        result["deploy"] = deploy_published(
+            ctx.request, Path(result["lora_path"]), lora_name, result.get("output_prefix"), ctx.log
+        )
     atomic_write_text(ctx.run_dir / "publish.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     ctx.records.set_step(ctx.run_id, "publish", "succeeded", result.get("output_prefix") or result["lora_path"])

@@ -32,8 +32,14 @@ def create_run(request: RunRequest, home: PipelineHome) -> RunRecord:
     run_dir.mkdir(parents=True, exist_ok=False)
     atomic_write_text(run_dir / "request.json", json.dumps(request.to_json(), indent=2, sort_keys=True) + "\n")
     (run_dir / "run.log").touch()
-    return records.create_run(run_id, backend=request.backend, dataset=request.dataset, output=request.output,
-                              run_dir=run_dir, request=request.to_json())
+    return records.create_run(
+        run_id,
+        backend=request.backend,
+        dataset=request.dataset,
+        output=request.output,
+        run_dir=run_dir,
+        request=request.to_json(),
+    )
 
 
 def resume_run(home: PipelineHome, run_id: str) -> RunRecord:
@@ -52,8 +58,12 @@ def start_detached(home: PipelineHome, run_id: str) -> int:
     with open(run_dir / "worker.out", "ab") as sink:
         worker = subprocess.Popen(
             [sys.executable, "-m", "lorapipe.pipeline.worker", "--home", str(home.root), run_id],
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=run_dir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     records.update_run(run_id, pid=worker.pid)
     return worker.pid
@@ -120,13 +130,23 @@ def training_runs(home: PipelineHome) -> list[RunRecord]:
         return []
     mark_lost_runs(home)
     recent = time.time() - WIND_DOWN_S  # an old pid may belong to another process by now
-    return [r for r in RunStore(home.database).list_runs(limit=200)
-            if not BACKENDS[r.backend].remote and (not r.finished or (r.status == "cancelled" and r.updated > recent
-                                                            and r.pid and _alive(r.pid)))]
+    return [
+        r
+        for r in RunStore(home.database).list_runs(limit=200)
+        if not BACKENDS[r.backend].remote
+        and (not r.finished or (r.status == "cancelled" and r.updated > recent and r.pid and _alive(r.pid)))
+    ]
 
 
-def follow_log(home: PipelineHome, run_id: str, out: TextIO, *, from_start: bool = True, poll_s: float = 0.2,
-               should_stop: Callable[[], bool] = lambda: False) -> RunRecord:
+def follow_log(
+    home: PipelineHome,
+    run_id: str,
+    out: TextIO,
+    *,
+    from_start: bool = True,
+    poll_s: float = 0.2,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RunRecord:
     """Print the run's log as it grows until the run finishes (or should_stop says so); return the record."""
     records = RunStore(home.database)
     record = records.get(run_id)

@@ -37,7 +37,7 @@ def job_name_for(run_id: str) -> str:
 def split_s3_url(url: str) -> tuple[str, str]:
     if not url.startswith("s3://"):
         raise PipelineError(f"{url}: not an s3:// URL")
-    bucket, _, key = url[len("s3://"):].partition("/")
+    bucket, _, key = url[len("s3://") :].partition("/")
     return bucket, key
 
 
@@ -87,11 +87,11 @@ class SageMakerBackend:
         `config_url`: the S3 prefix holding an explicit --config TOML, sent as the `config` channel."""
         options = self.options
         if not options.image:
-            raise PipelineError("--sagemaker-image: the sagemaker backend needs the training image URI; "
-                                "see container/")
+            raise PipelineError("--sagemaker-image: the sagemaker backend needs the training image URI; see container/")
         if not options.role_arn:
-            raise PipelineError("--sagemaker-role: the sagemaker backend needs the job's execution role ARN; "
-                                "see deploy/")
+            raise PipelineError(
+                "--sagemaker-role: the sagemaker backend needs the job's execution role ARN; see deploy/"
+            )
         output = (self.request.output or "").rstrip("/")
         name = job_name_for(job.run_id)
         stopping = {"MaxRuntimeInSeconds": int(options.max_runtime_s)}
@@ -125,8 +125,10 @@ class SageMakerBackend:
             "StoppingCondition": stopping,
             "EnableManagedSpotTraining": bool(options.spot),
             # Same URI on a re-run of the same content, so a new job resumes from the old one's checkpoints.
-            "CheckpointConfig": {"S3Uri": f"{output}/checkpoints/{job.cache_key[:16] or name}/",
-                                 "LocalPath": CHECKPOINT_LOCAL_PATH},
+            "CheckpointConfig": {
+                "S3Uri": f"{output}/checkpoints/{job.cache_key[:16] or name}/",
+                "LocalPath": CHECKPOINT_LOCAL_PATH,
+            },
             "Environment": environment,
         }
 
@@ -137,10 +139,14 @@ class SageMakerBackend:
         try:
             client.create_training_job(**arguments)
         except Exception as exc:
-            raise PipelineError(f"sagemaker: the training job was refused ({_aws_reason(exc)}); "
-                                "check the role, image, instance quota and region") from exc
-        log.info(f"train: SageMaker job {arguments['TrainingJobName']} created "
-                 f"({self.options.instance_type}, spot={self.options.spot})")
+            raise PipelineError(
+                f"sagemaker: the training job was refused ({_aws_reason(exc)}); "
+                "check the role, image, instance quota and region"
+            ) from exc
+        log.info(
+            f"train: SageMaker job {arguments['TrainingJobName']} created "
+            f"({self.options.instance_type}, spot={self.options.spot})"
+        )
         return arguments["TrainingJobName"]
 
     def wait(self, name: str, log: RunLog, cancel: Cancellation) -> dict:
@@ -216,8 +222,9 @@ class SageMakerBackend:
         try:
             self._s3().download_file(bucket, key, str(archive))
         except Exception as exc:
-            raise PipelineError(f"{url}: cannot download the job's model ({_aws_reason(exc)}); "
-                                "check --s3-endpoint-url and credentials") from exc
+            raise PipelineError(
+                f"{url}: cannot download the job's model ({_aws_reason(exc)}); check --s3-endpoint-url and credentials"
+            ) from exc
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(output_dir, filter="data")  # "data" refuses absolute paths, links out, devices
         archive.unlink()
@@ -248,8 +255,16 @@ class SageMakerBackend:
 
 
 def _channel(name: str, url: str) -> dict:
-    return {"ChannelName": name, "DataSource": {"S3DataSource": {
-        "S3DataType": "S3Prefix", "S3Uri": normalise_s3_prefix(url), "S3DataDistributionType": "FullyReplicated"}}}
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": normalise_s3_prefix(url),
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+    }
 
 
 def _aws_reason(exc: Exception) -> str:

@@ -28,8 +28,12 @@ EXTRA_PARAMETERS = (
 )
 # Scarce GPU capacity is the failure worth retrying (reliability anchors §1.6); max 20 attempts allowed.
 RETRY_POLICIES = (
-    {"ExceptionType": ["SageMaker.CAPACITY_ERROR", "SageMaker.JOB_INTERNAL_ERROR", "SageMaker.RESOURCE_LIMIT"],
-     "IntervalSeconds": 60, "BackoffRate": 2.0, "MaxAttempts": 5},
+    {
+        "ExceptionType": ["SageMaker.CAPACITY_ERROR", "SageMaker.JOB_INTERNAL_ERROR", "SageMaker.RESOURCE_LIMIT"],
+        "IntervalSeconds": 60,
+        "BackoffRate": 2.0,
+        "MaxAttempts": 5,
+    },
 )
 
 
@@ -54,14 +58,18 @@ def pipeline_definition(role_arn: str | None = None, step_name: str = "lorapipe-
             "MetricDefinitions": [dict(m) for m in METRIC_DEFINITIONS],
         },
         "RoleArn": _get("ExecutionRoleArn"),
-        "InputDataConfig": [{
-            "ChannelName": TRAIN_CHANNEL,
-            "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix",
-                "S3Uri": _get("InputS3DatasetLocation"),
-                "S3DataDistributionType": "FullyReplicated",
-            }},
-        }],
+        "InputDataConfig": [
+            {
+                "ChannelName": TRAIN_CHANNEL,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": _get("InputS3DatasetLocation"),
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+        ],
         "OutputDataConfig": {"S3OutputPath": _get("OutputS3ModelLocation")},
         "ResourceConfig": {
             "InstanceType": _get("TrainingInstanceType"),
@@ -76,17 +84,25 @@ def pipeline_definition(role_arn: str | None = None, step_name: str = "lorapipe-
         "Version": DEFINITION_VERSION,
         "Metadata": {"Generator": "lorapipe pipeline sagemaker-definition"},
         "Parameters": parameters,
-        "Steps": [{
-            "Name": step_name,
-            "Type": "Training",
-            "Arguments": training_arguments,
-            "RetryPolicies": [dict(policy) for policy in RETRY_POLICIES],
-        }],
+        "Steps": [
+            {
+                "Name": step_name,
+                "Type": "Training",
+                "Arguments": training_arguments,
+                "RetryPolicies": [dict(policy) for policy in RETRY_POLICIES],
+            }
+        ],
     }
 
 
-def upsert_pipeline(name: str, role_arn: str, *, pipeline_role_arn: str | None = None, region: str | None = None,
-                    endpoint_url: str | None = None) -> str:
+def upsert_pipeline(
+    name: str,
+    role_arn: str,
+    *,
+    pipeline_role_arn: str | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+) -> str:
     """Create the SageMaker pipeline, or update it if it exists; return its ARN.
 
     `role_arn` is the training job's role (the ExecutionRoleArn parameter's default); `pipeline_role_arn` the role
@@ -98,8 +114,12 @@ def upsert_pipeline(name: str, role_arn: str, *, pipeline_role_arn: str | None =
 
     client = boto3.session.Session(region_name=region).client("sagemaker", endpoint_url=endpoint_url)
     body = json.dumps(pipeline_definition(role_arn=role_arn))
-    arguments = {"PipelineName": name, "PipelineDefinition": body, "RoleArn": pipeline_role_arn or role_arn,
-                 "PipelineDescription": "lorapipe: one SDXL LoRA training job (recipe parameters)"}
+    arguments = {
+        "PipelineName": name,
+        "PipelineDefinition": body,
+        "RoleArn": pipeline_role_arn or role_arn,
+        "PipelineDescription": "lorapipe: one SDXL LoRA training job (recipe parameters)",
+    }
     try:
         # Listing by prefix answers "does it exist" the same way on AWS and on emulators (whose not-found
         # errors differ), without treating every describe error as "absent".
@@ -107,9 +127,12 @@ def upsert_pipeline(name: str, role_arn: str, *, pipeline_role_arn: str | None =
         if not any(summary.get("PipelineName") == name for summary in summaries):
             return client.create_pipeline(**arguments)["PipelineArn"]
         return client.update_pipeline(**{k: v for k, v in arguments.items() if k != "PipelineDescription"})[
-            "PipelineArn"]
+            "PipelineArn"
+        ]
     except Exception as exc:
         if isinstance(exc, PipelineError):
             raise
-        raise PipelineError(f"sagemaker pipeline {name}: create/update refused ({type(exc).__name__}: {exc}); "
-                            "check the role ARN, region and credentials") from exc
+        raise PipelineError(
+            f"sagemaker pipeline {name}: create/update refused ({type(exc).__name__}: {exc}); "
+            "check the role ARN, region and credentials"
+        ) from exc

@@ -28,8 +28,9 @@ def materialise_dataset(request: RunRequest, cache_dir: Path, log: RunLog) -> Pa
     if not request.dataset.startswith("s3://"):
         folder = Path(request.dataset).expanduser().resolve()
         if not folder.is_dir():
-            raise DatasetError(f"{request.dataset}: no such dataset folder; "
-                               "give the NNNN-dataset folder or an s3:// prefix")
+            raise DatasetError(
+                f"{request.dataset}: no such dataset folder; give the NNNN-dataset folder or an s3:// prefix"
+            )
         return folder
     from lorapipe.store import open_store
 
@@ -41,8 +42,10 @@ def materialise_dataset(request: RunRequest, cache_dir: Path, log: RunLog) -> Pa
     except LorapipeError:
         raise
     except Exception as exc:  # botocore/s3fs raise their own types: say which store failed and why
-        raise StoreError(f"{request.dataset}: cannot fetch the dataset ({type(exc).__name__}: {exc}); "
-                         "check the URL, --s3-endpoint-url and credentials") from exc
+        raise StoreError(
+            f"{request.dataset}: cannot fetch the dataset ({type(exc).__name__}: {exc}); "
+            "check the URL, --s3-endpoint-url and credentials"
+        ) from exc
 
 
 def validate_dataset(dataset_dir: Path, config: Path | None, report_path: Path, log: RunLog) -> str:
@@ -59,8 +62,10 @@ def validate_dataset(dataset_dir: Path, config: Path | None, report_path: Path, 
     log.info(f"validate: {summary}")
     if errors:
         first = f"{errors[0].path}: {errors[0].reason}"[:300]
-        raise DatasetError(f"{dataset_dir}: dataset check failed ({summary}), first: {first}; "
-                           f"run `lorapipe dataset check {dataset_dir}` for the full report")
+        raise DatasetError(
+            f"{dataset_dir}: dataset check failed ({summary}), first: {first}; "
+            f"run `lorapipe dataset check {dataset_dir}` for the full report"
+        )
     if images == 0:
         raise DatasetError(f"{dataset_dir}: no training images found; put them in <repeats>_<name>/ folders")
     return summary

@@ -53,8 +53,9 @@ def resolve_base_model(spec: str) -> BaseModelSource:
 
         preset = spec.removeprefix(RANDOM_PREFIX)
         if preset not in PRESETS:
-            raise ModelLoadError(f"{spec}: unknown preset {preset!r}; use " +
-                                 " or ".join(RANDOM_PREFIX + p for p in PRESETS))
+            raise ModelLoadError(
+                f"{spec}: unknown preset {preset!r}; use " + " or ".join(RANDOM_PREFIX + p for p in PRESETS)
+            )
         return BaseModelSource("random", preset)
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -63,8 +64,9 @@ def resolve_base_model(spec: str) -> BaseModelSource:
         return _resolve_file(path)
     if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
         if _offline():
-            raise ModelLoadError(f"{spec}: looks like a hub id, but hub access is off (HF_HUB_OFFLINE); "
-                                 f"pass {_LOCAL_FORMS}")
+            raise ModelLoadError(
+                f"{spec}: looks like a hub id, but hub access is off (HF_HUB_OFFLINE); pass {_LOCAL_FORMS}"
+            )
         return BaseModelSource("hub", spec)
     raise ModelLoadError(f"{spec}: no such file or folder; {_WHAT_TO_PASS}")
 
@@ -72,8 +74,9 @@ def resolve_base_model(spec: str) -> BaseModelSource:
 def _resolve_folder(path: Path) -> BaseModelSource:
     index_file = path / "model_index.json"
     if not index_file.is_file():
-        raise ModelLoadError(f"{path}: folder has no model_index.json, so it is not a diffusers pipeline; "
-                             f"{_WHAT_TO_PASS}")
+        raise ModelLoadError(
+            f"{path}: folder has no model_index.json, so it is not a diffusers pipeline; {_WHAT_TO_PASS}"
+        )
     try:
         index = json.loads(index_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -85,13 +88,16 @@ def _resolve_folder(path: Path) -> BaseModelSource:
 
 def _resolve_file(path: Path) -> BaseModelSource:
     if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
-        raise ModelLoadError(f"{path}: pickle checkpoints are not loaded (they can run code); "
-                             "convert it to .safetensors or pass a diffusers folder")
+        raise ModelLoadError(
+            f"{path}: pickle checkpoints are not loaded (they can run code); "
+            "convert it to .safetensors or pass a diffusers folder"
+        )
     header = read_header(path, remedy=_WHAT_TO_PASS)
     metadata = header.metadata
     if not all(marker in header.tensors for marker in SGM_SDXL_MARKERS):
-        raise ModelLoadError(f"{path}: not an SDXL base checkpoint (no SDXL UNet and second text encoder keys); "
-                             f"{_WHAT_TO_PASS}")
+        raise ModelLoadError(
+            f"{path}: not an SDXL base checkpoint (no SDXL UNet and second text encoder keys); {_WHAT_TO_PASS}"
+        )
     from lorapipe.sdxl.single_file import CONFIG_METADATA_KEY
 
     configs = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
@@ -99,12 +105,14 @@ def _resolve_file(path: Path) -> BaseModelSource:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE",
-                                                                            "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
-def load_sdxl_pipeline(spec: str, *, dtype: str | None = None, pipeline_class=None, random_device=None,
-                       random_dtype=None):
+def load_sdxl_pipeline(
+    spec: str, *, dtype: str | None = None, pipeline_class=None, random_device=None, random_dtype=None
+):
     """Load a diffusers SDXL pipeline (StableDiffusionXLPipeline unless `pipeline_class` is given).
 
     Files load to the CPU (in `dtype`, else their own). `random:<preset>` weights are built directly on
@@ -117,8 +125,9 @@ def load_sdxl_pipeline(spec: str, *, dtype: str | None = None, pipeline_class=No
     source = resolve_base_model(spec)
     cls = pipeline_class or StableDiffusionXLPipeline
     if source.kind == "random":
-        return _random_pipeline(cls, source.location, device=random_device,
-                                dtype=torch_dtype(dtype) if dtype else random_dtype)
+        return _random_pipeline(
+            cls, source.location, device=random_device, dtype=torch_dtype(dtype) if dtype else random_dtype
+        )
     return _load_files(cls, source, spec, {"dtype": torch_dtype(dtype)} if dtype else {})
 
 
@@ -134,8 +143,12 @@ def _random_pipeline(cls, preset: str, *, device, dtype):
     models = build_models(preset, seed=0, device=str(device or "cpu"), dtype=dtype_name(dtype))
     tokenizers = _tokenizer_folder()
     scheduler = EulerDiscreteScheduler.from_config({k: v for k, v in SCHEDULER_CONFIG.items() if k[0] != "_"})
-    return cls(**models, tokenizer=CLIPTokenizer.from_pretrained(tokenizers / "tokenizer"),
-               tokenizer_2=CLIPTokenizer.from_pretrained(tokenizers / "tokenizer_2"), scheduler=scheduler)
+    return cls(
+        **models,
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizers / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(tokenizers / "tokenizer_2"),
+        scheduler=scheduler,
+    )
 
 
 def _tokenizer_folder() -> Path:
@@ -195,10 +208,14 @@ def materialize_config_folder(configs: dict[str, Any] | None) -> Path:
     (tmp / "scheduler").mkdir(exist_ok=True)
     (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
     write_sdxl_tokenizers(tmp)
-    index = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
-             "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
-             **{part: list(lib_cls) for part, lib_cls in classes.items()}}
+    index = {
+        "_class_name": "StableDiffusionXLPipeline",
+        "force_zeros_for_empty_prompt": True,
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        **{part: list(lib_cls) for part, lib_cls in classes.items()},
+    }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     try:
         os.replace(tmp, folder)

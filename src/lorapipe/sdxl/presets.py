@@ -98,26 +98,60 @@ def vae_config(preset: str) -> dict[str, Any]:
     if preset == "full":
         return common | {"block_out_channels": [128, 256, 512, 512], "norm_num_groups": 32, "sample_size": 1024}
     _check(preset)
-    return common | {"block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 4,
-                     "sample_size": 128}
+    return common | {
+        "block_out_channels": [8, 16, 16, 16],
+        "layers_per_block": 1,
+        "norm_num_groups": 4,
+        "sample_size": 128,
+    }
 
 
 def text_encoder_configs(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """CLIPTextConfig kwargs for text_encoder (CLIP ViT-L) and text_encoder_2 (OpenCLIP bigG)."""
-    common = {"vocab_size": CLIP_VOCAB_SIZE, "max_position_embeddings": 77, "bos_token_id": 49406,
-              "eos_token_id": 49407, "pad_token_id": 1, "layer_norm_eps": 1e-5}
+    common = {
+        "vocab_size": CLIP_VOCAB_SIZE,
+        "max_position_embeddings": 77,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 1,
+        "layer_norm_eps": 1e-5,
+    }
     if preset == "full":
-        te1 = common | {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                        "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu"}
-        te2 = common | {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
-                        "num_attention_heads": 20, "projection_dim": 1280, "hidden_act": "gelu"}
+        te1 = common | {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "projection_dim": 768,
+            "hidden_act": "quick_gelu",
+        }
+        te2 = common | {
+            "hidden_size": 1280,
+            "intermediate_size": 5120,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 20,
+            "projection_dim": 1280,
+            "hidden_act": "gelu",
+        }
         return te1, te2
     _check(preset)
     # The two widths differ as in SDXL (768 vs 1280): single-file loaders tell the encoders apart by width.
-    te1 = common | {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 5, "num_attention_heads": 4,
-                    "projection_dim": 32, "hidden_act": "quick_gelu"}
-    te2 = common | {"hidden_size": 48, "intermediate_size": 53, "num_hidden_layers": 5, "num_attention_heads": 4,
-                    "projection_dim": 48, "hidden_act": "gelu"}
+    te1 = common | {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 5,
+        "num_attention_heads": 4,
+        "projection_dim": 32,
+        "hidden_act": "quick_gelu",
+    }
+    te2 = common | {
+        "hidden_size": 48,
+        "intermediate_size": 53,
+        "num_hidden_layers": 5,
+        "num_attention_heads": 4,
+        "projection_dim": 48,
+        "hidden_act": "gelu",
+    }
     return te1, te2
 
 

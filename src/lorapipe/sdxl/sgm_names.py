@@ -70,7 +70,7 @@ class UnetNameMap:
         """Translate a diffusers module or parameter name into its SGM equivalent."""
         for prefix, sgm in self._prefixes:
             if name == prefix or name.startswith(prefix + "."):
-                rest = name[len(prefix):]
+                rest = name[len(prefix) :]
                 if "resnets." in prefix:
                     rest = _rename_resnet_part(rest)
                 return sgm + rest

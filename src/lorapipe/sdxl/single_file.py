@@ -41,10 +41,14 @@ def vae_to_ldm(state: dict[str, Any], num_blocks: int) -> dict[str, Any]:
         new = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
         new = re.sub(
             r"decoder\.up_blocks\.(\d+)\.resnets\.",
-            lambda m: f"decoder.up.{num_blocks - 1 - int(m.group(1))}.block.", new)
+            lambda m: f"decoder.up.{num_blocks - 1 - int(m.group(1))}.block.",
+            new,
+        )
         new = re.sub(
             r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
-            lambda m: f"decoder.up.{num_blocks - 1 - int(m.group(1))}.upsample.", new)
+            lambda m: f"decoder.up.{num_blocks - 1 - int(m.group(1))}.upsample.",
+            new,
+        )
         new = new.replace("mid_block.resnets.0.", "mid.block_1.").replace("mid_block.resnets.1.", "mid.block_2.")
         if "mid_block.attentions.0." in new:
             new = new.replace("mid_block.attentions.0.", "mid.attn_1.")
@@ -98,10 +102,14 @@ def pipeline_to_sgm_state(pipe) -> dict[str, Any]:
     unet_map = UnetNameMap(pipe.unet.config)
     state = {SGM_UNET_PREFIX + unet_map.to_sgm(k): v for k, v in pipe.unet.state_dict().items()}
     state |= vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels))
-    state |= {SGM_TE1_PREFIX + _with_text_model_prefix(k): v
-              for k, v in pipe.text_encoder.state_dict().items() if "position_ids" not in k}
+    state |= {
+        SGM_TE1_PREFIX + _with_text_model_prefix(k): v
+        for k, v in pipe.text_encoder.state_dict().items()
+        if "position_ids" not in k
+    }
     state |= text_encoder_2_to_openclip(
-        {_with_text_model_prefix(k): v for k, v in pipe.text_encoder_2.state_dict().items()})
+        {_with_text_model_prefix(k): v for k, v in pipe.text_encoder_2.state_dict().items()}
+    )
     return state
 
 

@@ -12,8 +12,15 @@ from fastapi.responses import JSONResponse
 
 
 class ApiError(Exception):
-    def __init__(self, status_code: int, detail: str, *, headers: dict[str, str] | None = None,
-                 error: str = "HTTPException", errors: str = ""):
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        error: str = "HTTPException",
+        errors: str = "",
+    ):
         super().__init__(detail)
         self.errors = errors
         self.status_code = status_code
@@ -22,10 +29,17 @@ class ApiError(Exception):
         self.error = error
 
 
-def a1111_error(status_code: int, detail: str, *, error: str = "HTTPException", errors: str = "",
-                headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail, "body": "", "errors": errors},
-                        status_code=status_code, headers=headers)
+def a1111_error(
+    status_code: int,
+    detail: str,
+    *,
+    error: str = "HTTPException",
+    errors: str = "",
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "detail": detail, "body": "", "errors": errors}, status_code=status_code, headers=headers
+    )
 
 
 async def handle_api_error(_request: Request, exc: ApiError) -> JSONResponse:

@@ -56,8 +56,13 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
             from lorapipe.generate.quiet import quiet_model_loading
 
             quiet_model_loading()
-            gen = await asyncio.to_thread(Generator.load, settings.base_model, lora_dir=settings.lora_dir,
-                                          device=settings.device, dtype=settings.dtype)
+            gen = await asyncio.to_thread(
+                Generator.load,
+                settings.base_model,
+                lora_dir=settings.lora_dir,
+                device=settings.device,
+                dtype=settings.dtype,
+            )
         app.state.lorapipe = _serving_state(settings, gen)
         app.state.studio = StudioState.create(settings, gen)
         try:
@@ -65,8 +70,12 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
         finally:
             await asyncio.to_thread(app.state.lorapipe.jobs.stop)
 
-    app = FastAPI(title="lorapipe", version=__version__, lifespan=lifespan,
-                  description="AUTOMATIC1111-compatible API for SDXL with LoRAs")
+    app = FastAPI(
+        title="lorapipe",
+        version=__version__,
+        lifespan=lifespan,
+        description="AUTOMATIC1111-compatible API for SDXL with LoRAs",
+    )
     app.add_exception_handler(ApiError, handle_api_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(Exception, handle_unexpected)
@@ -102,15 +111,19 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
 
     # add_middleware wraps: the last added runs first. Order on the way in: size cap, CORS (so browser
     # preflights get answered without credentials), auth, then the training-busy guard of generation routes.
-    app.add_middleware(TrainingBusyMiddleware, policy=settings.studio.busy_policy,
-                       timeout_s=settings.request_timeout_s)
+    app.add_middleware(TrainingBusyMiddleware, policy=settings.studio.busy_policy, timeout_s=settings.request_timeout_s)
     if settings.api_auth:
         app.add_middleware(BasicAuthMiddleware, credentials=settings.api_auth)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
-                           allow_headers=["*"], allow_credentials=True)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            allow_credentials=True,
+        )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     return app
 

@@ -58,8 +58,11 @@ async def run_generation(body: Txt2ImgBody, request: Request, *, kind: str) -> G
     try:
         job = state.jobs.submit(task_id, generation, control)
     except QueueFull as full:
-        raise ApiError(503, "server busy: the generation queue is full; retry later",
-                       headers={"Retry-After": str(full.retry_after_s)}) from None
+        raise ApiError(
+            503,
+            "server busy: the generation queue is full; retry later",
+            headers={"Retry-After": str(full.retry_after_s)},
+        ) from None
     except QueueClosed:
         raise ApiError(503, "server shutting down; retry on another instance or after the restart") from None
     try:
@@ -81,8 +84,11 @@ def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationR
     for title in body.alwayson_scripts:
         raise ApiError(422, f"always on script {title} not found")
     hires = body.hires_fix()
-    if hires and body.hr_checkpoint_name not in (None, "", "Use same checkpoint") \
-            and body.hr_checkpoint_name not in state.generator.model.aliases():
+    if (
+        hires
+        and body.hr_checkpoint_name not in (None, "", "Use same checkpoint")
+        and body.hr_checkpoint_name not in state.generator.model.aliases()
+    ):
         raise ApiError(404, f"Could not find checkpoint with name {body.hr_checkpoint_name}")
     init_images: tuple = ()
     inpaint = None
@@ -90,17 +96,31 @@ def _to_generation_request(body: Txt2ImgBody, state: ServerState) -> GenerationR
         if not body.init_images:
             raise ApiError(404, "Init image not found")
         limit = state.settings.limits.max_pixels
-        init_images = tuple(decode_image(data, max_pixels=limit, field=f"init_images[{i}]")
-                            for i, data in enumerate(body.init_images))
+        init_images = tuple(
+            decode_image(data, max_pixels=limit, field=f"init_images[{i}]") for i, data in enumerate(body.init_images)
+        )
         inpaint = _inpaint_options(body, limit)
     optional = {"denoising_strength": body.denoising_strength} if body.denoising_strength is not None else {}
     generation = GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
-        width=body.width, height=body.height, seed=body.seed, subseed=body.subseed,
-        subseed_strength=body.subseed_strength, batch_size=body.batch_size, n_iter=body.n_iter,
-        sampler_name=body.sampler_name or body.sampler_index, scheduler=body.scheduler, init_images=init_images,
-        apply_loras=not body.disable_extra_networks, hires=hires, inpaint=inpaint,
-        resize_mode=body.resize_mode if isinstance(body, Img2ImgBody) else 0, **optional,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        steps=body.steps,
+        cfg_scale=body.cfg_scale,
+        width=body.width,
+        height=body.height,
+        seed=body.seed,
+        subseed=body.subseed,
+        subseed_strength=body.subseed_strength,
+        batch_size=body.batch_size,
+        n_iter=body.n_iter,
+        sampler_name=body.sampler_name or body.sampler_index,
+        scheduler=body.scheduler,
+        init_images=init_images,
+        apply_loras=not body.disable_extra_networks,
+        hires=hires,
+        inpaint=inpaint,
+        resize_mode=body.resize_mode if isinstance(body, Img2ImgBody) else 0,
+        **optional,
     )
     try:
         state.generator.check(generation)  # the generator's own checks, before the request takes a queue slot
@@ -139,8 +159,7 @@ def a1111_response(body: Txt2ImgBody, result: GenerationResult, *, kind: str) ->
     if kind == "img2img" and not parameters.get("include_init_images"):
         parameters["init_images"] = None
         parameters["mask"] = None
-    return {"images": images if body.send_images else [], "parameters": parameters,
-            "info": json.dumps(_info(result))}
+    return {"images": images if body.send_images else [], "parameters": parameters, "info": json.dumps(_info(result))}
 
 
 def _info(result: GenerationResult) -> dict:
@@ -155,27 +174,46 @@ def _info(result: GenerationResult) -> dict:
     else:
         denoising = request.denoising_strength if request.init_images else None
     return {
-        "prompt": request.prompt, "all_prompts": prompts,
-        "negative_prompt": request.negative_prompt, "all_negative_prompts": negatives,
-        "seed": result.seeds[0], "all_seeds": list(result.seeds[:total]),
-        "subseed": result.subseeds[0], "all_subseeds": list(result.subseeds[:total]),
+        "prompt": request.prompt,
+        "all_prompts": prompts,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": negatives,
+        "seed": result.seeds[0],
+        "all_seeds": list(result.seeds[:total]),
+        "subseed": result.subseeds[0],
+        "all_subseeds": list(result.subseeds[:total]),
         "subseed_strength": request.subseed_strength,
-        "width": request.width, "height": request.height,
-        "sampler_name": result.sampler_name, "cfg_scale": request.cfg_scale, "steps": request.steps,
-        "batch_size": request.batch_size, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": result.model.name, "sd_model_hash": result.model.short_hash,
-        "sd_vae_name": None, "sd_vae_hash": None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": result.sampler_name,
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model.name,
+        "sd_model_hash": result.model.short_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
         "denoising_strength": denoising,
-        "extra_generation_params": extra, "index_of_first_image": 0,
-        "infotexts": list(result.infotexts), "styles": [], "job_timestamp": result.job_timestamp,
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "lorapipe",
-        "comments": "\n".join(result.warnings), "warnings": list(result.warnings),
+        "extra_generation_params": extra,
+        "index_of_first_image": 0,
+        "infotexts": list(result.infotexts),
+        "styles": [],
+        "job_timestamp": result.job_timestamp,
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": "lorapipe",
+        "comments": "\n".join(result.warnings),
+        "warnings": list(result.warnings),
         "interrupted": result.interrupted,
     }
 
 
 # -- progress, interrupt, skip ------------------------------------------------------------------------------
+
 
 def _job_for(state: ServerState, id_task: str | None) -> Job | None:
     if id_task:
@@ -190,21 +228,46 @@ async def progress(request: Request, skip_current_image: bool = False, id_task: 
     job = _job_for(state, id_task)
     pending = state.jobs.pending_count()
     if job is None:
-        return {"progress": 0.0, "eta_relative": 0.0,
-                "state": {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
-                          "job_count": 1 if pending else 0, "job_timestamp": "0", "job_no": 0,
-                          "sampling_step": 0, "sampling_steps": 0, "queued": pending},
-                "current_image": None, "textinfo": None}
+        return {
+            "progress": 0.0,
+            "eta_relative": 0.0,
+            "state": {
+                "skipped": False,
+                "interrupted": False,
+                "stopping_generation": False,
+                "job": "",
+                "job_count": 1 if pending else 0,
+                "job_timestamp": "0",
+                "job_no": 0,
+                "sampling_step": 0,
+                "sampling_steps": 0,
+                "queued": pending,
+            },
+            "current_image": None,
+            "textinfo": None,
+        }
     snap = job.control.snapshot()
     fraction = snap.fraction if snap.started_at is not None else 0.0
     elapsed = time.monotonic() - snap.started_at if snap.started_at is not None else 0.0
     eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
-    return {"progress": fraction, "eta_relative": eta,
-            "state": {"skipped": snap.skipped, "interrupted": snap.interrupted, "stopping_generation": False,
-                      "job": job.task_id, "job_count": max(snap.job_count, 1), "job_timestamp": "0",
-                      "job_no": snap.job_no, "sampling_step": snap.sampling_step,
-                      "sampling_steps": snap.sampling_steps, "queued": pending},
-            "current_image": None, "textinfo": None}
+    return {
+        "progress": fraction,
+        "eta_relative": eta,
+        "state": {
+            "skipped": snap.skipped,
+            "interrupted": snap.interrupted,
+            "stopping_generation": False,
+            "job": job.task_id,
+            "job_count": max(snap.job_count, 1),
+            "job_timestamp": "0",
+            "job_no": snap.job_no,
+            "sampling_step": snap.sampling_step,
+            "sampling_steps": snap.sampling_steps,
+            "queued": pending,
+        },
+        "current_image": None,
+        "textinfo": None,
+    }
 
 
 @router.post("/sdapi/v1/interrupt")
@@ -244,5 +307,13 @@ async def internal_progress(body: InternalProgressBody, request: Request):
         text = f"Step {snap.sampling_step}/{snap.sampling_steps}, batch {snap.job_no + 1}/{snap.job_count}"
     elif where == "queued":
         text = "In queue..."
-    return {"active": where == "active", "queued": where == "queued", "completed": where == "completed",
-            "progress": fraction, "eta": eta, "live_preview": None, "id_live_preview": -1, "textinfo": text}
+    return {
+        "active": where == "active",
+        "queued": where == "queued",
+        "completed": where == "completed",
+        "progress": fraction,
+        "eta": eta,
+        "live_preview": None,
+        "id_live_preview": -1,
+        "textinfo": text,
+    }

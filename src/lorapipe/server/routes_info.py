@@ -31,8 +31,13 @@ async def get_options(request: Request):
     model = state.generator.model
     with state.options_lock:
         stored = dict(state.options)
-    return {"samples_format": "png", "show_progress_every_n_steps": -1, **stored,
-            "sd_model_checkpoint": model.title, "sd_checkpoint_hash": model.sha256}
+    return {
+        "samples_format": "png",
+        "show_progress_every_n_steps": -1,
+        **stored,
+        "sd_model_checkpoint": model.title,
+        "sd_checkpoint_hash": model.sha256,
+    }
 
 
 @router.post("/sdapi/v1/options")
@@ -47,8 +52,11 @@ async def set_options(request: Request):
         raise ApiError(422, "options: body must be a JSON object of setting -> value")
     checkpoint = values.get("sd_model_checkpoint")
     if checkpoint is not None and checkpoint not in state.generator.model.aliases():
-        raise ApiError(422, f"sd_model_checkpoint: model '{checkpoint}' not found; this server has only "
-                            f"'{state.generator.model.title}' (see /sdapi/v1/sd-models)")
+        raise ApiError(
+            422,
+            f"sd_model_checkpoint: model '{checkpoint}' not found; this server has only "
+            f"'{state.generator.model.title}' (see /sdapi/v1/sd-models)",
+        )
     with state.options_lock:
         for key, kind in SETTABLE_OPTIONS.items():
             if key in values and key != "sd_model_checkpoint":
@@ -62,8 +70,16 @@ async def set_options(request: Request):
 @router.get("/sdapi/v1/sd-models")
 async def sd_models(request: Request):
     model = serving_state(request).generator.model
-    return [{"title": model.title, "model_name": model.name, "hash": model.short_hash, "sha256": model.sha256,
-             "filename": model.filename, "config": None}]
+    return [
+        {
+            "title": model.title,
+            "model_name": model.name,
+            "hash": model.short_hash,
+            "sha256": model.sha256,
+            "filename": model.filename,
+            "config": None,
+        }
+    ]
 
 
 @router.post("/sdapi/v1/refresh-checkpoints")
@@ -86,10 +102,15 @@ async def loras(request: Request):
     """A1111's list: name (stem), alias (ss_output_name), path (relative to --lora-dir), metadata."""
     registry = serving_state(request).generator.registry
     root = registry.root
-    return [{"name": e.name, "alias": e.alias,
-             "path": os.path.relpath(e.path, root) if root else e.path.name,
-             "metadata": _display_metadata(e.metadata)}
-            for e in registry.entries()]
+    return [
+        {
+            "name": e.name,
+            "alias": e.alias,
+            "path": os.path.relpath(e.path, root) if root else e.path.name,
+            "metadata": _display_metadata(e.metadata),
+        }
+        for e in registry.entries()
+    ]
 
 
 @router.post("/sdapi/v1/refresh-loras")
@@ -142,8 +163,7 @@ def _empty_list():
     return []
 
 
-for _path in ("sd-vae", "hypernetworks", "face-restorers",
-              "realesrgan-models", "prompt-styles", "extensions"):
+for _path in ("sd-vae", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "extensions"):
     router.add_api_route(f"/sdapi/v1/{_path}", _empty_list, methods=["GET"])
 
 
@@ -183,7 +203,11 @@ def _cuda() -> dict:
     def pair(name: str) -> dict:
         return {"current": stats.get(f"{name}.all.current", 0), "peak": stats.get(f"{name}.all.peak", 0)}
 
-    return {"system": {"free": free, "used": total - free, "total": total},
-            "active": pair("active_bytes"), "allocated": pair("allocated_bytes"),
-            "reserved": pair("reserved_bytes"), "inactive": pair("inactive_split_bytes"),
-            "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}
+    return {
+        "system": {"free": free, "used": total - free, "total": total},
+        "active": pair("active_bytes"),
+        "allocated": pair("allocated_bytes"),
+        "reserved": pair("reserved_bytes"),
+        "inactive": pair("inactive_split_bytes"),
+        "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+    }

@@ -86,25 +86,36 @@ class Txt2ImgBody(BaseModel):
         if not self.enable_hr:
             return None
         return HiresFix(
-            scale=self.hr_scale, resize_x=self.hr_resize_x, resize_y=self.hr_resize_y,
-            upscaler=self.hr_upscaler or None, second_pass_steps=self.hr_second_pass_steps,
+            scale=self.hr_scale,
+            resize_x=self.hr_resize_x,
+            resize_y=self.hr_resize_y,
+            upscaler=self.hr_upscaler or None,
+            second_pass_steps=self.hr_second_pass_steps,
             denoising_strength=HIRES_DENOISING_STRENGTH if self.denoising_strength is None else self.denoising_strength,
-            sampler_name=self.hr_sampler_name or None, scheduler=self.hr_scheduler or None,
-            prompt=self.hr_prompt, negative_prompt=self.hr_negative_prompt,
+            sampler_name=self.hr_sampler_name or None,
+            scheduler=self.hr_scheduler or None,
+            prompt=self.hr_prompt,
+            negative_prompt=self.hr_negative_prompt,
         )
 
     def check_limits(self, limits: Limits) -> list[dict]:
         """Errors in FastAPI's 422 `detail` shape for values beyond this server's limits (on the final size)."""
         problems = []
-        bounds = {"steps": limits.max_steps, "width": limits.max_side, "height": limits.max_side,
-                  "batch_size": limits.max_batch_size, "n_iter": limits.max_n_iter,
-                  "hr_second_pass_steps": limits.max_steps}
+        bounds = {
+            "steps": limits.max_steps,
+            "width": limits.max_side,
+            "height": limits.max_side,
+            "batch_size": limits.max_batch_size,
+            "n_iter": limits.max_n_iter,
+            "hr_second_pass_steps": limits.max_steps,
+        }
         for name, bound in bounds.items():
             if getattr(self, name) > bound:
                 problems.append(_error(name, f"Input should be less than or equal to {bound}", "less_than_equal"))
         if self.width * self.height > limits.max_pixels:
-            problems.append(_error("width", f"width*height must be at most {limits.max_pixels} pixels",
-                                   "too_many_pixels"))
+            problems.append(
+                _error("width", f"width*height must be at most {limits.max_pixels} pixels", "too_many_pixels")
+            )
         hires = self.hires_fix()
         if hires is not None:
             try:
@@ -115,11 +126,23 @@ class Txt2ImgBody(BaseModel):
                 return [*problems, _error(field, str(exc), "value_error")]
             sizing = "hr_scale" if hires.resize_x == hires.resize_y == 0 else "hr_resize_x"
             if target and max(target.width, target.height) > limits.max_side:
-                problems.append(_error(sizing, f"the hires size {target.width}x{target.height} exceeds "
-                                       f"{limits.max_side} pixels a side; lower {sizing}", "less_than_equal"))
+                problems.append(
+                    _error(
+                        sizing,
+                        f"the hires size {target.width}x{target.height} exceeds "
+                        f"{limits.max_side} pixels a side; lower {sizing}",
+                        "less_than_equal",
+                    )
+                )
             elif target and target.width * target.height > limits.max_pixels:
-                problems.append(_error(sizing, f"the hires size {target.width}x{target.height} exceeds "
-                                       f"{limits.max_pixels} pixels; lower {sizing}", "too_many_pixels"))
+                problems.append(
+                    _error(
+                        sizing,
+                        f"the hires size {target.width}x{target.height} exceeds "
+                        f"{limits.max_pixels} pixels; lower {sizing}",
+                        "too_many_pixels",
+                    )
+                )
         return problems
 
 
@@ -152,9 +175,14 @@ class Img2ImgBody(Txt2ImgBody):
         blur_x = self.mask_blur if self.mask_blur is not None else self.mask_blur_x
         blur_y = self.mask_blur if self.mask_blur is not None else self.mask_blur_y
         return InpaintOptions(
-            mask=mask, blur_x=blur_x, blur_y=blur_y, mask_round=self.mask_round,
-            masked_content=MASKED_CONTENT[self.inpainting_fill], invert=bool(self.inpainting_mask_invert),
-            only_masked=self.inpaint_full_res, only_masked_padding=self.inpaint_full_res_padding,
+            mask=mask,
+            blur_x=blur_x,
+            blur_y=blur_y,
+            mask_round=self.mask_round,
+            masked_content=MASKED_CONTENT[self.inpainting_fill],
+            invert=bool(self.inpainting_mask_invert),
+            only_masked=self.inpaint_full_res,
+            only_masked_padding=self.inpaint_full_res_padding,
         )
 
 

@@ -39,8 +39,9 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         if self.host != LOOPBACK and self.host not in ("localhost", "::1") and not self.api_auth:
-            raise ConfigError(f"--listen/host {self.host}: refusing to serve beyond this machine without "
-                              "--api-auth USER:PASS")
+            raise ConfigError(
+                f"--listen/host {self.host}: refusing to serve beyond this machine without --api-auth USER:PASS"
+            )
         if self.queue_size < 1:
             raise ConfigError(f"queue_size: {self.queue_size} must be at least 1")
 

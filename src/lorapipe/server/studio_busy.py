@@ -36,6 +36,8 @@ class TrainingBusyMiddleware:
         if run is None:
             return await self.app(scope, receive, send)
         retry = await asyncio.to_thread(studio.runs.retry_after, run)
-        detail = (f"busy: training run {run.id} is using the GPU the generator uses; generation resumes when it "
-                  f"finishes (about {retry} s), or cancel the run in the studio")
+        detail = (
+            f"busy: training run {run.id} is using the GPU the generator uses; generation resumes when it "
+            f"finishes (about {retry} s), or cancel the run in the studio"
+        )
         await send_json(send, 503, error_body(detail), [(b"retry-after", str(retry).encode())])

@@ -34,8 +34,11 @@ class TrainSettings:
         if self.steps is not None:
             every = max(1, self.steps // max(1, self.checkpoints))
             values.update(max_train_steps=self.steps, save_every_n_steps=every, sample_every_n_steps=every)
-            drop = {key: f"the studio trains {self.steps} steps with a checkpoint every {every}"
-                    for key in _EPOCH_KEYS if key in keys}
+            drop = {
+                key: f"the studio trains {self.steps} steps with a checkpoint every {every}"
+                for key in _EPOCH_KEYS
+                if key in keys
+            }
         if self.rank is not None:
             values["network_dim"] = self.rank
         if self.learning_rate is not None:

@@ -71,8 +71,11 @@ class StudioDatasets:
     def list(self) -> list[dict]:
         if not self.root.is_dir():
             return []
-        metas = [json.loads((f / META).read_text(encoding="utf-8")) for f in self.root.iterdir()
-                 if DATASET_ID.match(f.name) and (f / META).is_file()]
+        metas = [
+            json.loads((f / META).read_text(encoding="utf-8"))
+            for f in self.root.iterdir()
+            if DATASET_ID.match(f.name) and (f / META).is_file()
+        ]
         return sorted(metas, key=lambda m: m["created"], reverse=True)
 
     # -- creating and uploading ---------------------------------------------------------------------------------
@@ -84,8 +87,13 @@ class StudioDatasets:
         dataset_id = secrets.token_hex(6)
         folder = self.root / dataset_id
         (folder / PHOTOS).mkdir(parents=True)
-        meta = {"id": dataset_id, "trigger": trigger, "class_name": class_name or None, "created": time.time(),
-                "prepared": None}
+        meta = {
+            "id": dataset_id,
+            "trigger": trigger,
+            "class_name": class_name or None,
+            "created": time.time(),
+            "prepared": None,
+        }
         atomic_write_text(folder / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         atomic_write_text(folder / PHOTO_INDEX, "[]\n")
         return meta
@@ -154,20 +162,32 @@ class StudioDatasets:
             target = folder / PREPARED
             staging = folder / ".prepare"
             shutil.rmtree(staging, ignore_errors=True)
-            result = prepare_dataset(folder / PHOTOS, staging, trigger=meta["trigger"], class_name=meta["class_name"],
-                                     preset=preset_source, steps=steps, base_model=self.base_model)
+            result = prepare_dataset(
+                folder / PHOTOS,
+                staging,
+                trigger=meta["trigger"],
+                class_name=meta["class_name"],
+                preset=preset_source,
+                steps=steps,
+                base_model=self.base_model,
+            )
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
             images, extension = _training_images(target)
             for name, image in images.items():
                 if name.split("/", 1)[1] in kept_captions:
                     atomic_write_text(image.with_name(image.stem + extension), kept_captions[name.split("/", 1)[1]])
-            meta["prepared"] = {"preset": preset, "steps": steps, "at": time.time(), "subset": result.subset_dir.name,
-                                "repeats": result.repeats, "epochs": result.epochs,
-                                "expected_steps": result.expected_steps,
-                                "kept": [{"photo": p.source.name, "image": p.target.name, "note": p.note}
-                                         for p in result.kept],
-                                "skipped": [{"photo": p.source.name, "reason": p.reason} for p in result.skipped]}
+            meta["prepared"] = {
+                "preset": preset,
+                "steps": steps,
+                "at": time.time(),
+                "subset": result.subset_dir.name,
+                "repeats": result.repeats,
+                "epochs": result.epochs,
+                "expected_steps": result.expected_steps,
+                "kept": [{"photo": p.source.name, "image": p.target.name, "note": p.note} for p in result.kept],
+                "skipped": [{"photo": p.source.name, "reason": p.reason} for p in result.skipped],
+            }
             self._write_meta(dataset_id, meta)
         return meta
 
@@ -229,8 +249,15 @@ class StudioDatasets:
         for entry in prepared.get("skipped", ()):
             if entry["photo"] in findings:
                 findings[entry["photo"]].append({"severity": "error", "reason": f"left out: {entry['reason']}"})
-        return {"ok": report["ok"], "errors": report["errors"], "warnings": report["warnings"], "photos": findings,
-                "general": general, "prepared": prepared, "datasets": _without_root(report["datasets"], folder)}
+        return {
+            "ok": report["ok"],
+            "errors": report["errors"],
+            "warnings": report["warnings"],
+            "photos": findings,
+            "general": general,
+            "prepared": prepared,
+            "datasets": _without_root(report["datasets"], folder),
+        }
 
     # -- captions -------------------------------------------------------------------------------------------------
     def _training_images(self, dataset_id: str) -> tuple[dict[str, Path], str]:
@@ -277,10 +304,15 @@ class StudioDatasets:
 
         folder = self.prepared_dir(dataset_id)
         with self._lock:
-            summary = caption_dataset(folder, captioner=self.settings.captioner, model=self.settings.captioner_model,
-                                      overwrite=overwrite)
-        return {"captioner": summary.captioner, "written": len(summary.written), "kept": len(summary.kept),
-                "failed": [{"image": f.path.name, "reason": f.reason} for f in summary.failed]}
+            summary = caption_dataset(
+                folder, captioner=self.settings.captioner, model=self.settings.captioner_model, overwrite=overwrite
+            )
+        return {
+            "captioner": summary.captioner,
+            "written": len(summary.written),
+            "kept": len(summary.kept),
+            "failed": [{"image": f.path.name, "reason": f.reason} for f in summary.failed],
+        }
 
 
 def _training_images(folder: Path) -> tuple[dict[str, Path], str]:

@@ -80,10 +80,14 @@ async def get_dataset(dataset_id: str, state: Studio):
     return {**meta, "photos": await call_in_thread(state.datasets.photos, dataset_id)}
 
 
-@router.post("/{dataset_id}/photos", status_code=201,
-             summary="Upload photos (PNG, JPEG, WebP, BMP) or zips of them; all are stored or none")
-async def upload_photos(dataset_id: str, files: Annotated[list[UploadFile], File(description="photos or .zip files")],
-                        state: Studio):
+@router.post(
+    "/{dataset_id}/photos",
+    status_code=201,
+    summary="Upload photos (PNG, JPEG, WebP, BMP) or zips of them; all are stored or none",
+)
+async def upload_photos(
+    dataset_id: str, files: Annotated[list[UploadFile], File(description="photos or .zip files")], state: Studio
+):
     uploads = [(f.file, f.filename, _is_zip(f)) for f in files]
     try:
         stored = await call_in_thread(state.datasets.add_photos, dataset_id, uploads)
@@ -118,8 +122,9 @@ async def prepare(dataset_id: str, body: PrepareBody, state: Studio):
         raise ApiError(422, f"preset {body.preset!r}: unknown; use one of {', '.join(choices)}")
     folder = await call_in_thread(state.datasets.folder, dataset_id)
     await call_in_thread(state.runs.refuse_while_training_on, folder / PREPARED)
-    return await call_in_thread(state.datasets.prepare, dataset_id, preset=body.preset,
-                                preset_source=choices[body.preset], steps=body.steps)
+    return await call_in_thread(
+        state.datasets.prepare, dataset_id, preset=body.preset, preset_source=choices[body.preset], steps=body.steps
+    )
 
 
 @router.get("/{dataset_id}/check", summary="The `dataset check` report, with findings per photo")
@@ -127,22 +132,31 @@ async def check(dataset_id: str, state: Studio):
     return await call_in_thread(state.datasets.report, dataset_id)
 
 
-@router.get("/{dataset_id}/config", summary="The prepared Kohya training TOML (what a run starts from)",
-            response_class=PlainTextResponse)
+@router.get(
+    "/{dataset_id}/config",
+    summary="The prepared Kohya training TOML (what a run starts from)",
+    response_class=PlainTextResponse,
+)
 async def config(dataset_id: str, state: Studio):
     folder = await call_in_thread(state.datasets.prepared_dir, dataset_id)
     return PlainTextResponse((folder / DATASET_CONFIG_NAME).read_text(encoding="utf-8"), media_type="application/toml")
 
 
-@router.post("/{dataset_id}/config", summary="The TOML a run would train with: the prepared one (or `config_toml`) "
-             "with steps, rank and learning rate written in", response_class=PlainTextResponse)
+@router.post(
+    "/{dataset_id}/config",
+    summary="The TOML a run would train with: the prepared one (or `config_toml`) "
+    "with steps, rank and learning rate written in",
+    response_class=PlainTextResponse,
+)
 async def render_config(dataset_id: str, body: RenderBody, state: Studio):
     folder = await call_in_thread(state.datasets.prepared_dir, dataset_id)
     where = "config_toml" if body.config_toml is not None else DATASET_CONFIG_NAME
-    base = body.config_toml if body.config_toml is not None else \
-        (folder / DATASET_CONFIG_NAME).read_text(encoding="utf-8")
-    settings = TrainSettings(steps=body.steps, rank=body.rank, learning_rate=body.learning_rate,
-                             checkpoints=body.checkpoints)
+    base = (
+        body.config_toml if body.config_toml is not None else (folder / DATASET_CONFIG_NAME).read_text(encoding="utf-8")
+    )
+    settings = TrainSettings(
+        steps=body.steps, rank=body.rank, learning_rate=body.learning_rate, checkpoints=body.checkpoints
+    )
     text = await call_in_thread(apply_settings, base, settings, where)
     return PlainTextResponse(text, media_type="application/toml")
 

@@ -30,12 +30,14 @@ class RunBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(description="studio dataset id (from POST /studio/api/datasets)")
-    config_toml: str | None = Field(None, max_length=200_000,
-                                    description="a Kohya training TOML replacing the dataset's own config")
+    config_toml: str | None = Field(
+        None, max_length=200_000, description="a Kohya training TOML replacing the dataset's own config"
+    )
     steps: int | None = Field(None, ge=1, le=100_000, description="max_train_steps")
     rank: int | None = Field(None, ge=1, le=1024, description="network_dim")
-    learning_rate: float | None = Field(None, gt=0, le=1,
-                                        description="learning_rate (and unet_lr when the TOML sets it)")
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, description="learning_rate (and unet_lr when the TOML sets it)"
+    )
     checkpoints: int = Field(4, ge=1, le=100, description="LoRA files (with sample images) across the run")
     lora_name: str | None = Field(None, max_length=100, description="name the finished LoRA is published under")
 
@@ -52,10 +54,14 @@ def _start(state: StudioState, body: RunBody) -> dict:
     if body.lora_name:
         check_publish_name(body.lora_name)  # the publish step's own rule, before any training
     where = "config_toml" if body.config_toml is not None else DATASET_CONFIG_NAME
-    base = body.config_toml if body.config_toml is not None else \
-        (dataset_dir / DATASET_CONFIG_NAME).read_text(encoding="utf-8")
-    settings = TrainSettings(steps=body.steps, rank=body.rank, learning_rate=body.learning_rate,
-                             checkpoints=body.checkpoints)
+    base = (
+        body.config_toml
+        if body.config_toml is not None
+        else (dataset_dir / DATASET_CONFIG_NAME).read_text(encoding="utf-8")
+    )
+    settings = TrainSettings(
+        steps=body.steps, rank=body.rank, learning_rate=body.learning_rate, checkpoints=body.checkpoints
+    )
     config, written = state.datasets.save_config(body.dataset, apply_settings(base, settings, where))
     try:
         warnings = state.runs.check_config(dataset_dir, config)
@@ -75,8 +81,17 @@ async def start_run(body: RunBody, state: Studio):
 @router.get("", summary="Recent runs (the same records `lorapipe runs list` shows)")
 async def list_runs(state: Studio, limit: int = 50):
     records = await call_in_thread(state.runs.list, max(1, min(limit, 500)))
-    return [{"id": r.id, "status": r.status, "dataset": r.dataset, "backend": r.backend, "created": r.created,
-             "error": r.error} for r in records]
+    return [
+        {
+            "id": r.id,
+            "status": r.status,
+            "dataset": r.dataset,
+            "backend": r.backend,
+            "created": r.created,
+            "error": r.error,
+        }
+        for r in records
+    ]
 
 
 @router.get("/{run_id}", summary="A run's status, step, loss series, lr, ETA, checkpoints and sample images")
@@ -85,14 +100,18 @@ async def get_run(run_id: str, state: Studio):
     return Response(encoded, media_type="application/json")
 
 
-@router.get("/{run_id}/events", summary="Server-sent events: the run's snapshot whenever it changes, until it ends",
-            response_class=StreamingResponse)
+@router.get(
+    "/{run_id}/events",
+    summary="Server-sent events: the run's snapshot whenever it changes, until it ends",
+    response_class=StreamingResponse,
+)
 async def run_events(run_id: str, request: Request, state: Studio):
     encoded = await call_in_thread(state.runs.snapshot_json, run_id)
     status = json.loads(encoded)["status"]
     if status in FINISHED:
-        raise ApiError(410, f"run {run_id}: already {status}; nothing to follow "
-                            f"(GET /studio/api/runs/{run_id} shows how it ended)")
+        raise ApiError(
+            410, f"run {run_id}: already {status}; nothing to follow (GET /studio/api/runs/{run_id} shows how it ended)"
+        )
 
     async def stream():
         current, sent, quiet = encoded, None, 0.0
@@ -117,8 +136,9 @@ async def run_events(run_id: str, request: Request, state: Studio):
                 yield f"event: gone\ndata: {json.dumps({'detail': exc.detail})}\n\n"
                 return
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a run (the trainer saves its state, so the run can be resumed)")
@@ -143,8 +163,9 @@ async def run_files(run_id: str, state: Studio):
 async def run_file(run_id: str, name: str, state: Studio):
     path = await call_in_thread(state.runs.file, run_id, name)
     download = path.suffix == ".safetensors"
-    return FileResponse(path, filename=path.name if download else None,
-                        content_disposition_type="attachment" if download else "inline")
+    return FileResponse(
+        path, filename=path.name if download else None, content_disposition_type="attachment" if download else "inline"
+    )
 
 
 @router.post("/{run_id}/publish", summary="Put a checkpoint into the generator's LoRA folder; returns its prompt tag")

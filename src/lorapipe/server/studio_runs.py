@@ -45,8 +45,9 @@ class DeviceBusy(PipelineError):
 class StudioRuns:
     """Starts and follows pipeline runs in one pipeline home; thread-safe (routes call it from worker threads)."""
 
-    def __init__(self, home: PipelineHome, *, base_model: str | None, lora_dir: str | None,
-                 template: RunRequest | None = None):
+    def __init__(
+        self, home: PipelineHome, *, base_model: str | None, lora_dir: str | None, template: RunRequest | None = None
+    ):
         """`template`: what every run is asked besides dataset, config and names (backend, output, SageMaker
         job settings); None = the local backend with the server's base model."""
         self.home = home
@@ -66,19 +67,33 @@ class StudioRuns:
         """Validate the training config as the trainer will read it; raise ConfigProblems naming every key."""
         from lorapipe.config.load import load_train_config
 
-        loaded = load_train_config(dataset_dir, config_path=config,
-                                   output_dir=self.home.root / "studio" / "check-output", base_model=self.base_model)
+        loaded = load_train_config(
+            dataset_dir,
+            config_path=config,
+            output_dir=self.home.root / "studio" / "check-output",
+            base_model=self.base_model,
+        )
         return loaded.warnings
 
     def start(self, dataset_dir: Path, *, config: Path, lora_name: str | None) -> RunRecord:
         """Create and start a run; on the local backend only while no other training holds the device."""
         if self.template is None:
-            request = RunRequest(dataset=str(dataset_dir), base_model=self.base_model, config=str(config),
-                                 lora_dir=self.lora_dir, lora_name=lora_name)
+            request = RunRequest(
+                dataset=str(dataset_dir),
+                base_model=self.base_model,
+                config=str(config),
+                lora_dir=self.lora_dir,
+                lora_name=lora_name,
+            )
         else:  # the server's run template (e.g. the sagemaker backend, its output prefix and job settings)
-            request = dataclasses.replace(self.template, dataset=str(dataset_dir), config=str(config),
-                                          lora_dir=self.lora_dir, lora_name=lora_name,
-                                          base_model=self.template.base_model or self.base_model)
+            request = dataclasses.replace(
+                self.template,
+                dataset=str(dataset_dir),
+                config=str(config),
+                lora_dir=self.lora_dir,
+                lora_name=lora_name,
+                base_model=self.template.base_model or self.base_model,
+            )
         with self._start_lock:
             if not BACKENDS[request.backend].remote:  # it trains on this machine's accelerator
                 self._refuse_when_busy()
@@ -106,14 +121,22 @@ class StudioRuns:
         """A prepared folder is what its runs read: it is not replaced while one of them is unfinished."""
         for record in self.list(limit=200):
             if not record.finished and Path(record.dataset) == dataset_dir:
-                raise DeviceBusy(f"run {record.id} is training on this dataset; wait for it or cancel it before "
-                                 "preparing the dataset again", record, self.retry_after(record))
+                raise DeviceBusy(
+                    f"run {record.id} is training on this dataset; wait for it or cancel it before "
+                    "preparing the dataset again",
+                    record,
+                    self.retry_after(record),
+                )
 
     def _refuse_when_busy(self) -> None:
         busy = self.training_run(fresh=True)
         if busy is not None:
-            raise DeviceBusy(f"run {busy.id} is training on this machine's accelerator; wait for it to finish or "
-                             "cancel it before starting another", busy, self.retry_after(busy))
+            raise DeviceBusy(
+                f"run {busy.id} is training on this machine's accelerator; wait for it to finish or "
+                "cancel it before starting another",
+                busy,
+                self.retry_after(busy),
+            )
 
     # -- the device -----------------------------------------------------------------------------------------------
     def training_run(self, *, fresh: bool = False) -> RunRecord | None:
@@ -190,8 +213,13 @@ class StudioRuns:
         progress = self.progress(record)
         train_dir = record.run_dir / "train"
         return {
-            "id": record.id, "status": record.status, "error": record.error, "dataset": Path(record.dataset).name,
-            "created": record.created, "updated": record.updated, "lora_name": record.request.get("lora_name"),
+            "id": record.id,
+            "status": record.status,
+            "error": record.error,
+            "dataset": Path(record.dataset).name,
+            "created": record.created,
+            "updated": record.updated,
+            "lora_name": record.request.get("lora_name"),
             "steps": [{"name": s.name, "status": s.status, "detail": s.detail} for s in record.steps],
             "progress": progress.to_json(),
             "checkpoints": [c.to_json() for c in list_checkpoints(train_dir, final_steps=progress.step or None)],

@@ -34,8 +34,10 @@ class StudioSettings:
         if self.max_photos < 1 or self.max_photo_bytes < 1:
             raise ConfigError("studio upload caps: max_photos and max_photo_bytes must be at least 1")
         if self.run_template and not Path(self.run_template).expanduser().is_file():
-            raise ConfigError(f"--studio-run-template {self.run_template}: no such file; give a run request JSON "
-                              "(the shape of a run folder's request.json)")
+            raise ConfigError(
+                f"--studio-run-template {self.run_template}: no such file; give a run request JSON "
+                "(the shape of a run folder's request.json)"
+            )
         for preset in self.presets:
             if not Path(preset).expanduser().is_file():
                 raise ConfigError(f"--studio-preset {preset}: no such file; give a Kohya training TOML")

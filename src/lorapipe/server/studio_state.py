@@ -40,8 +40,12 @@ class StudioState:
         root = getattr(registry, "root", None) or settings.lora_dir
         lora_dir = Path(root) if root else None
         base_model = settings.base_model or _model_source(generator)
-        runs = StudioRuns(home, base_model=base_model, lora_dir=str(lora_dir) if lora_dir else None,
-                          template=_run_template(settings.studio.run_template))
+        runs = StudioRuns(
+            home,
+            base_model=base_model,
+            lora_dir=str(lora_dir) if lora_dir else None,
+            template=_run_template(settings.studio.run_template),
+        )
         datasets = StudioDatasets(home.root / "studio" / "datasets", settings.studio, base_model=base_model)
         return cls(settings, home, datasets, runs, lora_dir, registry)
 
@@ -56,8 +60,10 @@ def _run_template(path: str | None) -> RunRequest | None:
         data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
         return RunRequest.from_json({"dataset": "", **data})
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"--studio-run-template {path}: not a run request JSON ({exc}); copy a run's "
-                          "request.json and keep the keys you need") from None
+        raise ConfigError(
+            f"--studio-run-template {path}: not a run request JSON ({exc}); copy a run's "
+            "request.json and keep the keys you need"
+        ) from None
 
 
 def _model_source(generator) -> str | None:
@@ -73,8 +79,9 @@ def as_api_error(exc: LorapipeError) -> ApiError:
     if isinstance(exc, DeviceBusy):
         return ApiError(409, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, ConfigProblems):
-        return ApiError(422, f"config: {len(exc.errors)} problem(s): " + "; ".join(exc.errors),
-                        errors="\n".join(exc.errors))
+        return ApiError(
+            422, f"config: {len(exc.errors)} problem(s): " + "; ".join(exc.errors), errors="\n".join(exc.errors)
+        )
     if isinstance(exc, UploadTooLarge):
         return ApiError(413, str(exc))
     if isinstance(exc, ConfigError | DatasetError):

@@ -46,8 +46,14 @@ class StoredPhoto:
     bytes: int
 
     def to_json(self) -> dict:
-        return {"name": self.name, "label": self.label, "width": self.width, "height": self.height,
-                "format": self.format, "bytes": self.bytes}
+        return {
+            "name": self.name,
+            "label": self.label,
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "bytes": self.bytes,
+        }
 
 
 def sanitise_label(name: str | None, fallback: str = "photo") -> str:
@@ -153,13 +159,19 @@ def _safe_members(infos: Iterable[zipfile.ZipInfo], label: str, settings: Studio
             raise UploadRejected(f"{where}: entry points outside the archive; the zip is refused")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise UploadRejected(f"{where}: symbolic link; the zip is refused (zip the photos themselves)")
-        if info.is_dir() or path.name.startswith(".") or "__MACOSX" in path.parts \
-                or path.suffix.lower() in _SKIPPED_SUFFIXES:
+        if (
+            info.is_dir()
+            or path.name.startswith(".")
+            or "__MACOSX" in path.parts
+            or path.suffix.lower() in _SKIPPED_SUFFIXES
+        ):
             continue
         total += info.file_size
         if info.file_size > settings.max_photo_bytes or total > settings.max_zip_bytes:
-            raise UploadTooLarge(f"{where}: unpacks past the upload caps ({settings.max_photo_bytes} bytes a photo, "
-                                 f"{settings.max_zip_bytes} a zip); zip fewer or smaller photos")
+            raise UploadTooLarge(
+                f"{where}: unpacks past the upload caps ({settings.max_photo_bytes} bytes a photo, "
+                f"{settings.max_zip_bytes} a zip); zip fewer or smaller photos"
+            )
         photos.append(info)
     if not photos:
         raise UploadRejected(f"{label}: holds no photos")

@@ -53,8 +53,10 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         with atomic_target(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot write the cache file ({exc.strerror}); make the image folder writable "
-                           "or set cache_latents_to_disk / cache_text_encoder_outputs_to_disk = false") from exc
+        raise DatasetError(
+            f"{path}: cannot write the cache file ({exc.strerror}); make the image folder writable "
+            "or set cache_latents_to_disk / cache_text_encoder_outputs_to_disk = false"
+        ) from exc
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -74,8 +76,7 @@ class LatentCache:
     image always gets the same cached latent (sd-scripts samples the latent distribution once).
     """
 
-    def __init__(self, encode: Callable[[np.ndarray, list[str]], torch.Tensor], vae_fingerprint: str, *,
-                 to_disk: bool):
+    def __init__(self, encode: Callable[[np.ndarray, list[str]], torch.Tensor], vae_fingerprint: str, *, to_disk: bool):
         self._encode = encode
         self._vae = vae_fingerprint
         self._to_disk = to_disk
@@ -87,8 +88,9 @@ class LatentCache:
     def _disk_key(self, pixel_hash: str) -> str:
         return f"lp_{hashlib.blake2b((pixel_hash + self._vae).encode(), digest_size=12).hexdigest()}"
 
-    def latents(self, pixels: list[np.ndarray], image_paths: list[Path],
-                original_sizes_wh: list[tuple[int, int]]) -> torch.Tensor:
+    def latents(
+        self, pixels: list[np.ndarray], image_paths: list[Path], original_sizes_wh: list[tuple[int, int]]
+    ) -> torch.Tensor:
         """Latents for a batch of same-size pixel arrays, encoding only the ones not cached yet."""
         keys = [pixel_key(p) for p in pixels]
         missing = [i for i, k in enumerate(keys) if k not in self._memory]
@@ -127,8 +129,14 @@ class LatentCache:
 class TextEncoderCache:
     """Caption -> (context, pooled) for frozen text encoders, in memory and optionally on disk."""
 
-    def __init__(self, encode: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]], te_fingerprint: str, *,
-                 to_disk: bool, te1_width: int):
+    def __init__(
+        self,
+        encode: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
+        te_fingerprint: str,
+        *,
+        to_disk: bool,
+        te1_width: int,
+    ):
         self._encode = encode
         self._te1_width = te1_width
         self._te = te_fingerprint
@@ -162,13 +170,15 @@ class TextEncoderCache:
     def _store(self, image_path: Path, key: str, entry) -> None:
         context, pooled = entry
         # sd-scripts' keys: TE1 and TE2 hidden states separately, plus the pooled TE2 vector.
-        _atomic_savez(te_cache_path(image_path), {
-            "hidden_state1": context[..., : self._te1_width].numpy(),
-            "hidden_state2": context[..., self._te1_width :].numpy(),
-            "pool2": pooled.numpy(), "lorapipe_key": np.array(key),
-        })
-
-
+        _atomic_savez(
+            te_cache_path(image_path),
+            {
+                "hidden_state1": context[..., : self._te1_width].numpy(),
+                "hidden_state2": context[..., self._te1_width :].numpy(),
+                "pool2": pooled.numpy(),
+                "lorapipe_key": np.array(key),
+            },
+        )
 
 
 def caption_randomiser(subsets, *, wildcards: bool = False) -> tuple[str, str] | None:

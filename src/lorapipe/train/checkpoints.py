@@ -75,12 +75,17 @@ def read_train_state(folder: Path) -> TrainState:
     folder = Path(folder)
     path = folder / TRAIN_STATE_FILE
     if not path.is_file():
-        raise TrainingError(f"resume: {folder} is not a complete state folder (no {TRAIN_STATE_FILE}); "
-                            "point --resume at a <name>-state folder written with save_state = true")
+        raise TrainingError(
+            f"resume: {folder} is not a complete state folder (no {TRAIN_STATE_FILE}); "
+            "point --resume at a <name>-state folder written with save_state = true"
+        )
     data = json.loads(path.read_text(encoding="utf-8"))
-    return TrainState(current_step=int(data["current_step"]), current_epoch=int(data["current_epoch"]),
-                      updates_done_in_epoch=int(data.get("updates_done_in_epoch", 0)),
-                      dataset_hash=str(data.get("dataset_hash", "")))
+    return TrainState(
+        current_step=int(data["current_step"]),
+        current_epoch=int(data["current_epoch"]),
+        updates_done_in_epoch=int(data.get("updates_done_in_epoch", 0)),
+        dataset_hash=str(data.get("dataset_hash", "")),
+    )
 
 
 def load_state(folder: Path, *, network, optimizer, lr_scheduler, scaler, dataset_hash: str) -> TrainState:
@@ -90,13 +95,17 @@ def load_state(folder: Path, *, network, optimizer, lr_scheduler, scaler, datase
     folder = Path(folder)
     state = read_train_state(folder)
     if state.dataset_hash and state.dataset_hash != dataset_hash:
-        raise TrainingError(f"resume: {folder} was trained on a different dataset (hash {state.dataset_hash[:12]} "
-                            f"vs {dataset_hash[:12]} now); resume with the same images and captions or start afresh")
+        raise TrainingError(
+            f"resume: {folder} was trained on a different dataset (hash {state.dataset_hash[:12]} "
+            f"vs {dataset_hash[:12]} now); resume with the same images and captions or start afresh"
+        )
     report = network.load_kohya_state_dict(load_file(str(folder / MODEL_FILE)), source=str(folder / MODEL_FILE))
     if report.missing or report.unexpected:
-        raise TrainingError(f"resume: {folder / MODEL_FILE} does not match this network "
-                            f"({len(report.missing)} missing, {len(report.unexpected)} unexpected modules); "
-                            "use the same network_dim/conv_dim and train_unet/text-encoder settings")
+        raise TrainingError(
+            f"resume: {folder / MODEL_FILE} does not match this network "
+            f"({len(report.missing)} missing, {len(report.unexpected)} unexpected modules); "
+            "use the same network_dim/conv_dim and train_unet/text-encoder settings"
+        )
     optimizer.load_state_dict(torch.load(folder / "optimizer.bin", weights_only=False))
     lr_scheduler.load_state_dict(torch.load(folder / "scheduler.bin", weights_only=False))
     if scaler is not None and (folder / "scaler.pt").is_file():

@@ -38,8 +38,10 @@ def dataset_hash(scan) -> str:
     """Identity of the training data: image bytes, captions, repeats and subset options (for resume checks)."""
     digest = hashlib.sha256()
     for item in sorted(scan.items, key=lambda i: (str(i.subset.image_dir.name), i.path.name)):
-        digest.update(f"{item.subset.image_dir.name}/{item.path.name}|{item.repeats}|{item.caption}|"
-                      f"{item.bucket}|{item.subset.is_reg}\n".encode())
+        digest.update(
+            f"{item.subset.image_dir.name}/{item.path.name}|{item.repeats}|{item.caption}|"
+            f"{item.bucket}|{item.subset.is_reg}\n".encode()
+        )
         digest.update(sha256_file(item.path).encode())
     return digest.hexdigest()
 
@@ -48,14 +50,18 @@ def sample_rng(seed: int, epoch: int, batch_index: int, slot: int) -> random.Ran
     return random.Random(f"{seed}:{epoch}:{batch_index}:{slot}")
 
 
-def load_batch(items, blueprint, *, seed: int, epoch: int, index: int, step: int | None = None,
-               total_steps: int | None = None) -> TrainBatch:
+def load_batch(
+    items, blueprint, *, seed: int, epoch: int, index: int, step: int | None = None, total_steps: int | None = None
+) -> TrainBatch:
     from lorapipe.dataset.batches import load_sample
 
-    samples = [load_sample(item, blueprint, epoch, sample_rng(seed, epoch, index, slot), step=step,
-                           total_steps=total_steps) for slot, item in enumerate(items)]
+    samples = [
+        load_sample(item, blueprint, epoch, sample_rng(seed, epoch, index, slot), step=step, total_steps=total_steps)
+        for slot, item in enumerate(items)
+    ]
     return TrainBatch(
-        epoch=epoch, index=index,
+        epoch=epoch,
+        index=index,
         pixels=[s.pixels for s in samples],
         captions=[s.caption for s in samples],
         time_ids=[[*s.original_size, *s.crop_top_left, *s.target_size] for s in samples],
@@ -66,8 +72,9 @@ def load_batch(items, blueprint, *, seed: int, epoch: int, index: int, step: int
     )
 
 
-def epoch_groups(scan, blueprint, *, epoch: int, seed: int, accumulation: int,
-                 processes: Processes = Processes()) -> list[list[tuple[int, list]]]:
+def epoch_groups(
+    scan, blueprint, *, epoch: int, seed: int, accumulation: int, processes: Processes = Processes()
+) -> list[list[tuple[int, list]]]:
     """This process's share of the epoch's batches cut into optimizer-step groups of `accumulation` (the last
     group may be shorter, as sd-scripts counts ceil(batches / processes / accumulation) updates per epoch)."""
     from lorapipe.dataset.batches import epoch_batches
@@ -76,15 +83,19 @@ def epoch_groups(scan, blueprint, *, epoch: int, seed: int, accumulation: int,
     return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
 
 
-def prefetched(groups, blueprint, *, seed: int, epoch: int, first_step: int | None = None,
-               total_steps: int | None = None) -> Iterator[list[TrainBatch]]:
+def prefetched(
+    groups, blueprint, *, seed: int, epoch: int, first_step: int | None = None, total_steps: int | None = None
+) -> Iterator[list[TrainBatch]]:
     """Yield each group's loaded batches while the next group loads on a worker thread (PIL releases the GIL).
 
     Group k is trained at optimizer step `first_step + k` (steps done before it), which token warm-up reads."""
+
     def load(position, group):
         step = None if first_step is None else first_step + position
-        return [load_batch(items, blueprint, seed=seed, epoch=epoch, index=index, step=step,
-                           total_steps=total_steps) for index, items in group]
+        return [
+            load_batch(items, blueprint, seed=seed, epoch=epoch, index=index, step=step, total_steps=total_steps)
+            for index, items in group
+        ]
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorapipe-data") as pool:
         pending = pool.submit(load, 0, groups[0]) if groups else None

@@ -80,9 +80,10 @@ def average_gradients(accelerator, params, *, loss: float, failed: bool, stop: b
     # process touched keeps grad None and the optimizer skips it exactly as in a one-process run.
     device = accelerator.device
     has_grad = [float(p.grad is not None) for p in params]
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).float()
-                      for p in params]
-                     + [torch.tensor(has_grad + [loss, float(failed), float(stop)], device=device)])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).float() for p in params]
+        + [torch.tensor(has_grad + [loss, float(failed), float(stop)], device=device)]
+    )
     world = accelerator.num_processes
     total = accelerator.reduce(flat, reduction="sum")
     offset = 0

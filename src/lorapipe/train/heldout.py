@@ -39,8 +39,7 @@ def heldout_samples(dataset_items, blueprint) -> list[HeldoutSample]:
 
 
 @torch.no_grad()
-def denoising_loss(pipe, samples: list[HeldoutSample], *, seed: int = 0,
-                   timesteps=VALIDATION_TIMESTEPS) -> float:
+def denoising_loss(pipe, samples: list[HeldoutSample], *, seed: int = 0, timesteps=VALIDATION_TIMESTEPS) -> float:
     """Mean epsilon-MSE of `pipe.unet` over samples x timesteps with fixed noise."""
     from lorapipe.sdxl.constants import VAE_SCALE_FACTOR
     from lorapipe.train.noise import NoiseOptions, make_noise_scheduler
@@ -51,8 +50,7 @@ def denoising_loss(pipe, samples: list[HeldoutSample], *, seed: int = 0,
     for index, sample in enumerate(samples):
         x = torch.from_numpy(np.array(sample.pixels[None])).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1
         latents = pipe.vae.encode(x.to(pipe.vae.dtype)).latent_dist.mean.float() * VAE_SCALE_FACTOR
-        enc = encode_prompts(pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2,
-                             [sample.caption])
+        enc = encode_prompts(pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2, [sample.caption])
         for t in timesteps:
             gen = torch.Generator().manual_seed(seed * 100_003 + index * 1009 + t)
             noise = torch.randn(latents.shape, generator=gen).to(device)

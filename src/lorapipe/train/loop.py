@@ -42,26 +42,45 @@ def run_loop(session, plan, start: TrainState, hooks) -> TrainState:
     cfg = plan.config
     state = start
     for epoch in range(start.current_epoch, plan.epochs + 1):
-        groups = epoch_groups(plan.scan, plan.blueprint, epoch=epoch, seed=plan.seed,
-                              accumulation=cfg.gradient_accumulation_steps, processes=plan.processes)
+        groups = epoch_groups(
+            plan.scan,
+            plan.blueprint,
+            epoch=epoch,
+            seed=plan.seed,
+            accumulation=cfg.gradient_accumulation_steps,
+            processes=plan.processes,
+        )
         done = start.updates_done_in_epoch if epoch == start.current_epoch else 0
-        batches_of = prefetched(groups[done:], plan.blueprint, seed=plan.seed, epoch=epoch, first_step=step,
-                                total_steps=plan.total_steps)
+        batches_of = prefetched(
+            groups[done:], plan.blueprint, seed=plan.seed, epoch=epoch, first_step=step, total_steps=plan.total_steps
+        )
         for offset, batches in enumerate(batches_of):
-            outcome = optimizer_step(session, batches, plan.seed, step, cfg.max_grad_norm,
-                                     processes=plan.processes, stop_wanted=hooks.stop_requested(),
-                                     scale_weight_norms=cfg.scale_weight_norms)
+            outcome = optimizer_step(
+                session,
+                batches,
+                plan.seed,
+                step,
+                cfg.max_grad_norm,
+                processes=plan.processes,
+                stop_wanted=hooks.stop_requested(),
+                scale_weight_norms=cfg.scale_weight_norms,
+            )
             step += 1
-            state = TrainState(current_step=step, current_epoch=epoch, updates_done_in_epoch=done + offset + 1,
-                               dataset_hash=plan.dataset_hash)
+            state = TrainState(
+                current_step=step,
+                current_epoch=epoch,
+                updates_done_in_epoch=done + offset + 1,
+                dataset_hash=plan.dataset_hash,
+            )
             report = StepReport(step, epoch, done + offset + 1, outcome.loss, outcome.stop, outcome.max_norm)
             if hooks.after_step(report, state):
                 return state
             if step >= plan.total_steps:
                 break
         if state.updates_done_in_epoch >= len(groups):
-            state = TrainState(current_step=step, current_epoch=epoch + 1, updates_done_in_epoch=0,
-                               dataset_hash=plan.dataset_hash)
+            state = TrainState(
+                current_step=step, current_epoch=epoch + 1, updates_done_in_epoch=0, dataset_hash=plan.dataset_hash
+            )
         # As sd-scripts, epoch-end saving/sampling also runs for an epoch cut short by max_train_steps.
         if hooks.after_epoch(epoch, state) or step >= plan.total_steps:
             return state
@@ -75,9 +94,17 @@ class StepOutcome:
     max_norm: MaxNormReport | None = None
 
 
-def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float, *,
-                   processes: Processes = Processes(), stop_wanted: bool = False,
-                   scale_weight_norms: float | None = None) -> StepOutcome:
+def optimizer_step(
+    session,
+    batches,
+    seed: int,
+    step: int,
+    max_grad_norm: float,
+    *,
+    processes: Processes = Processes(),
+    stop_wanted: bool = False,
+    scale_weight_norms: float | None = None,
+) -> StepOutcome:
     """Forward/backward every micro-batch of the group, average gradients across processes, then clip, step the
     optimizer and the LR schedule."""
     models, accelerator = session.models, session.accelerator
@@ -87,12 +114,21 @@ def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float,
     for micro, batch in enumerate(batches):
         # Stream numbers count micro-batches across processes, so process 0 of 1 draws what a plain run draws.
         generator = step_generator(seed, step, micro * processes.world + processes.rank)
-        loss = micro_batch_loss(models, batch, session.objective, generator, latent_cache=session.latent_cache,
-                                te_cache=session.te_cache, autocast=accelerator.autocast)
+        loss = micro_batch_loss(
+            models,
+            batch,
+            session.objective,
+            generator,
+            latent_cache=session.latent_cache,
+            te_cache=session.te_cache,
+            autocast=accelerator.autocast,
+        )
         if not torch.isfinite(loss):
-            failure = (f"loss is {loss.item()} at step {step + 1} for {', '.join(map(str, batch.paths))}; the "
-                       "optimizer step was not taken; try a lower learning_rate, mixed_precision = \"bf16\" or "
-                       "no_half_vae = true, and check these images")
+            failure = (
+                f"loss is {loss.item()} at step {step + 1} for {', '.join(map(str, batch.paths))}; the "
+                'optimizer step was not taken; try a lower learning_rate, mixed_precision = "bf16" or '
+                "no_half_vae = true, and check these images"
+            )
             if not processes.is_distributed:
                 raise NonFiniteLoss(failure)
             break  # the others are waiting in the all-reduce below; fail together after it
@@ -104,16 +140,21 @@ def optimizer_step(session, batches, seed: int, step: int, max_grad_norm: float,
         agreed = average_gradients(accelerator, params, loss=mean_loss, failed=failure is not None, stop=stop_wanted)
         if failure or agreed.failed_elsewhere:
             session.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(failure or f"another training process hit a non-finite loss at step {step + 1}; "
-                                "the optimizer step was not taken; its log names the images")
+            raise NonFiniteLoss(
+                failure
+                or f"another training process hit a non-finite loss at step {step + 1}; "
+                "the optimizer step was not taken; its log names the images"
+            )
         mean_loss, stop = agreed.loss, agreed.stop
     if max_grad_norm:
         norm = accelerator.clip_grad_norm_(params, max_grad_norm)
         if session.scaler is None and not math.isfinite(float(norm)):
             session.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f"gradient norm is {float(norm)} at step {step + 1} for "
-                                f"{', '.join(str(p) for b in batches for p in b.paths)}; the optimizer step was not "
-                                "taken; try a lower learning_rate")
+            raise NonFiniteLoss(
+                f"gradient norm is {float(norm)} at step {step + 1} for "
+                f"{', '.join(str(p) for b in batches for p in b.paths)}; the optimizer step was not "
+                "taken; try a lower learning_rate"
+            )
     session.optimizer.step()
     session.lr_scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)

@@ -42,8 +42,9 @@ def huber_c_per_sample(timesteps: torch.Tensor, options: LossOptions, alphas_cum
     return (1.0 - options.huber_c) / (1.0 + sigmas) ** 2 + options.huber_c
 
 
-def element_loss(pred: torch.Tensor, target: torch.Tensor, options: LossOptions,
-                 huber_c: torch.Tensor | None) -> torch.Tensor:
+def element_loss(
+    pred: torch.Tensor, target: torch.Tensor, options: LossOptions, huber_c: torch.Tensor | None
+) -> torch.Tensor:
     """Element-wise loss in fp32 (`conditional_loss`)."""
     pred, target = pred.float(), target.float()
     if options.loss_type == "l2":
@@ -81,8 +82,9 @@ def training_loss(pred, target, timesteps, loss_weights, options: LossOptions, s
         huber_c = huber_c_per_sample(timesteps, options, alphas_cumprod)
     elements = element_loss(pred, target, options, huber_c)
     if mask is not None:
-        mask = torch.nn.functional.interpolate(mask.to(elements.device, elements.dtype), size=elements.shape[2:],
-                                               mode="area")
+        mask = torch.nn.functional.interpolate(
+            mask.to(elements.device, elements.dtype), size=elements.shape[2:], mode="area"
+        )
         elements = elements * mask
     per_sample = elements.mean(dim=list(range(1, pred.ndim)))
     per_sample = per_sample * loss_weights.to(per_sample.device).float()

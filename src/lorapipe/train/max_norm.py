@@ -24,8 +24,11 @@ class MaxNormReport:
 
     def logs(self) -> dict[str, float]:
         """The names sd-scripts logs to TensorBoard."""
-        return {"max_norm/keys_scaled": float(self.keys_scaled), "max_norm/average_key_norm": self.average_key_norm,
-                "max_norm/max_key_norm": self.max_key_norm}
+        return {
+            "max_norm/keys_scaled": float(self.keys_scaled),
+            "max_norm/average_key_norm": self.average_key_norm,
+            "max_norm/max_key_norm": self.max_key_norm,
+        }
 
 
 def module_update(down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ def out_of_memory_error(cfg, where: str) -> TrainingError:
     if not cfg.gradient_checkpointing:
         add("gradient_checkpointing = true", "gradient_checkpointing")
     if (cfg.optimizer_type or "AdamW").lower() in ("adamw", "lion", "prodigy"):
-        add("optimizer_type = \"AdamW8bit\"")
+        add('optimizer_type = "AdamW8bit"')
     if not cfg.fp8_base and not cfg.fp8_base_unet and (cfg.mixed_precision or "no") != "no":
         # With cached text-encoder outputs the encoders are off the GPU, so only the U-Net's share counts.
         add("fp8_base = true", "fp8_base_unet" if cfg.cache_text_encoder_outputs else "fp8_base")
@@ -32,7 +32,7 @@ def out_of_memory_error(cfg, where: str) -> TrainingError:
     elif not cfg.network_train_unet_only:
         add("network_train_unet_only = true")
     if (cfg.mixed_precision or "no") == "no":
-        add("mixed_precision = \"bf16\"")
+        add('mixed_precision = "bf16"')
     if cfg.network_dim and cfg.network_dim > 16:
         add(f"a smaller network_dim (now {cfg.network_dim})")
     if cfg.dataset is not None and cfg.dataset.batch_size > 1:

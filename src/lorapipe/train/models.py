@@ -51,8 +51,14 @@ class TrainModels:
     def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Context and pooled vector; with grad when the text-encoder LoRA trains."""
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
-            out = encode_prompts(self.text_encoder, self.text_encoder_2, self.tokenizer, self.tokenizer_2,
-                                 captions, self.max_token_length)
+            out = encode_prompts(
+                self.text_encoder,
+                self.text_encoder_2,
+                self.tokenizer,
+                self.tokenizer_2,
+                captions,
+                self.max_token_length,
+            )
         return out.context, out.pooled
 
     @property
@@ -72,12 +78,13 @@ class SpeedOptions:
     cache_text_automatically: bool = True
 
 
-def training_dtypes(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, no_half_vae: bool,
-                    device_type: str) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
+def training_dtypes(
+    mixed_precision: str, *, full_fp16: bool, full_bf16: bool, no_half_vae: bool, device_type: str
+) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
     """(frozen weight dtype, LoRA parameter dtype, VAE dtype) as sd-scripts' `prepare_dtype` decides them."""
     weight = _DTYPES[mixed_precision]  # choices and the full_* pairing are checked at config load
     if device_type == "cpu" and weight == torch.float16:
-        raise ConfigError("mixed_precision: fp16 is not supported on a CPU run; use \"no\" or \"bf16\"")
+        raise ConfigError('mixed_precision: fp16 is not supported on a CPU run; use "no" or "bf16"')
     lora = weight if (full_fp16 or full_bf16) else torch.float32
     vae = torch.float32 if (no_half_vae or weight == torch.float32) else weight
     return weight, lora, vae
@@ -108,27 +115,59 @@ def _attach_network(cfg, unet, te1, te2, weights, *, seed: int, lora_dtype) -> A
     if cfg.lycoris is not None:
         from lorapipe.lora.lycoris_network import attach_lycoris
 
-        return attach_lycoris(unet, te1, te2, cfg.lycoris, network_dim=cfg.network_dim,
-                              network_alpha=cfg.network_alpha, train_unet=cfg.train_unet,
-                              train_text_encoder=cfg.train_text_encoder, seed=seed, lora_dtype=lora_dtype)
+        return attach_lycoris(
+            unet,
+            te1,
+            te2,
+            cfg.lycoris,
+            network_dim=cfg.network_dim,
+            network_alpha=cfg.network_alpha,
+            train_unet=cfg.train_unet,
+            train_text_encoder=cfg.train_text_encoder,
+            seed=seed,
+            lora_dtype=lora_dtype,
+        )
     opts = cfg.network_options
     block_ranks = BlockRanks.parse(opts.block_dims, opts.block_alphas, opts.conv_block_dims, opts.conv_block_alphas)
     return attach_kohya_lora(
-        unet, te1, te2, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha, conv_dim=cfg.conv_dim,
-        conv_alpha=cfg.conv_alpha, dropout=cfg.network_dropout, train_unet=cfg.train_unet,
-        train_text_encoder=cfg.train_text_encoder, seed=seed, lora_dtype=lora_dtype, rank_dropout=opts.rank_dropout,
-        module_dropout=opts.module_dropout, block_ranks=block_ranks,
-        module_ranks=_ranks_from_weights(weights, unet, te1, te2, cfg) if cfg.dim_from_weights else None)
+        unet,
+        te1,
+        te2,
+        network_dim=cfg.network_dim,
+        network_alpha=cfg.network_alpha,
+        conv_dim=cfg.conv_dim,
+        conv_alpha=cfg.conv_alpha,
+        dropout=cfg.network_dropout,
+        train_unet=cfg.train_unet,
+        train_text_encoder=cfg.train_text_encoder,
+        seed=seed,
+        lora_dtype=lora_dtype,
+        rank_dropout=opts.rank_dropout,
+        module_dropout=opts.module_dropout,
+        block_ranks=block_ranks,
+        module_ranks=_ranks_from_weights(weights, unet, te1, te2, cfg) if cfg.dim_from_weights else None,
+    )
 
 
-def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_length: int,
-                      seed: int, speed: SpeedOptions = SpeedOptions()) -> TrainModels:
+def load_train_models(
+    cfg,
+    base_model: str,
+    device: torch.device,
+    *,
+    max_token_length: int,
+    seed: int,
+    speed: SpeedOptions = SpeedOptions(),
+) -> TrainModels:
     """Load the base model, put each part in its dtype/device, freeze it and attach the Kohya LoRA."""
     from lorapipe.sdxl.load import load_sdxl_pipeline
 
     weight_dtype, lora_dtype, vae_dtype = training_dtypes(
-        cfg.mixed_precision or "no", full_fp16=cfg.full_fp16, full_bf16=cfg.full_bf16, no_half_vae=cfg.no_half_vae,
-        device_type=device.type)
+        cfg.mixed_precision or "no",
+        full_fp16=cfg.full_fp16,
+        full_bf16=cfg.full_bf16,
+        no_half_vae=cfg.no_half_vae,
+        device_type=device.type,
+    )
     fp8 = fp8_parts(cfg.fp8_base, cfg.fp8_base_unet)
     # fp8 parts reach the device only once stored in fp8 (never at full width there); random weights are built
     # where they go, in the training dtype.
@@ -152,9 +191,11 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
     if weights is not None:
         report = network.load_kohya_state_dict(weights, source=str(cfg.network_weights))
         if report.missing or report.unexpected:  # sd-scripts prints the same counts and carries on
-            print(f"warning: network_weights {cfg.network_weights}: {report.loaded} modules loaded, "
-                  f"{len(report.missing)} left at their initial values, {len(report.unexpected)} keys unused",
-                  file=sys.stderr)
+            print(
+                f"warning: network_weights {cfg.network_weights}: {report.loaded} modules loaded, "
+                f"{len(report.missing)} left at their initial values, {len(report.unexpected)} keys unused",
+                file=sys.stderr,
+            )
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if train_te:
@@ -174,6 +215,17 @@ def load_train_models(cfg, base_model: str, device: torch.device, *, max_token_l
         te1.train()
         te2.train()
     network.train_mode()
-    return TrainModels(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=pipe.tokenizer,
-                       tokenizer_2=pipe.tokenizer_2, network=network, device=device, weight_dtype=weight_dtype,
-                       vae_dtype=vae_dtype, train_text_encoder=train_te, max_token_length=max_token_length)
+    return TrainModels(
+        unet=unet,
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=pipe.tokenizer,
+        tokenizer_2=pipe.tokenizer_2,
+        network=network,
+        device=device,
+        weight_dtype=weight_dtype,
+        vae_dtype=vae_dtype,
+        train_text_encoder=train_te,
+        max_token_length=max_token_length,
+    )

@@ -23,8 +23,15 @@ def last_name(output_name: str | None) -> str:
     return output_name or "last"
 
 
-def sample_image_name(output_name: str | None, *, epoch: int | None, step: int, prompt_index: int,
-                      seed: int | None, when: float | None = None) -> str:
+def sample_image_name(
+    output_name: str | None,
+    *,
+    epoch: int | None,
+    step: int,
+    prompt_index: int,
+    seed: int | None,
+    when: float | None = None,
+) -> str:
     """`NAME_e000001_00_20240101120000_42.png` (epoch trigger) or `NAME_000500_00_...png` (step trigger)."""
     counter = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
     stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(when if when is not None else time.time()))

@@ -35,8 +35,11 @@ def make_noise_scheduler(options: NoiseOptions):
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(
-        beta_start=BETA_START, beta_end=BETA_END, beta_schedule=BETA_SCHEDULE,
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS, clip_sample=False,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule=BETA_SCHEDULE,
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        clip_sample=False,
         prediction_type="v_prediction" if options.v_parameterization else "epsilon",
         rescale_betas_zero_snr=options.zero_terminal_snr,
     )
@@ -85,8 +88,7 @@ def make_noise(latents: torch.Tensor, options: NoiseOptions, generator: torch.Ge
         per_channel = torch.randn((shape[0], shape[1], 1, 1), generator=generator).to(latents.device, latents.dtype)
         noise = noise + offset * per_channel
     if options.multires_noise_iterations:
-        noise = pyramid_noise_like(noise, generator, options.multires_noise_iterations,
-                                   options.multires_noise_discount)
+        noise = pyramid_noise_like(noise, generator, options.multires_noise_iterations, options.multires_noise_discount)
     return noise
 
 

@@ -38,9 +38,11 @@ _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "dadaptlion": ("dadaptation", "DAdaptLion", "dadaptation"),
     "dadaptsgd": ("dadaptation", "DAdaptSGD", "dadaptation"),
 }
-KNOWN_NAMES = ("AdamW, AdamW8bit, PagedAdamW8bit, PagedAdamW, Lion, Lion8bit, PagedLion8bit, SGDNesterov, "
-               "SGDNesterov8bit, Adafactor, Prodigy, DAdaptation, DAdaptAdam, DAdaptAdaGrad, DAdaptAdan, DAdaptLion, "
-               "DAdaptSGD")
+KNOWN_NAMES = (
+    "AdamW, AdamW8bit, PagedAdamW8bit, PagedAdamW, Lion, Lion8bit, PagedLion8bit, SGDNesterov, "
+    "SGDNesterov8bit, Adafactor, Prodigy, DAdaptation, DAdaptAdam, DAdaptAdaGrad, DAdaptAdan, DAdaptLion, "
+    "DAdaptSGD"
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def parse_optimizer_args(args: Sequence[str] | str | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for arg in args:
         if "=" not in arg:
-            raise ConfigError(f"optimizer_args: {arg!r} is not key=value; write e.g. \"weight_decay=0.01\"")
+            raise ConfigError(f'optimizer_args: {arg!r} is not key=value; write e.g. "weight_decay=0.01"')
         key, raw = arg.split("=", 1)
         key, raw = key.strip(), raw.strip()
         values = [_literal(key, part) for part in raw.split(",")]
@@ -93,30 +95,41 @@ def _resolve_class(optimizer_type: str):
         module_name, class_name = optimizer_type.rsplit(".", 1)
         package = module_name.split(".")[0]
     else:
-        raise ConfigError(f"optimizer_type: {optimizer_type!r} is unknown; use one of {KNOWN_NAMES} "
-                          "or a module.Class path")
+        raise ConfigError(
+            f"optimizer_type: {optimizer_type!r} is unknown; use one of {KNOWN_NAMES} or a module.Class path"
+        )
     try:
         module = importlib.import_module(module_name)
         cls = getattr(module, class_name)
     except ImportError as exc:
         hint = f"pip install {package}" if package else "check the installation"
-        raise ConfigError(f"optimizer_type: {optimizer_type!r} needs the {package or module_name} package "
-                          f"which cannot be imported here ({exc.__class__.__name__}: {exc}); {hint} "
-                          "or choose AdamW/Adafactor/SGDNesterov") from exc
+        raise ConfigError(
+            f"optimizer_type: {optimizer_type!r} needs the {package or module_name} package "
+            f"which cannot be imported here ({exc.__class__.__name__}: {exc}); {hint} "
+            "or choose AdamW/Adafactor/SGDNesterov"
+        ) from exc
     except AttributeError as exc:
         raise ConfigError(f"optimizer_type: {module_name} has no {class_name}") from exc
     return cls
 
 
-def build_optimizer(optimizer_type: str | None, optimizer_args, param_groups: list[dict], learning_rate: float,
-                    *, device_type: str = "cpu"):
+def build_optimizer(
+    optimizer_type: str | None,
+    optimizer_args,
+    param_groups: list[dict],
+    learning_rate: float,
+    *,
+    device_type: str = "cpu",
+):
     """Build the optimizer for `param_groups` (dicts with params and lr); returns (optimizer, OptimizerChoice)."""
     name = optimizer_type or "AdamW"
     key = name.lower()
     kwargs = parse_optimizer_args(optimizer_args)
     if _REGISTRY.get(key, ("", "", None))[2] == _BNB and device_type != "cuda":
-        raise ConfigError(f"optimizer_type: {name} (bitsandbytes) needs a CUDA GPU; this run is on "
-                          f"{device_type}; use AdamW or Adafactor here")
+        raise ConfigError(
+            f"optimizer_type: {name} (bitsandbytes) needs a CUDA GPU; this run is on "
+            f"{device_type}; use AdamW or Adafactor here"
+        )
     cls = _resolve_class(name)
     call_kwargs = dict(kwargs)
     relative_step = False
@@ -142,5 +155,6 @@ def build_optimizer(optimizer_type: str | None, optimizer_args, param_groups: li
             lr = None
     optimizer = cls(param_groups, lr=lr, **call_kwargs)
     class_path = f"{cls.__module__}.{cls.__name__}"
-    return optimizer, OptimizerChoice(name=name, class_path=class_path, kwargs=kwargs,
-                                      adafactor_relative_step=relative_step)
+    return optimizer, OptimizerChoice(
+        name=name, class_path=class_path, kwargs=kwargs, adafactor_relative_step=relative_step
+    )

@@ -39,8 +39,15 @@ class RunPlan:
         return self.scan.blueprint
 
 
-def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Path | None = None,
-             config_path: Path | None = None, overrides=(), processes: Processes | None = None) -> RunPlan:
+def plan_run(
+    dataset_dir: Path,
+    *,
+    base_model: str | None = None,
+    output_dir: Path | None = None,
+    config_path: Path | None = None,
+    overrides=(),
+    processes: Processes | None = None,
+) -> RunPlan:
     """Load and check config + dataset; raise ConfigError/DatasetError/ModelLoadError before any model loads.
 
     `processes`: default from the launcher's environment (RANK / WORLD_SIZE); each process trains on its share of
@@ -52,10 +59,13 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
 
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
-        raise DatasetError(f"{dataset_dir}: dataset folder not found; pass the folder that holds the "
-                           "<repeats>_<name> image folders (and kohya-sdxl-config.toml)")
-    loaded = load_train_config(dataset_dir, config_path=config_path, overrides=tuple(overrides),
-                               output_dir=output_dir, base_model=base_model)
+        raise DatasetError(
+            f"{dataset_dir}: dataset folder not found; pass the folder that holds the "
+            "<repeats>_<name> image folders (and kohya-sdxl-config.toml)"
+        )
+    loaded = load_train_config(
+        dataset_dir, config_path=config_path, overrides=tuple(overrides), output_dir=output_dir, base_model=base_model
+    )
     cfg = loaded.config
     source = cfg.source or str(config_path or dataset_dir)
     model_spec = base_model or cfg.pretrained_model_name_or_path
@@ -75,9 +85,13 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
     scan = scan_dataset(cfg.dataset, training_seed=seed)
     if scan.has_errors:
         raise DatasetError(_dataset_report(scan, dataset_dir))
-    steps, epochs = total_steps(scan, max_train_epochs=cfg.max_train_epochs, max_train_steps=cfg.max_train_steps,
-                                gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                                num_processes=processes.world)
+    steps, epochs = total_steps(
+        scan,
+        max_train_epochs=cfg.max_train_epochs,
+        max_train_steps=cfg.max_train_steps,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_processes=processes.world,
+    )
     batches = -(-steps_per_epoch(scan) // processes.world)  # per process, as sd-scripts' len(train_dataloader)
     updates = -(-batches // cfg.gradient_accumulation_steps)
     out = Path(output_dir or cfg.output_dir or "")
@@ -85,20 +99,37 @@ def plan_run(dataset_dir: Path, *, base_model: str | None = None, output_dir: Pa
         raise ConfigError(f"{source}: output_dir is not set; pass --output-dir DIR")
     _check_writable(out, source)
     warnings = tuple(loaded.warnings) + _validation_warnings(cfg, scan, source)
-    return RunPlan(config=cfg, warnings=warnings, scan=scan, dataset_hash=dataset_hash(scan),
-                   base_model=str(model_spec), output_dir=out, output_name=cfg.output_name or "last",
-                   total_steps=steps, epochs=epochs, batches_per_epoch=batches, updates_per_epoch=updates,
-                   seed=int(seed), max_token_length=max_tokens, sample_prompts=prompts, processes=processes)
+    return RunPlan(
+        config=cfg,
+        warnings=warnings,
+        scan=scan,
+        dataset_hash=dataset_hash(scan),
+        base_model=str(model_spec),
+        output_dir=out,
+        output_name=cfg.output_name or "last",
+        total_steps=steps,
+        epochs=epochs,
+        batches_per_epoch=batches,
+        updates_per_epoch=updates,
+        seed=int(seed),
+        max_token_length=max_tokens,
+        sample_prompts=prompts,
+        processes=processes,
+    )
 
 
 def _validation_warnings(cfg, scan, source: str) -> tuple[str, ...]:
     split = max(table.validation_split for table in scan.blueprint.datasets())
     if not split and (cfg.validate_every_n_steps or cfg.validate_every_n_epochs or cfg.max_validation_steps):
-        return (f"{source}: validate_every_n_steps/validate_every_n_epochs/max_validation_steps have no effect "
-                "without validation_split (the fraction of images to hold out)",)
+        return (
+            f"{source}: validate_every_n_steps/validate_every_n_epochs/max_validation_steps have no effect "
+            "without validation_split (the fraction of images to hold out)",
+        )
     if split and cfg.seed is None and scan.blueprint.validation_seed is None:
-        return (f"{source}: validation_split without seed or validation_seed holds out different images each run "
-                "(and a resumed run would see a different dataset); set validation_seed",)
+        return (
+            f"{source}: validation_split without seed or validation_seed holds out different images each run "
+            "(and a resumed run would see a different dataset); set validation_seed",
+        )
     return ()
 
 
@@ -106,8 +137,10 @@ def _check_writable(folder: Path, source: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"{source}: output_dir {folder} cannot be created ({exc.strerror}); "
-                          "pass --output-dir with a writable folder") from exc
+        raise ConfigError(
+            f"{source}: output_dir {folder} cannot be created ({exc.strerror}); "
+            "pass --output-dir with a writable folder"
+        ) from exc
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"{source}: output_dir {folder} is not writable; pass --output-dir with a writable folder")
 

@@ -10,23 +10,42 @@ import sys
 class Progress:
     """Owns the bar, the step lines and the TensorBoard writer of one run."""
 
-    def __init__(self, total_steps: int, *, initial_step: int = 0, logging_dir: str | None = None,
-                 log_prefix: str | None = None, log_with: str | None = None, config: dict | None = None,
-                 show_bar: bool = True, step_lines: bool = True, stream=None):
+    def __init__(
+        self,
+        total_steps: int,
+        *,
+        initial_step: int = 0,
+        logging_dir: str | None = None,
+        log_prefix: str | None = None,
+        log_with: str | None = None,
+        config: dict | None = None,
+        show_bar: bool = True,
+        step_lines: bool = True,
+        stream=None,
+    ):
         from tqdm import tqdm
 
         self._stream = stream or sys.stderr
         self._step_lines = step_lines
-        self._bar = tqdm(total=total_steps, initial=initial_step, desc="steps", unit="step", smoothing=0.1,
-                         disable=not show_bar, file=self._stream, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total_steps,
+            initial=initial_step,
+            desc="steps",
+            unit="step",
+            smoothing=0.1,
+            disable=not show_bar,
+            file=self._stream,
+            dynamic_ncols=True,
+        )
         self._writer = None
         if logging_dir:
             from lorapipe.train.trackers import open_tracker
 
             self._writer = open_tracker(log_with, logging_dir, log_prefix=log_prefix, config=config)
 
-    def step(self, step: int, *, loss: float, avg_loss: float, lrs: dict[str, float], epoch: int,
-             max_norm=None) -> None:
+    def step(
+        self, step: int, *, loss: float, avg_loss: float, lrs: dict[str, float], epoch: int, max_norm=None
+    ) -> None:
         """`max_norm`: scale_weight_norms' MaxNormReport for this step (shown and logged as sd-scripts does)."""
         main_lr = next(iter(lrs.values())) if lrs else 0.0
         postfix = {"loss": f"{loss:.4f}", "avg": f"{avg_loss:.4f}", "lr": f"{main_lr:.2e}"}
@@ -42,7 +61,7 @@ class Progress:
             self._writer.add_scalar("loss/average", avg_loss, step)
             for name, lr in lrs.items():
                 self._writer.add_scalar(f"lr/{name}", lr, step)
-            for name, value in (max_norm.logs().items() if max_norm is not None else ()):
+            for name, value in max_norm.logs().items() if max_norm is not None else ():
                 self._writer.add_scalar(name, value, step)
 
     def validation(self, step: int, loss: float, *, epoch: int | None = None) -> None:

@@ -40,9 +40,21 @@ class TrainResult:
     sample_images: tuple[Path, ...] = ()
 
 
-def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None, config_path=None, overrides=(),
-                 resume=None, state_dir=None, stop_signals: tuple[int, ...] = (), stop_after_steps: int | None = None,
-                 show_progress: bool = True, step_lines: bool = True, speed=None) -> TrainResult:
+def run_training(
+    dataset_dir,
+    *,
+    base_model: str | None = None,
+    output_dir=None,
+    config_path=None,
+    overrides=(),
+    resume=None,
+    state_dir=None,
+    stop_signals: tuple[int, ...] = (),
+    stop_after_steps: int | None = None,
+    show_progress: bool = True,
+    step_lines: bool = True,
+    speed=None,
+) -> TrainResult:
     """Train a Kohya-format SDXL LoRA for the dataset folder; raise LorapipeError subclasses on bad input.
 
     `resume`: a state folder (or a folder holding several; the newest complete one is used). `state_dir`: where
@@ -56,9 +68,13 @@ def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None,
     threads = torch.get_num_threads()  # build_session may pick one thread for a tiny CPU model; restore after
     with _stop_on(stop_signals, lambda *_: stop.set()), _restore_threads(threads):
         t0 = time.perf_counter()
-        plan = plan_run(Path(dataset_dir), base_model=base_model,
-                        output_dir=Path(output_dir) if output_dir else None,
-                        config_path=Path(config_path) if config_path else None, overrides=overrides)
+        plan = plan_run(
+            Path(dataset_dir),
+            base_model=base_model,
+            output_dir=Path(output_dir) if output_dir else None,
+            config_path=Path(config_path) if config_path else None,
+            overrides=overrides,
+        )
         resume_folder = _check_resume(resume, plan) if resume else None
         from lorapipe.train.session import build_session
 
@@ -70,8 +86,16 @@ def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None,
             raise
         t_loaded = time.perf_counter()
         _precache_in_turn(session, plan)
-        run = _Run(plan, session, Path(state_dir) if state_dir else plan.output_dir, stop_after_steps,
-                   show_progress, step_lines, seconds_model_load=t_loaded - t0, stop=stop)
+        run = _Run(
+            plan,
+            session,
+            Path(state_dir) if state_dir else plan.output_dir,
+            stop_after_steps,
+            show_progress,
+            step_lines,
+            seconds_model_load=t_loaded - t0,
+            stop=stop,
+        )
         run.seconds_caching = time.perf_counter() - t_loaded
         return run.train(run.resume_from(resume_folder))
 
@@ -79,8 +103,17 @@ def run_training(dataset_dir, *, base_model: str | None = None, output_dir=None,
 class _Run:
     """Hooks and bookkeeping of one run (the loop calls after_step / after_epoch)."""
 
-    def __init__(self, plan: RunPlan, session, state_dir: Path, stop_after_steps, show_progress, step_lines,
-                 seconds_model_load: float, stop: threading.Event):
+    def __init__(
+        self,
+        plan: RunPlan,
+        session,
+        state_dir: Path,
+        stop_after_steps,
+        show_progress,
+        step_lines,
+        seconds_model_load: float,
+        stop: threading.Event,
+    ):
         from lorapipe.train.saving import LoraWriter
 
         self.plan, self.session, self.state_dir = plan, session, state_dir
@@ -115,8 +148,14 @@ class _Run:
         if folder is None:
             return TrainState(0, 1, 0, self.plan.dataset_hash)
         s = self.session
-        return load_state(folder, network=s.models.network, optimizer=s.optimizer, lr_scheduler=s.lr_scheduler,
-                          scaler=s.scaler, dataset_hash=self.plan.dataset_hash)
+        return load_state(
+            folder,
+            network=s.models.network,
+            optimizer=s.optimizer,
+            lr_scheduler=s.lr_scheduler,
+            scaler=s.scaler,
+            dataset_hash=self.plan.dataset_hash,
+        )
 
     # ---- the run -------------------------------------------------------------------------------------------
     def train(self, start: TrainState) -> TrainResult:
@@ -124,12 +163,19 @@ class _Run:
 
         plan = self.plan
         # wandb keeps its offline run beside the outputs when no logging_dir is given.
-        logging_dir = self.cfg.logging_dir or (str(Path(plan.output_dir) / "logs") if self.cfg.log_with == "wandb"
-                                               else None)
-        self.progress = Progress(plan.total_steps, initial_step=start.current_step, logging_dir=logging_dir,
-                                 log_prefix=self.cfg.log_prefix, log_with=self.cfg.log_with,
-                                 config=self.cfg.to_dict() if self.cfg.log_with == "wandb" else None,
-                                 show_bar=self.show_progress, step_lines=self.step_lines)
+        logging_dir = self.cfg.logging_dir or (
+            str(Path(plan.output_dir) / "logs") if self.cfg.log_with == "wandb" else None
+        )
+        self.progress = Progress(
+            plan.total_steps,
+            initial_step=start.current_step,
+            logging_dir=logging_dir,
+            log_prefix=self.cfg.log_prefix,
+            log_with=self.cfg.log_with,
+            config=self.cfg.to_dict() if self.cfg.log_with == "wandb" else None,
+            show_bar=self.show_progress,
+            step_lines=self.step_lines,
+        )
         for warning in plan.warnings if self.main else ():
             self.progress.note(f"warning: {warning}")
         for note in self.session.notes if self.main else ():
@@ -144,8 +190,15 @@ class _Run:
             # (With several processes they agree on stopping at a step, so all of them enter the loop.)
             stop_now = self.stop_event.is_set() and not plan.processes.is_distributed
             state = start if stop_now else run_loop(self.session, plan, start, self)
-            if stop_now or self.stopping or (self.stop_after_steps and state.current_step < plan.total_steps
-                                             and state.current_step >= self.stop_after_steps):
+            if (
+                stop_now
+                or self.stopping
+                or (
+                    self.stop_after_steps
+                    and state.current_step < plan.total_steps
+                    and state.current_step >= self.stop_after_steps
+                )
+            ):
                 status = "interrupted"
                 self.last_state = self._save_state(step_name(plan.output_name, state.current_step), state)
         except RuntimeError as exc:
@@ -157,24 +210,39 @@ class _Run:
             # The weights are still those of the last good step: keep them as a step file, then report.
             good = self.state
             if self.main:
-                self.saved.append(self.writer.save(step_name(plan.output_name, good.current_step),
-                                                   steps=good.current_step, epoch=good.current_epoch))
+                self.saved.append(
+                    self.writer.save(
+                        step_name(plan.output_name, good.current_step),
+                        steps=good.current_step,
+                        epoch=good.current_epoch,
+                    )
+                )
             self._write_summary("failed", None, good, time.perf_counter() - t_start)
             raise
         finally:
             self.progress.close()
         lora = None
         if status == "finished" and self.main:
-            lora = self.writer.save(last_name(plan.output_name), steps=state.current_step,
-                                    epoch=min(state.current_epoch, plan.epochs))
+            lora = self.writer.save(
+                last_name(plan.output_name), steps=state.current_step, epoch=min(state.current_epoch, plan.epochs)
+            )
             if self.cfg.save_state or self.cfg.save_state_on_train_end:
                 self.last_state = self._save_state(last_name(plan.output_name), state)
         seconds = time.perf_counter() - t_start
         summary_path = self._write_summary(status, lora, state, seconds)
-        return TrainResult(status=status, output_dir=plan.output_dir, lora_path=lora, summary_path=summary_path,
-                           state_path=self.last_state, steps_done=state.current_step, total_steps=plan.total_steps,
-                           final_loss=self.losses[-1] if self.losses else None, losses=tuple(self.losses),
-                           saved_files=tuple(self.saved), sample_images=tuple(self.samples))
+        return TrainResult(
+            status=status,
+            output_dir=plan.output_dir,
+            lora_path=lora,
+            summary_path=summary_path,
+            state_path=self.last_state,
+            steps_done=state.current_step,
+            total_steps=plan.total_steps,
+            final_loss=self.losses[-1] if self.losses else None,
+            losses=tuple(self.losses),
+            saved_files=tuple(self.saved),
+            sample_images=tuple(self.samples),
+        )
 
     # ---- hooks called by the loop ----------------------------------------------------------------------------
     def after_step(self, report, state: TrainState) -> bool:
@@ -183,8 +251,14 @@ class _Run:
         self.losses.append(report.loss)
         self.epoch_losses.append(report.loss)
         avg = sum(self.epoch_losses) / len(self.epoch_losses)
-        self.progress.step(report.step, loss=report.loss, avg_loss=avg, lrs=self.session.learning_rates(),
-                           epoch=report.epoch, max_norm=report.max_norm)
+        self.progress.step(
+            report.step,
+            loss=report.loss,
+            avg_loss=avg,
+            lrs=self.session.learning_rates(),
+            epoch=report.epoch,
+            max_norm=report.max_norm,
+        )
         name = self.plan.output_name
         if self.cadence.saves_at_step(report.step):
             self._save_file(step_name(name, report.step), state)
@@ -250,8 +324,14 @@ class _Run:
         folder = self.state_dir / f"{name}{STATE_SUFFIX}"
         if not self.main:
             return folder  # the weights and optimizer state are the same in every process
-        self.last_state = save_state(folder, network=s.models.network, optimizer=s.optimizer,
-                                     lr_scheduler=s.lr_scheduler, scaler=s.scaler, state=state)
+        self.last_state = save_state(
+            folder,
+            network=s.models.network,
+            optimizer=s.optimizer,
+            lr_scheduler=s.lr_scheduler,
+            scaler=s.scaler,
+            state=state,
+        )
         return self.last_state
 
     def _sample(self, *, step: int, epoch: int | None) -> None:
@@ -260,10 +340,17 @@ class _Run:
         from lorapipe.train.sampling import write_sample_images
 
         self.samples += write_sample_images(
-            self.session.models, list(self.plan.sample_prompts), self.plan.output_dir / "sample",
-            output_name=self.cfg.output_name, epoch=epoch, step=step, default_sampler=self.cfg.sample_sampler,
-            v_parameterization=self.cfg.v_parameterization, fallback_seed=self.plan.seed,
-            device=self.session.models.device)
+            self.session.models,
+            list(self.plan.sample_prompts),
+            self.plan.output_dir / "sample",
+            output_name=self.cfg.output_name,
+            epoch=epoch,
+            step=step,
+            default_sampler=self.cfg.sample_sampler,
+            v_parameterization=self.cfg.v_parameterization,
+            fallback_seed=self.plan.seed,
+            device=self.session.models.device,
+        )
 
     def _validate(self, *, step: int, epoch: int | None) -> None:
         """Main process only: the others go on to the next step and wait for it there."""
@@ -281,21 +368,34 @@ class _Run:
             return plan.output_dir / TRAIN_SUMMARY_NAME
         steps_run = len(self.losses)
         summary = TrainSummary(
-            status=status, lora_file=str(Path(lora).resolve()) if lora else None, output_name=plan.output_name,
-            dataset_hash=plan.dataset_hash, total_steps=plan.total_steps, steps_done=state.current_step,
-            epochs=plan.epochs, batches_per_epoch=plan.batches_per_epoch,
+            status=status,
+            lora_file=str(Path(lora).resolve()) if lora else None,
+            output_name=plan.output_name,
+            dataset_hash=plan.dataset_hash,
+            total_steps=plan.total_steps,
+            steps_done=state.current_step,
+            epochs=plan.epochs,
+            batches_per_epoch=plan.batches_per_epoch,
             final_loss=self.losses[-1] if self.losses else None,
             average_loss=sum(self.losses) / steps_run if steps_run else None,
-            seconds_model_load=round(self.seconds_model_load, 3), seconds_caching=round(self.seconds_caching, 3),
-            seconds_training=round(seconds, 3), seconds_per_epoch=list(self.epoch_seconds),
+            seconds_model_load=round(self.seconds_model_load, 3),
+            seconds_caching=round(self.seconds_caching, 3),
+            seconds_training=round(seconds, 3),
+            seconds_per_epoch=list(self.epoch_seconds),
             steps_per_second=round(steps_run / seconds, 4) if seconds else None,
             steps_per_second_steady=_steady_rate(self.step_times),
-            memory=peak_memory_bytes(self.session.models.device.type), device=str(self.session.models.device),
-            saved_files=[str(p) for p in self.saved], sample_images=[str(p) for p in self.samples],
-            warnings=list(plan.warnings), seed=plan.seed, losses=[round(x, 6) for x in self.losses],
+            memory=peak_memory_bytes(self.session.models.device.type),
+            device=str(self.session.models.device),
+            saved_files=[str(p) for p in self.saved],
+            sample_images=[str(p) for p in self.samples],
+            warnings=list(plan.warnings),
+            seed=plan.seed,
+            losses=[round(x, 6) for x in self.losses],
             state_folder=str(self.last_state) if self.last_state else None,
-            num_validation_images=len(self.validation.items), validation_losses=list(self.validation_losses),
-            config=_config_dict(plan.config))
+            num_validation_images=len(self.validation.items),
+            validation_losses=list(self.validation_losses),
+            config=_config_dict(plan.config),
+        )
         return write_summary(plan.output_dir, summary)
 
 
@@ -330,12 +430,16 @@ def _check_resume(resume, plan: RunPlan) -> Path:
 
     folder = newest_state(Path(resume))
     if folder is None:
-        raise TrainingError(f"resume: {resume} holds no complete state folder (train_state.json); "
-                            "pass a <name>-state folder written with save_state = true")
+        raise TrainingError(
+            f"resume: {resume} holds no complete state folder (train_state.json); "
+            "pass a <name>-state folder written with save_state = true"
+        )
     recorded = read_train_state(folder).dataset_hash
     if recorded and recorded != plan.dataset_hash:
-        raise TrainingError(f"resume: {folder} was trained on a different dataset (images, captions or repeats "
-                            "changed); resume with the same dataset or start a new run without --resume")
+        raise TrainingError(
+            f"resume: {folder} was trained on a different dataset (images, captions or repeats "
+            "changed); resume with the same dataset or start a new run without --resume"
+        )
     return folder
 
 

@@ -74,8 +74,11 @@ def main(argv=None) -> int:
         return 0  # one of several training processes, not the main one: it writes nothing
     if result.status != "finished":
         # A stop is not a failure (SageMaker reports the job as Stopped); no failure file, just say how to resume.
-        print(f"training interrupted at step {result.steps_done}/{result.total_steps}; state saved in "
-              f"{result.state_path}; start a job with the same checkpoint location to resume", file=sys.stderr)
+        print(
+            f"training interrupted at step {result.steps_done}/{result.total_steps}; state saved in "
+            f"{result.state_path}; start a job with the same checkpoint location to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     print(f"LoRA written to {result.lora_path}")
     return 0
@@ -90,9 +93,16 @@ def _train(channel: Path, config_path: Path | None, overrides, model_dir: Path, 
         if config_path is None:  # no TOML in the channel: hyperparameters alone configure the run
             config_path = Path(scratch) / DATASET_CONFIG_NAME
             config_path.write_text("", encoding="utf-8")
-        return run_training(channel, output_dir=model_dir, config_path=config_path, overrides=overrides,
-                            resume=resume, state_dir=checkpoints, stop_signals=(signal.SIGTERM,),
-                            show_progress=False)
+        return run_training(
+            channel,
+            output_dir=model_dir,
+            config_path=config_path,
+            overrides=overrides,
+            resume=resume,
+            state_dir=checkpoints,
+            stop_signals=(signal.SIGTERM,),
+            show_progress=False,
+        )
 
 
 def _process_count() -> int:
@@ -117,8 +127,18 @@ def _run_processes(count: int, opt_ml) -> int:
     stop (143), not a failure."""
     from lorapipe.container_contract import write_failure
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(count),
-               "-m", "lorapipe.train.sagemaker_entry", "--opt-ml-root", str(opt_ml.root)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(count),
+        "-m",
+        "lorapipe.train.sagemaker_entry",
+        "--opt-ml-root",
+        str(opt_ml.root),
+    ]
     summary = opt_ml.model_dir / TRAIN_SUMMARY_NAME
     summary.unlink(missing_ok=True)  # this job's output folder: only this run's summary may decide the status
     print(f"training in {count} processes (one per GPU)", flush=True)
@@ -134,8 +154,9 @@ def _run_processes(count: int, opt_ml) -> int:
     if code == 0 and status == "finished":
         return 0
     if not opt_ml.failure_file.exists():
-        write_failure(opt_ml, f"internal error: the training processes exited with status {code}",
-                      detail=" ".join(command))
+        write_failure(
+            opt_ml, f"internal error: the training processes exited with status {code}", detail=" ".join(command)
+        )
     return code or 1
 
 

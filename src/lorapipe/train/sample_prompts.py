@@ -33,14 +33,33 @@ class SamplePrompt:
 
     def normalised(self) -> SamplePrompt:
         """Sizes floored to multiples of 8 (min 64), steps clamped to 1..1000, as sd-scripts does."""
-        return replace(self, width=max(64, self.width - self.width % 8), height=max(64, self.height - self.height % 8),
-                       steps=min(1000, max(1, self.steps)))
+        return replace(
+            self,
+            width=max(64, self.width - self.width % 8),
+            height=max(64, self.height - self.height % 8),
+            steps=min(1000, max(1, self.steps)),
+        )
 
 
-_OPTION_KEYS = {"n": "negative_prompt", "w": "width", "h": "height", "s": "steps", "d": "seed", "l": "scale",
-                "ss": "sampler"}
-_DICT_KEYS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "width": "width", "height": "height",
-              "sample_steps": "steps", "scale": "scale", "seed": "seed", "sample_sampler": "sampler"}
+_OPTION_KEYS = {
+    "n": "negative_prompt",
+    "w": "width",
+    "h": "height",
+    "s": "steps",
+    "d": "seed",
+    "l": "scale",
+    "ss": "sampler",
+}
+_DICT_KEYS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "width": "width",
+    "height": "height",
+    "sample_steps": "steps",
+    "scale": "scale",
+    "seed": "seed",
+    "sample_sampler": "sampler",
+}
 
 
 def parse_prompt_line(line: str, where: str = "sample_prompts") -> SamplePrompt:

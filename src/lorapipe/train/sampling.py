@@ -40,9 +40,14 @@ def make_sample_scheduler(name: str | None, *, v_parameterization: bool = False)
 
     class_name, extra = SAMPLERS.get((name or "ddim").lower(), SAMPLERS["ddim"])
     cls = getattr(diffusers, class_name)
-    config = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
-                  beta_schedule=BETA_SCHEDULE,
-                  prediction_type="v_prediction" if v_parameterization else "epsilon", **extra)
+    config = dict(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule=BETA_SCHEDULE,
+        prediction_type="v_prediction" if v_parameterization else "epsilon",
+        **extra,
+    )
     if class_name in ("DDIMScheduler", "DDPMScheduler"):
         config["clip_sample"] = False
     if class_name in ("DDIMScheduler", "PNDMScheduler"):
@@ -52,9 +57,19 @@ def make_sample_scheduler(name: str | None, *, v_parameterization: bool = False)
     return cls(**config)
 
 
-def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, output_name: str | None,
-                        epoch: int | None, step: int, default_sampler: str | None, v_parameterization: bool,
-                        fallback_seed: int, device) -> list[Path]:
+def write_sample_images(
+    models,
+    prompts: list[SamplePrompt],
+    out_dir: Path,
+    *,
+    output_name: str | None,
+    epoch: int | None,
+    step: int,
+    default_sampler: str | None,
+    v_parameterization: bool,
+    fallback_seed: int,
+    device,
+) -> list[Path]:
     """Generate one PNG per prompt with the current weights; returns the written paths.
 
     `models` is anything with unet, vae, text_encoder(_2), tokenizer(_2). Global RNG state is saved and restored
@@ -70,24 +85,39 @@ def write_sample_images(models, prompts: list[SamplePrompt], out_dir: Path, *, o
     lora_modes = {m: m.training for m in models.unet.modules()}
     models.unet.eval()
     # The VAE and text encoders may have been moved off the GPU after caching; bring them back for the previews.
-    parked = {name: next(getattr(models, name).parameters()).device
-              for name in ("vae", "text_encoder", "text_encoder_2")}
+    parked = {
+        name: next(getattr(models, name).parameters()).device for name in ("vae", "text_encoder", "text_encoder_2")
+    }
     for name in parked:
         getattr(models, name).to(device)
     try:
         for index, prompt in enumerate(prompts):
             scheduler = make_sample_scheduler(prompt.sampler or default_sampler, v_parameterization=v_parameterization)
-            pipe = StableDiffusionXLPipeline(vae=models.vae, text_encoder=models.text_encoder,
-                                             text_encoder_2=models.text_encoder_2, tokenizer=models.tokenizer,
-                                             tokenizer_2=models.tokenizer_2, unet=models.unet, scheduler=scheduler)
+            pipe = StableDiffusionXLPipeline(
+                vae=models.vae,
+                text_encoder=models.text_encoder,
+                text_encoder_2=models.text_encoder_2,
+                tokenizer=models.tokenizer,
+                tokenizer_2=models.tokenizer_2,
+                unet=models.unet,
+                scheduler=scheduler,
+            )
             pipe.set_progress_bar_config(disable=True)
             seed = prompt.seed if prompt.seed is not None else fallback_seed + index
             generator = torch.Generator(device="cpu").manual_seed(seed)
             with torch.no_grad():
-                latents = pipe(prompt.prompt, negative_prompt=prompt.negative_prompt or None, width=prompt.width,
-                               height=prompt.height, num_inference_steps=prompt.steps, guidance_scale=prompt.scale,
-                               generator=generator, original_size=(prompt.height, prompt.width),
-                               target_size=(prompt.height, prompt.width), output_type="latent").images
+                latents = pipe(
+                    prompt.prompt,
+                    negative_prompt=prompt.negative_prompt or None,
+                    width=prompt.width,
+                    height=prompt.height,
+                    num_inference_steps=prompt.steps,
+                    guidance_scale=prompt.scale,
+                    generator=generator,
+                    original_size=(prompt.height, prompt.width),
+                    target_size=(prompt.height, prompt.width),
+                    output_type="latent",
+                ).images
                 image = _decode(pipe, latents)
             name = sample_image_name(output_name, epoch=epoch, step=step, prompt_index=index, seed=prompt.seed)
             path = out_dir / name

@@ -34,8 +34,11 @@ class LoraWriter:
     def __post_init__(self) -> None:
         if self.session_id is None:
             pinned = reproducible_time() is not None
-            self.session_id = (int(hashlib.sha256(str(self.plan.seed).encode()).hexdigest()[:8], 16) if pinned
-                               else int.from_bytes(os.urandom(4), "little"))
+            self.session_id = (
+                int(hashlib.sha256(str(self.plan.seed).encode()).hexdigest()[:8], 16)
+                if pinned
+                else int.from_bytes(os.urandom(4), "little")
+            )
 
     def save(self, name: str, *, steps: int, epoch: int) -> Path:
         from lorapipe.lora.file import save_kohya_lora
@@ -58,19 +61,35 @@ class LoraWriter:
         if cfg.conv_dim:
             network_args |= {"conv_dim": cfg.conv_dim, "conv_alpha": cfg.conv_alpha if cfg.conv_alpha else 1}
         return build_kohya_metadata(
-            config_dict=config_dict, dataset_summary=dataset_summary(plan), base_model_name=plan.base_model,
-            training_started_at=self.started_at, steps=steps, epoch=epoch, network_dim=cfg.network_dim,
-            network_alpha=cfg.network_alpha, network_args=network_args or None, network_module=cfg.network_module,
+            config_dict=config_dict,
+            dataset_summary=dataset_summary(plan),
+            base_model_name=plan.base_model,
+            training_started_at=self.started_at,
+            steps=steps,
+            epoch=epoch,
+            network_dim=cfg.network_dim,
+            network_alpha=cfg.network_alpha,
+            network_args=network_args or None,
+            network_module=cfg.network_module,
             session_id=self.session_id,
-            training_finished_at=reproducible_time() or time.time(), output_name=plan.output_name,
-            num_epochs=plan.epochs, max_train_steps=plan.total_steps, text_encoder_lr=cfg.text_encoder_lr,
-            optimizer=self.optimizer_text, no_metadata=cfg.no_metadata)
+            training_finished_at=reproducible_time() or time.time(),
+            output_name=plan.output_name,
+            num_epochs=plan.epochs,
+            max_train_steps=plan.total_steps,
+            text_encoder_lr=cfg.text_encoder_lr,
+            optimizer=self.optimizer_text,
+            no_metadata=cfg.no_metadata,
+        )
 
 
 def _dataset_config_keys(blueprint) -> dict:
-    return {"resolution": list(blueprint.resolution), "prior_loss_weight": blueprint.prior_loss_weight,
-            "max_token_length": blueprint.max_token_length, "validation_split": blueprint.validation_split,
-            "validation_seed": blueprint.validation_seed}
+    return {
+        "resolution": list(blueprint.resolution),
+        "prior_loss_weight": blueprint.prior_loss_weight,
+        "max_token_length": blueprint.max_token_length,
+        "validation_split": blueprint.validation_split,
+        "validation_seed": blueprint.validation_seed,
+    }
 
 
 def dataset_summary(plan) -> dict:
@@ -94,22 +113,32 @@ def dataset_summary(plan) -> dict:
     for item in items:
         buckets[item.bucket] += item.repeats
     ordered = enumerate(sorted(buckets.items()))
-    bucket_info = {"buckets": {i: {"resolution": list(b), "count": n} for i, (b, n) in ordered},
-                   "mean_img_ar_error": 0.0}
+    bucket_info = {
+        "buckets": {i: {"resolution": list(b), "count": n} for i, (b, n) in ordered},
+        "mean_img_ar_error": 0.0,
+    }
     subsets = blueprint.subsets
     return {
-        "num_train_images": sum(i.repeats for i in train), "num_reg_images": sum(i.repeats for i in reg),
+        "num_train_images": sum(i.repeats for i in train),
+        "num_reg_images": sum(i.repeats for i in reg),
         "num_validation_images": len(plan.scan.validation_items),
-        "num_batches_per_epoch": plan.batches_per_epoch, "batch_size_per_device": blueprint.batch_size,
+        "num_batches_per_epoch": plan.batches_per_epoch,
+        "batch_size_per_device": blueprint.batch_size,
         "total_batch_size": blueprint.batch_size * plan.processes.world * plan.config.gradient_accumulation_steps,
-        "resolution": tuple(blueprint.resolution), "enable_bucket": blueprint.enable_bucket,
-        "bucket_no_upscale": blueprint.bucket_no_upscale, "min_bucket_reso": blueprint.min_bucket_reso,
+        "resolution": tuple(blueprint.resolution),
+        "enable_bucket": blueprint.enable_bucket,
+        "bucket_no_upscale": blueprint.bucket_no_upscale,
+        "min_bucket_reso": blueprint.min_bucket_reso,
         "max_bucket_reso": blueprint.max_bucket_reso,
-        "color_aug": any(s.color_aug for s in subsets), "flip_aug": any(s.flip_aug for s in subsets),
-        "random_crop": any(s.random_crop for s in subsets), "shuffle_caption": any(s.shuffle_caption for s in subsets),
+        "color_aug": any(s.color_aug for s in subsets),
+        "flip_aug": any(s.flip_aug for s in subsets),
+        "random_crop": any(s.random_crop for s in subsets),
+        "shuffle_caption": any(s.shuffle_caption for s in subsets),
         "keep_tokens": max((s.keep_tokens for s in subsets), default=0),
-        "dataset_dirs": dirs, "reg_dataset_dirs": reg_dirs,
-        "tag_frequency": {k: dict(v) for k, v in tags.items()}, "bucket_info": bucket_info,
+        "dataset_dirs": dirs,
+        "reg_dataset_dirs": reg_dirs,
+        "tag_frequency": {k: dict(v) for k, v in tags.items()},
+        "bucket_info": bucket_info,
         "datasets": _datasets_metadata(blueprint, items, tags) if blueprint.from_dataset_config else (),
     }
 
@@ -125,26 +154,45 @@ def _datasets_metadata(blueprint, items, tags) -> tuple[dict, ...]:
         subsets = []
         for subset in table.subsets:
             count = sum(1 for i in mine if i.subset == subset)
-            subsets.append({
-                "img_count": count, "num_repeats": subset.num_repeats, "color_aug": subset.color_aug,
-                "flip_aug": subset.flip_aug, "random_crop": subset.random_crop,
-                "shuffle_caption": subset.shuffle_caption, "keep_tokens": subset.keep_tokens,
-                "keep_tokens_separator": subset.keep_tokens_separator,
-                "secondary_separator": subset.secondary_separator, "enable_wildcard": subset.enable_wildcard,
-                "caption_prefix": subset.caption_prefix, "caption_suffix": subset.caption_suffix,
-                "resize_interpolation": subset.resize_interpolation, "image_dir": subset.image_dir.name,
-                "class_tokens": subset.class_tokens, "is_reg": subset.is_reg,
-            })
-        out.append({
-            "is_dreambooth": True, "batch_size_per_device": table.batch_size,
-            "num_train_images": sum(i.repeats for i in mine if not i.subset.is_reg),
-            "num_reg_images": sum(i.repeats for i in mine if i.subset.is_reg),
-            "resolution": list(table.resolution), "enable_bucket": table.enable_bucket,
-            "min_bucket_reso": table.min_bucket_reso, "max_bucket_reso": table.max_bucket_reso,
-            "tag_frequency": {s.image_dir.name: dict(tags.get(s.image_dir.name, {})) for s in table.subsets},
-            "bucket_info": {"buckets": {i: {"resolution": list(b), "count": n}
-                                        for i, (b, n) in enumerate(sorted(buckets.items()))},
-                            "mean_img_ar_error": 0.0},
-            "resize_interpolation": None, "subsets": subsets,
-        })
+            subsets.append(
+                {
+                    "img_count": count,
+                    "num_repeats": subset.num_repeats,
+                    "color_aug": subset.color_aug,
+                    "flip_aug": subset.flip_aug,
+                    "random_crop": subset.random_crop,
+                    "shuffle_caption": subset.shuffle_caption,
+                    "keep_tokens": subset.keep_tokens,
+                    "keep_tokens_separator": subset.keep_tokens_separator,
+                    "secondary_separator": subset.secondary_separator,
+                    "enable_wildcard": subset.enable_wildcard,
+                    "caption_prefix": subset.caption_prefix,
+                    "caption_suffix": subset.caption_suffix,
+                    "resize_interpolation": subset.resize_interpolation,
+                    "image_dir": subset.image_dir.name,
+                    "class_tokens": subset.class_tokens,
+                    "is_reg": subset.is_reg,
+                }
+            )
+        out.append(
+            {
+                "is_dreambooth": True,
+                "batch_size_per_device": table.batch_size,
+                "num_train_images": sum(i.repeats for i in mine if not i.subset.is_reg),
+                "num_reg_images": sum(i.repeats for i in mine if i.subset.is_reg),
+                "resolution": list(table.resolution),
+                "enable_bucket": table.enable_bucket,
+                "min_bucket_reso": table.min_bucket_reso,
+                "max_bucket_reso": table.max_bucket_reso,
+                "tag_frequency": {s.image_dir.name: dict(tags.get(s.image_dir.name, {})) for s in table.subsets},
+                "bucket_info": {
+                    "buckets": {
+                        i: {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(buckets.items()))
+                    },
+                    "mean_img_ar_error": 0.0,
+                },
+                "resize_interpolation": None,
+                "subsets": subsets,
+            }
+        )
     return tuple(out)

@@ -10,8 +10,19 @@ from dataclasses import dataclass
 
 from lorapipe.errors import ConfigError
 
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-              "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant", "adafactor")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+    "piecewise_constant",
+    "adafactor",
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +76,14 @@ def build_lr_scheduler(optimizer, options: ScheduleOptions, total_steps: int, *,
         if name == "warmup_stable_decay":
             extra["num_decay_steps"] = resolve_steps(options.lr_decay_steps, total_steps)
             extra["min_lr_ratio"] = options.lr_scheduler_min_lr_ratio or 0.0
-        return hf_get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
-                                scheduler_specific_kwargs=extra)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
-                         num_cycles=int(options.lr_scheduler_num_cycles or 1),
-                         power=float(options.lr_scheduler_power or 1.0))
+        return hf_get_scheduler(
+            name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, scheduler_specific_kwargs=extra
+        )
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+        num_cycles=int(options.lr_scheduler_num_cycles or 1),
+        power=float(options.lr_scheduler_power or 1.0),
+    )

@@ -72,51 +72,85 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
     device = pick_device()
     # Accumulation is counted by the loop (batches come from the dataset layer, not a prepared DataLoader); the
     # accelerator handles device, autocast and the fp16 grad scaler.
-    accelerator = _accelerator(Accelerator, mixed_precision=cfg.mixed_precision or "no", cpu=device.type == "cpu",
-                               gradient_accumulation_steps=1)
-    models = load_train_models(cfg, plan.base_model, accelerator.device, max_token_length=plan.max_token_length,
-                               seed=plan.seed, speed=speed)
+    accelerator = _accelerator(
+        Accelerator,
+        mixed_precision=cfg.mixed_precision or "no",
+        cpu=device.type == "cpu",
+        gradient_accumulation_steps=1,
+    )
+    models = load_train_models(
+        cfg, plan.base_model, accelerator.device, max_token_length=plan.max_token_length, seed=plan.seed, speed=speed
+    )
     if device.type == "cpu" and (threads := cpu_threads_for(models.unet)):
         torch.set_num_threads(threads)
     loraplus = cfg.network_options
     groups = models.network.parameter_groups(
-        cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate, loraplus_unet_lr_ratio=loraplus.loraplus_unet_lr_ratio,
-        loraplus_text_encoder_lr_ratio=loraplus.loraplus_text_encoder_lr_ratio)
+        cfg.unet_lr,
+        cfg.text_encoder_lr,
+        cfg.learning_rate,
+        loraplus_unet_lr_ratio=loraplus.loraplus_unet_lr_ratio,
+        loraplus_text_encoder_lr_ratio=loraplus.loraplus_text_encoder_lr_ratio,
+    )
     names = [g.pop("name", f"group{i}") for i, g in enumerate(groups)]
     if plan.processes.is_distributed:
         from lorapipe.train.distributed import share_main_weights
 
         share_main_weights([p for g in groups for p in g["params"]])
-    optimizer, choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate,
-                                        device_type=device.type)
-    lr_scheduler = build_lr_scheduler(optimizer, cfg.options(ScheduleOptions), plan.total_steps,
-                                      adafactor_relative_step=choice.adafactor_relative_step)
+    optimizer, choice = build_optimizer(
+        cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate, device_type=device.type
+    )
+    lr_scheduler = build_lr_scheduler(
+        optimizer,
+        cfg.options(ScheduleOptions),
+        plan.total_steps,
+        adafactor_relative_step=choice.adafactor_relative_step,
+    )
     optimizer = accelerator.prepare_optimizer(optimizer)
     noise_opts = cfg.options(NoiseOptions)
     noise_scheduler = make_noise_scheduler(noise_opts)
-    objective = Objective(noise=noise_opts, loss=cfg.options(LossOptions), noise_scheduler=noise_scheduler,
-                          snr=snr_table(noise_scheduler), alphas_cumprod=noise_scheduler.alphas_cumprod)
+    objective = Objective(
+        noise=noise_opts,
+        loss=cfg.options(LossOptions),
+        noise_scheduler=noise_scheduler,
+        snr=snr_table(noise_scheduler),
+        alphas_cumprod=noise_scheduler.alphas_cumprod,
+    )
     latent_cache = te_cache = None
     # The weight fingerprints (a hash of every VAE / text-encoder weight) only guard caches read back from disk.
     if cfg.cache_latents or cfg.cache_latents_to_disk:
         to_disk = bool(cfg.cache_latents_to_disk)
-        latent_cache = LatentCache(_seeded_vae_encoder(models), module_fingerprint(models.vae) if to_disk else "",
-                                   to_disk=to_disk)
+        latent_cache = LatentCache(
+            _seeded_vae_encoder(models), module_fingerprint(models.vae) if to_disk else "", to_disk=to_disk
+        )
     automatic = None
     if cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk:
         to_disk = bool(cfg.cache_text_encoder_outputs_to_disk)
-        fingerprint = (module_fingerprint(models.text_encoder) + module_fingerprint(models.text_encoder_2)
-                       if to_disk else "")
-        te_cache = TextEncoderCache(_no_grad(models.encode_captions), f"{fingerprint}:{plan.max_token_length}",
-                                    to_disk=to_disk, te1_width=models.te1_width)
-    elif speed.cache_text_automatically and (
-            automatic := automatic_text_cache(plan, _text_entry_bytes(plan, models))):
-        te_cache = TextEncoderCache(_no_grad(models.encode_captions), f":{plan.max_token_length}", to_disk=False,
-                                    te1_width=models.te1_width)
-    return TrainSession(accelerator=accelerator, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                        optimizer_choice=choice, objective=objective, latent_cache=latent_cache, te_cache=te_cache,
-                        param_group_names=names, te_cache_automatic=automatic is not None,
-                        notes=(automatic,) if automatic else ())
+        fingerprint = (
+            module_fingerprint(models.text_encoder) + module_fingerprint(models.text_encoder_2) if to_disk else ""
+        )
+        te_cache = TextEncoderCache(
+            _no_grad(models.encode_captions),
+            f"{fingerprint}:{plan.max_token_length}",
+            to_disk=to_disk,
+            te1_width=models.te1_width,
+        )
+    elif speed.cache_text_automatically and (automatic := automatic_text_cache(plan, _text_entry_bytes(plan, models))):
+        te_cache = TextEncoderCache(
+            _no_grad(models.encode_captions), f":{plan.max_token_length}", to_disk=False, te1_width=models.te1_width
+        )
+    return TrainSession(
+        accelerator=accelerator,
+        models=models,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        optimizer_choice=choice,
+        objective=objective,
+        latent_cache=latent_cache,
+        te_cache=te_cache,
+        param_group_names=names,
+        te_cache_automatic=automatic is not None,
+        notes=(automatic,) if automatic else (),
+    )
 
 
 # The automatic text-encoder cache is held in memory: up to this size (about 1,700 distinct 75-token captions
@@ -137,9 +171,11 @@ def automatic_text_cache(plan: RunPlan, entry_bytes: int) -> str | None:
     captions = len({(item.subset.name, item.caption) for item in plan.scan.items})
     if captions * entry_bytes > _AUTOMATIC_TEXT_CACHE_BYTES:
         return None
-    return (f"text-encoder outputs cached in memory ({captions} captions, {captions * entry_bytes / 2**20:.1f} MiB): "
-            "the text encoders are frozen and captions do not change, so each caption is encoded once, as with "
-            "cache_text_encoder_outputs")
+    return (
+        f"text-encoder outputs cached in memory ({captions} captions, {captions * entry_bytes / 2**20:.1f} MiB): "
+        "the text encoders are frozen and captions do not change, so each caption is encoded once, as with "
+        "cache_text_encoder_outputs"
+    )
 
 
 def _text_entry_bytes(plan: RunPlan, models: TrainModels) -> int:
@@ -165,9 +201,14 @@ def _accelerator(cls, **kwargs):
 
 def _seeded_vae_encoder(models: TrainModels):
     """Cached latents are sampled once, with a generator seeded by the pixels' hash (same image, same latent)."""
+
     def encode(pixels, keys):
-        outs = [models.encode_pixels(pixels[i : i + 1], torch.Generator(device=models.device).manual_seed(
-            int(keys[i][:15], 16))) for i in range(len(keys))]
+        outs = [
+            models.encode_pixels(
+                pixels[i : i + 1], torch.Generator(device=models.device).manual_seed(int(keys[i][:15], 16))
+            )
+            for i in range(len(keys))
+        ]
         return torch.cat(outs)
 
     return encode

@@ -40,13 +40,24 @@ def unet_prediction(models, x_t, timesteps, context, pooled, time_ids):
     """UNet forward with SDXL's added conditions (pooled TE2 vector + six size ids)."""
     dtype = models.weight_dtype
     return models.unet(
-        x_t.to(dtype), timesteps.to(models.device), context.to(dtype),
+        x_t.to(dtype),
+        timesteps.to(models.device),
+        context.to(dtype),
         added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(models.device, dtype)},
     ).sample
 
 
-def micro_batch_loss(models, batch: TrainBatch, objective: Objective, generator: torch.Generator, *,
-                     latent_cache=None, te_cache=None, autocast=None, timestep: int | None = None) -> torch.Tensor:
+def micro_batch_loss(
+    models,
+    batch: TrainBatch,
+    objective: Objective,
+    generator: torch.Generator,
+    *,
+    latent_cache=None,
+    te_cache=None,
+    autocast=None,
+    timestep: int | None = None,
+) -> torch.Tensor:
     """The scalar loss of one batch (not yet divided for gradient accumulation); `timestep` fixes every sample's
     timestep instead of drawing them (validation)."""
     latents = batch_latents(models, batch, latent_cache, generator)
@@ -62,8 +73,16 @@ def micro_batch_loss(models, batch: TrainBatch, objective: Objective, generator:
         pred = unet_prediction(models, x_t, timesteps, context, pooled, time_ids)
     target = prediction_target(objective.noise_scheduler, latents, noise, timesteps, objective.noise)
     weights = torch.tensor(batch.loss_weights, dtype=torch.float32)
-    return training_loss(pred, target, timesteps.to(pred.device), weights, objective.loss, objective.snr,
-                         objective.alphas_cumprod, mask=_loss_mask(batch))
+    return training_loss(
+        pred,
+        target,
+        timesteps.to(pred.device),
+        weights,
+        objective.loss,
+        objective.snr,
+        objective.alphas_cumprod,
+        mask=_loss_mask(batch),
+    )
 
 
 def _loss_mask(batch: TrainBatch) -> torch.Tensor | None:
@@ -71,6 +90,8 @@ def _loss_mask(batch: TrainBatch) -> torch.Tensor | None:
     if batch.alpha_masks is None:
         return None
     height, width = batch.pixels[0].shape[:2]
-    planes = [torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) if m is not None
-              else torch.ones(height, width) for m in batch.alpha_masks]
+    planes = [
+        torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) if m is not None else torch.ones(height, width)
+        for m in batch.alpha_masks
+    ]
     return torch.stack(planes)[:, None]

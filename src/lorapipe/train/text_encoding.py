@@ -26,8 +26,9 @@ class EncodedPrompts:
 def tokenize_chunks(tokenizer, captions: list[str], max_token_length: int) -> torch.Tensor:
     """Token ids of shape (B, n_chunks, 77), chunked and patched like sd-scripts' SDXL tokenize strategy."""
     n_chunks = max_token_length // CLIP_CHUNK_TOKENS
-    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=max_token_length + 2,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        captions, padding="max_length", truncation=True, max_length=max_token_length + 2, return_tensors="pt"
+    ).input_ids
     if n_chunks == 1:
         return ids.unsqueeze(1)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -57,8 +58,9 @@ def _join_chunks(hidden: torch.Tensor, batch: int, max_token_length: int) -> tor
     return torch.cat(parts, dim=1)
 
 
-def encode_prompts(text_encoder, text_encoder_2, tokenizer, tokenizer_2, captions: list[str],
-                   max_token_length: int = CLIP_CHUNK_TOKENS) -> EncodedPrompts:
+def encode_prompts(
+    text_encoder, text_encoder_2, tokenizer, tokenizer_2, captions: list[str], max_token_length: int = CLIP_CHUNK_TOKENS
+) -> EncodedPrompts:
     """Encode captions with both encoders; gradients flow when the encoders carry trainable LoRA."""
     batch = len(captions)
     device = next(text_encoder.parameters()).device

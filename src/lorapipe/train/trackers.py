@@ -18,8 +18,13 @@ def run_name(log_prefix: str | None) -> str:
     return f"{log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}"
 
 
-def open_tracker(log_with: str | None, logging_dir: str | Path, *, log_prefix: str | None = None,
-                 config: Mapping[str, Any] | None = None) -> Any:
+def open_tracker(
+    log_with: str | None,
+    logging_dir: str | Path,
+    *,
+    log_prefix: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Any:
     """A scalar writer for `log_with` ("tensorboard", the default, or "wandb")."""
     name = run_name(log_prefix)
     if log_with == "wandb":
@@ -36,8 +41,9 @@ class WandbWriter:
         import wandb
 
         folder.mkdir(parents=True, exist_ok=True)
-        self._run = wandb.init(project=WANDB_PROJECT, name=name, dir=str(folder), mode="offline",
-                               config=config, reinit="create_new")
+        self._run = wandb.init(
+            project=WANDB_PROJECT, name=name, dir=str(folder), mode="offline", config=config, reinit="create_new"
+        )
         self._run.define_metric("global_step")
         self._run.define_metric("epoch")
         self._run.define_metric("*", step_metric="global_step")

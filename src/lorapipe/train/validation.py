@@ -52,9 +52,14 @@ def validation_plan(plan) -> ValidationPlan:
     low = int(cfg.min_timestep or 0)
     high = int(cfg.max_timestep or 1000)
     points = [round(low + (high - low) * k / 5) for k in range(1, 5)]  # linspace(low, high, 6)[1:-1]
-    return ValidationPlan(items=tuple(plan.scan.validation_items), seed=int(seed),
-                          every_n_steps=cfg.validate_every_n_steps, every_n_epochs=cfg.validate_every_n_epochs,
-                          max_batches=cfg.max_validation_steps, timesteps=tuple(points))
+    return ValidationPlan(
+        items=tuple(plan.scan.validation_items),
+        seed=int(seed),
+        every_n_steps=cfg.validate_every_n_steps,
+        every_n_epochs=cfg.validate_every_n_epochs,
+        max_batches=cfg.max_validation_steps,
+        timesteps=tuple(points),
+    )
 
 
 def validation_batches(vplan: ValidationPlan, blueprint) -> list[list]:
@@ -78,9 +83,16 @@ def validation_loss(session, plan, vplan: ValidationPlan) -> float:
             batch = load_batch(items, plan.blueprint, seed=vplan.seed, epoch=0, index=index)
             for t in vplan.timesteps:
                 generator = step_generator(vplan.seed, index, t)
-                loss = micro_batch_loss(session.models, batch, session.objective, generator,
-                                        latent_cache=session.latent_cache, te_cache=session.te_cache,
-                                        autocast=session.accelerator.autocast, timestep=t)
+                loss = micro_batch_loss(
+                    session.models,
+                    batch,
+                    session.objective,
+                    generator,
+                    latent_cache=session.latent_cache,
+                    te_cache=session.te_cache,
+                    autocast=session.accelerator.autocast,
+                    timestep=t,
+                )
                 losses.append(float(loss))
     finite = [x for x in losses if math.isfinite(x)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -90,8 +102,12 @@ class _dropouts_off:
     """Put every module that is in training mode (the LoRA layers) in eval mode, and back afterwards."""
 
     def __init__(self, models):
-        self.modules = [m for model in (models.unet, models.text_encoder, models.text_encoder_2)
-                        for m in model.modules() if m.training]
+        self.modules = [
+            m
+            for model in (models.unet, models.text_encoder, models.text_encoder_2)
+            for m in model.modules()
+            if m.training
+        ]
 
     # The flag is set on each module alone: Module.train() recurses and would switch frozen children too.
     def __enter__(self):
