@@ -210,7 +210,7 @@ def test_dataset_that_fails_the_check_fails_the_run_before_training(world, tmp_p
     run_id = _run_id(result.stdout)
     record = RunStore(world["home"] / "runs.sqlite").get(run_id)
     assert record.status == "failed" and "0002-dataset" in record.error
-    assert [s.status for s in record.steps] == ["failed", "pending", "pending", "pending"]
+    assert [s.status for s in record.steps] == ["failed", "pending", "pending", "pending", "pending"]
     assert record.error in result.stderr
     assert not output.exists() and not loras.exists()
 

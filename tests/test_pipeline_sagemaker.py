@@ -172,7 +172,9 @@ def test_sagemaker_run_trains_fetches_verifies_and_publishes(aws, sample_dataset
     log = (home.run_dir(record.id) / "run.log").read_text()
     assert f"SageMaker job {job_name} created" in log
     assert "step=1 loss=0.512300 lr=0.001" in log, "CloudWatch lines copied into the run log"
-    assert RunStore(home.database).get(record.id).steps[2].status == "succeeded"  # samples came with the model
+    assert (
+        RunStore(home.database).get(record.id).steps[3].status == "succeeded"
+    )  # samples came with the model (after validate, train, evaluate)
 
 
 def test_missing_model_artifact_fails_the_run_and_publishes_nothing(aws, sample_dataset_dir, tmp_path):
@@ -184,7 +186,7 @@ def test_missing_model_artifact_fails_the_run_and_publishes_nothing(aws, sample_
     assert execute_run(home, record.id) == "failed"
     failed = RunStore(home.database).get(record.id)
     assert "cannot download the job's model" in failed.error
-    assert [s.status for s in failed.steps] == ["succeeded", "failed", "pending", "pending"]
+    assert [s.status for s in failed.steps] == ["succeeded", "failed", "pending", "pending", "pending"]
     listing = server.client().list_objects_v2(Bucket=out, Prefix=f"models/{record.id}/")
     assert listing.get("KeyCount", 0) == 0
     assert not (tmp_path / "loras").exists()

@@ -63,7 +63,7 @@ def test_cancel_stops_the_training_job_and_the_run_ends_cancelled(seaweed_s3, sa
     assert f"{job_name} Stopping / Stopping" in log and f"{job_name} Stopped / Stopped" in log
     finished = RunStore(home.database).get(record.id)
     assert finished.status == "cancelled"
-    assert [s.status for s in finished.steps] == ["succeeded", "cancelled", "pending", "pending"]
+    assert [s.status for s in finished.steps] == ["succeeded", "cancelled", "pending", "pending", "pending"]
     assert seaweed_s3.client().list_objects_v2(Bucket=out, Prefix=f"models/{record.id}/").get("KeyCount", 0) == 0
     assert not (tmp_path / "loras").exists()
 

@@ -129,7 +129,7 @@ def test_dataset_with_problems_is_refused_before_any_upload(aws, local_dataset, 
     assert execute_run(home, record.id) == "failed"
     failed = RunStore(home.database).get(record.id)
     assert "dataset check failed" in failed.error and "03-green-meadow-tilt.png" in failed.error
-    assert [s.status for s in failed.steps] == ["failed", "pending", "pending", "pending"]
+    assert [s.status for s in failed.steps] == ["failed", "pending", "pending", "pending", "pending"]
     assert server.client().list_objects_v2(Bucket=out).get("KeyCount", 0) == 0, "nothing uploaded"
     assert sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
 

@@ -12,8 +12,6 @@ import sys
 import time
 
 # Both torch-free at import time, so `--help` stays light.
-from lorapipe.evaluate.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
-from lorapipe.pipeline.evaluate_stage import EVAL_MODES, PUBLISH_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,9 +116,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="folder or s3://BUCKET/PREFIX to publish to (sagemaker: "
         "a local dataset is uploaded under OUTPUT/datasets/ too)",
     )
-    from lorapipe.pipeline.backend import BACKENDS, DEFAULT_BACKEND  # stdlib-only: --help stays light
-
-    parser.add_argument("--backend", choices=tuple(BACKENDS), default=DEFAULT_BACKEND)
+    # Choices are checked by RunRequest/EvaluateOptions (one home); nothing of pipeline/ loads for other commands.
+    parser.add_argument("--backend", default=None, help="local (default) or sagemaker")
     parser.add_argument(
         "--base-model", metavar="PATH_OR_ID", help="diffusers folder, single file or hub id (default: the config's)"
     )
@@ -155,8 +152,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     evaluate.add_argument(
         "--evaluate",
-        choices=EVAL_MODES,
-        default="auto",
+        default=None,
         help="auto (default): when the metric models are on this machine (a folder, or a hub id in the "
         "Hugging Face cache); on: load them, downloading if need be, or fail the run",
     )
@@ -169,12 +165,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     evaluate.add_argument(
         "--publish-checkpoint",
-        choices=PUBLISH_CHOICES,
-        default="recommended",
+        default=None,
         help="publish the recommended checkpoint (default) or the final one",
     )
-    evaluate.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="PATH_OR_ID")
-    evaluate.add_argument("--dino-model", default=DEFAULT_DINO_MODEL, metavar="PATH_OR_ID")
+    evaluate.add_argument("--clip-model", metavar="PATH_OR_ID", help="CLIP model (default: CLIP ViT-L/14)")
+    evaluate.add_argument("--dino-model", metavar="PATH_OR_ID", help="DINOv2 model (default: DINOv2 base)")
     evaluate.add_argument("--eval-steps", type=int, default=25, metavar="N", help="sampling steps per image (25)")
     evaluate.add_argument("--eval-images-per-prompt", type=int, default=2, metavar="N")
     sagemaker = parser.add_argument_group("sagemaker backend")
@@ -204,7 +199,7 @@ def _request(args: argparse.Namespace, dataset: str):
         dataset=dataset,
         base_model=args.base_model,
         output=args.output,
-        backend=args.backend,
+        **({"backend": args.backend} if args.backend else {}),
         config=os.path.abspath(args.config) if args.config else None,
         overrides=tuple(args.overrides),
         lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None,
@@ -226,19 +221,26 @@ def _request(args: argparse.Namespace, dataset: str):
             poll_interval_s=args.poll_interval,
         ),
         evaluate=EvaluateOptions(
-            mode=args.evaluate,
-            publish=args.publish_checkpoint,
-            clip_model=_model_arg(args.clip_model),
-            dino_model=_model_arg(args.dino_model),
             steps=args.eval_steps,
             images_per_prompt=args.eval_images_per_prompt,
+            **_given(
+                mode=args.evaluate,
+                publish=args.publish_checkpoint,
+                clip_model=_model_arg(args.clip_model),
+                dino_model=_model_arg(args.dino_model),
+            ),
         ),
     )
 
 
-def _model_arg(value: str) -> str:
+def _model_arg(value: str | None) -> str | None:
     """A local model folder as an absolute path (the worker runs elsewhere); a hub id as given."""
-    return os.path.abspath(value) if os.path.isdir(value) else value
+    return os.path.abspath(value) if value and os.path.isdir(value) else value
+
+
+def _given(**values):
+    """The options the user gave; the others keep EvaluateOptions' defaults."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _dataset_arg(value: str) -> str:

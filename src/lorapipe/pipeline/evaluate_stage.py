@@ -180,10 +180,10 @@ def write_eval_metadata(path: Path, values: dict[str, str]) -> None:
     """Add the `ss_lorapipe_eval_*` keys to a LoRA file with the lora writer (atomic; `sshs_*` hashes recomputed)."""
     from safetensors.torch import load_file
 
-    from lorapipe.lora.file import read_lora_header, save_kohya_lora
+    from lorapipe.lora.file import save_kohya_lora
+    from lorapipe.safetensors_header import read_header
 
-    metadata, _tensors = read_lora_header(path)
-    metadata = {k: v for k, v in metadata.items() if not k.startswith(METADATA_PREFIX)}
+    metadata = {k: v for k, v in read_header(path).metadata.items() if not k.startswith(METADATA_PREFIX)}
     metadata.update({METADATA_PREFIX + key: value for key, value in values.items()})
     save_kohya_lora(path, load_file(str(path)), metadata)
 

@@ -106,6 +106,7 @@ async def get_run(run_id: str, state: Studio):
     response_class=StreamingResponse,
 )
 async def run_events(run_id: str, request: Request, state: Studio):
+    await call_in_thread(state.runs.get, run_id)  # uncached: a deleted run is a 404, not its last snapshot
     encoded = await call_in_thread(state.runs.snapshot_json, run_id)
     status = json.loads(encoded)["status"]
     if status in FINISHED:

@@ -10,20 +10,6 @@ from dataclasses import dataclass
 
 from lorapipe.errors import ConfigError
 
-SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-    "cosine_with_min_lr",
-    "warmup_stable_decay",
-    "piecewise_constant",
-    "adafactor",
-)
-
 
 @dataclass(frozen=True)
 class ScheduleOptions:
@@ -57,8 +43,6 @@ def build_lr_scheduler(optimizer, options: ScheduleOptions, total_steps: int, *,
 
         initial_lr = float(name.split(":", 1)[1]) if ":" in name else 0.0
         return AdafactorSchedule(optimizer, initial_lr=initial_lr)
-    if name not in SCHEDULERS:
-        raise ConfigError(f"lr_scheduler: {options.lr_scheduler!r} is unknown; use one of {', '.join(SCHEDULERS)}")
     from diffusers.optimization import get_scheduler
     from transformers.optimization import get_scheduler as hf_get_scheduler
 
