@@ -88,6 +88,14 @@ def find_checkpoints(run: Path) -> RunCheckpoints:
     return RunCheckpoints(folder=folder, output_name=names[0], checkpoints=tuple(checkpoints))
 
 
+def checkpoint_position(stem: str) -> tuple[int | None, int | None]:
+    """(step, epoch) a checkpoint's file name carries (`NAME-step00000500`, `NAME-000001`); (None, None) else."""
+    step_match, epoch_match = _STEP.match(stem), _EPOCH.match(stem)
+    if step_match:
+        return int(step_match["step"]), None
+    return None, int(epoch_match["epoch"]) if epoch_match else None
+
+
 def _output_name(stem: str) -> str:
     for pattern in (_STEP, _EPOCH):
         match = pattern.match(stem)
@@ -108,14 +116,14 @@ def _read(path: Path) -> Checkpoint:
             "another kind of file? Move it out of the run folder"
         )
     stem = path.stem
-    step_match, epoch_match = _STEP.match(stem), _EPOCH.match(stem)
-    kind = "step" if step_match else "epoch" if epoch_match else "final"
+    named_step, named_epoch = checkpoint_position(stem)
+    kind = "step" if named_step is not None else "epoch" if named_epoch is not None else "final"
     step = _int(meta.get("ss_steps"))
-    if step is None and step_match:
-        step = int(step_match["step"])
+    if step is None:
+        step = named_step
     epoch = _int(meta.get("ss_epoch"))
-    if epoch is None and epoch_match:
-        epoch = int(epoch_match["epoch"])
+    if epoch is None:
+        epoch = named_epoch
     return Checkpoint(label=stem, path=path, kind=kind, step=step, epoch=epoch, metadata=meta)
 
 

@@ -34,9 +34,9 @@ from lorapipe.evaluate.prompts import (
 )
 from lorapipe.evaluate.recommend import CLIP_T_MARGIN, LEAKAGE_MARGIN, Recommendation, recommend
 from lorapipe.evaluate.render import Rendered, RenderSettings, render_all
+from lorapipe.file_names import TRAIN_SUMMARY_NAME
 
 # Written by train/summary.py beside the LoRA files (evaluate reads it as a file; it never imports train).
-TRAIN_SUMMARY_FILE = "train_summary.json"
 EVAL_FOLDER = "eval"
 # Training images compared against: DINO/CLIP resize to 224 px anyway, so decoding more pixels only costs time.
 TRAINING_IMAGE_MIN_SIDE = 256
@@ -157,7 +157,7 @@ def _render(generator, checkpoints, prompts, options: EvalOptions):
 
 
 def _train_summary(folder: Path) -> dict:
-    path = folder / TRAIN_SUMMARY_FILE
+    path = folder / TRAIN_SUMMARY_NAME
     if not path.is_file():
         return {}
     try:
@@ -172,7 +172,7 @@ def _dataset_folder(given: Path | None, summary: dict, folder: Path) -> Path:
     dataset = Path(given) if given else Path(recorded) if recorded else None
     if dataset is None:
         raise EvaluationError(
-            f"{folder}: no {TRAIN_SUMMARY_FILE} naming the dataset; pass --dataset DIR (the "
+            f"{folder}: no {TRAIN_SUMMARY_NAME} naming the dataset; pass --dataset DIR (the "
             "folder holding <repeats>_<trigger> [class])"
         )
     if not dataset.is_dir():
@@ -183,7 +183,7 @@ def _dataset_folder(given: Path | None, summary: dict, folder: Path) -> Path:
 def _base_model(given: str | None, summary: dict, folder: Path) -> str:
     base = given or (summary.get("config") or {}).get("pretrained_model_name_or_path")
     if not base:
-        raise EvaluationError(f"{folder}: no {TRAIN_SUMMARY_FILE} naming the base model; pass --base-model")
+        raise EvaluationError(f"{folder}: no {TRAIN_SUMMARY_NAME} naming the base model; pass --base-model")
     return str(base)
 
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorapipe.evaluate.checkpoints import checkpoint_position
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.pipeline.artifact import IMAGE_SUFFIXES, SAMPLE_DIR
 
@@ -21,9 +22,6 @@ _STEP_LINE = re.compile(r"^step=(\d+) loss=(\S+) lr=(\S+) epoch=(\d+)")
 _BAR = re.compile(r"^steps:.*?\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
 # sd-scripts' sample image names: `NAME_000004_00_<stamp>_<seed>.png` (step) or `NAME_e000001_00_...` (epoch).
 _SAMPLE_NAME = re.compile(r"_(e?)(\d{6})_(\d{2})_\d{14}(?:_-?\d+)?$")
-# sd-scripts' checkpoint names: `NAME-step00000004` (step) and `NAME-000001` (epoch); the final file is `NAME`.
-_STEP_FILE = re.compile(r"-step(\d{8})$")
-_EPOCH_FILE = re.compile(r"-(\d{6})$")
 _MAX_POINTS = 2000  # loss points kept for a chart; longer runs keep every k-th
 
 
@@ -123,13 +121,8 @@ class ProgressReader:
 
 
 def _checkpoint_position(stem: str, final_stem: str | None) -> tuple[int | None, int | None]:
-    step = _STEP_FILE.search(stem)
-    if step and stem != final_stem:
-        return int(step[1]), None
-    epoch = _EPOCH_FILE.search(stem)
-    if epoch and stem != final_stem:
-        return None, int(epoch[1])
-    return None, None
+    """(step, epoch) from sd-scripts' checkpoint names; the file the summary names as final has neither."""
+    return (None, None) if stem == final_stem else checkpoint_position(stem)
 
 
 def list_samples(train_dir: Path) -> list[str]:

@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 from lorapipe.container_contract import CONFIG_CHANNEL, TRAIN_CHANNEL, normalise_s3_prefix
+from lorapipe.deploy.aws import aws_reason
 from lorapipe.errors import PipelineError, StoreError
 from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.backend import TrainJob
@@ -140,7 +141,7 @@ class SageMakerBackend:
             client.create_training_job(**arguments)
         except Exception as exc:
             raise PipelineError(
-                f"sagemaker: the training job was refused ({_aws_reason(exc)}); "
+                f"sagemaker: the training job was refused ({aws_reason(exc)}); "
                 "check the role, image, instance quota and region"
             ) from exc
         log.info(
@@ -158,7 +159,7 @@ class SageMakerBackend:
             try:
                 description = client.describe_training_job(TrainingJobName=name)
             except Exception as exc:
-                raise PipelineError(f"sagemaker: cannot read job {name} ({_aws_reason(exc)})") from exc
+                raise PipelineError(f"sagemaker: cannot read job {name} ({aws_reason(exc)})") from exc
             secondary = description.get("SecondaryStatus")
             if secondary != last_secondary:
                 log.info(f"train: {name} {description['TrainingJobStatus']} / {secondary}")
@@ -205,7 +206,7 @@ class SageMakerBackend:
         try:
             self._sagemaker().stop_training_job(TrainingJobName=name)
         except Exception as exc:
-            return f"stop of SageMaker job {name} not needed or refused ({_aws_reason(exc)})"
+            return f"stop of SageMaker job {name} not needed or refused ({aws_reason(exc)})"
         return f"stop requested for SageMaker job {name}; SageMaker sends SIGTERM, the trainer checkpoints"
 
     def stop_run(self, run_id: str) -> str:
@@ -223,7 +224,7 @@ class SageMakerBackend:
             self._s3().download_file(bucket, key, str(archive))
         except Exception as exc:
             raise PipelineError(
-                f"{url}: cannot download the job's model ({_aws_reason(exc)}); check --s3-endpoint-url and credentials"
+                f"{url}: cannot download the job's model ({aws_reason(exc)}); check --s3-endpoint-url and credentials"
             ) from exc
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(output_dir, filter="data")  # "data" refuses absolute paths, links out, devices
@@ -265,11 +266,3 @@ def _channel(name: str, url: str) -> dict:
             }
         },
     }
-
-
-def _aws_reason(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict) and "Error" in response:
-        error = response["Error"]
-        return f"{error.get('Code')}: {error.get('Message')}"
-    return f"{type(exc).__name__}: {exc}"
