@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorapipe.errors import ConfigError, TrainingError
-from lorapipe.lora.network import KohyaLoadReport, _text_encoder_lrs
+from lorapipe.lora.network import KohyaLoadReport, part_parameter_groups
 from lorapipe.lora.targets import KOHYA_PREFIXES, PARTS, kohya_target_names
 
 # Module classes of LyCORIS's presets that exist in sd-scripts' SGM UNet too (see the module docstring).
@@ -66,33 +66,13 @@ class LycorisKohyaNetwork:
         loraplus_text_encoder_lr_ratio: float | None = None,
     ) -> list[dict[str, Any]]:
         """sd-scripts' groups (one per part, LR 0 freezes a part); LoRA+ lifts `lora_up` tensors as LyCORIS does."""
-        te_lrs = _text_encoder_lrs(text_encoder_lr, default_lr)
-        lrs = {"unet": default_lr if unet_lr is None else unet_lr, **dict(zip(PARTS[1:], te_lrs, strict=True))}
-        ratios = {
-            "unet": loraplus_unet_lr_ratio,
-            "text_encoder": loraplus_text_encoder_lr_ratio,
-            "text_encoder_2": loraplus_text_encoder_lr_ratio,
+        named = {
+            part: [(name, p) for module in modules for name, p in module.named_parameters()]
+            for part, modules in self.modules.items()
         }
-        groups: list[dict[str, Any]] = []
-        for part in PARTS:
-            modules = self.modules.get(part, [])
-            if not modules:
-                continue
-            named = [(name, p) for module in modules for name, p in module.named_parameters()]
-            lr = float(lrs[part])
-            if lr == 0:
-                for _, param in named:
-                    param.requires_grad_(False)
-                continue
-            ratio = ratios[part]
-            plus = [p for name, p in named if ratio and "lora_up" in name]
-            rest = [p for name, p in named if not (ratio and "lora_up" in name)]
-            groups.append({"params": rest, "lr": lr, "name": part})
-            if plus:
-                groups.append({"params": plus, "lr": lr * float(ratio), "name": f"{part}_plus"})
-        if not groups:
-            raise ConfigError("unet_lr/text_encoder_lr: every trained part has learning rate 0; nothing to train")
-        return groups
+        return part_parameter_groups(
+            named, unet_lr, text_encoder_lr, default_lr, (loraplus_unet_lr_ratio, loraplus_text_encoder_lr_ratio)
+        )
 
     def kohya_state_dict(self, dtype: Any = None) -> dict[str, Any]:
         """LyCORIS's own state dict (Kohya SGM names), on CPU in `dtype` (None keeps the training dtype)."""

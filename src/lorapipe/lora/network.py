@@ -86,33 +86,13 @@ class KohyaLoraNetwork:
         values (te1, te2). A part whose LR is 0 is left out and frozen (sd-scripts: "not trained"). With a LoRA+
         ratio the `lora_up` weights of that part get their own group at LR x ratio. Each group carries a `name`.
         """
-        te_lrs = _text_encoder_lrs(text_encoder_lr, default_lr)
-        lrs = {"unet": default_lr if unet_lr is None else unet_lr, **dict(zip(TEXT_ENCODER_PARTS, te_lrs))}
-        ratios = {
-            "unet": loraplus_unet_lr_ratio,
-            "text_encoder": loraplus_text_encoder_lr_ratio,
-            "text_encoder_2": loraplus_text_encoder_lr_ratio,
-        }
-        groups: list[dict[str, Any]] = []
+        named = {}
         for part in PARTS:
-            if not self.targets.part(part):
-                continue
-            lr = float(lrs[part])
             params = self.lora_parameters(part)
-            if lr == 0:
-                for p in params:
-                    p.requires_grad_(False)
-                continue
-            ratio = ratios[part]
-            if ratio:
-                downs, ups = params[0::2], params[1::2]
-                groups.append({"params": downs, "lr": lr, "name": part})
-                groups.append({"params": ups, "lr": lr * float(ratio), "name": f"{part}_plus"})
-            else:
-                groups.append({"params": params, "lr": lr, "name": part})
-        if not groups:
-            raise ConfigError("unet_lr/text_encoder_lr: every trained part has learning rate 0; nothing to train")
-        return groups
+            named[part] = [(kind, p) for p, kind in zip(params, ("lora_down", "lora_up") * len(params), strict=False)]
+        return part_parameter_groups(
+            named, unet_lr, text_encoder_lr, default_lr, (loraplus_unet_lr_ratio, loraplus_text_encoder_lr_ratio)
+        )
 
     # ---- Kohya state dict ------------------------------------------------------------------------------------
     def kohya_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -402,6 +382,42 @@ def _rank_mask(output: Any, p: float) -> Any:
 def _kohya_alpha(alpha: float | None, dim: int) -> float:
     """sd-scripts: alpha None or 0 means alpha = dim."""
     return float(dim) if alpha is None or float(alpha) == 0 else float(alpha)
+
+
+def part_parameter_groups(
+    named: Mapping[str, Sequence[tuple[str, Any]]],
+    unet_lr: float | None,
+    text_encoder_lr: float | Sequence[float] | None,
+    default_lr: float,
+    loraplus_ratios: tuple[float | None, float | None],
+) -> list[dict[str, Any]]:
+    """sd-scripts' optimizer groups from each part's (name, parameter) pairs, for every network type.
+
+    A part whose LR is 0 is frozen and left out; with a LoRA+ ratio (UNet, text encoders) the `lora_up` tensors of
+    that part get their own `<part>_plus` group at LR x ratio.
+    """
+    te_lrs = _text_encoder_lrs(text_encoder_lr, default_lr)
+    lrs = {"unet": default_lr if unet_lr is None else unet_lr, **dict(zip(TEXT_ENCODER_PARTS, te_lrs, strict=True))}
+    unet_ratio, te_ratio = loraplus_ratios
+    ratios = {"unet": unet_ratio, "text_encoder": te_ratio, "text_encoder_2": te_ratio}
+    groups: list[dict[str, Any]] = []
+    for part in PARTS:
+        pairs = named.get(part, ())
+        if not pairs:
+            continue
+        lr = float(lrs[part])
+        if lr == 0:
+            for _, param in pairs:
+                param.requires_grad_(False)
+            continue
+        ratio = ratios[part]
+        lifted = [p for name, p in pairs if ratio and "lora_up" in name]
+        groups.append({"params": [p for name, p in pairs if not (ratio and "lora_up" in name)], "lr": lr, "name": part})
+        if lifted:
+            groups.append({"params": lifted, "lr": lr * float(ratio), "name": f"{part}_plus"})
+    if not groups:
+        raise ConfigError("unet_lr/text_encoder_lr: every trained part has learning rate 0; nothing to train")
+    return groups
 
 
 def _text_encoder_lrs(text_encoder_lr: float | Sequence[float] | None, default_lr: float) -> tuple[float, float]:
