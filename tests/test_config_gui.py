@@ -260,3 +260,27 @@ def test_wandb_tracker_writes_an_offline_run(tiny_model_dir, sample_dataset_dir,
     assert b"loss/current" in data and b"global_step" in data and b"lr/unet" in data
     for loss in result.losses:
         assert json.dumps(loss).encode() in data
+
+
+def test_a_preset_with_its_authors_paths_passes_check_and_train_refuses_them(dataset_copy: Path) -> None:
+    """A GUI preset (no base model; one shipped SDXL preset keeps its author's `lora_network_weights` on D:)
+    passes `config check` with the paths named in warnings; a training run refuses them, as the GUI does."""
+    import io
+
+    from lorapipe.config.report import check_file
+
+    preset = {key: value for key, value in GUI_FORM.items() if key != "pretrained_model_name_or_path"}
+    preset["lora_network_weights"] = "D:/lycoris/sdxl\\phase one-lora.safetensors"
+    path = dataset_copy / "SDXL - finetuning phase 2.json"
+    path.write_text(json.dumps(preset, indent=2))
+    out = io.StringIO()
+    assert check_file(str(path), out=out) == 0
+    text = out.getvalue()
+    assert "network_weights: D:/lycoris/sdxl\\phase one-lora.safetensors does not exist" in text
+    assert "pretrained_model_name_or_path is missing" in text and "`lorapipe train` refuses this" in text
+    with pytest.raises(ConfigProblems) as problems:
+        load_train_config(dataset_copy, config_path=path)
+    assert [e.split(": ", 1)[1].split(" ", 1)[0] for e in problems.value.errors] == [
+        "pretrained_model_name_or_path",
+        "network_weights:",
+    ]

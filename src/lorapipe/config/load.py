@@ -53,8 +53,14 @@ def load_train_config(
     overrides: Sequence[str] = (),
     output_dir: Path | None = None,
     base_model: str | None = None,
+    for_training: bool = True,
 ) -> LoadedConfig:
-    """Read, validate and resolve a Kohya training config for `dataset_dir`; raises `ConfigProblems`."""
+    """Read, validate and resolve a Kohya training config for `dataset_dir`; raises `ConfigProblems`.
+
+    `for_training=False` (`lorapipe config check`) reports what only a training run needs and is not there (the
+    base model, `network_weights`, `resume`) as warnings: a kohya_ss GUI preset carries no base model and sometimes
+    its author's own paths, which the user replaces before training, as in the GUI. `train` refuses them.
+    """
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise DatasetError(
@@ -74,7 +80,7 @@ def load_train_config(
     for key, value in parse_overrides(overrides).items():
         values[key] = value
         origins[key] = SET_SOURCE
-    builder = _Builder(config_path, dataset_dir, origins, list(raw.warnings))
+    builder = _Builder(config_path, dataset_dir, origins, list(raw.warnings), for_training=for_training)
     config = builder.build(values, output_dir=output_dir, base_model=base_model)
     if builder.errors:
         raise ConfigProblems(builder.errors, builder.warnings)
@@ -84,8 +90,11 @@ def load_train_config(
 class _Builder:
     """Collects errors and warnings while turning raw key/values into a TrainConfig (one per load)."""
 
-    def __init__(self, config_path: Path, dataset_dir: Path, origins: dict[str, str], warnings: list[str]):
+    def __init__(
+        self, config_path: Path, dataset_dir: Path, origins: dict[str, str], warnings: list[str], *, for_training: bool
+    ):
         self.config_path = config_path
+        self.for_training = for_training
         self.config_dir = config_path.absolute().parent
         self.dataset_dir = dataset_dir
         self.origins = origins
@@ -100,6 +109,13 @@ class _Builder:
 
     def warn(self, key: str, message: str) -> None:
         self.warnings.append(f"{self.where(key)}: {message}")
+
+    def training_input(self, key: str, message: str) -> None:
+        """Something a training run needs and lacks: an error for `train`, a warning for `config check`."""
+        if self.for_training:
+            self.error(key, message)
+        else:
+            self.warn(key, f"{message} (`lorapipe train` refuses this)")
 
     # -- the steps, in order
     def build(self, values: dict[str, Any], *, output_dir: Path | None, base_model: str | None) -> TrainConfig:
@@ -335,7 +351,7 @@ class _Builder:
         elif kwargs.get("pretrained_model_name_or_path"):
             kwargs["pretrained_model_name_or_path"] = self._input_path(kwargs["pretrained_model_name_or_path"])
         else:
-            self.error(
+            self.training_input(
                 "pretrained_model_name_or_path",
                 "pretrained_model_name_or_path is missing; set it to an "
                 "SDXL base model (folder, file or hub id) or pass --base-model",
@@ -349,7 +365,7 @@ class _Builder:
             if value and not Path(value).exists():
                 message = f"{key}: {value} does not exist"
                 if must_exist:
-                    self.error(key, message + "; fix the path or remove the key")
+                    self.training_input(key, message + "; fix the path or remove the key")
                 else:
                     self.warn(key, message + "; no sample images will be made")
         if kwargs.get("logging_dir"):

@@ -35,6 +35,7 @@ def check_file(
             overrides=overrides,
             output_dir=Path(output_dir) if output_dir else None,
             base_model=base_model,
+            for_training=False,
         )
         config = loaded.config.to_dict()
         warnings = list(loaded.warnings)
