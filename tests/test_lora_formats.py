@@ -253,6 +253,61 @@ def test_full_glora_and_ia3(pipe, tmp_path):
     assert torch.equal(pipe.unet.get_submodule(CONV[1]).bias, bias_before)  # restored
 
 
+def test_glora_first_layout_and_tucker_bm(pipe, tmp_path):
+    """The first LyCORIS GLoRA (A1111's network_glora formula) and LyCORIS's Tucker GLoRA (`bm.weight`)."""
+    lin = weight_of(pipe, ATTN).detach().float()  # 64 x 80: the old and new layouts cannot be confused
+    conv = weight_of(pipe, CONV).detach().float()
+    out, inp = lin.shape
+    a1, a2, b1, b2 = rand(4, inp, seed=1), rand(inp, 4, seed=2), rand(4, inp, seed=3), rand(out, 4, seed=4)
+    c_out, c_in = conv.shape[:2]
+    ca1, ca2 = rand(c_in, 4, 1, 1, seed=5), rand(4, c_in, 1, 1, seed=6)
+    cb1, cb2, bm = rand(c_out, 4, 1, 1, seed=7), rand(4, c_in, 1, 1, seed=8), rand(4, 4, 3, 3, seed=9)
+    a, c = kohya(ATTN), kohya(CONV)
+    tensors = {
+        f"{a}.a1.weight": a1,
+        f"{a}.a2.weight": a2,
+        f"{a}.b1.weight": b1,
+        f"{a}.b2.weight": b2,
+        f"{a}.alpha": torch.tensor(2.0),
+        f"{c}.a1.weight": ca1,
+        f"{c}.a2.weight": ca2,
+        f"{c}.b1.weight": cb1,
+        f"{c}.b2.weight": cb2,
+        f"{c}.bm.weight": bm,
+        f"{c}.alpha": torch.tensor(1.0),
+    }
+    deltas, applied = merge(pipe, tmp_path / "l", {"glora": (tensors, 1.0, 0.5)}, (ATTN, CONV))
+    assert applied.warnings == ()
+    close(deltas[ATTN], 0.5 * (b2 @ b1 + lin @ a2 @ a1) * 2.0 / 4)
+    scaled = torch.einsum("o i ..., i j, j k -> o k ...", conv, ca1.flatten(1), ca2.flatten(1))
+    expected = scaled + lycoris_functional.tucker_weight_from_conv(cb1, cb2, bm)
+    close(deltas[CONV], 0.5 * expected * 1.0 / 4)
+
+
+def test_first_lycoris_diag_oft_and_kohya_oft(pipe, tmp_path):
+    """`oft_diag` (LyCORIS's first Diag-OFT: the rotation itself) and sd-scripts' `networks.oft` (`oft_unet_` names,
+    constraint in alpha), as A1111 1.7+ reads them."""
+    lin = weight_of(pipe, ATTN).detach().float()  # 64 output channels
+    conv = weight_of(pipe, CONV).detach().float()  # 32 output channels
+    skew = rand(8, 4, 4, seed=1)
+    rotation = torch.linalg.matrix_exp(skew - skew.transpose(1, 2))  # 8 orthogonal 4x4 blocks
+    blocks = rand(4, 16, 16, seed=2, scale=0.05)
+    tensors = {
+        f"{kohya(CONV)}.oft_diag": rotation,
+        f"oft_unet_{ATTN_SGM.replace('.', '_')}.oft_blocks": blocks,
+        f"oft_unet_{ATTN_SGM.replace('.', '_')}.alpha": torch.tensor(1e-3),
+    }
+    deltas, applied = merge(pipe, tmp_path / "l", {"oft": (tensors, 1.0, 1.0)}, (ATTN, CONV))
+    assert applied.warnings == ()
+    rotated = torch.einsum("k n m, k n ... -> k m ...", rotation, conv.unflatten(0, (8, 4))).flatten(0, 1)
+    close(deltas[CONV], rotated - conv)
+    constraint = 1e-3 * lin.shape[0]
+    assert (blocks - blocks.transpose(1, 2)).norm() > constraint
+    close(
+        deltas[ATTN], lycoris_functional.diag_oft.diff_weight(lin, blocks, None, constraint=constraint, backend="torch")
+    )
+
+
 def test_diag_oft_and_boft_match_lycoris(pipe, tmp_path):
     lin = weight_of(pipe, ATTN).detach().float()  # 64 output channels
     conv = weight_of(pipe, CONV).detach().float()  # 32 output channels

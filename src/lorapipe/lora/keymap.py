@@ -6,6 +6,7 @@ Layer names in the wild, all mapped here (as ComfyUI's `comfy/lora.py model_lora
 | writer | UNet | text encoders |
 | --- | --- | --- |
 | Kohya sd-scripts, LyCORIS, A1111 | `lora_unet_<SGM name, _ for .>` (or diffusers names) | `lora_te1_…`, `lora_te2_…` |
+| sd-scripts `networks.oft` | `oft_unet_<SGM name, _ for .>` | - |
 | diffusers | `unet.<diffusers name>` | `text_encoder.…`, `text_encoder_2.…` |
 | peft (`get_peft_model_state_dict` of a UNet) | `base_model.model.<diffusers name>` | - |
 | SimpleTuner (LyCORIS) | `lycoris_<diffusers name, _ for .>` | - |
@@ -44,6 +45,7 @@ _SD1_MARKERS = re.compile(
     r"|(model\.)?diffusion_model\.input_blocks\.[12]\.1\.|unet\.down_blocks\.0\.attentions\.)"
 )
 EMBEDDING_PREFIX = "bundle_emb."
+_KOHYA_OFT_UNET = "oft_unet"  # sd-scripts' networks.oft names UNet layers as networks.lora does, with this prefix
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class PipelineKeyMap:
                 if sgm_name:
                     aliases += [
                         f"{KOHYA_PREFIXES['unet']}_{_flat(sgm_name)}",
+                        f"{_KOHYA_OFT_UNET}_{_flat(sgm_name)}",  # sd-scripts networks.oft
                         f"diffusion_model.{sgm_name}",
                         f"model.diffusion_model.{sgm_name}",
                     ]

@@ -6,13 +6,17 @@ each group of b output channels: ΔW = (R - I) W blockwise. BOFT (`oft_blocks` i
 butterfly stages, stage i mixing channels 2ⁱ·b/2 apart; ΔW = R_m…R_1 W - W. An optional `rescale` (one factor per
 output channel) scales the rotated weight: W' = rescale · R W. This follows LyCORIS's own `diff_weight`; the
 multiplier then scales ΔW, as A1111's network_oft does.
+
+Two older files are read as A1111 1.7+ reads them: LyCORIS's first Diag-OFT saved the rotation itself as
+`oft_diag` (blocks × b × b, no Cayley step, no constraint), and sd-scripts' `networks.oft` writes `oft_blocks`
+with its constraint in `alpha` under `oft_unet_` names (`lora.keymap`), the Diag-OFT maths above.
 """
 
 from __future__ import annotations
 
 from lorapipe.lora.networks.base import ALPHA, NetworkType, Tensors, WeightDelta
 
-BLOCKS, RESCALE = "oft_blocks", "rescale"
+BLOCKS, ROTATION, RESCALE = "oft_blocks", "oft_diag", "rescale"
 
 
 def _cayley(blocks, constraint: float):
@@ -40,8 +44,11 @@ def _with_rescale(tensors: Tensors, rotated, weight) -> WeightDelta:
 def diag_oft_delta(tensors: Tensors, weight) -> WeightDelta:
     import torch
 
-    blocks = tensors[BLOCKS]
-    r, _ = _cayley(blocks, _constraint(tensors, weight))
+    if ROTATION in tensors:  # the first LyCORIS Diag-OFT stored R itself
+        blocks = r = tensors[ROTATION]
+    else:
+        blocks = tensors[BLOCKS]
+        r, _ = _cayley(blocks, _constraint(tensors, weight))
     count, size, _ = blocks.shape
     grouped = weight.reshape(count, size, *weight.shape[1:])
     rotated = torch.einsum("k n m, k n ... -> k m ...", r, grouped).reshape(weight.shape)
@@ -66,14 +73,20 @@ def boft_delta(tensors: Tensors, weight) -> WeightDelta:
 
 
 def oft_delta(tensors: Tensors, weight) -> WeightDelta:
-    """Diag-OFT for 3-d `oft_blocks`, BOFT for 4-d (how A1111 and ComfyUI tell them apart)."""
-    return boft_delta(tensors, weight) if tensors[BLOCKS].dim() == 4 else diag_oft_delta(tensors, weight)
+    """Diag-OFT for 3-d `oft_blocks` (or `oft_diag`), BOFT for 4-d (how A1111 and ComfyUI tell them apart)."""
+    if BLOCKS in tensors and tensors[BLOCKS].dim() == 4:
+        return boft_delta(tensors, weight)
+    return diag_oft_delta(tensors, weight)
+
+
+def _is_oft(suffixes: frozenset[str]) -> bool:
+    return (BLOCKS in suffixes) != (ROTATION in suffixes)
 
 
 OFT = NetworkType(
     name="oft",
     title="Diag-OFT / BOFT",
-    keys=frozenset({BLOCKS, RESCALE}),
-    required=frozenset({BLOCKS}),
+    keys=frozenset({BLOCKS, ROTATION, RESCALE}),
     delta=oft_delta,
+    identify=_is_oft,
 )
