@@ -56,15 +56,16 @@ def rand(*shape, seed=0, scale=0.2):
 
 
 def merge(pipe, folder, files, layers):
-    """Write `files` ({name: (tensors, te, unet)}), merge them all, return (ΔW per layer, warnings)."""
+    """Write `files` ({name: (tensors, te, unet[, header metadata])}), merge them all, return (ΔW per layer,
+    warnings)."""
     folder.mkdir(exist_ok=True)
-    for name, (tensors, _te, _unet) in files.items():
-        save_file(tensors, str(folder / f"{name}.safetensors"))
+    for name, (tensors, _te, _unet, *metadata) in files.items():
+        save_file(tensors, str(folder / f"{name}.safetensors"), metadata=metadata[0] if metadata else None)
     registry = LoraRegistry(folder)
     lora_set = FusedLoraSet(pipe, verify=registry.verify_for_loading)
     before = {layer: weight_of(pipe, layer).detach().clone() for layer in layers}
     applied = lora_set.apply(
-        [ActiveLora(registry.resolve(name), name, te, unet) for name, (_t, te, unet) in files.items()]
+        [ActiveLora(registry.resolve(name), name, te, unet) for name, (_t, te, unet, *_) in files.items()]
     )
     deltas = {layer: weight_of(pipe, layer).detach().float() - before[layer].float() for layer in layers}
     lora_set.clear()
@@ -366,6 +367,86 @@ def test_diffusers_peft_and_comfy_native_names(pipe, tmp_path):
         down, up = pairs[layer]
         times = 3 if layer == CONV else 1  # the peft pair plus the SimpleTuner pair at scale 2
         close(deltas[layer], times * (up.flatten(1) @ down.flatten(1)).reshape(weights[layer].shape))
+
+
+def test_peft_files_of_either_text_encoder_and_of_the_unet(pipe, tmp_path):
+    """peft `save_pretrained` files (`base_model.model.*`, with or without `.default`): a text-encoder name both
+    encoders share goes to the one whose sizes the tensors have; no config beside them means scale 1."""
+    te1_q = ("text_encoder", "encoder.layers.0.self_attn.q_proj")
+    te2_q = ("text_encoder_2", "text_model.encoder.layers.0.self_attn.q_proj")
+    layers = (te1_q, te2_q, TE2, ATTN)
+    pairs = {layer: lora_pair(weight_of(pipe, layer), 2, seed=3 * i) for i, layer in enumerate(layers)}
+    shared = "base_model.model.text_model.encoder.layers.0.self_attn.q_proj"
+    te1_file = {  # one file per encoder, as peft saves a PeftModel of one CLIPTextModel
+        f"{shared}.lora_A.weight": pairs[te1_q][0],
+        f"{shared}.lora_B.weight": pairs[te1_q][1],
+    }
+    te2_file = {
+        f"{shared}.lora_A.default.weight": pairs[te2_q][0],
+        f"{shared}.lora_B.default.weight": pairs[te2_q][1],
+        f"{TE2[1]}.lora_A.weight": pairs[TE2][0],  # get_peft_model_state_dict's bare names
+        f"{TE2[1]}.lora_B.weight": pairs[TE2][1],
+    }
+    unet_file = {
+        f"base_model.model.{ATTN[1]}.lora_A.default.weight": pairs[ATTN][0],
+        f"base_model.model.{ATTN[1]}.lora_B.default.weight": pairs[ATTN][1],
+    }
+    deltas, applied = merge(
+        pipe,
+        tmp_path / "l",
+        {"te1": (te1_file, 0.5, 1.0), "te2": (te2_file, 1.0, 1.0), "unet": (unet_file, 1.0, -1.0)},
+        layers,
+    )
+    assert applied.warnings == () and len(applied.loras) == 3
+    for layer in layers:
+        down, up = pairs[layer]
+        multiplier = {te1_q: 0.5, ATTN: -1.0}.get(layer, 1.0)
+        close(deltas[layer], multiplier * up @ down)
+
+
+def test_peft_adapter_config_and_diffusers_metadata_give_lora_alpha(pipe, tmp_path):
+    """peft's scale lora_alpha / r (alpha_pattern per module, lora_alpha / sqrt(r) with use_rslora), from the
+    `adapter_config.json` peft saves beside `adapter_model.safetensors` or from diffusers' `lora_adapter_metadata`."""
+    import json
+
+    conv_pair, attn_pair = lora_pair(weight_of(pipe, CONV), 4, 1), lora_pair(weight_of(pipe, ATTN), 4, 3)
+    peft_file = {
+        f"base_model.model.{CONV[1]}.lora_A.weight": conv_pair[0],
+        f"base_model.model.{CONV[1]}.lora_B.weight": conv_pair[1],
+        f"base_model.model.{ATTN[1]}.lora_A.weight": attn_pair[0],
+        f"base_model.model.{ATTN[1]}.lora_B.weight": attn_pair[1],
+    }
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "alpha_pattern": {"attn2.to_k": 2}}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    deltas, applied = merge(pipe, folder, {"adapter_model": (peft_file, 1.0, 1.0)}, (CONV, ATTN))
+    assert applied.warnings == ()
+    close(deltas[CONV], (conv_pair[1].flatten(1) @ conv_pair[0].flatten(1)).reshape(deltas[CONV].shape) * 8 / 4)
+    close(deltas[ATTN], attn_pair[1] @ attn_pair[0] * 2 / 4)
+
+    te_pair = lora_pair(weight_of(pipe, TE1), 2, 5)
+    diffusers_file = {
+        f"unet.{ATTN[1]}.lora_A.weight": attn_pair[0],
+        f"unet.{ATTN[1]}.lora_B.weight": attn_pair[1],
+        f"text_encoder.text_model.{TE1[1]}.lora_A.weight": te_pair[0],
+        f"text_encoder.text_model.{TE1[1]}.lora_B.weight": te_pair[1],
+    }
+    metadata = {  # what diffusers' save_lora_weights writes with unet_/text_encoder_lora_adapter_metadata
+        "lora_adapter_metadata": json.dumps(
+            {
+                "unet.r": 4,
+                "unet.lora_alpha": 4,
+                "unet.use_rslora": True,
+                "text_encoder.r": 2,
+                "text_encoder.lora_alpha": 1,
+            }
+        )
+    }
+    deltas, applied = merge(pipe, tmp_path / "d", {"pipe": (diffusers_file, 1.0, 1.0, metadata)}, (ATTN, TE1))
+    assert applied.warnings == ()
+    close(deltas[ATTN], attn_pair[1] @ attn_pair[0] * 4 / math.sqrt(4))
+    close(deltas[TE1], te_pair[1] @ te_pair[0] * 1 / 2)
 
 
 def test_bundled_embeddings_load_as_tokens_and_go_away(pipe, tmp_path):

@@ -117,12 +117,15 @@ class FusedLoraSet:
     def _plan(self, lora: ActiveLora, warnings: list[str]):
         from lorapipe.lora.file_layers import plan_file
         from lorapipe.lora.keymap import PipelineKeyMap
+        from lorapipe.lora.peft_config import find_adapter_config
 
         path = self._verify(lora.entry) if self._verify else lora.entry.path
         header = read_safetensors_header(path)
         if self._keymap is None:
             self._keymap = PipelineKeyMap({c: getattr(self._pipe, c, None) for c in _COMPONENTS})
-        plan = plan_file(str(lora.entry.name), {k: v.shape for k, v in header.tensors.items()}, self._keymap)
+        adapter = find_adapter_config(path, header.metadata, header.tensors)
+        shapes = {k: v.shape for k, v in header.tensors.items()}
+        plan = plan_file(str(lora.entry.name), shapes, self._keymap, adapter)
         note = plan.dropped_note()
         if note:
             warnings.append(f"LoRA {lora.mentioned_as}: {note}")
@@ -177,6 +180,8 @@ class FusedLoraSet:
             tensors = {
                 suffix: handle.get_tensor(key).to(weight.device, torch.float32) for suffix, key in patch.keys.items()
             }
+            if patch.alpha is not None:  # the file's peft/diffusers lora_alpha (`lora.peft_config`)
+                tensors["alpha"] = torch.tensor(patch.alpha)
             delta = layer_delta(patch.network, tensors, weight)
         except (read_error, RuntimeError, ValueError, IndexError) as exc:  # torch raises RuntimeError on bad shapes
             raise _LoraFailed(

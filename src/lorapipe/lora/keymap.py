@@ -8,9 +8,12 @@ Layer names in the wild, all mapped here (as ComfyUI's `comfy/lora.py model_lora
 | Kohya sd-scripts, LyCORIS, A1111 | `lora_unet_<SGM name, _ for .>` (or diffusers names) | `lora_te1_…`, `lora_te2_…` |
 | sd-scripts `networks.oft` | `oft_unet_<SGM name, _ for .>` | - |
 | diffusers | `unet.<diffusers name>` | `text_encoder.…`, `text_encoder_2.…` |
-| peft (`get_peft_model_state_dict` of a UNet) | `base_model.model.<diffusers name>` | - |
+| peft (`save_pretrained` of one model) | `base_model.model.<diffusers name>` | `base_model.model.text_model.…` (*) |
 | SimpleTuner (LyCORIS) | `lycoris_<diffusers name, _ for .>` | - |
 | ComfyUI, OneTrainer | `diffusion_model.<SGM name>` | `text_encoders.clip_l.transformer.…`, `…clip_g…` |
+
+(*) also bare, and without `text_model.` (transformers 5); both encoders have these names, so the one whose sizes
+the tensors have is taken.
 
 Key suffixes are brought to Kohya's spelling first (`lora_A.weight`/`lora.down.weight` → `lora_down.weight`, peft's
 `lora_magnitude_vector` → `dora_scale`). Files for SD 1.x/2.x are recognised by names SDXL does not have (a single
@@ -26,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lorapipe.lora.networks import KEY_SUFFIXES
+from lorapipe.lora.peft_config import PEFT_PREFIX
 from lorapipe.lora.targets import KOHYA_PREFIXES
 
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -63,6 +67,9 @@ class PipelineKeyMap:
         from lorapipe.sdxl.sgm_names import UnetNameMap
 
         names: dict[str, Layer] = {}
+        # Names both text encoders share: a peft file of one encoder (`base_model.model.text_model.…`, or its bare
+        # state dict) does not say which; `file_layers` picks the one whose sizes the tensors have.
+        shared: dict[str, list[Layer]] = {}
         self.weights: dict[Layer, tuple[int, ...]] = {}
         unet = components.get("unet")
         if unet is not None:
@@ -73,7 +80,7 @@ class PipelineKeyMap:
                 aliases = [
                     name,  # diffusers' state dict of the UNet alone
                     f"unet.{name}",
-                    f"base_model.model.{name}",
+                    f"{PEFT_PREFIX}{name}",
                     f"{KOHYA_PREFIXES['unet']}_{_flat(name)}",
                     f"lycoris_{_flat(name)}",  # SimpleTuner's LyCORIS files
                 ]
@@ -104,10 +111,18 @@ class PipelineKeyMap:
                     f"{_COMFY_TE[component]}{kohya}",
                 ]
                 names.update(dict.fromkeys(aliases, layer))
+                # transformers 5's CLIPTextModel has no `text_model.` level, so its peft names lack it
+                for alias in {f"{PEFT_PREFIX}{kohya}", kohya, f"{PEFT_PREFIX}{name}", name}:
+                    shared.setdefault(alias, []).append(layer)
         self._names = MappingProxyType(names)
+        self._shared = MappingProxyType({name: tuple(layers) for name, layers in shared.items()})
 
     def layer(self, stem: str) -> Layer | None:
         return self._names.get(stem)
+
+    def candidates(self, stem: str) -> tuple[Layer, ...]:
+        """The layers a name no single layer owns may mean (both text encoders' for a peft text-encoder name)."""
+        return self._shared.get(stem, ())
 
 
 @dataclass(frozen=True)
