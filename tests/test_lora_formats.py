@@ -15,7 +15,7 @@ from generate_fixtures import load_generator, write_loha_for
 from safetensors.torch import save_file
 
 from lorapipe.generate.lora_set import ActiveLora, FusedLoraSet
-from lorapipe.registry import LoraRegistry
+from lorapipe.registry import LoraRegistry, lora_name_of
 
 lycoris_functional = pytest.importorskip("lycoris.functional")
 
@@ -58,14 +58,17 @@ def rand(*shape, seed=0, scale=0.2):
 def merge(pipe, folder, files, layers):
     """Write `files` ({name: (tensors, te, unet[, header metadata])}), merge them all, return (ΔW per layer,
     warnings)."""
-    folder.mkdir(exist_ok=True)
+    names = {}
     for name, (tensors, _te, _unet, *metadata) in files.items():
-        save_file(tensors, str(folder / f"{name}.safetensors"), metadata=metadata[0] if metadata else None)
+        path = folder / f"{name}.safetensors"  # a name may hold a subfolder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata[0] if metadata else None)
+        names[name] = lora_name_of(path)
     registry = LoraRegistry(folder)
     lora_set = FusedLoraSet(pipe, verify=registry.verify_for_loading)
     before = {layer: weight_of(pipe, layer).detach().clone() for layer in layers}
     applied = lora_set.apply(
-        [ActiveLora(registry.resolve(name), name, te, unet) for name, (_t, te, unet, *_) in files.items()]
+        [ActiveLora(registry.resolve(names[n]), names[n], te, unet) for n, (_t, te, unet, *_) in files.items()]
     )
     deltas = {layer: weight_of(pipe, layer).detach().float() - before[layer].float() for layer in layers}
     lora_set.clear()
@@ -416,12 +419,13 @@ def test_peft_adapter_config_and_diffusers_metadata_give_lora_alpha(pipe, tmp_pa
         f"base_model.model.{ATTN[1]}.lora_A.weight": attn_pair[0],
         f"base_model.model.{ATTN[1]}.lora_B.weight": attn_pair[1],
     }
-    folder = tmp_path / "peft"
-    folder.mkdir()
+    folder = tmp_path / "l" / "mystyle"  # peft's save_pretrained folder, copied into the LoRA folder
+    folder.mkdir(parents=True)
     config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "alpha_pattern": {"attn2.to_k": 2}}
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    deltas, applied = merge(pipe, folder, {"adapter_model": (peft_file, 1.0, 1.0)}, (CONV, ATTN))
-    assert applied.warnings == ()
+    files = {"mystyle/adapter_model": (peft_file, 1.0, 1.0)}
+    deltas, applied = merge(pipe, tmp_path / "l", files, (CONV, ATTN))
+    assert applied.warnings == () and [lora.entry.name for lora in applied.loras] == ["mystyle"]
     close(deltas[CONV], (conv_pair[1].flatten(1) @ conv_pair[0].flatten(1)).reshape(deltas[CONV].shape) * 8 / 4)
     close(deltas[ATTN], attn_pair[1] @ attn_pair[0] * 2 / 4)
 

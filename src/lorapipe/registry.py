@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 from lorapipe.errors import GenerationError, ModelLoadError
 from lorapipe.hashes import sha256_file
+from lorapipe.lora.peft_config import ADAPTER_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from lorapipe.safetensors_header import SafetensorsHeader, read_header
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ _FORBIDDEN_NAME_CHARS = ("/", "\\", "\x00", "%", ":")
 
 @dataclass(frozen=True)
 class LoraEntry:
-    """One LoRA file: `name` is its stem (the key), `alias` its `ss_output_name` (or the stem)."""
+    """One LoRA file: `name` is its stem (the key; `lora_name_of`), `alias` its `ss_output_name` (or the name)."""
 
     name: str
     alias: str
@@ -167,15 +168,16 @@ def _scan(root: Path, previous: Mapping[Path, LoraEntry]) -> _Catalogue:
         if not _inside(root_real, path):
             problems.append(f"{path}: symlink leads outside {root}; skipped")
             continue
+        name = lora_name_of(path)
         try:
-            check_lora_name(path.stem)
-            entry = _entry_for(path, previous.get(path))
+            check_lora_name(name)
+            entry = _entry_for(path, name, previous.get(path))
         except (GenerationError, OSError) as exc:
             problems.append(str(exc))
-            skipped[path.stem] = str(exc)
+            skipped[name] = str(exc)
             continue
         if entry.name in by_name:
-            problems.append(f"{path}: same stem as {by_name[entry.name].path}; skipped")
+            problems.append(f"{path}: same name {entry.name!r} as {by_name[entry.name].path}; skipped")
             continue
         by_name[entry.name] = entry
         aliases.setdefault(entry.alias, []).append(entry)
@@ -192,7 +194,15 @@ def _lora_files(root: Path) -> Iterable[Path]:
                 yield Path(dirpath) / filename
 
 
-def _entry_for(path: Path, previous: LoraEntry | None) -> LoraEntry:
+def lora_name_of(path: Path) -> str:
+    """The file's stem; for a folder peft saved (`adapter_model.safetensors` beside `adapter_config.json`), the
+    folder's name, so two such folders do not both answer to `adapter_model`."""
+    if path.name == PEFT_WEIGHTS_NAME and (path.parent / ADAPTER_CONFIG_NAME).is_file():
+        return path.parent.name
+    return path.stem
+
+
+def _entry_for(path: Path, name: str, previous: LoraEntry | None) -> LoraEntry:
     stat = path.stat()
     if previous is not None and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
         return previous
@@ -208,8 +218,8 @@ def _entry_for(path: Path, previous: LoraEntry | None) -> LoraEntry:
     declared = metadata.get("sshs_model_hash", "").strip().lower()
     short = (declared or tensor_hash)[:LORA_HASH_CHARS]
     return LoraEntry(
-        name=path.stem,
-        alias=metadata.get("ss_output_name") or path.stem,
+        name=name,
+        alias=metadata.get("ss_output_name") or name,
         path=path,
         metadata=MappingProxyType(metadata),
         short_hash=short,

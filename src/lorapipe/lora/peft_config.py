@@ -23,6 +23,7 @@ from lorapipe.errors import GenerationError
 
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 ADAPTER_CONFIG_NAME = "adapter_config.json"  # peft's CONFIG_NAME
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS_NAME, listed under its folder's name
 PEFT_PREFIX = "base_model.model."
 _COMPONENTS = ("text_encoder_2", "text_encoder", "unet")  # longest first: `text_encoder_2.` before `text_encoder.`
 _PEFT_TYPES = frozenset({"LORA", "LOHA", "LOKR"})
