@@ -559,6 +559,23 @@ def test_full_sdxl_architecture_key_names_all_map():
         }
     plan = plan_file("loha", shapes, keymap)
     assert len(plan.patches) == len(targets) and plan.dropped == () and plan.networks == ("loha",)
+    # peft files of one text encoder share names (`text_model.encoder.layers.N…`): the sizes pick CLIP-L or CLIP-G.
+    for part in ("text_encoder", "text_encoder_2"):
+        peft = {}
+        for target in (t for t in targets if t.part == part):
+            out, inp = models[part].get_submodule(target.module_name).weight.shape
+            name = (
+                target.module_name
+                if target.module_name.startswith("text_model.")
+                else f"text_model.{target.module_name}"
+            )
+            peft |= {
+                f"base_model.model.{name}.lora_A.weight": (8, inp),
+                f"base_model.model.{name}.lora_B.weight": (out, 8),
+            }
+        plan = plan_file(part, peft, keymap)
+        assert plan.dropped == () and len(plan.patches) == len(peft) // 2
+        assert {p.layer.component for p in plan.patches} == {part}
 
 
 def test_a_loha_over_every_layer_renders_and_the_plain_image_comes_back(generator):
