@@ -1,8 +1,9 @@
 """Where the app keeps what the routes share, read in one place.
 
 The lifespan (server/app.py) sets `app.state.lorapipe` (a `ServerState`) once the generator has loaded, or
-`app.state.load_error` when it could not, and `app.state.studio` (a `StudioState`) beside it; routes and the shutdown
-hook read them through these functions. A studio route declares a `Studio` parameter.
+`app.state.load_error` when it could not, and `app.state.studio` (a `StudioState`) beside it; SageMaker hosting's
+loader adds `app.state.hosted_loras` (a `HostedLoras`). Routes and the shutdown hook read them through these
+functions: a studio route declares a `Studio` parameter, a hosting route `Ready` and `HostedLoraSet`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from lorapipe.server.api_errors import ApiError
+from lorapipe.server.hosted_loras import HostedLoras
 from lorapipe.server.state import ServerState
 from lorapipe.server.studio_state import StudioState
 
@@ -29,6 +31,34 @@ def load_error(app: FastAPI) -> str | None:
 def serving_state(request: Request) -> ServerState:
     """The shared state of a route that the app mounts only once the model has loaded."""
     return request.app.state.lorapipe
+
+
+def ready_state(request: Request) -> ServerState:
+    """The shared state on a server that loads its model in the background (SageMaker hosting): until it is there,
+    a 503 in A1111's shape saying whether the model is still loading or why it could not load."""
+    state = loaded_state(request.app)
+    if state is not None:
+        return state
+    reason = load_error(request.app)
+    if reason:
+        raise ApiError(503, reason, error="ModelNotLoaded")
+    raise ApiError(503, "the base model is still loading", error="ModelLoading")
+
+
+Ready = Annotated[ServerState, Depends(ready_state)]  # a hosting route: the loaded state, else a 503
+
+
+def keep_hosted_loras(app: FastAPI, loras: HostedLoras) -> None:
+    """Hosting's loader hands over the LoRA folder it built beside the generator."""
+    app.state.hosted_loras = loras
+
+
+def hosted_loras(request: Request, _loaded: Ready) -> HostedLoras:
+    """The instance's LoRA folder (the loader sets it before the generator's state, so it is there once `Ready`)."""
+    return request.app.state.hosted_loras
+
+
+HostedLoraSet = Annotated[HostedLoras, Depends(hosted_loras)]  # a hosting route: the instance's LoRA folder
 
 
 def studio(request: Request) -> StudioState:

@@ -10,8 +10,8 @@ txt2img or img2img JSON (img2img when it carries `init_images`) and runs it thro
   malformed (one log line naming what is missing; the process stays up, so SageMaker reports an unhealthy
   container instead of restarting it in a loop).
 - LoRAs: the archive's own, plus any `NAME.safetensors` under the model's S3 LoRA prefix, fetched when a prompt
-  first names it (the store verifies it against its .sha256 and keeps it; a republished file is fetched again).
-  A LoRA that is nowhere is a 404, not A1111's warning: an endpoint should not bill for images without it.
+  first names it (server/hosted_loras.py). A LoRA that is nowhere is a 404, not A1111's warning: an endpoint
+  should not bill for images without it.
 - Only /ping and /invocations exist here (all SageMaker forwards); the listener binds 0.0.0.0 as SageMaker
   requires, and callers reach it only through IAM-signed InvokeEndpoint.
 - SIGTERM (scale-in, endpoint update or delete) stops accepting connections and drains: queued and running
@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,16 +34,16 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from lorapipe.atomic import atomic_copy
 from lorapipe.errors import GenerationError, StoreError
 from lorapipe.generate.infotext import png_bytes
 from lorapipe.generate.prompt_syntax import parse_extra_networks
-from lorapipe.hosting_contract import SERVING_PORT, HostedModel, read_hosted_model
+from lorapipe.hosting_contract import SERVING_PORT, read_hosted_model
 from lorapipe.registry import LORA_SUFFIX, check_lora_name
-from lorapipe.server.api_errors import ApiError, a1111_error
+from lorapipe.server.api_errors import ApiError
 from lorapipe.server.app import create_app
-from lorapipe.server.deps import load_error, loaded_state
+from lorapipe.server.deps import HostedLoraSet, Ready, keep_hosted_loras
 from lorapipe.server.guards import error_body, send_json
+from lorapipe.server.hosted_loras import HostedLoras
 from lorapipe.server.routes_generate import a1111_response, run_generation
 from lorapipe.server.schemas import Img2ImgBody, Txt2ImgBody
 from lorapipe.server.settings import Limits, ServerSettings
@@ -76,50 +75,6 @@ class HostingOptions:
         )
 
 
-class HostedLoras:
-    """The generator's LoRA folder on this instance: the archive's LoRAs, plus those fetched from the S3 prefix."""
-
-    def __init__(self, folder: Path, model: HostedModel):
-        self.folder = folder
-        self.bundled = frozenset(model.loras)
-        self.prefix = model.lora_prefix
-        folder.mkdir(parents=True, exist_ok=True)
-        # One folder for the registry: the archive's LoRAs are linked in (a hard link copies nothing).
-        for name, path in model.loras.items():
-            target = folder / f"{name}{LORA_SUFFIX}"
-            target.unlink(missing_ok=True)
-            try:
-                os.link(path, target)
-            except OSError:
-                atomic_copy(path, target)
-        self._store = None
-        if self.prefix:
-            from lorapipe.store import open_store
-
-            self._store = open_store(self.prefix)
-        self._lock = threading.Lock()  # one download at a time: two requests naming the same LoRA share it
-
-    def looks_up(self, name: str) -> bool:
-        """Whether `name` is looked up in the prefix (the archive's own LoRAs are pinned and never are)."""
-        return self._store is not None and name not in self.bundled
-
-    def fetch(self, name: str) -> None:
-        """Bring the prefix's newest `name` into the folder when the prefix has it; a cached copy outlives S3
-        being unreachable."""
-        if not self.looks_up(name):
-            return
-        rel = f"{name}{LORA_SUFFIX}"
-        target = self.folder / rel
-        with self._lock:
-            try:
-                if self._store.exists(rel):
-                    self._store.fetch_file(rel, target)
-            except StoreError as exc:
-                if not target.is_file():
-                    raise
-                log.warning("%s; using the cached copy", exc)
-
-
 def load_hosted_generator(app: FastAPI, options: HostingOptions):
     """Read the model folder, bring an s3:// base model local, and load the generator (in the loader thread)."""
     from lorapipe.container_contract import OptMl
@@ -133,7 +88,7 @@ def load_hosted_generator(app: FastAPI, options: HostingOptions):
     log.info("loading base model %s (from %s)", base, model.source)
     quiet_model_loading()
     generator = Generator.load(base, lora_dir=loras.folder, device=options.device, dtype=options.dtype)
-    app.state.hosted_loras = loras
+    keep_hosted_loras(app, loras)
     names = ", ".join(sorted(loras.bundled)) or "none"
     log.info(
         "ready in %.1f s; bundled LoRAs: %s; LoRA prefix: %s",
@@ -163,25 +118,13 @@ router = APIRouter()
 
 
 @router.get("/ping")
-async def ping(request: Request):
+async def ping(_loaded: Ready):
     """200 once the generator is loaded; 503 while loading, or with the reason the model could not load."""
-    if loaded_state(request.app) is not None:
-        return {"status": "ready"}
-    reason = load_error(request.app)
-    if reason:
-        return a1111_error(503, reason, error="ModelNotLoaded")
-    return a1111_error(503, "the base model is still loading", error="ModelLoading")
+    return {"status": "ready"}
 
 
 @router.post("/invocations")
-async def invocations(request: Request):
-    state = loaded_state(request.app)
-    if state is None:
-        raise ApiError(
-            503,
-            load_error(request.app) or "the base model is still loading",
-            error="ModelNotLoaded",
-        )
+async def invocations(request: Request, state: Ready, loras: HostedLoraSet):
     body, kind = _parse_body(await request.body())
     problems = body.check_limits(state.settings.limits)
     if problems:
@@ -198,7 +141,7 @@ async def invocations(request: Request):
             f"Accept: {PNG} returns one image and this request makes "
             f"{body.batch_size * body.n_iter}; ask for application/json for batches",
         )
-    await _require_loras(body, state.generator.registry, request.app.state.hosted_loras)
+    await _require_loras(body, state.generator.registry, loras)
     result = await run_generation(body, request, kind=kind)
     if wants_png:
         return Response(png_bytes(result.images[0], result.infotexts[0]), media_type=PNG)
