@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # one LoRA-writing helper for both
@@ -71,6 +72,56 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def balanced_rounds(fns: dict, rounds: int, warmup: int = 2) -> list[dict[str, float]]:
+    """Seconds per callable in each of `rounds` rounds, every round running each callable once back to back.
+
+    The order cycles through all permutations, so each callable runs before and after each other one equally
+    often and no position's advantage (a warmer cache, a quieter moment) falls on one side; `warmup` rounds run
+    first and are discarded. Compare within a round (`paired_ratios`): drift on a shared machine hits both sides."""
+    import itertools
+
+    orders = itertools.cycle(itertools.permutations(fns))
+    kept = []
+    for index in range(warmup + rounds):
+        times = {}
+        for name in next(orders):
+            start = time.perf_counter()
+            fns[name]()
+            times[name] = time.perf_counter() - start
+        if index >= warmup:
+            kept.append(times)
+    return kept
+
+
+@dataclass(frozen=True)
+class RatioSummary:
+    """Per-round ratios (candidate / baseline): robust centre and spread, and the mean with a bootstrap 95 % CI."""
+
+    median: float
+    q1: float
+    q3: float
+    mean: float
+    ci_low: float
+    ci_high: float
+    rounds: int
+
+    def describe(self) -> str:
+        return (
+            f"median {self.median:.4f} (IQR {self.q1:.4f}-{self.q3:.4f}), mean {self.mean:.4f} "
+            f"(95% CI {self.ci_low:.4f}-{self.ci_high:.4f}), {self.rounds} rounds"
+        )
+
+
+def paired_ratios(rounds: list[dict[str, float]], candidate: str, baseline: str) -> RatioSummary:
+    import random
+
+    ratios = [r[candidate] / r[baseline] for r in rounds]
+    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    draw = random.Random(0)  # a fixed seed: the same samples give the same interval
+    means = sorted(statistics.fmean(draw.choices(ratios, k=len(ratios))) for _ in range(2000))
+    return RatioSummary(median, q1, q3, statistics.fmean(ratios), means[49], means[1949], len(ratios))
 
 
 def measure_process(cmd: list[str], env: dict, log: Path) -> tuple[float, int]:
