@@ -1,8 +1,8 @@
 """The one small protocol every training backend implements, the job it is handed, and the list of backends.
 
-A new backend is a module with a class that has the `TrainBackend` protocol and a `from_request(request)` class
-method, plus a line in `BACKENDS`; the runner, the request check, `runs cancel` and the CLI read everything else
-from its `BackendSpec`.
+A new backend is a module with a class that has the `TrainBackend` protocol (`RemoteTrainBackend` when it trains
+away from this machine) and a `from_request(request)` class method, plus a line in `BACKENDS`; the runner, the
+request check, `runs cancel`, the studio and the CLI read everything else from its `BackendSpec`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ class TrainBackend(Protocol):
         ...
 
 
+class RemoteTrainBackend(TrainBackend, Protocol):
+    """A backend whose `BackendSpec` says `remote=True`: its job outlives the worker, so it can be stopped alone."""
+
+    def stop_run(self, run_id: str) -> str:
+        """Stop the remote job of run `run_id` (its worker is gone); a line for the run log."""
+        ...
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """How the pipeline reaches one backend. Its module is imported only when a run uses it (boto3 stays out of
@@ -46,7 +54,8 @@ class BackendSpec:
     name: str
     factory: str  # "module:Class"; the class builds itself with `from_request(request)`
     # Trains away from this machine, reading and writing S3: --output must be s3:// (a local dataset is uploaded
-    # there first), and cancelling a run whose worker is gone stops the remote job (`stop_run(run_id)`).
+    # there first), it leaves this machine's accelerator free, and cancelling a run whose worker is gone stops the
+    # remote job (the class is a `RemoteTrainBackend`).
     remote: bool = False
 
     def from_request(self, request) -> TrainBackend:

@@ -9,11 +9,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from lorapipe.atomic import atomic_write_text
 from lorapipe.errors import PipelineError
-from lorapipe.pipeline.backend import BACKENDS
+from lorapipe.pipeline.backend import BACKENDS, RemoteTrainBackend
 from lorapipe.pipeline.records import RunRecord, RunStore, new_run_id
 from lorapipe.pipeline.request import PipelineHome, RunRequest
 from lorapipe.pipeline.runlog import RunLog
@@ -91,7 +91,8 @@ def cancel_run(home: PipelineHome, run_id: str) -> RunRecord:
 
 def _stop_orphaned_job(record: RunRecord) -> None:
     """The worker is gone (killed, machine rebooted) but its remote job may still be billing: stop it here."""
-    line = BACKENDS[record.backend].from_request(RunRequest.from_json(record.request)).stop_run(record.id)
+    backend = cast(RemoteTrainBackend, BACKENDS[record.backend].from_request(RunRequest.from_json(record.request)))
+    line = backend.stop_run(record.id)  # a remote spec builds a RemoteTrainBackend
     log = RunLog(Path(record.run_dir) / "run.log")
     try:
         log.info(f"cancel: worker {record.pid} is gone; {line}")
