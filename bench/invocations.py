@@ -2,7 +2,9 @@
 
 Target: /invocations costs at most 2 % more per image. One uvicorn process serves both routes around one Generator
 and job queue (the hosting router and its LoRA folder added to the A1111 app), so the difference is what hosting
-adds: reading the body itself, picking txt2img or img2img, validating, and resolving the prompt's LoRAs.
+adds: reading the body itself, picking txt2img or img2img, validating, and resolving the prompt's LoRAs. The
+studio's training-busy guard, which only the A1111 routes pass through (a hosting endpoint has no studio), is off
+(policy `share`) so that it does not slow the baseline.
 Also timed: `Accept: image/png` (the PNG itself instead of base64 in JSON).
 
 Sound on a shared, noisy machine: first it checks that the routes do the same work (the same seed gives
@@ -42,10 +44,12 @@ def main() -> None:
     from lorapipe.server.hosted_loras import HostedLoras
     from lorapipe.server.hosting import router
     from lorapipe.server.settings import ServerSettings
+    from lorapipe.server.studio_settings import StudioSettings
 
     generator = tiny_generator(args.threads)
     model_dir, lora_dir = tiny_setup()
-    app = create_app(ServerSettings(), generator=generator)
+    studio = StudioSettings(home=str(model_dir.parent / "home"), busy_policy="share")
+    app = create_app(ServerSettings(studio=studio), generator=generator)
     app.include_router(router)
     keep_hosted_loras(app, HostedLoras(lora_dir, HostedModel(base_model=str(model_dir))))
     body = {
