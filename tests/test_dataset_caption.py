@@ -75,9 +75,48 @@ def test_each_family_loads_its_folder_and_batches_like_single_images(kind, tiny_
     captioner = load_captioner(kind, tiny_captioners[kind], device="cpu")
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (32 + 8 * n, 40, 3), dtype=np.uint8)) for n in range(3)]
-    batched = captioner.caption(images)
+    batched = captioner.caption([captioner.prepare(image) for image in images])
     assert len(batched) == 3 and all(text.strip() for text in batched)
-    assert batched == [captioner.caption([image])[0] for image in images]
+    assert batched == [captioner.caption([captioner.prepare(image)])[0] for image in images]
+
+
+@pytest.mark.parametrize("kind", ["blip", "florence2"])
+def test_prepare_shrinks_a_photo_as_the_processor_would(kind, tiny_captioners):
+    """`prepare` (in the decoding threads) resizes like the model's own image processor: same pixels to the model."""
+    captioner = load_captioner(kind, tiny_captioners[kind], device="cpu")
+    rng = np.random.default_rng(4)
+    photo = Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).resize((600, 900))
+    prepared = captioner.prepare(photo)
+    assert prepared.size == (captioner.input_side, captioner.input_side) and captioner.input_side < 600
+
+    def pixels(image):
+        return captioner.processor.image_processor(images=[image], return_tensors="np")["pixel_values"]
+
+    assert np.array_equal(pixels(photo), pixels(prepared))
+
+
+def test_wd14_batched_captions_are_byte_identical_to_one_at_a_time(tiny_captioners, tmp_path):
+    """Through the whole path (threaded JPEG draft decoding, per-image preparation, one model call per batch)."""
+    dataset = tmp_path / "0001-dataset"
+    subset = dataset / "10_sks dog"
+    subset.mkdir(parents=True)
+    (dataset / DATASET_CONFIG_NAME).write_text('caption_extension = ".txt"\nresolution = "64,64"\n', encoding="utf-8")
+    rng = np.random.default_rng(2)
+    for n in range(5):  # JPEGs big enough to decode at a reduced scale, one of them upright only through EXIF
+        image = Image.fromarray(rng.integers(0, 255, (24, 18, 3), dtype=np.uint8)).resize((300 + 40 * n, 400))
+        exif = Image.Exif()
+        exif[0x0112] = 6 if n == 0 else 1
+        image.save(subset / f"p{n}.jpg", quality=90, exif=exif)
+    model = str(tiny_captioners["wd14"])
+    texts = []
+    for batch_size in (1, 3, 8):
+        summary = caption_dataset(
+            dataset, captioner="wd14", model=model, overwrite=True, batch_size=batch_size, device="cpu"
+        )
+        assert summary.captioned == 5 and not summary.failed
+        texts.append([(subset / f"p{n}.txt").read_bytes() for n in range(5)])
+    assert texts[0] == texts[1] == texts[2]
+    assert len(set(texts[0])) > 1  # different photos get different tags: the comparison can fail
 
 
 def test_wd14_tags_thresholds_order_and_underscores(tiny_captioners):
@@ -96,6 +135,28 @@ def test_wd14_tags_thresholds_order_and_underscores(tiny_captioners):
     assert tagger._tags_of(row) == ["sks (dog)", "^_^", "long hair", "blue sky"]  # character first, then confidence
     written = (tiny_captioners["wd14"] / "selected_tags.csv").read_text().splitlines()
     assert written[0] == "tag_id,name,category,count" and ",9," in written[1]
+
+
+def test_wd14_graph_with_a_fixed_batch_of_one_still_takes_batches(tiny_captioners, tmp_path):
+    """Some tagger exports fix the batch axis at 1: a batch then runs as one model call per image, same tags."""
+    import shutil
+
+    import onnx
+
+    fixed = tmp_path / "wd14-fixed"
+    shutil.copytree(tiny_captioners["wd14"], fixed)
+    graph = onnx.load(fixed / "model.onnx")
+    for value in (graph.graph.input[0], graph.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(graph, fixed / "model.onnx")
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 30 + 6 * n, 3), dtype=np.uint8)) for n in range(3)]
+    dynamic = load_captioner("wd14", tiny_captioners["wd14"], device="cpu")
+    one = load_captioner("wd14", fixed, device="cpu")
+    assert one.model_batch == 1 and dynamic.model_batch is None
+    assert one.caption([one.prepare(image) for image in images]) == dynamic.caption(
+        [dynamic.prepare(image) for image in images]
+    )
 
 
 def test_wd14_tag_list_must_match_the_model(tiny_captioners, tmp_path):

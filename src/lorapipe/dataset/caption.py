@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.atomic import atomic_write_text
-from lorapipe.dataset.captioners import DEFAULT_CAPTIONER, default_model, load_captioner
+from lorapipe.dataset.captioners import DEFAULT_CAPTIONER, Captioner, default_model, load_captioner
 from lorapipe.dataset.check import folder_blueprint
 from lorapipe.dataset.images import decode_image
 from lorapipe.dataset.layout import is_image_name
@@ -26,10 +27,8 @@ from lorapipe.dataset.scan import ImageItem, scan_dataset
 from lorapipe.errors import DatasetError
 
 DEFAULT_BATCH_SIZE = 8
-# Captioners look at 384-768 px (BLIP 384, WD14 448, Florence-2 768): JPEGs decode at the smallest scale that keeps
-# this many pixels on the shorter side, a quarter or less of a 12 MP photo's decoding work.
-DECODE_MIN_SIDE = 1024
-DECODE_THREADS = min(4, os.cpu_count() or 1)
+# Decoding and each image's resizing run in these threads (Pillow releases the GIL while it works).
+DECODE_THREADS = min(8, os.cpu_count() or 1)
 _SPACES = re.compile(r"\s+")
 
 
@@ -100,7 +99,7 @@ def caption_dataset(
         loaded = load_captioner(captioner, model, device=device)
         name = loaded.name
         done = 0
-        for batch in _decoded_batches(todo, batch_size, failed):
+        for batch in _prepared_batches(loaded, todo, batch_size, failed):
             written += _write_captions(loaded, batch, failed)
             done += batch_size
             if progress is not None:
@@ -108,36 +107,46 @@ def caption_dataset(
     return CaptionSummary(name, tuple(written), tuple(kept), tuple(failed))
 
 
-def _decode(item: ImageItem):
+def _prepare(captioner: Captioner, item: ImageItem):
+    """(the captioner's input for `item`, None) or (None, why it failed). A JPEG decodes at the smallest scale
+    (1/2, 1/4, 1/8) that still covers what the model looks at: a fraction of a 12 MP photo's decoding work."""
     try:
-        return decode_image(item.path, min_side=DECODE_MIN_SIDE), None
+        return captioner.prepare(decode_image(item.path, min_side=captioner.input_side)), None
     except DatasetError as exc:
         return None, CaptionFailure(item.path, reason_of(exc, item.path))
 
 
-def _decoded_batches(todo: Sequence[ImageItem], batch_size: int, failed: list[CaptionFailure]) -> Iterator[list]:
-    """(item, image) batches; the next batch decodes in threads while the model captions this one (Pillow
-    releases the GIL while decoding), with at most two batches of images in memory."""
-    chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+def _prepared_batches(
+    captioner: Captioner, todo: Sequence[ImageItem], batch_size: int, failed: list[CaptionFailure]
+) -> Iterator[list]:
+    """(item, model input) batches, in order. Images decode and resize in DECODE_THREADS threads, running ahead of
+    the model by `lookahead` images whatever the batch size, so one image per model call decodes just as fast.
+    What waits is model-sized (a few hundred KB an image); at most DECODE_THREADS photos are decoded at once."""
+    lookahead = max(batch_size, 2 * DECODE_THREADS)
+    items = iter(todo)
+    pending: deque = deque()
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        pending = [pool.submit(_decode, item) for item in chunks[0]]
-        for index, chunk in enumerate(chunks):
-            current = pending
-            if index + 1 < len(chunks):
-                pending = [pool.submit(_decode, item) for item in chunks[index + 1]]
+
+        def submit_ahead() -> None:
+            while len(pending) < batch_size + lookahead and (item := next(items, None)) is not None:
+                pending.append((item, pool.submit(_prepare, captioner, item)))
+
+        submit_ahead()
+        while pending:
             batch = []
-            for item, future in zip(chunk, current):
-                image, failure = future.result()
+            for item, future in [pending.popleft() for _ in range(min(batch_size, len(pending)))]:
+                prepared, failure = future.result()
                 if failure is not None:
                     failed.append(failure)
                 else:
-                    batch.append((item, image))
+                    batch.append((item, prepared))
+            submit_ahead()  # the threads keep decoding while the model captions this batch
             yield batch
 
 
-def _write_captions(loaded, batch: list, failed: list[CaptionFailure]) -> list[Path]:
+def _write_captions(loaded: Captioner, batch: list, failed: list[CaptionFailure]) -> list[Path]:
     written = []
-    generated = loaded.caption([image for _, image in batch]) if batch else []
+    generated = loaded.caption([prepared for _, prepared in batch]) if batch else []
     for (item, _), words in zip(batch, generated):
         text = caption_text(item.subset.class_tokens or "", words)
         if not text:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lorapipe.errors import ModelLoadError
 
@@ -20,14 +20,23 @@ if TYPE_CHECKING:
 
 CAPTIONERS = ("blip", "florence2", "wd14")
 DEFAULT_CAPTIONER = "blip"
+DEFAULT_INPUT_SIDE = 1024  # decode this much of a photo when a captioner cannot say what it looks at
 
 
 class Captioner(Protocol):
-    """Turns a batch of RGB images into one caption (plain text or comma-separated tags) per image."""
+    """Turns a batch of RGB images into one caption (plain text or comma-separated tags) per image.
+
+    Work is split so that a batch is cheap for the model's thread: `prepare` does one image's pixel work (resizing
+    to the model's input, layout) and runs in the decoding threads, several images at once; `caption` takes a batch
+    of prepared inputs and makes one model call. `caption([prepare(image) for image in images])` captions images.
+    """
 
     name: str  # family and model, e.g. "blip Salesforce/blip-image-captioning-large"
+    input_side: int  # the shorter side, in pixels, of what the model looks at: decoding needs no more than this
 
-    def caption(self, images: Sequence[Image.Image]) -> list[str]: ...
+    def prepare(self, image: Image.Image) -> Any: ...
+
+    def caption(self, inputs: Sequence[Any]) -> list[str]: ...
 
 
 def captioner_module(kind: str):
@@ -69,3 +78,24 @@ def hub_or_local(model: str, kind: str) -> str:
             f"{model}: no such {kind} captioner folder, and not a hub id (owner/name); fix --captioner-model"
         )
     return model
+
+
+class ProcessorResize:
+    """The per-image half of a transformers image processor that resizes every image to one fixed size (BLIP,
+    Florence-2): `prepare` resizes exactly as the processor would, so its own resize becomes a no-op and the pixels
+    it sees are identical, while the costly part (a 12 MP photo down to 384-768 px) runs in the decoding threads."""
+
+    def __init__(self, image_processor: Any):
+        size = getattr(image_processor, "size", None) if getattr(image_processor, "do_resize", False) else None
+        height, width = (size.get("height"), size.get("width")) if size is not None else (None, None)
+        self.size = (int(width), int(height)) if height and width else None  # None: the processor sizes per image
+        self.resample = getattr(image_processor, "resample", None)
+
+    @property
+    def input_side(self) -> int:
+        return min(self.size) if self.size else DEFAULT_INPUT_SIDE
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.size is None or self.resample is None or image.size == self.size:
+            return image
+        return image.resize(self.size, self.resample)

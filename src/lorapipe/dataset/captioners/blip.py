@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lorapipe.dataset.captioners import hub_or_local
+from lorapipe.dataset.captioners import ProcessorResize, hub_or_local
 from lorapipe.errors import ModelLoadError
 
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
@@ -23,6 +23,14 @@ class BlipCaptioner:
     model: Any
     processor: Any
     device: str
+    resize: ProcessorResize
+
+    @property
+    def input_side(self) -> int:
+        return self.resize.input_side
+
+    def prepare(self, image: Any) -> Any:
+        return self.resize(image)
 
     def caption(self, images: Sequence[Any]) -> list[str]:
         import torch
@@ -49,4 +57,5 @@ def load(model: str, device: str) -> BlipCaptioner:
             f"{model}: cannot load a BLIP captioner ({exc}); pass a local folder or an online "
             f"hub id such as {DEFAULT_MODEL}"
         ) from None
-    return BlipCaptioner(f"blip {model}", network.to(device).eval(), processor, device)
+    resize = ProcessorResize(processor.image_processor)
+    return BlipCaptioner(f"blip {model}", network.to(device).eval(), processor, device, resize)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lorapipe.dataset.captioners import hub_or_local
+from lorapipe.dataset.captioners import ProcessorResize, hub_or_local
 from lorapipe.errors import ModelLoadError
 
 DEFAULT_MODEL = "florence-community/Florence-2-large"
@@ -25,6 +25,14 @@ class Florence2Captioner:
     model: Any
     processor: Any
     device: str
+    resize: ProcessorResize
+
+    @property
+    def input_side(self) -> int:
+        return self.resize.input_side
+
+    def prepare(self, image: Any) -> Any:
+        return self.resize(image)
 
     def caption(self, images: Sequence[Any]) -> list[str]:
         import torch
@@ -50,4 +58,5 @@ def load(model: str, device: str) -> Florence2Captioner:
             f"{model}: cannot load a Florence-2 captioner ({exc}); pass a local folder or an "
             f"online hub id in transformers' format such as {DEFAULT_MODEL}"
         ) from None
-    return Florence2Captioner(f"florence2 {model}", network.to(device).eval(), processor, device)
+    resize = ProcessorResize(processor.image_processor)
+    return Florence2Captioner(f"florence2 {model}", network.to(device).eval(), processor, device, resize)

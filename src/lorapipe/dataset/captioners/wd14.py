@@ -2,9 +2,10 @@
 
 A tagger folder holds `model.onnx` and `selected_tags.csv` (tag_id, name, category, count; category 9 = rating,
 4 = character, 0 = general). Images are padded to a white square, resized to the model's input side, fed as
-0-255 BGR floats (NHWC), as the model author's own demo does; the outputs are already probabilities. Character
-tags above their threshold come first, then general tags by confidence; rating tags are left out. Underscores
-become spaces except in kaomoji such as `^_^`.
+0-255 BGR floats (NHWC), as the model author's own demo does; the outputs are already probabilities. A batch is
+one model call (the taggers have a dynamic batch axis; a graph exported with a fixed one gets calls of that size).
+Character tags above their threshold come first, then general tags by confidence; rating tags are left out.
+Underscores become spaces except in kaomoji such as `^_^`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from lorapipe.dataset.captioners import hub_or_local
 from lorapipe.errors import ModelLoadError
@@ -64,37 +68,57 @@ class WD14Tagger:
     general_threshold: float = GENERAL_THRESHOLD
     character_threshold: float = CHARACTER_THRESHOLD
 
+    def __post_init__(self) -> None:
+        self._categories = np.array([tag.category for tag in self.tags])
+        self._names = [tag.name if tag.name in KAOMOJI else tag.name.replace("_", " ") for tag in self.tags]
+
     @property
-    def side(self) -> int:
+    def input_side(self) -> int:
         return int(self.session.get_inputs()[0].shape[1])  # NHWC
 
-    def caption(self, images: Sequence[Any]) -> list[str]:
-        import numpy as np
+    @property
+    def model_batch(self) -> int | None:
+        """The graph's fixed batch size (some exports have 1), or None for a dynamic batch axis."""
+        size = self.session.get_inputs()[0].shape[0]
+        return size if isinstance(size, int) and size > 0 else None
 
-        batch = np.stack([_to_input(image, self.side) for image in images])
-        probabilities = self.session.run(None, {self.session.get_inputs()[0].name: batch})[0]
+    def prepare(self, image) -> Any:
+        """White-padded square, resized to the model's side, as RGB uint8 (HWC); runs in the decoding threads."""
+        side = self.input_side
+        longest = max(image.size)
+        square = Image.new("RGB", (longest, longest), PAD_COLOR)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        square.paste(rgb, ((longest - image.width) // 2, (longest - image.height) // 2))
+        if longest != side:
+            square = square.resize((side, side), Image.Resampling.BICUBIC)
+        return np.asarray(square)
+
+    def caption(self, inputs: Sequence[Any]) -> list[str]:
+        if not inputs:
+            return []
+        # One conversion for the whole batch: RGB uint8 -> BGR float32 0-255 (NHWC), the layout the taggers take.
+        batch = np.stack(inputs)[..., ::-1].astype(np.float32)
+        step = self.model_batch or len(batch)
+        probabilities = np.concatenate(
+            [self._run(batch[start : start + step], step) for start in range(0, len(batch), step)]
+        )
         return [", ".join(self._tags_of(row)) for row in probabilities]
 
+    def _run(self, chunk, step: int):
+        """One model call; a graph with a fixed batch size gets its last chunk padded to that size."""
+        count = len(chunk)
+        if count < step:
+            chunk = np.concatenate([chunk, np.zeros((step - count, *chunk.shape[1:]), chunk.dtype)])
+        return self.session.run(None, {self.session.get_inputs()[0].name: chunk})[0][:count]
+
     def _tags_of(self, row) -> list[str]:
-        characters = [
-            (p, t.name) for t, p in zip(self.tags, row) if t.category == CHARACTER and p >= self.character_threshold
-        ]
-        general = [(p, t.name) for t, p in zip(self.tags, row) if t.category == GENERAL and p >= self.general_threshold]
-        ordered = sorted(characters, reverse=True) + sorted(general, reverse=True)
-        return [name if name in KAOMOJI else name.replace("_", " ") for _, name in ordered]
-
-
-def _to_input(image, side: int):
-    """White-padded square, resized to `side`, as float32 BGR 0-255 (HWC)."""
-    import numpy as np
-    from PIL import Image
-
-    longest = max(image.size)
-    square = Image.new("RGB", (longest, longest), PAD_COLOR)
-    square.paste(image.convert("RGB"), ((longest - image.width) // 2, (longest - image.height) // 2))
-    if longest != side:
-        square = square.resize((side, side), Image.Resampling.BICUBIC)
-    return np.asarray(square, dtype=np.float32)[:, :, ::-1]
+        row = np.asarray(row)
+        ordered = []
+        for category, threshold in ((CHARACTER, self.character_threshold), (GENERAL, self.general_threshold)):
+            (picked,) = np.nonzero((self._categories == category) & (row >= threshold))
+            # Highest confidence first (ties by name, reversed too: the order of sorted (probability, name) pairs).
+            ordered += sorted(picked.tolist(), key=lambda index: (row[index], self.tags[index].name), reverse=True)
+        return [self._names[index] for index in ordered]
 
 
 def read_tags(path: Path) -> tuple[Tag, ...]:
