@@ -3,13 +3,15 @@
 Run: python bench/caption.py [N] [--size WxH] [--quick] [--real-size]. Writes N phone-size JPEGs (default 24 at
 3000x4000, 12 MP, half of them upright only through EXIF, as phones save portraits) and captions them through
 `caption_dataset` (threaded decoding and resizing, the model, atomic writes) with batch_size 1 and then 8. The
-baseline is that same path with batch_size 1 (as kohya's tag_images_by_wd14_tagger.py with --batch_size 1): one
-model call per image, one image decoding ahead. Batched, a batch's images decode and resize side by side while the
-model works, and each model call serves 8 images.
+baseline is that same path with batch_size 1 (kohya's tag_images_by_wd14_tagger.py with --batch_size 1 and data
+loader workers): one model call per image, the same threads decoding ahead of the model. Only the model calls
+change, so the ratio is what batching them is worth; the decoding threads keep up either way.
 
-The tiny models cost almost nothing, so their figures measure the pipeline around the model. `--real-size` adds
-the WD14 tagger at its real size instead: a random-weight ViT-B/16 at 448 px with 10,861 tags (wd-vit-tagger-v3's
-shape), exported to ONNX here; on a CPU its compute dominates, so it shows what batching is worth there.
+The tiny models cost almost nothing. BLIP and Florence-2 still pay per call (generate()'s token loop), which a
+batch shares; the tiny WD14 graph is one matrix product, so its figure is bound by JPEG decoding and stays near
+1x. `--real-size` times the WD14 tagger at its real size instead: a random-weight ViT-B/16 at 448 px with 10,861
+tags (wd-vit-tagger-v3's shape), exported to ONNX here; on a CPU its compute dominates, and batching it gains
+nothing there (on a GPU, where one image leaves the device mostly idle, it should: not measured here).
 """
 
 from __future__ import annotations
