@@ -125,12 +125,13 @@ def _prepared_batches(
     lookahead = max(batch_size, 2 * DECODE_THREADS)
     items = iter(todo)
     pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+    pool = ThreadPoolExecutor(max_workers=DECODE_THREADS)
 
-        def submit_ahead() -> None:
-            while len(pending) < batch_size + lookahead and (item := next(items, None)) is not None:
-                pending.append((item, pool.submit(_prepare, captioner, item)))
+    def submit_ahead() -> None:
+        while len(pending) < batch_size + lookahead and (item := next(items, None)) is not None:
+            pending.append((item, pool.submit(_prepare, captioner, item)))
 
+    try:
         submit_ahead()
         while pending:
             batch = []
@@ -142,6 +143,8 @@ def _prepared_batches(
                     batch.append((item, prepared))
             submit_ahead()  # the threads keep decoding while the model captions this batch
             yield batch
+    finally:  # a failed model call or Ctrl-C does not wait for the images queued ahead
+        pool.shutdown(cancel_futures=True)
 
 
 def _write_captions(loaded: Captioner, batch: list, failed: list[CaptionFailure]) -> list[Path]:
