@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lorapipe.train.max_norm import module_update
+from lorapipe.train.loop import module_update
 from lorapipe.train.run import run_training
 from tests.train_fixtures import one_thread  # noqa: F401 (autouse fixture)
 

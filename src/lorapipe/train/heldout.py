@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lorapipe.train.step import unet_prediction
+from lorapipe.train.loop import unet_prediction
 from lorapipe.train.text_encoding import encode_prompts
 
 VALIDATION_TIMESTEPS = (200, 400, 600, 800)

@@ -1,5 +1,10 @@
 """The training loop: epochs of optimizer-step groups, each group = gradient-accumulated micro-batches.
 
+Read top-down: `run_loop` walks the epochs and hands each group to `optimizer_step`, which runs
+`micro_batch_loss` on every micro-batch (latents and text conditioning, cached or fresh, noise, UNet prediction,
+loss), averages gradients across processes, clips, steps, then applies Kohya's `scale_weight_norms`
+(`apply_max_norm`).
+
 All randomness of a step comes from generators seeded by (seed, step), and a group's batches are a pure function
 of (seed, epoch, position), so a resumed run continues on exactly the curve an uninterrupted run would draw.
 """
@@ -9,15 +14,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lorapipe.errors import TrainingError
+from lorapipe.lora.lycoris_network import LycorisKohyaNetwork
+from lorapipe.lora.network import ADAPTER_NAME
 from lorapipe.train.checkpoints import TrainState
-from lorapipe.train.data import epoch_groups, prefetched
+from lorapipe.train.data import TrainBatch, epoch_groups, prefetched
 from lorapipe.train.distributed import Processes, average_gradients
-from lorapipe.train.max_norm import MaxNormReport, apply_max_norm
-from lorapipe.train.noise import step_generator
-from lorapipe.train.step import micro_batch_loss
+from lorapipe.train.loss import LossOptions, training_loss
+from lorapipe.train.noise import (
+    NoiseOptions,
+    make_noise,
+    noisy_latents,
+    prediction_target,
+    sample_timesteps,
+    step_generator,
+)
 
 
 @dataclass(frozen=True)
@@ -161,3 +175,150 @@ def optimizer_step(
     # After the step, as sd-scripts: every process holds the same weights, so each applies the same scaling.
     report = apply_max_norm(models.network, scale_weight_norms) if scale_weight_norms else None
     return StepOutcome(loss=mean_loss, stop=stop, max_norm=report)
+
+
+# ---- one micro-batch ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the step needs besides models: noise and loss options, the training scheduler and its SNR table."""
+
+    noise: NoiseOptions
+    loss: LossOptions
+    noise_scheduler: object
+    snr: torch.Tensor
+    alphas_cumprod: torch.Tensor
+
+
+def batch_latents(models, batch: TrainBatch, latent_cache, generator: torch.Generator) -> torch.Tensor:
+    if latent_cache is not None:
+        return latent_cache.latents(batch.pixels, batch.paths, batch.original_sizes_wh).to(models.device)
+    return models.encode_pixels(np.stack(batch.pixels), generator)
+
+
+def batch_text(models, batch: TrainBatch, te_cache) -> tuple[torch.Tensor, torch.Tensor]:
+    if te_cache is not None:
+        context, pooled = te_cache.outputs(batch.captions, batch.paths)
+        return context.to(models.device), pooled.to(models.device)
+    return models.encode_captions(batch.captions)
+
+
+def unet_prediction(models, x_t, timesteps, context, pooled, time_ids):
+    """UNet forward with SDXL's added conditions (pooled TE2 vector + six size ids)."""
+    dtype = models.weight_dtype
+    return models.unet(
+        x_t.to(dtype),
+        timesteps.to(models.device),
+        context.to(dtype),
+        added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(models.device, dtype)},
+    ).sample
+
+
+def micro_batch_loss(
+    models,
+    batch: TrainBatch,
+    objective: Objective,
+    generator: torch.Generator,
+    *,
+    latent_cache=None,
+    te_cache=None,
+    autocast=None,
+    timestep: int | None = None,
+) -> torch.Tensor:
+    """The scalar loss of one batch (not yet divided for gradient accumulation); `timestep` fixes every sample's
+    timestep instead of drawing them (validation)."""
+    latents = batch_latents(models, batch, latent_cache, generator)
+    context, pooled = batch_text(models, batch, te_cache)
+    noise = make_noise(latents, objective.noise, generator)
+    if timestep is None:
+        timesteps = sample_timesteps(latents.shape[0], objective.noise, generator)
+    else:
+        timesteps = torch.full((latents.shape[0],), int(timestep), dtype=torch.long)
+    x_t = noisy_latents(objective.noise_scheduler, latents, noise, timesteps, objective.noise, generator)
+    time_ids = torch.tensor(batch.time_ids, dtype=torch.float32)
+    with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+        pred = unet_prediction(models, x_t, timesteps, context, pooled, time_ids)
+    target = prediction_target(objective.noise_scheduler, latents, noise, timesteps, objective.noise)
+    weights = torch.tensor(batch.loss_weights, dtype=torch.float32)
+    return training_loss(
+        pred,
+        target,
+        timesteps.to(pred.device),
+        weights,
+        objective.loss,
+        objective.snr,
+        objective.alphas_cumprod,
+        mask=_loss_mask(batch),
+    )
+
+
+def _loss_mask(batch: TrainBatch) -> torch.Tensor | None:
+    """B x 1 x H x W in [0, 1] from the images' alpha channels (a sample without alpha counts everywhere)."""
+    if batch.alpha_masks is None:
+        return None
+    height, width = batch.pixels[0].shape[:2]
+    planes = [
+        torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) if m is not None else torch.ones(height, width)
+        for m in batch.alpha_masks
+    ]
+    return torch.stack(planes)[:, None]
+
+
+# ---- max-norm ----------------------------------------------------------------------------------------------------
+# Kohya's `scale_weight_norms`: max-norm regularisation of each LoRA module after every optimizer step.
+#
+# For each module the full update it adds to the base weight, scale x up @ down (scale = alpha / rank), is measured
+# by its Frobenius norm; a module above the limit has both of its factors shrunk by the square root of
+# limit / norm, so the update's norm lands on the limit. This is sd-scripts' `apply_max_norm_regularization`
+# (its clamp of small norms to half the limit keeps a zero update from dividing by zero), and it reports the same
+# three figures: modules scaled, mean and largest norm after scaling.
+
+
+@dataclass(frozen=True)
+class MaxNormReport:
+    keys_scaled: int
+    average_key_norm: float
+    max_key_norm: float
+
+    def logs(self) -> dict[str, float]:
+        """The names sd-scripts logs to TensorBoard."""
+        return {
+            "max_norm/keys_scaled": float(self.keys_scaled),
+            "max_norm/average_key_norm": self.average_key_norm,
+            "max_norm/max_key_norm": self.max_key_norm,
+        }
+
+
+def module_update(down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale x up @ down in the shape of the base weight (linear, 1x1 conv, or 3x3 conv LoRA)."""
+    if down.dim() == 4 and down.shape[2:] == (1, 1) and up.shape[2:] == (1, 1):
+        update = (up.flatten(1) @ down.flatten(1))[:, :, None, None]
+    elif down.dim() == 4:  # a kxk down followed by a 1x1 up (Kohya's conv LoRA): compose them as convolutions
+        update = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+    else:
+        update = up @ down
+    return update * scale
+
+
+@torch.no_grad()
+def apply_max_norm(network, max_norm: float) -> MaxNormReport:
+    """Shrink every LoRA module whose update norm exceeds `max_norm`; returns what sd-scripts reports."""
+    if isinstance(network, LycorisKohyaNetwork):  # LyCORIS modules know their own update (LoHa, LoKr, ...)
+        return MaxNormReport(*network.apply_max_norm(max_norm))
+    scaled, norms = 0, []
+    for target in network.targets:
+        layer = network.lora_layer(target)
+        down, up = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
+        scale = network.alphas[target.kohya_name] / down.shape[0]
+        raw = module_update(down.float(), up.float(), scale).norm()
+        norm = raw.clamp(min=max_norm / 2)
+        ratio = float(torch.clamp(norm, max=max_norm) / norm)
+        if ratio != 1:
+            scaled += 1
+            down.mul_(ratio**0.5)
+            up.mul_(ratio**0.5)
+        norms.append(float(raw) * ratio)
+    if not norms:
+        return MaxNormReport(0, 0.0, 0.0)
+    return MaxNormReport(scaled, sum(norms) / len(norms), max(norms))

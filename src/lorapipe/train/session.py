@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from lorapipe.train.caching import LatentCache, TextEncoderCache, caption_randomiser, module_fingerprint
+from lorapipe.train.loop import Objective
 from lorapipe.train.loss import LossOptions
 from lorapipe.train.models import SpeedOptions, TrainModels, load_train_models
 from lorapipe.train.noise import NoiseOptions, make_noise_scheduler, snr_table
 from lorapipe.train.optimizers import OptimizerChoice, build_optimizer
 from lorapipe.train.plan import RunPlan
 from lorapipe.train.schedulers import ScheduleOptions, build_lr_scheduler
-from lorapipe.train.step import Objective
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from lorapipe.train.data import load_batch
+from lorapipe.train.loop import micro_batch_loss
 from lorapipe.train.noise import step_generator
-from lorapipe.train.step import micro_batch_loss
 
 
 @dataclass(frozen=True)
