@@ -1,4 +1,5 @@
-"""Caches of VAE latents and text-encoder outputs (Kohya's cache_latents[_to_disk], cache_text_encoder_outputs).
+"""Caches of VAE latents and text-encoder outputs (Kohya's cache_latents[_to_disk], cache_text_encoder_outputs),
+and `precache`, which fills them before the first step.
 
 Latents are keyed by a hash of the exact bucket-sized pixels fed to the VAE plus a fingerprint of the VAE, so a
 cache entry is reused across runs while the image and the bucket/resize settings are unchanged and silently
@@ -9,6 +10,7 @@ refreshed otherwise (sd-scripts only checks that the keys exist: kohya-ss/sd-scr
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,9 @@ import torch
 
 from lorapipe.atomic import atomic_target
 from lorapipe.config.checks import CAPTION_RANDOMISERS
+from lorapipe.dataset.batches import load_sample
 from lorapipe.errors import DatasetError
+from lorapipe.train.distributed import wait_for_everyone
 
 
 def pixel_key(pixels: np.ndarray) -> str:
@@ -190,3 +194,54 @@ def caption_randomiser(subsets, *, wildcards: bool = False) -> tuple[str, str] |
             if getattr(subset, key, 0):
                 return subset.name, key
     return None
+
+
+# ---- filling the caches before the first step ---------------------------------------------------------------------
+# Then the frozen encoders move off the GPU (sd-scripts caches up front for the same reason: the VAE and text
+# encoders then cost no VRAM while training).
+
+
+def precache_in_turn(session, plan) -> None:
+    """Fill the caches; with several processes the main one goes first, so the others find a disk cache ready
+    instead of all encoding the same images into the same files."""
+    processes, cfg = plan.processes, plan.config
+    to_disk = cfg.cache_latents_to_disk or cfg.cache_text_encoder_outputs_to_disk
+    if not (processes.is_distributed and to_disk):
+        precache(session, plan)  # one process, or in-memory caches that every process fills for itself
+        return
+    if processes.is_main:
+        precache(session, plan)
+    wait_for_everyone(session.accelerator)
+    if not processes.is_main:
+        precache(session, plan)
+
+
+def precache(session, plan, *, offload: bool = True) -> int:
+    """Encode every distinct training image (and its mirror for flip_aug) and caption once; returns #items."""
+    models = session.models
+    # The automatic text cache fills as captions come up (no image decoding up front, encoders stay in place).
+    te_cache = None if session.te_cache_automatic else session.te_cache
+    if session.latent_cache is None and te_cache is None:
+        return 0
+    seen = set()
+    for item in plan.scan.items:
+        if item.path in seen:
+            continue
+        seen.add(item.path)
+        sample = load_sample(item, plan.blueprint, 1, random.Random(0))
+        size_wh = (sample.original_size[1], sample.original_size[0])
+        if session.latent_cache is not None:
+            pixels = np.ascontiguousarray(sample.pixels[:, ::-1]) if sample.flipped else sample.pixels
+            variants = [pixels, np.ascontiguousarray(pixels[:, ::-1])] if item.subset.flip_aug else [pixels]
+            for variant in variants:
+                session.latent_cache.latents([variant], [item.path], [size_wh])
+        if te_cache is not None:
+            te_cache.outputs([sample.caption], [item.path])
+    if offload and models.device.type == "cuda":
+        if session.latent_cache is not None:
+            models.vae.to("cpu")
+        if te_cache is not None and not models.train_text_encoder:
+            models.text_encoder.to("cpu")
+            models.text_encoder_2.to("cpu")
+        torch.cuda.empty_cache()
+    return len(seen)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
+from lorapipe.train.caching import precache_in_turn
 from lorapipe.train.checkpoints import TrainState, load_state, newest_state, remove_quietly, save_state
 from lorapipe.train.loop import NonFiniteLoss, run_loop
 from lorapipe.train.memory_advice import is_out_of_memory, out_of_memory_error
 from lorapipe.train.naming import STATE_SUFFIX, SaveCadence, epoch_name, last_name, step_name
 from lorapipe.train.plan import RunPlan, plan_run
-from lorapipe.train.precache import precache
 from lorapipe.train.summary import TrainSummary, peak_memory_bytes, write_summary
 
 
@@ -85,7 +85,7 @@ def run_training(
                 raise out_of_memory_error(plan.config, "while loading the models") from None
             raise
         t_loaded = time.perf_counter()
-        _precache_in_turn(session, plan)
+        precache_in_turn(session, plan)
         run = _Run(
             plan,
             session,
@@ -397,23 +397,6 @@ class _Run:
             config=_config_dict(plan.config),
         )
         return write_summary(plan.output_dir, summary)
-
-
-def _precache_in_turn(session, plan) -> None:
-    """Fill the caches; with several processes the main one goes first, so the others find a disk cache ready
-    instead of all encoding the same images into the same files."""
-    processes, cfg = plan.processes, plan.config
-    to_disk = cfg.cache_latents_to_disk or cfg.cache_text_encoder_outputs_to_disk
-    if not (processes.is_distributed and to_disk):
-        precache(session, plan)  # one process, or in-memory caches that every process fills for itself
-        return
-    from lorapipe.train.distributed import wait_for_everyone
-
-    if processes.is_main:
-        precache(session, plan)
-    wait_for_everyone(session.accelerator)
-    if not processes.is_main:
-        precache(session, plan)
 
 
 def _steady_rate(times: list[float], warmup: int = 3) -> float | None:
