@@ -36,7 +36,7 @@ from lorapipe.evaluate.recommend import CLIP_T_MARGIN, LEAKAGE_MARGIN, Recommend
 from lorapipe.evaluate.render import Rendered, RenderSettings, render_all
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
 
-# Written by train/summary.py beside the LoRA files (evaluate reads it as a file; it never imports train).
+# Written by train/report.py beside the LoRA files (evaluate reads it as a file; it never imports train).
 EVAL_FOLDER = "eval"
 # Training images compared against: DINO/CLIP resize to 224 px anyway, so decoding more pixels only costs time.
 TRAINING_IMAGE_MIN_SIDE = 256

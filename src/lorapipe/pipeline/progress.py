@@ -16,7 +16,7 @@ from lorapipe.evaluate.checkpoints import checkpoint_position
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.pipeline.artifact import IMAGE_SUFFIXES, SAMPLE_DIR
 
-# `step=12 loss=0.123456 lr=0.0001 epoch=1` (lorapipe.train.progress), at the start of a line or after a \r.
+# `step=12 loss=0.123456 lr=0.0001 epoch=1` (lorapipe.train.report), at the start of a line or after a \r.
 _STEP_LINE = re.compile(r"^step=(\d+) loss=(\S+) lr=(\S+) epoch=(\d+)")
 # tqdm's bar: `steps:  50%|#####     | 4/8 [00:01<00:02,  2.50step/s, ...]` (remaining may be `?`).
 _BAR = re.compile(r"^steps:.*?\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")

@@ -20,7 +20,7 @@ from lorapipe.train.loop import NonFiniteLoss, run_loop
 from lorapipe.train.memory_advice import is_out_of_memory, out_of_memory_error
 from lorapipe.train.naming import STATE_SUFFIX, SaveCadence, epoch_name, last_name, step_name
 from lorapipe.train.plan import RunPlan, plan_run
-from lorapipe.train.summary import TrainSummary, peak_memory_bytes, write_summary
+from lorapipe.train.report import Progress, TrainSummary, peak_memory_bytes, steady_rate, write_summary
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,6 @@ class _Run:
 
     # ---- the run -------------------------------------------------------------------------------------------
     def train(self, start: TrainState) -> TrainResult:
-        from lorapipe.train.progress import Progress
-
         plan = self.plan
         # wandb keeps its offline run beside the outputs when no logging_dir is given.
         logging_dir = self.cfg.logging_dir or (
@@ -383,7 +381,7 @@ class _Run:
             seconds_training=round(seconds, 3),
             seconds_per_epoch=list(self.epoch_seconds),
             steps_per_second=round(steps_run / seconds, 4) if seconds else None,
-            steps_per_second_steady=_steady_rate(self.step_times),
+            steps_per_second_steady=steady_rate(self.step_times),
             memory=peak_memory_bytes(self.session.models.device.type),
             device=str(self.session.models.device),
             saved_files=[str(p) for p in self.saved],
@@ -397,13 +395,6 @@ class _Run:
             config=_config_dict(plan.config),
         )
         return write_summary(plan.output_dir, summary)
-
-
-def _steady_rate(times: list[float], warmup: int = 3) -> float | None:
-    """Steps per second after the first `warmup` steps (caches filling, compilation, allocator warm-up)."""
-    if len(times) <= warmup + 1:
-        return None
-    return round((len(times) - 1 - warmup) / (times[-1] - times[warmup]), 4)
 
 
 def _check_resume(resume, plan: RunPlan) -> Path:
