@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 # Packages and lorapipe modules that a local run without logging_dir, sample prompts or cloud options never needs.
+# (lorapipe.train.sampling is not among them: it also reads the sample_prompts file, which every run checks before
+# loading models; it imports torch and diffusers only where it renders.)
 NOT_FOR_PLAIN_RUNS = (
     "lorapipe.server",
     "lorapipe.pipeline",
-    "lorapipe.train.sampling",
     "lorapipe.train.sagemaker_entry",
     "fastapi",
     "uvicorn",

@@ -13,7 +13,7 @@ from lorapipe.train import loss as L
 from lorapipe.train import noise as N
 from lorapipe.train.naming import SaveCadence, epoch_name, last_name, sample_image_name, step_name
 from lorapipe.train.optimizers import build_optimizer, parse_optimizer_args
-from lorapipe.train.sample_prompts import load_sample_prompts, parse_prompt_line
+from lorapipe.train.sampling import load_sample_prompts, parse_prompt_line
 from lorapipe.train.schedulers import ScheduleOptions, build_lr_scheduler, resolve_steps
 
 

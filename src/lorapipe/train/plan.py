@@ -11,7 +11,7 @@ from pathlib import Path
 from lorapipe.config.model import TrainConfig
 from lorapipe.errors import ConfigError, DatasetError
 from lorapipe.train.distributed import Processes, launch_seed, processes_from_env
-from lorapipe.train.sample_prompts import SamplePrompt, load_sample_prompts
+from lorapipe.train.sampling import SamplePrompt, load_sample_prompts
 
 
 @dataclass(frozen=True)
