@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lorapipe.errors import TrainingError
-from lorapipe.train.memory_estimates import SAVINGS_FILE, load_savings
+from lorapipe.train.memory_savings import SAVINGS_FILE, load_savings
 from lorapipe.train.run import run_training
 from tests.train_fixtures import one_thread  # noqa: F401 (autouse fixture)
 
@@ -55,7 +55,7 @@ def test_out_of_memory_names_the_options_with_their_savings(
 
 def test_the_shipped_savings_table_matches_the_estimates():
     """The file `bench/gpu/check.py` writes and the package ships: same figures as recomputing them now."""
-    from lorapipe.train.memory_estimates import estimate_savings
+    from lorapipe.train.memory_savings import estimate_savings
 
     shipped = load_savings(SAVINGS_FILE)
     if shipped.get("measured_on"):

@@ -251,7 +251,7 @@ def step_generate(scale: Scale, work: Path, compile_unet: bool, *, baseline: boo
 
 
 def step_estimates(scale: Scale, work: Path, out: Path) -> dict:
-    from lorapipe.train.memory_estimates import estimate_savings
+    from lorapipe.train.memory_savings import estimate_savings
 
     table = estimate_savings(network_dim=32)
     (out / "memory_savings.json").write_text(json.dumps(table, indent=2) + "\n")

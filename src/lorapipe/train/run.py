@@ -17,7 +17,7 @@ from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.train.caching import precache_in_turn
 from lorapipe.train.checkpoints import TrainState, load_state, newest_state, remove_quietly, save_state
 from lorapipe.train.loop import NonFiniteLoss, run_loop
-from lorapipe.train.memory_advice import is_out_of_memory, out_of_memory_error
+from lorapipe.train.memory_savings import is_out_of_memory, out_of_memory_error
 from lorapipe.train.naming import STATE_SUFFIX, SaveCadence, epoch_name, last_name, step_name
 from lorapipe.train.plan import RunPlan, plan_run
 from lorapipe.train.report import Progress, TrainSummary, peak_memory_bytes, steady_rate, write_summary
