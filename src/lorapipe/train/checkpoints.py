@@ -141,6 +141,23 @@ def newest_state(folder: Path) -> Path | None:
     return best[2] if best else None
 
 
+def find_resume_folder(resume, dataset_hash: str) -> Path:
+    """Find the state folder to resume from and refuse a different dataset, before any model loads."""
+    folder = newest_state(Path(resume))
+    if folder is None:
+        raise TrainingError(
+            f"resume: {resume} holds no complete state folder (train_state.json); "
+            "pass a <name>-state folder written with save_state = true"
+        )
+    recorded = read_train_state(folder).dataset_hash
+    if recorded and recorded != dataset_hash:
+        raise TrainingError(
+            f"resume: {folder} was trained on a different dataset (images, captions or repeats "
+            "changed); resume with the same dataset or start a new run without --resume"
+        )
+    return folder
+
+
 def remove_quietly(path: Path) -> None:
     """Delete an old checkpoint file or state folder if it exists."""
     path = Path(path)

@@ -13,14 +13,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
 from lorapipe.train.caching import precache_in_turn
-from lorapipe.train.checkpoints import TrainState, load_state, newest_state, remove_quietly, save_state
+from lorapipe.train.checkpoints import TrainState, find_resume_folder, load_state, remove_quietly, save_state
 from lorapipe.train.loop import NonFiniteLoss, run_loop
 from lorapipe.train.memory_savings import is_out_of_memory, out_of_memory_error
 from lorapipe.train.naming import STATE_SUFFIX, SaveCadence, epoch_name, last_name, step_name
 from lorapipe.train.plan import RunPlan, plan_run
 from lorapipe.train.report import Progress, TrainSummary, peak_memory_bytes, steady_rate, write_summary
+from lorapipe.train.sampling import write_sample_images
+from lorapipe.train.saving import LoraWriter
+from lorapipe.train.session import build_session
+from lorapipe.train.validation import validation_loss, validation_plan
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,6 @@ def run_training(
     stop. `stop_after_steps`: stop (with state saved) after that many steps, as if a signal had arrived.
     `speed`: `models.SpeedOptions` (channels_last, torch.compile) for GPU runs.
     """
-    import torch
-
     stop = threading.Event()
     threads = torch.get_num_threads()  # build_session may pick one thread for a tiny CPU model; restore after
     with _stop_on(stop_signals, lambda *_: stop.set()), _restore_threads(threads):
@@ -75,9 +79,7 @@ def run_training(
             config_path=Path(config_path) if config_path else None,
             overrides=overrides,
         )
-        resume_folder = _check_resume(resume, plan) if resume else None
-        from lorapipe.train.session import build_session
-
+        resume_folder = find_resume_folder(resume, plan.dataset_hash) if resume else None
         try:
             session = build_session(plan, speed) if speed else build_session(plan)
         except RuntimeError as exc:
@@ -114,8 +116,6 @@ class _Run:
         seconds_model_load: float,
         stop: threading.Event,
     ):
-        from lorapipe.train.saving import LoraWriter
-
         self.plan, self.session, self.state_dir = plan, session, state_dir
         self.cfg = plan.config
         self.cadence = self.cfg.options(SaveCadence)
@@ -133,8 +133,6 @@ class _Run:
         self.saved: list[Path] = []
         self.samples: list[Path] = []
         self.last_state: Path | None = None
-        from lorapipe.train.validation import validation_plan
-
         self.validation = validation_plan(plan)
         self.validation_losses: list[dict] = []
         self.progress = None
@@ -257,17 +255,8 @@ class _Run:
             epoch=report.epoch,
             max_norm=report.max_norm,
         )
-        name = self.plan.output_name
         if self.cadence.saves_at_step(report.step):
-            self._save_file(step_name(name, report.step), state)
-            old = self.cadence.step_to_remove(report.step)
-            if old:
-                self._remove(self.plan.output_dir / f"{step_name(name, old)}.safetensors")
-            if self.cfg.save_state:
-                self._save_state(step_name(name, report.step), state)
-                old = self.cadence.step_to_remove(report.step, state=True)
-                if old:
-                    self._remove(self.state_dir / f"{step_name(name, old)}{STATE_SUFFIX}")
+            self._save_and_prune(step_name, report.step, self.cadence.step_to_remove, state)
         n = self.cfg.sample_every_n_steps or 0
         if n > 0 and not (self.cfg.sample_every_n_epochs or 0) and report.step % n == 0:
             self._sample(step=report.step, epoch=None)
@@ -289,17 +278,8 @@ class _Run:
         self._epoch_started = now
         self.progress.epoch_end(epoch, sum(self.epoch_losses) / max(1, len(self.epoch_losses)))
         self.epoch_losses = []
-        name = self.plan.output_name
         if self.cadence.saves_at_epoch_end(epoch, self.plan.epochs):
-            self._save_file(epoch_name(name, epoch), state, epoch=epoch)
-            old = self.cadence.epoch_to_remove(epoch)
-            if old:
-                self._remove(self.plan.output_dir / f"{epoch_name(name, old)}.safetensors")
-            if self.cfg.save_state:
-                self._save_state(epoch_name(name, epoch), state)
-                old = self.cadence.epoch_to_remove(epoch, state=True)
-                if old:
-                    self._remove(self.state_dir / f"{epoch_name(name, old)}{STATE_SUFFIX}")
+            self._save_and_prune(epoch_name, epoch, self.cadence.epoch_to_remove, state, epoch=epoch)
         n = self.cfg.sample_every_n_epochs or 0
         if n > 0 and epoch % n == 0:
             self._sample(step=state.current_step, epoch=epoch)
@@ -308,6 +288,20 @@ class _Run:
         return self.stopping
 
     # ---- helpers ---------------------------------------------------------------------------------------------
+    def _save_and_prune(self, name_of, at: int, to_remove, state: TrainState, epoch: int | None = None) -> None:
+        """Write the file (and, with save_state, the state folder) named for step or epoch `at` by `name_of`, then
+        delete the ones `to_remove` (the cadence's save_last_n_* rule) says are now too old."""
+        name = self.plan.output_name
+        self._save_file(name_of(name, at), state, epoch=epoch)
+        old = to_remove(at)
+        if old:
+            self._remove(self.plan.output_dir / f"{name_of(name, old)}.safetensors")
+        if self.cfg.save_state:
+            self._save_state(name_of(name, at), state)
+            old = to_remove(at, state=True)
+            if old:
+                self._remove(self.state_dir / f"{name_of(name, old)}{STATE_SUFFIX}")
+
     def _remove(self, path: Path) -> None:
         if self.main:
             remove_quietly(path)
@@ -335,8 +329,6 @@ class _Run:
     def _sample(self, *, step: int, epoch: int | None) -> None:
         if not self.plan.sample_prompts or not self.main:
             return
-        from lorapipe.train.sampling import write_sample_images
-
         self.samples += write_sample_images(
             self.session.models,
             list(self.plan.sample_prompts),
@@ -354,8 +346,6 @@ class _Run:
         """Main process only: the others go on to the next step and wait for it there."""
         if not self.main:
             return
-        from lorapipe.train.validation import validation_loss
-
         loss = validation_loss(self.session, self.plan, self.validation)
         self.validation_losses.append({"step": step, "epoch": epoch, "loss": round(loss, 6)})
         self.progress.validation(step, loss, epoch=epoch)
@@ -392,34 +382,9 @@ class _Run:
             state_folder=str(self.last_state) if self.last_state else None,
             num_validation_images=len(self.validation.items),
             validation_losses=list(self.validation_losses),
-            config=_config_dict(plan.config),
+            config=plan.config.to_dict(),
         )
         return write_summary(plan.output_dir, summary)
-
-
-def _check_resume(resume, plan: RunPlan) -> Path:
-    """Find the state folder to resume from and refuse a different dataset, before any model loads."""
-    from lorapipe.errors import TrainingError
-    from lorapipe.train.checkpoints import read_train_state
-
-    folder = newest_state(Path(resume))
-    if folder is None:
-        raise TrainingError(
-            f"resume: {resume} holds no complete state folder (train_state.json); "
-            "pass a <name>-state folder written with save_state = true"
-        )
-    recorded = read_train_state(folder).dataset_hash
-    if recorded and recorded != plan.dataset_hash:
-        raise TrainingError(
-            f"resume: {folder} was trained on a different dataset (images, captions or repeats "
-            "changed); resume with the same dataset or start a new run without --resume"
-        )
-    return folder
-
-
-def _config_dict(cfg) -> dict:
-    data = cfg.to_dict()
-    return data
 
 
 class _restore_threads:
@@ -430,8 +395,6 @@ class _restore_threads:
         return self
 
     def __exit__(self, *exc):
-        import torch
-
         torch.set_num_threads(self.threads)
         return False
 
