@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from lorapipe.errors import TrainingError
 
@@ -38,8 +39,6 @@ class TrainState:
 
 def save_state(folder: Path, *, network, optimizer, lr_scheduler, scaler, state: TrainState) -> Path:
     """Write a complete state folder atomically (tmp folder + rename)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
@@ -90,8 +89,6 @@ def read_train_state(folder: Path) -> TrainState:
 
 def load_state(folder: Path, *, network, optimizer, lr_scheduler, scaler, dataset_hash: str) -> TrainState:
     """Restore LoRA weights, optimizer, scheduler, scaler and RNG; refuse a different dataset."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     state = read_train_state(folder)
     if state.dataset_hash and state.dataset_hash != dataset_hash:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lorapipe.dataset.batches import epoch_batches, load_sample
 from lorapipe.hashes import sha256_file
 from lorapipe.train.distributed import Processes, shard_batches
 
@@ -53,8 +54,6 @@ def sample_rng(seed: int, epoch: int, batch_index: int, slot: int) -> random.Ran
 def load_batch(
     items, blueprint, *, seed: int, epoch: int, index: int, step: int | None = None, total_steps: int | None = None
 ) -> TrainBatch:
-    from lorapipe.dataset.batches import load_sample
-
     samples = [
         load_sample(item, blueprint, epoch, sample_rng(seed, epoch, index, slot), step=step, total_steps=total_steps)
         for slot, item in enumerate(items)
@@ -77,8 +76,6 @@ def epoch_groups(
 ) -> list[list[tuple[int, list]]]:
     """This process's share of the epoch's batches cut into optimizer-step groups of `accumulation` (the last
     group may be shorter, as sd-scripts counts ceil(batches / processes / accumulation) updates per epoch)."""
-    from lorapipe.dataset.batches import epoch_batches
-
     batches = shard_batches(list(enumerate(epoch_batches(scan, blueprint, epoch, seed))), processes)
     return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
 

@@ -18,8 +18,11 @@ which is all this needs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+
+# torch is imported inside the functions that use it: plan.py reads `Processes` before any model loads.
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,6 @@ def average_gradients(accelerator, params, *, loss: float, failed: bool, stop: b
 def launch_seed(environ=os.environ) -> int:
     """A seed every process of one launch derives alike (for a config without `seed`): from the launcher's run
     id, or its rendezvous address, which are the same in all processes and new for each launch."""
-    import hashlib
-
     key = environ.get("TORCHELASTIC_RUN_ID") or f"{environ.get('MASTER_ADDR')}:{environ.get('MASTER_PORT')}"
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % (2**31 - 1)
 

@@ -9,9 +9,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from lorapipe.errors import ConfigError
+from lorapipe.lora.from_weights import file_module_ranks
+from lorapipe.lora.lycoris_network import attach_lycoris
+from lorapipe.lora.network import attach_kohya_lora
+from lorapipe.lora.ranks import BlockRanks
 from lorapipe.sdxl.constants import VAE_SCALE_FACTOR
+from lorapipe.sdxl.load import load_sdxl_pipeline
 from lorapipe.train.fp8 import fp8_parts, store_base_in_fp8
 from lorapipe.train.text_encoding import encode_prompts
 
@@ -94,27 +100,18 @@ def _network_weights(cfg):
     """The tensors of network_weights (None without it)."""
     if not cfg.network_weights:
         return None
-    from safetensors.torch import load_file
-
     return load_file(str(cfg.network_weights))
 
 
 def _ranks_from_weights(weights, unet, te1, te2, cfg) -> dict[str, tuple[int, float]]:
     """sd-scripts' create_network_from_weights for training: every module the file has, at its rank and alpha,
     within the parts this run trains."""
-    from lorapipe.lora.from_weights import file_module_ranks
-
     return file_module_ranks(unet, te1, te2, weights, source=f"network_weights {cfg.network_weights}")
 
 
 def _attach_network(cfg, unet, te1, te2, weights, *, seed: int, lora_dtype) -> Any:
     """The network `network_module` names: Kohya's networks.lora (peft layers) or lycoris.kohya (LyCORIS modules)."""
-    from lorapipe.lora.network import attach_kohya_lora
-    from lorapipe.lora.ranks import BlockRanks
-
     if cfg.lycoris is not None:
-        from lorapipe.lora.lycoris_network import attach_lycoris
-
         return attach_lycoris(
             unet,
             te1,
@@ -159,8 +156,6 @@ def load_train_models(
     speed: SpeedOptions = SpeedOptions(),
 ) -> TrainModels:
     """Load the base model, put each part in its dtype/device, freeze it and attach the Kohya LoRA."""
-    from lorapipe.sdxl.load import load_sdxl_pipeline
-
     weight_dtype, lora_dtype, vae_dtype = training_dtypes(
         cfg.mixed_precision or "no",
         full_fp16=cfg.full_fp16,

@@ -8,8 +8,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorapipe.config import load_train_config
 from lorapipe.config.model import TrainConfig
+from lorapipe.dataset.scan import DatasetScan, scan_dataset, steps_per_epoch, total_steps
 from lorapipe.errors import ConfigError, DatasetError
+from lorapipe.sdxl.load import resolve_base_model
+from lorapipe.train.data import dataset_hash
 from lorapipe.train.distributed import Processes, launch_seed, processes_from_env
 from lorapipe.train.sampling import SamplePrompt, load_sample_prompts
 
@@ -20,7 +24,7 @@ class RunPlan:
 
     config: TrainConfig
     warnings: tuple[str, ...]
-    scan: object  # DatasetScan
+    scan: DatasetScan
     dataset_hash: str
     base_model: str
     output_dir: Path
@@ -52,11 +56,6 @@ def plan_run(
 
     `processes`: default from the launcher's environment (RANK / WORLD_SIZE); each process trains on its share of
     an epoch's batches, so steps per epoch divide by the number of processes, as in sd-scripts."""
-    from lorapipe.config import load_train_config
-    from lorapipe.dataset.scan import scan_dataset, steps_per_epoch, total_steps
-    from lorapipe.sdxl.load import resolve_base_model
-    from lorapipe.train.data import dataset_hash
-
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise DatasetError(

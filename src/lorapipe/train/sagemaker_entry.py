@@ -26,6 +26,16 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from lorapipe.container_contract import (
+    OptMl,
+    find_training_config,
+    hyperparameters_to_overrides,
+    read_hyperparameters,
+    read_resource_config,
+    require_channel,
+    write_failure,
+)
+from lorapipe.errors import ConfigError, LorapipeError
 from lorapipe.file_names import DATASET_CONFIG_NAME, TRAIN_SUMMARY_NAME
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process stopped by SIGTERM
@@ -33,17 +43,6 @@ PROCESSES_ENV = "LORAPIPE_PROCESSES"  # training processes on this host (default
 
 
 def main(argv=None) -> int:
-    from lorapipe.container_contract import (
-        OptMl,
-        find_training_config,
-        hyperparameters_to_overrides,
-        read_hyperparameters,
-        read_resource_config,
-        require_channel,
-        write_failure,
-    )
-    from lorapipe.errors import LorapipeError
-
     parser = argparse.ArgumentParser(prog="lorapipe.train.sagemaker_entry")
     parser.add_argument("--opt-ml-root", help="SageMaker root (default: $LORAPIPE_OPT_ML or /opt/ml)")
     parser.add_argument("mode", nargs="?", default="train", help="SageMaker passes 'train'; ignored")
@@ -85,6 +84,7 @@ def main(argv=None) -> int:
 
 
 def _train(channel: Path, config_path: Path | None, overrides, model_dir: Path, checkpoints: Path):
+    # The trainer imports torch: only here, so the entry point answers (and fails clearly) without loading it.
     from lorapipe.train.checkpoints import newest_state
     from lorapipe.train.run import run_training
 
@@ -107,8 +107,6 @@ def _train(channel: Path, config_path: Path | None, overrides, model_dir: Path, 
 
 def _process_count() -> int:
     """$LORAPIPE_PROCESSES, else the visible GPUs (1 on a CPU or single-GPU instance)."""
-    from lorapipe.errors import ConfigError
-
     chosen = os.environ.get(PROCESSES_ENV, "").strip()
     if chosen:
         if not chosen.isdigit() or int(chosen) < 1:
@@ -125,8 +123,6 @@ def _run_processes(count: int, opt_ml) -> int:
     The exit status follows what the main process recorded, not the launcher's own code: after a SIGTERM the
     launcher exits 1 even though every process stopped cleanly with state saved, which SageMaker must see as a
     stop (143), not a failure."""
-    from lorapipe.container_contract import write_failure
-
     command = [
         sys.executable,
         "-m",

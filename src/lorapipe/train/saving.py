@@ -12,6 +12,10 @@ from pathlib import Path
 
 import torch
 
+from lorapipe.config.network_args import split_pairs
+from lorapipe.lora.file import save_kohya_lora
+from lorapipe.lora.metadata import build_kohya_metadata
+
 _SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -41,21 +45,15 @@ class LoraWriter:
             )
 
     def save(self, name: str, *, steps: int, epoch: int) -> Path:
-        from lorapipe.lora.file import save_kohya_lora
-
         cfg = self.plan.config
         path = Path(self.plan.output_dir) / f"{name}.safetensors"
         tensors = self.network.kohya_state_dict(_SAVE_DTYPES[cfg.save_precision])
         return save_kohya_lora(path, tensors, self.metadata(steps=steps, epoch=epoch))
 
     def metadata(self, *, steps: int, epoch: int) -> dict[str, str]:
-        from lorapipe.lora.metadata import build_kohya_metadata
-
         cfg, plan = self.plan.config, self.plan
         config_dict = {k: v for k, v in cfg.to_dict().items() if k not in ("dataset", "source", "dataset_dir")}
         config_dict.update(_dataset_config_keys(plan.blueprint))
-        from lorapipe.config.network_args import split_pairs
-
         # sd-scripts records every network_args entry; conv_alpha's default is spelled out as it does.
         network_args: dict[str, object] = dict(split_pairs(cfg.network_args))
         if cfg.conv_dim:

@@ -3,12 +3,14 @@ and the objective (noise scheduler + options)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lorapipe.train.caching import LatentCache, TextEncoderCache, caption_randomiser, module_fingerprint
+from lorapipe.train.distributed import share_main_weights
 from lorapipe.train.loop import Objective
 from lorapipe.train.loss import LossOptions
 from lorapipe.train.models import SpeedOptions, TrainModels, load_train_models
@@ -53,8 +55,6 @@ _SMALL_MODEL_PARAMS = 50_000_000
 
 def cpu_threads_for(unet) -> int | None:
     """One thread for small models on CPU unless the user chose (OMP_NUM_THREADS); None = leave torch's default."""
-    import os
-
     if "OMP_NUM_THREADS" in os.environ:
         return None
     return 1 if sum(p.numel() for p in unet.parameters()) < _SMALL_MODEL_PARAMS else None
@@ -93,8 +93,6 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
     )
     names = [g.pop("name", f"group{i}") for i, g in enumerate(groups)]
     if plan.processes.is_distributed:
-        from lorapipe.train.distributed import share_main_weights
-
         share_main_weights([p for g in groups for p in g["params"]])
     optimizer, choice = build_optimizer(
         cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate, device_type=device.type
