@@ -89,18 +89,9 @@ def _relaunch(args: argparse.Namespace) -> None:
     import os
     import sys
 
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(args.processes),
-        "-m",
-        "lorapipe",
-        "train",
-        args.dataset_dir,
-    ]
+    from lorapipe.train.distributed import torchrun_command
+
+    command = torchrun_command(args.processes, "lorapipe", "train", args.dataset_dir)
     for flag, value in (
         ("--base-model", args.base_model),
         ("--output-dir", args.output_dir),

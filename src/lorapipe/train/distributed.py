@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 
 # torch is imported inside the functions that use it: plan.py reads `Processes` before any model loads.
@@ -51,6 +52,13 @@ def processes_from_env(environ=os.environ) -> Processes:
     if world < 1 or not 0 <= rank < world:
         return Processes()
     return Processes(rank=rank, world=world)
+
+
+def torchrun_command(processes: int, module: str, *args: str) -> list[str]:
+    """`python -m torch.distributed.run` starting `processes` copies of `python -m MODULE ARGS...` on this host
+    (standalone rendezvous; the launcher sets RANK / WORLD_SIZE in each and passes a SIGTERM on to all of them)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    return [*launcher, "-m", module, *args]
 
 
 def shard_batches(batches: list, processes: Processes) -> list:

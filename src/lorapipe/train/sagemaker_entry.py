@@ -37,6 +37,7 @@ from lorapipe.container_contract import (
 )
 from lorapipe.errors import ConfigError, LorapipeError
 from lorapipe.file_names import DATASET_CONFIG_NAME, TRAIN_SUMMARY_NAME
+from lorapipe.train.distributed import torchrun_command
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process stopped by SIGTERM
 PROCESSES_ENV = "LORAPIPE_PROCESSES"  # training processes on this host (default: one per visible GPU)
@@ -123,18 +124,7 @@ def _run_processes(count: int, opt_ml) -> int:
     The exit status follows what the main process recorded, not the launcher's own code: after a SIGTERM the
     launcher exits 1 even though every process stopped cleanly with state saved, which SageMaker must see as a
     stop (143), not a failure."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(count),
-        "-m",
-        "lorapipe.train.sagemaker_entry",
-        "--opt-ml-root",
-        str(opt_ml.root),
-    ]
+    command = torchrun_command(count, "lorapipe.train.sagemaker_entry", "--opt-ml-root", str(opt_ml.root))
     summary = opt_ml.model_dir / TRAIN_SUMMARY_NAME
     summary.unlink(missing_ok=True)  # this job's output folder: only this run's summary may decide the status
     print(f"training in {count} processes (one per GPU)", flush=True)
