@@ -30,11 +30,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from heldout import compare_with_lora, heldout_samples
+
     from lorapipe.config import load_train_config
     from lorapipe.dataset.sample import write_sample_dataset
     from lorapipe.dataset.scan import scan_dataset
     from lorapipe.sdxl.factory import make_pipeline_folder
-    from lorapipe.train.heldout import compare_with_lora, heldout_samples
     from lorapipe.train.run import run_training
 
     with tempfile.TemporaryDirectory(prefix="lorapipe-learn-") as scratch:
@@ -54,8 +55,9 @@ def main() -> None:
         cfg = load_train_config(held, base_model=str(model), output_dir=root / "unused").config
         samples = heldout_samples(scan_dataset(cfg.dataset).items, cfg.dataset)
         base, with_lora = compare_with_lora(str(model), result.lora_path, samples)
-        print(f"held-out denoising loss ({len(samples)} unseen images x 4 timesteps, {args.steps} steps trained):")
-        print(f"  base model {base:.4f}   with LoRA {with_lora:.4f}   ratio {with_lora / base:.3f} (< 1 = learned)")
+        trained = f"{len(samples)} unseen images x 4 timesteps, {result.steps_done} steps trained"
+        print(f"held-out denoising loss ({trained}):")
+        print(f"  base model {base:.6f}   with LoRA {with_lora:.6f}   ratio {with_lora / base:.3f} (< 1 = learned)")
 
 
 if __name__ == "__main__":

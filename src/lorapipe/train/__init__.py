@@ -1,9 +1,10 @@
 """The SDXL LoRA trainer: Kohya sd-scripts semantics on diffusers, peft and accelerate.
 
-`run.run_training(...)` is the entry point (`lorapipe train` and `sagemaker_entry` call it). Each concern lives in
-its own module so the loop in `loop.py` stays short: plan (config + dataset checks, no torch), session (models,
-optimizer, schedule, caches), step (one micro-batch loss), noise, loss, caching/precache, sampling, saving
-(LoRA files), checkpoints (state folders), progress, summary. Nothing here imports torch at package import time.
+`run.run_training(...)` is the entry point (`lorapipe train` and `sagemaker_entry` call it). A run reads as
+plan (config + dataset checks, no torch) -> session (models, optimizer, schedule, caches) -> loop (epochs, the
+optimizer step, one micro-batch's loss, max-norm) -> run (after each step and epoch: files, state, previews,
+validation). Beside them: noise, loss, caching, sampling, saving (LoRA files), checkpoints (state folders), report
+(progress and `train_summary.json`). Nothing here imports torch at package import time.
 
 Where lorapipe knowingly differs from sd-scripts (each one a fix for a reported pain point):
 - Resume continues mid-epoch at the exact next batch, with optimizer, schedule and RNG restored, so the loss

@@ -1,18 +1,27 @@
 """Held-out denoising loss: does the LoRA make the base model better at denoising new photos of the subject?
 
 Fixed timesteps (sd-scripts' validation points 200/400/600/800), fixed noise and the latent mean, so the only
-difference between two evaluations is the weights. Used by the learning test and `bench/train_learning.py`.
+difference between two evaluations is the weights. Used by `bench/train_learning.py` (which
+tests/test_train_learning.py runs); the trainer's own held-out figure is `validation_split`'s loss
+(src/lorapipe/train/validation.py).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
+from lorapipe.dataset.batches import load_sample
+from lorapipe.lora.from_weights import attach_kohya_lora_from_weights
+from lorapipe.sdxl.constants import VAE_SCALE_FACTOR
+from lorapipe.sdxl.load import load_sdxl_pipeline
 from lorapipe.train.loop import unet_prediction
+from lorapipe.train.noise import NoiseOptions, make_noise_scheduler
 from lorapipe.train.text_encoding import encode_prompts
 
 VALIDATION_TIMESTEPS = (200, 400, 600, 800)
@@ -27,10 +36,6 @@ class HeldoutSample:
 
 def heldout_samples(dataset_items, blueprint) -> list[HeldoutSample]:
     """Load items (dataset ImageItems) at their bucket size with their captions, no augmentation randomness."""
-    import random
-
-    from lorapipe.dataset.batches import load_sample
-
     out = []
     for item in dataset_items:
         s = load_sample(item, blueprint, 1, random.Random(0))
@@ -41,9 +46,6 @@ def heldout_samples(dataset_items, blueprint) -> list[HeldoutSample]:
 @torch.no_grad()
 def denoising_loss(pipe, samples: list[HeldoutSample], *, seed: int = 0, timesteps=VALIDATION_TIMESTEPS) -> float:
     """Mean epsilon-MSE of `pipe.unet` over samples x timesteps with fixed noise."""
-    from lorapipe.sdxl.constants import VAE_SCALE_FACTOR
-    from lorapipe.train.noise import NoiseOptions, make_noise_scheduler
-
     scheduler = make_noise_scheduler(NoiseOptions())
     losses = []
     device = pipe.unet.device
@@ -71,11 +73,6 @@ class _Holder:
 
 def compare_with_lora(base_model: str, lora_path: Path, samples: list[HeldoutSample], *, seed: int = 0):
     """(loss without LoRA, loss with LoRA) on the same samples, timesteps and noise."""
-    from safetensors.torch import load_file
-
-    from lorapipe.lora.from_weights import attach_kohya_lora_from_weights
-    from lorapipe.sdxl.load import load_sdxl_pipeline
-
     pipe = load_sdxl_pipeline(base_model)
     base = denoising_loss(pipe, samples, seed=seed)
     tensors = load_file(str(lora_path))
