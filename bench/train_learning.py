@@ -1,8 +1,8 @@
 """Learning figure: held-out denoising loss of the tiny SDXL model without and with the LoRA trained by
 `lorapipe train` on the sample dataset (10 images trained, 2 held out; fixed timesteps 200/400/600/800 and noise).
 
-Run: `python bench/train_learning.py [--steps 32]`. Prints both losses and their ratio (lower with the LoRA = it
-learned something that carries over to unseen photos of the subject).
+Run: `python bench/train_learning.py [--steps 32] [--base-model DIR]`. Prints both losses and their ratio (lower
+with the LoRA = it learned something that carries over to unseen photos of the subject).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def _subset_copy(dataset: Path, dest: Path, keep: slice) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--base-model", help="SDXL model to train on (default: the tiny random-weight one, built here)")
     args = parser.parse_args()
     import torch
 
@@ -40,7 +41,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lorapipe-learn-") as scratch:
         root = Path(scratch)
-        model = make_pipeline_folder(root / "tiny", preset="tiny", seed=0)
+        model = args.base_model or make_pipeline_folder(root / "tiny", preset="tiny", seed=0)
         dataset = write_sample_dataset(root / "data")
         train = _subset_copy(dataset, root / "train", slice(2, None))
         held = _subset_copy(dataset, root / "held", slice(0, 2))

@@ -2,7 +2,7 @@
 than the base model (same images, timesteps and noise; only the weights differ).
 
 The held-out measurement is a benchmark's (bench/heldout.py), not the library's, so the test runs
-`bench/train_learning.py` (tiny model, sample dataset: 10 images trained, 2 held out) and reads its figures."""
+`bench/train_learning.py` (the tiny model, the sample dataset: 10 images trained, 2 held out) and reads its figures."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_lora_lowers_heldout_denoising_loss():
+def test_lora_lowers_heldout_denoising_loss(tiny_model_dir):
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
     )
+    command = [sys.executable, str(ROOT / "bench" / "train_learning.py"), "--steps", "32"]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train_learning.py"), "--steps", "32"],
+        [*command, "--base-model", str(tiny_model_dir)],
         check=False,
         capture_output=True,
         text=True,
