@@ -74,24 +74,28 @@ LR_SCHEDULERS = (
     "piecewise_constant",
     "adafactor",
 )
-SAMPLE_SAMPLERS = (
-    "ddim",
-    "pndm",
-    "lms",
-    "euler",
-    "euler_a",
-    "heun",
-    "dpm_2",
-    "dpm_2_a",
-    "dpmsolver",
-    "dpmsolver++",
-    "dpmsingle",
-    "k_lms",
-    "k_euler",
-    "k_euler_a",
-    "k_dpm_2",
-    "k_dpm_2_a",
-)
+# sd-scripts' sampler names -> (diffusers scheduler class, extra scheduler config), as its get_my_scheduler maps
+# them. `ddpm` is accepted only in a prompt line (`--ss ddpm`): sd-scripts' `--sample_sampler` choices leave it out.
+SAMPLE_SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "k_lms": ("LMSDiscreteScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "k_euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "k_euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "k_dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "k_dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+}
+SAMPLE_SAMPLERS = tuple(name for name in SAMPLE_SCHEDULERS if name != "ddpm")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
 LOSS_TYPES = ("l1", "l2", "huber", "smooth_l1")

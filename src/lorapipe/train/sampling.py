@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lorapipe.atomic import atomic_target
+from lorapipe.config.keys import SAMPLE_SCHEDULERS
 from lorapipe.errors import ConfigError
 from lorapipe.sdxl.constants import BETA_END, BETA_SCHEDULE, BETA_START, NUM_TRAIN_TIMESTEPS
 from lorapipe.train.naming import sample_image_name
@@ -140,33 +141,12 @@ def load_sample_prompts(path: Path) -> list[SamplePrompt]:
 
 # ---- making the images --------------------------------------------------------------------------------------------
 
-# Kohya sample_sampler names -> (diffusers scheduler class, extra config).
-SAMPLERS: dict[str, tuple[str, dict]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "k_lms": ("LMSDiscreteScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "k_euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "k_euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
-    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpm_2": ("KDPM2DiscreteScheduler", {}),
-    "k_dpm_2": ("KDPM2DiscreteScheduler", {}),
-    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
-    "k_dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
-}
-
 
 def make_sample_scheduler(name: str | None, *, v_parameterization: bool = False):
     """A diffusers scheduler for a Kohya sampler name; unknown names fall back to DDIM as in sd-scripts."""
     import diffusers
 
-    class_name, extra = SAMPLERS.get((name or "ddim").lower(), SAMPLERS["ddim"])
+    class_name, extra = SAMPLE_SCHEDULERS.get((name or "ddim").lower(), SAMPLE_SCHEDULERS["ddim"])
     cls = getattr(diffusers, class_name)
     config = dict(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,
