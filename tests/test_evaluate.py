@@ -1,5 +1,7 @@
-"""`lorapipe eval` end to end: a short real run with two checkpoints, tiny random CLIP/DINOv2, the report in
-headless Chromium, and the inputs it must refuse with a message naming the file."""
+"""`lorapipe eval` end to end: one short real run on the sample dataset (a tiny SDXL whose VAE was fitted to the
+subject, so training can move its images), tiny random CLIP/DINOv2, the report in headless Chromium, the direction
+of the measures (the trained LoRA is closer to the subject than no LoRA), and the inputs it must refuse or skip with
+a message naming the file."""
 
 from __future__ import annotations
 
@@ -16,36 +18,43 @@ from lorapipe.errors import EvaluationError
 from lorapipe.evaluate.checkpoints import find_checkpoints
 from lorapipe.evaluate.metrics import load_metric_models
 from lorapipe.evaluate.prompts import read_prompts, subject_from_tokens
-from lorapipe.evaluate.tiny import make_tiny_metric_models
+from lorapipe.evaluate.tiny import fit_tiny_vae, make_tiny_metric_models
 from lorapipe.train.run import run_training
-from tests.train_fixtures import copy_dataset, one_thread  # noqa: F401 (autouse fixture)
+from tests.train_fixtures import SUBSET, copy_dataset, one_thread  # noqa: F401 (autouse fixture)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FAST = ["--width", "64", "--height", "64", "--steps", "2", "--images-per-prompt", "1", "--no-progress"]
+FAST = ["--width", "64", "--height", "64", "--steps", "4", "--images-per-prompt", "1", "--no-progress"]
+# Enough to overfit the tiny UNet to the toy: a high rate on a rank-8 UNet LoRA for four epochs of nine images
+# (three held out for the validation loss), a file every two epochs: dwjz_toy-000002 and the final dwjz_toy.
+TRAIN = (
+    "max_train_epochs=4",
+    "save_every_n_epochs=2",
+    "sample_every_n_steps=0",
+    "network_train_unet_only=true",
+    "network_dim=8",
+    "network_alpha=8",
+    "learning_rate=3e-2",
+    "unet_lr=3e-2",
+    "validation_split=0.25",
+)
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_model_dir, sample_dataset_dir, tmp_path_factory):
-    """Two epochs on two images (two more held out for the validation loss), a file per epoch: dwjz_toy-000001 and
-    the final dwjz_toy."""
+def subject_model(tiny_model_dir, sample_dataset_dir, tmp_path_factory):
+    """The tiny SDXL with its VAE fitted to the sample images: a random VAE decodes every latent to much the same
+    picture, so no LoRA could bring the images closer to the subject."""
+    model = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("subject-model") / "tiny-sdxl")
+    return fit_tiny_vae(model, sorted((sample_dataset_dir / SUBSET).glob("*.png")))
+
+
+@pytest.fixture(scope="module")
+def trained_run(subject_model, sample_dataset_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-run")
-    data = copy_dataset(sample_dataset_dir, root / "ds", keep=4, repeats=1)
+    data = copy_dataset(sample_dataset_dir, root / "ds", repeats=1)
     out = root / "out"
     run_training(
-        data,
-        base_model=str(tiny_model_dir),
-        output_dir=out,
-        show_progress=False,
-        step_lines=False,
-        overrides=(
-            "max_train_epochs=2",
-            "save_every_n_epochs=1",
-            "network_train_unet_only=true",
-            "validation_split=0.5",
-            "learning_rate=1e-2",
-            "unet_lr=1e-2",
-        ),
+        data, base_model=str(subject_model), output_dir=out, show_progress=False, step_lines=False, overrides=TRAIN
     )
     return out, data
 
@@ -56,7 +65,7 @@ def metric_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def evaluated(trained_run, metric_models, tiny_model_dir):
+def evaluated(trained_run, metric_models):
     out, _data = trained_run
     clip, dino = metric_models
     # The base model and the dataset come from the run's train_summary.json.
@@ -69,11 +78,11 @@ def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, metric_model
     out, report = evaluated
     assert report["metric_models"] == {"clip": str(metric_models[0]), "dino": str(metric_models[1])}
     labels = [c["label"] for c in report["checkpoints"]]
-    assert labels == ["no LoRA", "dwjz_toy-000001", "dwjz_toy"]
-    assert [c["step"] for c in report["checkpoints"]] == [0, 2, 4]
+    assert labels == ["no LoRA", "dwjz_toy-000002", "dwjz_toy"]
+    assert [c["step"] for c in report["checkpoints"]] == [0, 18, 36]
     summary = json.loads((out / "train_summary.json").read_text())
     losses = {v["step"]: v["loss"] for v in summary["validation_losses"]}
-    assert [c["validation_loss"] for c in report["checkpoints"]] == [None, losses[2], losses[4]]
+    assert [c["validation_loss"] for c in report["checkpoints"]] == [None, losses[18], losses[36]]
     assert report["subject"] == {"tokens": "dwjz toy", "trigger": "dwjz"}
     prompts = report["prompts"]
     assert any(p["with_trigger"] for p in prompts) and any(not p["with_trigger"] for p in prompts)
@@ -86,11 +95,27 @@ def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, metric_model
             assert -1.0 <= checkpoint[key] <= 1.0
     # Leakage exists only for the LoRA checkpoints' no-trigger images, and a trained LoRA moves them.
     leaks = [r for r in report["images"] if r["leakage"] is not None]
-    assert {r["checkpoint"] for r in leaks} == {"dwjz_toy-000001", "dwjz_toy"}
+    assert {r["checkpoint"] for r in leaks} == {"dwjz_toy-000002", "dwjz_toy"}
     assert all(r["leakage"] > 0 for r in leaks)
     recommendation = report["recommendation"]
     assert recommendation["checkpoint"] in labels[1:] and "DINO-I" in recommendation["rule"]
     assert Path(recommendation["file"]) == out / f"{recommendation['checkpoint']}.safetensors"
+    assert report["refused"] == []
+
+
+def test_the_trained_lora_is_closer_to_the_subject_than_no_lora(evaluated):
+    """DreamBooth's subject fidelity must tell training from none: the final checkpoint's images resemble the
+    training images more than the base model's do, by DINO-I and by CLIP-I (the direction, not a number)."""
+    _out, report = evaluated
+    by_label = {c["label"]: c for c in report["checkpoints"]}
+    final, base = by_label["dwjz_toy"], by_label["no LoRA"]
+    assert final["dino_i"] > base["dino_i"]
+    assert final["clip_i"] > base["clip_i"]
+    # Not one lucky prompt: the final file wins on most subject prompts.
+    per_prompt = {(row["checkpoint"], row["prompt"]): row for row in report["per_prompt"]}
+    subject = [p["index"] for p in report["prompts"] if p["with_trigger"]]
+    wins = sum(per_prompt[("dwjz_toy", i)]["dino_i"] > per_prompt[("no LoRA", i)]["dino_i"] for i in subject)
+    assert wins > len(subject) / 2
 
 
 @pytest.mark.skipif(
@@ -148,14 +173,14 @@ def test_checkpoints_of_another_run_or_a_base_model_are_refused(trained_run, tmp
     mixed.mkdir()
     for path in out.glob("*.safetensors"):
         shutil.copy(path, mixed / path.name)
-    epoch = mixed / "dwjz_toy-000001.safetensors"
+    epoch = mixed / "dwjz_toy-000002.safetensors"
     tensors = load_file(epoch)
     metadata = _metadata(epoch)
     # A resumed run: sd-scripts draws a new session id per process; the files still belong together.
     save_file(tensors, epoch, metadata={**metadata, "ss_session_id": "999"})
     assert len(find_checkpoints(mixed).checkpoints) == 2
     save_file(tensors, epoch, metadata={**metadata, "ss_network_dim": "999"})
-    with pytest.raises(EvaluationError, match=r"different training runs: dwjz_toy-000001\.safetensors"):
+    with pytest.raises(EvaluationError, match=r"different training runs: dwjz_toy-000002\.safetensors"):
         find_checkpoints(mixed)
     save_file(tensors, epoch, metadata={**metadata, "ss_sd_model_name": "another-base"})
     with pytest.raises(EvaluationError, match=r"different base models"):
@@ -184,34 +209,38 @@ def test_missing_metric_model_says_how_to_get_it(tmp_path, metric_models):
         load_metric_models(str(clip), str(tmp_path / "nowhere"), device="cpu")
 
 
-def test_a_lora_the_generator_refuses_is_named(trained_run, metric_models, tiny_model_dir, tmp_path, capsys):
+def test_a_lora_the_generator_refuses_is_skipped_and_named(trained_run, metric_models, subject_model, tmp_path, capsys):
     out, data = trained_run
     clip, dino = metric_models
     broken = tmp_path / "run"
     broken.mkdir()
     shutil.copy(out / "dwjz_toy.safetensors", broken / "dwjz_toy.safetensors")
-    epoch = broken / "dwjz_toy-000001.safetensors"
-    tensors = load_file(out / "dwjz_toy-000001.safetensors")
+    epoch = broken / "dwjz_toy-000002.safetensors"
+    tensors = load_file(out / "dwjz_toy-000002.safetensors")
     down = next(k for k in tensors if k.endswith("lora_down.weight"))
     tensors[down] = tensors[down][:, :-1].contiguous()  # one input feature short: does not fit the base model
-    save_file(tensors, epoch, metadata=_metadata(out / "dwjz_toy-000001.safetensors"))
-    code = main(
-        [
-            "eval",
-            str(broken),
-            "--dataset",
-            str(data),
-            "--base-model",
-            str(tiny_model_dir),
-            "--clip-model",
-            str(clip),
-            "--dino-model",
-            str(dino),
-            *FAST,
-        ]
-    )
-    assert code != 0
-    assert f"{epoch}: " in capsys.readouterr().err
+    save_file(tensors, epoch, metadata=_metadata(out / "dwjz_toy-000002.safetensors"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of {subject} on a beach\nleak: a photo of a dog\n")
+    args = ["eval", str(broken), "--dataset", str(data), "--base-model", str(subject_model), "--prompts", str(prompts)]
+    args += ["--clip-model", str(clip), "--dino-model", str(dino), *FAST]
+    # The others are still scored; the refused file is named with the reason, on stderr and in the report.
+    assert main(args) == 0
+    assert f"warning: {epoch}: skipped, the generator refused it" in capsys.readouterr().err
+    report = json.loads((broken / "eval" / "eval.json").read_text())
+    assert [c["label"] for c in report["checkpoints"]] == ["no LoRA", "dwjz_toy"]
+    assert report["recommendation"]["checkpoint"] == "dwjz_toy"
+    [refused] = report["refused"]
+    assert refused["file"] == str(epoch) and "dwjz_toy-000002" in refused["reason"]
+    assert {row["checkpoint"] for row in report["images"]} == {"no LoRA", "dwjz_toy"}
+    page = (broken / "eval" / "eval.html").read_text()
+    assert 'id="refused"' in page and str(epoch) in page
+    # Nothing usable: eval fails naming every file and why.
+    (broken / "dwjz_toy.safetensors").unlink()
+    shutil.rmtree(broken / "eval")
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "the generator refused every checkpoint" in err and f"{epoch}: " in err
     assert not (broken / "eval" / "eval.json").exists()
 
 

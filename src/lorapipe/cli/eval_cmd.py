@@ -6,6 +6,7 @@ Only argparse lives here; torch, diffusers and transformers load inside the hand
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -124,6 +125,11 @@ def _run_eval(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     result = evaluate_run(Path(args.run), options)
+    for refused in result.refused:
+        print(
+            f"warning: {refused.checkpoint.path}: skipped, the generator refused it ({refused.reason})",
+            file=sys.stderr,
+        )
     print(f"{'checkpoint':<32} {'step':>6} {'DINO-I':>7} {'CLIP-I':>7} {'CLIP-T':>7} {'leak':>7} {'val loss':>8}")
     for checkpoint, score in zip(result.checkpoints, result.scores):
         loss = result.validation_loss.get(checkpoint.label)

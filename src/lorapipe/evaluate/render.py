@@ -3,6 +3,10 @@
 The Generator keeps one fused LoRA set; requests naming the same `<lora:...>` reuse it, so the set is switched in
 place once per checkpoint (checkpoints outer, prompts inner). Each prompt is one request of `images_per_prompt`
 images, cut into batches of `batch_size`; the progress bar counts images.
+
+A checkpoint the generator refuses (a file that does not fit the base model, a broken header) is set aside with the
+reason and the others are still rendered: one bad save must not cost the evaluation of a whole run. The base model
+renders first, so settings the generator rejects fail before any LoRA is blamed for them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ class RenderSettings:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """A checkpoint the generator would not apply, and why (its message)."""
+
+    checkpoint: Checkpoint
+    reason: str
+
+
+@dataclass(frozen=True)
 class Rendered:
     """The images of one checkpoint and prompt, with their seeds."""
 
@@ -49,49 +61,76 @@ def render_all(
     settings: RenderSettings,
     *,
     on_images: Callable[[int], None] | None = None,
-) -> tuple[dict[tuple[str, int], Rendered], dict[str, float]]:
-    """({(checkpoint label, prompt index): Rendered}, {checkpoint label: seconds spent rendering})."""
-    from lorapipe.generate.generator import GenerationRequest
-
+) -> tuple[dict[tuple[str, int], Rendered], dict[str, float], tuple[Refused, ...]]:
+    """({(checkpoint label, prompt index): Rendered}, {checkpoint label: seconds spent rendering}, the refused
+    checkpoints); a refused checkpoint has no images and no time."""
     rendered: dict[tuple[str, int], Rendered] = {}
     seconds: dict[str, float] = {}
+    refused: list[Refused] = []
     for checkpoint in checkpoints:
         started = time.perf_counter()
-        tag = "" if checkpoint.is_base else f"<lora:{checkpoint.label}:1> "
-        for prompt in prompts:
-            images, seeds = [], []
-            for first in range(0, settings.images_per_prompt, settings.batch_size):
-                size = min(settings.batch_size, settings.images_per_prompt - first)
-                request = GenerationRequest(
-                    prompt=tag + prompt.text,
-                    negative_prompt=settings.negative_prompt,
-                    steps=settings.steps,
-                    cfg_scale=settings.cfg_scale,
-                    width=settings.width,
-                    height=settings.height,
-                    seed=prompt.seed + first,
-                    batch_size=size,
-                    sampler_name=settings.sampler_name,
-                    scheduler=settings.scheduler,
-                )
-                result = _generate(generator, request, checkpoint)
-                images += result.images
-                seeds += result.seeds
-                if on_images:
-                    on_images(size)
-            rendered[(checkpoint.label, prompt.index)] = Rendered(
-                checkpoint.label, prompt.index, tuple(seeds), tuple(images)
-            )
+        counted = [0]  # images of this checkpoint already on the bar
+
+        def count(n: int, counted=counted) -> None:
+            counted[0] += n
+            if on_images:
+                on_images(n)
+
+        try:
+            images = {
+                (checkpoint.label, prompt.index): _render_prompt(generator, checkpoint, prompt, settings, count)
+                for prompt in prompts
+            }
+        except _CheckpointRefused as exc:
+            refused.append(Refused(checkpoint, str(exc)))
+            if on_images:  # the bar still ends at its total
+                on_images(len(prompts) * settings.images_per_prompt - counted[0])
+            continue
+        rendered.update(images)
         seconds[checkpoint.label] = time.perf_counter() - started
-    return rendered, seconds
+    return rendered, seconds, tuple(refused)
+
+
+class _CheckpointRefused(Exception):
+    """The generator would not apply a checkpoint (raised before any of its images count)."""
+
+
+def _render_prompt(generator, checkpoint: Checkpoint, prompt: EvalPrompt, settings: RenderSettings, count):
+    from lorapipe.generate.generator import GenerationRequest
+
+    tag = "" if checkpoint.is_base else f"<lora:{checkpoint.label}:1> "
+    images, seeds = [], []
+    for first in range(0, settings.images_per_prompt, settings.batch_size):
+        size = min(settings.batch_size, settings.images_per_prompt - first)
+        request = GenerationRequest(
+            prompt=tag + prompt.text,
+            negative_prompt=settings.negative_prompt,
+            steps=settings.steps,
+            cfg_scale=settings.cfg_scale,
+            width=settings.width,
+            height=settings.height,
+            seed=prompt.seed + first,
+            batch_size=size,
+            sampler_name=settings.sampler_name,
+            scheduler=settings.scheduler,
+        )
+        result = _generate(generator, request, checkpoint)
+        images += result.images
+        seeds += result.seeds
+        count(size)
+    return Rendered(checkpoint.label, prompt.index, tuple(seeds), tuple(images))
 
 
 def _generate(generator, request, checkpoint: Checkpoint):
     try:
         result = generator.generate(request)
     except GenerationError as exc:
-        raise EvaluationError(f"{checkpoint.path or checkpoint.label}: the generator refused it ({exc})") from exc
+        if checkpoint.is_base:  # the settings or the base model: no checkpoint can be evaluated
+            raise EvaluationError(
+                f"no-LoRA images: the generator refused the request ({exc}); check the render settings"
+            ) from exc
+        raise _CheckpointRefused(str(exc)) from exc
     if result.warnings and not checkpoint.is_base:
-        # "Networks not found": the registry skipped the file (bad header, name clash); never score the base as it.
-        raise EvaluationError(f"{checkpoint.path}: not applied ({'; '.join(result.warnings)}); check the file")
+        # "LoRA ...: not applied" / "Networks not found": the file was left out; never score the base as it.
+        raise _CheckpointRefused("; ".join(result.warnings))
     return result

@@ -98,6 +98,10 @@ def report_data(result, options) -> dict:
             "clip_t_margin": result.recommendation.clip_t_margin,
             "leakage_margin": result.recommendation.leakage_margin,
         },
+        "refused": [
+            {"checkpoint": r.checkpoint.label, "file": str(r.checkpoint.path), "reason": r.reason}
+            for r in result.refused
+        ],
         "seconds": {"render": result.seconds_render, "metrics": result.seconds_metrics},
     }
 
@@ -148,7 +152,7 @@ body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
 table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}}
 th small{{color:#666}} td.cell img{{width:160px;height:auto;display:block;margin:2px auto}}
 td.cell small{{display:block;max-width:170px;color:#444}} #curves{{max-width:100%}}
-.recommended{{background:#e6f4ea;outline:3px solid #1e8e3e}}
+#refused{{color:#a50e0e}} .recommended{{background:#e6f4ea;outline:3px solid #1e8e3e}}
 #recommendation{{font-size:1.1em;padding:.6em;border-left:6px solid #1e8e3e;background:#e6f4ea}}
 </style></head><body>
 <h1>Checkpoint evaluation: {esc(data["output_name"])}</h1>
@@ -159,7 +163,7 @@ DINO-I / CLIP-I: mean cosine similarity to the training images (subject fidelity
 CLIP-T: similarity to the prompt without the trigger (prompt fidelity); leakage: 1 - DINO similarity of no-trigger
 images to the no-LoRA images (lower is better). Models: {esc(data["metric_models"]["clip"])},
 {esc(data["metric_models"]["dino"])}.</p>
-<h2>Metrics</h2>
+{_refused_html(data["refused"])}<h2>Metrics</h2>
 <table id="metrics"><tr><th></th>{head}</tr>{metric_rows}</table>
 <h2>Curves</h2>
 <img id="curves" alt="metrics over training steps" src="{_curves_uri(data)}">
@@ -167,6 +171,16 @@ images to the no-LoRA images (lower is better). Models: {esc(data["metric_models
 <table id="grid"><tr><th>prompt</th>{head}</tr>{"".join(grid_rows)}</table>
 </body></html>
 """
+
+
+def _refused_html(refused: list[dict]) -> str:
+    if not refused:
+        return ""
+    items = "".join(f"<li><code>{html.escape(r['file'])}</code>: {html.escape(r['reason'])}</li>" for r in refused)
+    return (
+        "<h2>Skipped checkpoints</h2><p>The generator refused these files; they are not scored.</p>"
+        f'<ul id="refused">{items}</ul>\n'
+    )
 
 
 def _image_files(result) -> dict[tuple[str, int, int], str]:

@@ -33,7 +33,7 @@ from lorapipe.evaluate.prompts import (
     subject_of,
 )
 from lorapipe.evaluate.recommend import CLIP_T_MARGIN, LEAKAGE_MARGIN, Recommendation, recommend
-from lorapipe.evaluate.render import Rendered, RenderSettings, render_all
+from lorapipe.evaluate.render import Refused, Rendered, RenderSettings, render_all
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
 
 # Written by train/report.py beside the LoRA files (evaluate reads it as a file; it never imports train).
@@ -64,7 +64,7 @@ class EvalResult:
     run: RunCheckpoints
     subject: Subject
     prompts: tuple[EvalPrompt, ...]
-    checkpoints: tuple[Checkpoint, ...]  # the base first, then the run's files in training order
+    checkpoints: tuple[Checkpoint, ...]  # the base first, then the run's usable files in training order
     images: dict[tuple[str, int], Rendered]
     image_scores: list[ImageScore]
     scores: list[CheckpointScore]  # same order as `checkpoints`
@@ -73,6 +73,7 @@ class EvalResult:
     seconds_render: dict[str, float]
     seconds_metrics: float
     metric_models: dict[str, str] = field(default_factory=dict)  # {"clip": name, "dino": name} as loaded
+    refused: tuple[Refused, ...] = ()  # files the generator would not apply: named in the report, not scored
     json_path: Path | None = None
     html_path: Path | None = None
 
@@ -107,8 +108,14 @@ def evaluate_run(
             device=options.device,
             hash_model=False,
         )
-    checkpoints = (BASE, *found.checkpoints)
-    rendered, seconds_render = _render(generator, checkpoints, prompts, options)
+    rendered, seconds_render, refused = _render(generator, (BASE, *found.checkpoints), prompts, options)
+    checkpoints = (BASE, *(c for c in found.checkpoints if c.label in seconds_render))
+    if len(checkpoints) == 1:
+        reasons = "; ".join(f"{r.checkpoint.path}: {r.reason}" for r in refused)
+        raise EvaluationError(
+            f"{found.folder}: the generator refused every checkpoint ({reasons}); check that the files were trained "
+            "for this base model (--base-model) and are complete"
+        )
     started = time.perf_counter()
     rows = score_images(models, rendered, prompts, training_images, BASE.label)
     scores = checkpoint_scores(rows, prompts, [c.label for c in checkpoints])
@@ -127,25 +134,13 @@ def evaluate_run(
         seconds_render=seconds_render,
         seconds_metrics=seconds_metrics,
         metric_models={"clip": models.clip_name or options.clip_model, "dino": models.dino_name or options.dino_model},
+        refused=refused,
     )
     if not write:
         return result
     out = Path(options.output_dir) if options.output_dir else found.folder / EVAL_FOLDER
     json_path, html_path = write_report(result, out, options)
     return replace(result, json_path=json_path, html_path=html_path)
-
-
-def _generator_for(folder: Path, options: EvalOptions, loaded=None):
-    """A Generator whose LoRA catalogue is the run folder; `loaded` (a Generator) lends its pipeline."""
-    from lorapipe.generate.generator import Generator
-    from lorapipe.registry import LoraRegistry
-
-    if loaded is None:
-        return Generator.load(
-            options.base_model, lora_dir=folder, device=options.device, dtype=options.dtype, hash_model=False
-        )
-    loaded.loras.clear()  # its pipeline must be the plain base model before another set is fused into it
-    return Generator(loaded.pipe, model=loaded.model, registry=LoraRegistry(folder))
 
 
 def _render(generator, checkpoints, prompts, options: EvalOptions):

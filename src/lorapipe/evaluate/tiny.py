@@ -1,12 +1,20 @@
-"""Tiny random-weight CLIP and DINOv2 folders built from config, for tests, benchmarks and the offline demo.
+"""Tiny random-weight CLIP and DINOv2 folders built from config, for tests, benchmarks and the offline demo, and a
+tiny SDXL whose VAE can carry a subject.
 
 The folders hold what `load_metric_models` reads from a downloaded checkpoint (config, weights, image processor,
 and for CLIP the real BPE tokenizer), so the real loading path runs. Weights are seeded random: the embeddings are
 fixed random features of the pixels, not learned concepts.
+
+A random-weight VAE decodes every latent to much the same image (its reconstructions do not correlate with its
+input), so no LoRA on a random tiny SDXL can bring its images closer to the training images, and the measures
+cannot tell a trained checkpoint from none. `fit_tiny_vae` trains the tiny VAE for a few seconds on the subject's
+images, so latents carry colour and layout as a real SDXL VAE's do; then training moves the images and the measures
+see it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 TINY_IMAGE_SIZE = 32
@@ -76,3 +84,53 @@ def make_tiny_metric_models(out_dir: Path, *, seed: int = 0) -> tuple[Path, Path
     """(clip folder, dino folder) under `out_dir`."""
     out_dir = Path(out_dir)
     return make_tiny_clip(out_dir / "tiny-clip", seed=seed), make_tiny_dino(out_dir / "tiny-dinov2", seed=seed)
+
+
+def fit_tiny_vae(
+    model_dir: Path,
+    images: Sequence[Path],
+    *,
+    side: int = 64,
+    steps: int = 80,
+    learning_rate: float = 5e-3,
+    seed: int = 0,
+) -> Path:
+    """Fit the VAE of a tiny diffusers SDXL folder (in place) to reconstruct `images` at `side` px; returns the folder.
+
+    The encoder is then rescaled so the latents' spread matches SDXL's scaling factor (the trainer multiplies by the
+    fixed 0.13025, as sd-scripts does): the same exact reparametrisation a real VAE's latents satisfy.
+    """
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    folder = Path(model_dir) / "vae"
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_pretrained(folder).float().train()
+    pixels = (
+        torch.stack(
+            [
+                torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((side, side)), dtype=np.float32))
+                for path in images
+            ]
+        ).permute(0, 3, 1, 2)
+        / 127.5
+        - 1.0
+    )
+    optimizer = torch.optim.Adam(vae.parameters(), lr=learning_rate)
+    for _ in range(steps):
+        reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        loss = torch.nn.functional.mse_loss(reconstruction, pixels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        spread = float(vae.encode(pixels).latent_dist.mean.std())
+        gain = 1.0 / (vae.config.scaling_factor * spread)  # latents * scaling_factor then have unit spread
+        channels = vae.config.latent_channels
+        vae.quant_conv.weight[:channels] *= gain  # the mean half of the moments; the log-variance half is unused
+        vae.quant_conv.bias[:channels] *= gain
+        vae.post_quant_conv.weight /= gain
+    vae.eval().save_pretrained(folder)
+    return Path(model_dir)

@@ -106,6 +106,14 @@ def evaluate_artifact(
         metric_models=models,
     )
     chosen = result.recommended if options.publish == "recommended" else result.run.final
+    refused = {r.checkpoint.label: r.reason for r in result.refused}
+    for label, reason in refused.items():
+        log.info(f"evaluate: skipped {label}: the generator refused it ({reason})")
+    if chosen.label in refused:
+        raise PipelineError(
+            f"{chosen.path}: the final checkpoint was refused by the generator ({refused[chosen.label]}); publish the "
+            "recommended one (--publish-checkpoint recommended) or train again"
+        )
     scores = {s.checkpoint: s for s in result.scores}
     base = result.scores[0]
     metadata = {
@@ -133,6 +141,7 @@ def evaluate_artifact(
         "publish_choice": options.publish,
         "rule": result.recommendation.rule,
         "report": {"json": str(result.json_path), "html": str(result.html_path)},
+        "refused": [{"checkpoint": r.checkpoint.label, "reason": r.reason} for r in result.refused],
         "checkpoints": [
             {
                 "checkpoint": s.checkpoint,
