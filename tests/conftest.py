@@ -42,5 +42,13 @@ def sample_dataset_dir(sample_dataset_root: Path) -> Path:
     return sample_dataset_root / "0001-dataset"
 
 
+@pytest.fixture(scope="session")
+def tiny_metric_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(CLIP folder, DINOv2 folder): seeded random-weight metric models for `lorapipe eval` and its pipeline step."""
+    from lorapipe.evaluate.tiny import make_tiny_metric_models
+
+    return make_tiny_metric_models(tmp_path_factory.mktemp("metric-models"))
+
+
 # One SeaweedFS S3 server for the whole session, shared by every test that asks for `seaweed_s3`.
 from s3_fixtures import seaweed_s3  # noqa: E402,F401

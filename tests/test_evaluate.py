@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from lorapipe.errors import EvaluationError
 from lorapipe.evaluate.checkpoints import find_checkpoints
 from lorapipe.evaluate.metrics import load_metric_models
 from lorapipe.evaluate.prompts import read_prompts, subject_from_tokens
-from lorapipe.evaluate.tiny import fit_tiny_vae, make_tiny_metric_models
+from lorapipe.evaluate.tiny import fit_tiny_vae
 from lorapipe.train.run import run_training
 from tests.train_fixtures import SUBSET, copy_dataset, one_thread  # noqa: F401 (autouse fixture)
 
@@ -60,23 +61,18 @@ def trained_run(subject_model, sample_dataset_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def metric_models(tmp_path_factory):
-    return make_tiny_metric_models(tmp_path_factory.mktemp("metric-models"))
-
-
-@pytest.fixture(scope="module")
-def evaluated(trained_run, metric_models):
+def evaluated(trained_run, tiny_metric_models):
     out, _data = trained_run
-    clip, dino = metric_models
+    clip, dino = tiny_metric_models
     # The base model and the dataset come from the run's train_summary.json.
     code = main(["eval", str(out), "--clip-model", str(clip), "--dino-model", str(dino), *FAST])
     assert code == 0
     return out, json.loads((out / "eval" / "eval.json").read_text())
 
 
-def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, metric_models):
+def test_eval_scores_every_checkpoint_and_recommends_one(evaluated, tiny_metric_models):
     out, report = evaluated
-    assert report["metric_models"] == {"clip": str(metric_models[0]), "dino": str(metric_models[1])}
+    assert report["metric_models"] == {"clip": str(tiny_metric_models[0]), "dino": str(tiny_metric_models[1])}
     labels = [c["label"] for c in report["checkpoints"]]
     assert labels == ["no LoRA", "dwjz_toy-000002", "dwjz_toy"]
     assert [c["step"] for c in report["checkpoints"]] == [0, 18, 36]
@@ -111,10 +107,13 @@ def test_the_trained_lora_is_closer_to_the_subject_than_no_lora(evaluated):
     final, base = by_label["dwjz_toy"], by_label["no LoRA"]
     assert final["dino_i"] > base["dino_i"]
     assert final["clip_i"] > base["clip_i"]
-    # Not one lucky prompt: the final file wins on most subject prompts.
-    per_prompt = {(row["checkpoint"], row["prompt"]): row for row in report["per_prompt"]}
-    subject = [p["index"] for p in report["prompts"] if p["with_trigger"]]
-    wins = sum(per_prompt[("dwjz_toy", i)]["dino_i"] > per_prompt[("no LoRA", i)]["dino_i"] for i in subject)
+    # Not noise: the gap is wider than the spread of the no-LoRA images' own DINO-I across prompts and seeds, and
+    # the final file wins on most subject prompts, not on one lucky one.
+    subject = {p["index"] for p in report["prompts"] if p["with_trigger"]}
+    base_images = [r["dino_i"] for r in report["images"] if r["checkpoint"] == "no LoRA" and r["prompt"] in subject]
+    assert final["dino_i"] - base["dino_i"] > statistics.stdev(base_images)
+    per_prompt = {(row["checkpoint"], row["prompt"]): row["dino_i"] for row in report["per_prompt"]}
+    wins = sum(per_prompt[("dwjz_toy", i)] > per_prompt[("no LoRA", i)] for i in subject)
     assert wins > len(subject) / 2
 
 
@@ -203,15 +202,17 @@ def test_prompts_without_the_trigger_are_named(tmp_path):
     assert built[0].text == "a photo of dwjz toy on a beach" and built[0].clip_text == "a photo of toy on a beach"
 
 
-def test_missing_metric_model_says_how_to_get_it(tmp_path, metric_models):
-    clip, _dino = metric_models
+def test_missing_metric_model_says_how_to_get_it(tmp_path, tiny_metric_models):
+    clip, _dino = tiny_metric_models
     with pytest.raises(EvaluationError, match=r"--dino-model .*nowhere.*hf download"):
         load_metric_models(str(clip), str(tmp_path / "nowhere"), device="cpu")
 
 
-def test_a_lora_the_generator_refuses_is_skipped_and_named(trained_run, metric_models, subject_model, tmp_path, capsys):
+def test_a_lora_the_generator_refuses_is_skipped_and_named(
+    trained_run, tiny_metric_models, subject_model, tmp_path, capsys
+):
     out, data = trained_run
-    clip, dino = metric_models
+    clip, dino = tiny_metric_models
     broken = tmp_path / "run"
     broken.mkdir()
     shutil.copy(out / "dwjz_toy.safetensors", broken / "dwjz_toy.safetensors")

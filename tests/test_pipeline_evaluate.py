@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from lorapipe.cli.main import main
-from lorapipe.evaluate.tiny import make_tiny_metric_models
 from lorapipe.pipeline.records import RunStore
 from lorapipe.safetensors_header import read_header
 
@@ -35,9 +34,9 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, sample_dataset_dir, tiny_model_dir):
+def world(tmp_path_factory, sample_dataset_dir, tiny_model_dir, tiny_metric_models):
     root = tmp_path_factory.mktemp("pipeline-eval")
-    clip, dino = make_tiny_metric_models(root / "metric-models")
+    clip, dino = tiny_metric_models
     return {
         "home": root / "home",
         "dataset": shutil.copytree(sample_dataset_dir, root / "datasets" / "0001-dataset"),
