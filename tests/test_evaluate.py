@@ -6,6 +6,7 @@ a message naming the file."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import tempfile
@@ -162,7 +163,7 @@ def test_report_opens_in_chromium_and_shows_the_grid(evaluated):
 
 
 def test_folder_without_checkpoints_says_so(tmp_path):
-    with pytest.raises(EvaluationError, match=r"no LoRA checkpoints"):
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(tmp_path))}: no LoRA checkpoints .*--output-dir"):
         find_checkpoints(tmp_path)
 
 
