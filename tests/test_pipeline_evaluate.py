@@ -5,8 +5,11 @@ publish.json and in its `ss_lorapipe_eval_*` metadata, sidecars and registry has
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -47,37 +50,45 @@ def world(tmp_path_factory, sample_dataset_dir, tiny_model_dir, tiny_metric_mode
     }
 
 
-def _run(world, name: str, *extra: str, capsys) -> tuple[int, str, Path, Path]:
+def _run(world, name: str, *extra: str) -> tuple[int, str, Path, Path]:
     output, loras = world["root"] / name / "published", world["root"] / name / "loras"
-    code = main(
-        [
-            "pipeline",
-            "run",
-            str(world["dataset"]),
-            "--foreground",
-            "--home",
-            str(world["home"]),
-            "--base-model",
-            str(world["model"]),
-            "--output",
-            str(output),
-            "--lora-dir",
-            str(loras),
-            *TRAIN,
-            "--clip-model",
-            str(world["clip"]),
-            "--dino-model",
-            str(world["dino"]),
-            *FAST_EVAL,
-            *extra,
-        ]
-    )
-    run_id = capsys.readouterr().out.splitlines()[0].split()[1]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(
+            [
+                "pipeline",
+                "run",
+                str(world["dataset"]),
+                "--foreground",
+                "--home",
+                str(world["home"]),
+                "--base-model",
+                str(world["model"]),
+                "--output",
+                str(output),
+                "--lora-dir",
+                str(loras),
+                *TRAIN,
+                "--clip-model",
+                str(world["clip"]),
+                "--dino-model",
+                str(world["dino"]),
+                *FAST_EVAL,
+                *extra,
+            ]
+        )
+    run_id = printed.getvalue().splitlines()[0].split()[1]
     return code, run_id, output / run_id, loras
 
 
-def test_recommended_checkpoint_is_published_with_its_measures(world, capsys):
-    code, run_id, published, loras = _run(world, "recommended", capsys=capsys)
+@pytest.fixture(scope="module")
+def recommended(world):
+    """The default run: trained, evaluated, the recommended checkpoint published."""
+    return _run(world, "recommended")
+
+
+def test_recommended_checkpoint_is_published_with_its_measures(world, recommended):
+    code, run_id, published, loras = recommended
     record = RunStore(world["home"] / "runs.sqlite").get(run_id)
     assert code == 0 and record.status == "succeeded", record.error
     assert {s.name: s.status for s in record.steps}["evaluate"] == "succeeded"
@@ -114,8 +125,8 @@ def test_recommended_checkpoint_is_published_with_its_measures(world, capsys):
     assert local["registry"]["sha256_tensors"] == hashlib.sha256(data).hexdigest()
 
 
-def test_final_checkpoint_when_asked(world, capsys):
-    code, run_id, published, loras = _run(world, "final", "--publish-checkpoint", "final", capsys=capsys)
+def test_final_checkpoint_when_asked(world):
+    code, run_id, published, loras = _run(world, "final", "--publish-checkpoint", "final")
     record = RunStore(world["home"] / "runs.sqlite").get(run_id)
     assert code == 0, record.error
     assert {s.name: s.status for s in record.steps}["train"] == "cached", "same content: training was reused"
@@ -127,21 +138,52 @@ def test_final_checkpoint_when_asked(world, capsys):
     assert _sha(loras / "dwjz_toy.safetensors") == _sha(record.artifact_dir / "dwjz_toy.safetensors")
 
 
-def test_missing_metric_model(world, capsys, tmp_path):
+def test_missing_metric_model(world, tmp_path):
     absent = tmp_path / "no-such-clip"
     # auto: skipped with the reason, the final file published as before.
-    code, run_id, published, loras = _run(world, "auto-missing", "--clip-model", str(absent), capsys=capsys)
+    code, run_id, published, loras = _run(world, "auto-missing", "--clip-model", str(absent))
     record = RunStore(world["home"] / "runs.sqlite").get(run_id)
     evaluate = {s.name: s for s in record.steps}["evaluate"]
     assert code == 0 and evaluate.status == "skipped" and str(absent) in evaluate.detail
     assert "evaluation" not in json.loads((published / "publish.json").read_text())
     assert "ss_lorapipe_eval_checkpoint" not in read_header(loras / "dwjz_toy.safetensors").metadata
     # on: the run fails at the evaluate step, naming the model, and publishes nothing.
-    code, run_id, published, loras = _run(
-        world, "on-missing", "--evaluate", "on", "--clip-model", str(absent), capsys=capsys
-    )
+    code, run_id, published, loras = _run(world, "on-missing", "--evaluate", "on", "--clip-model", str(absent))
     record = RunStore(world["home"] / "runs.sqlite").get(run_id)
     evaluate = {s.name: s for s in record.steps}["evaluate"]
     assert code != 0 and record.status == "failed" and evaluate.status == "failed"
     assert str(absent) in record.error and "--clip-model" in record.error
     assert not (loras / "dwjz_toy.safetensors").exists()
+
+
+def test_a_refused_final_checkpoint_is_not_published(world, recommended, tmp_path):
+    """--publish-checkpoint final when the generator refuses the final file: the step fails naming it (the other
+    checkpoints were still scored) instead of publishing a file nobody can load."""
+    from safetensors.torch import load_file, save_file
+
+    from lorapipe.errors import PipelineError
+    from lorapipe.pipeline.artifact import find_artifact
+    from lorapipe.pipeline.evaluate_stage import EvaluateOptions, evaluate_artifact
+    from lorapipe.pipeline.runlog import RunLog
+
+    _code, run_id, _published, _loras = recommended
+    folder = shutil.copytree(RunStore(world["home"] / "runs.sqlite").get(run_id).artifact_dir, tmp_path / "train")
+    final = folder / "dwjz_toy.safetensors"
+    tensors = load_file(final)
+    down = next(k for k in tensors if k.endswith("lora_down.weight"))
+    tensors[down] = tensors[down][:, :-1].contiguous()  # does not fit the base model any more
+    save_file(tensors, final, metadata=dict(read_header(final).metadata))
+    options = EvaluateOptions(
+        mode="on", publish="final", clip_model=str(world["clip"]), dino_model=str(world["dino"]), steps=1
+    )
+    log = RunLog(tmp_path / "run.log")
+    with pytest.raises(PipelineError, match=rf"{re.escape(str(final))}: the final checkpoint was refused"):
+        evaluate_artifact(
+            find_artifact(folder),
+            options,
+            dataset_dir=world["dataset"],
+            base_model=str(world["model"]),
+            out_dir=tmp_path / "eval",
+            log=log,
+        )
+    assert "evaluate: skipped dwjz_toy: the generator refused it" in (tmp_path / "run.log").read_text()
