@@ -108,16 +108,8 @@ def fit_tiny_vae(
     folder = Path(model_dir) / "vae"
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_pretrained(folder).float().train()
-    pixels = (
-        torch.stack(
-            [
-                torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((side, side)), dtype=np.float32))
-                for path in images
-            ]
-        ).permute(0, 3, 1, 2)
-        / 127.5
-        - 1.0
-    )
+    arrays = [np.asarray(Image.open(path).convert("RGB").resize((side, side)), dtype=np.float32) for path in images]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0  # SDXL's [-1, 1] range
     optimizer = torch.optim.Adam(vae.parameters(), lr=learning_rate)
     for _ in range(steps):
         reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
