@@ -91,7 +91,7 @@ def fit_tiny_vae(
     images: Sequence[Path],
     *,
     side: int = 64,
-    steps: int = 80,
+    steps: int = 50,
     learning_rate: float = 5e-3,
     seed: int = 0,
 ) -> Path:
