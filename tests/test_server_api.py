@@ -193,10 +193,17 @@ def test_auth_on_every_route_but_ping(generator):
     app = create_app(ServerSettings(api_auth=(("alice", "s3cret:x"),)), generator=generator)
     with TestClient(app) as client:
         assert client.get("/internal/ping").status_code == 200
-        for path in ("/sdapi/v1/sd-models", "/sdapi/v1/loras", "/ui/", "/docs", "/openapi.json"):
+        for path in ("/sdapi/v1/sd-models", "/sdapi/v1/loras", "/docs", "/openapi.json", "/ui/nope.js"):
             response = client.get(path)
             assert response.status_code == 401, path
             assert response.headers["www-authenticate"].startswith("Basic")
+        # The page's own fetches are refused without a Basic challenge (no browser dialog: the page signs in itself).
+        page = client.get("/sdapi/v1/loras", headers={"X-Requested-With": "XMLHttpRequest"}, auth=("alice", "no"))
+        assert page.status_code == 401 and "www-authenticate" not in page.headers
+        assert page.json()["detail"] == "Incorrect username or password"
+        # The page itself (HTML, script, style: no data) loads, so it can show its sign-in form.
+        for path in ("/ui/", "/ui/app.js", "/ui/auth.js", "/ui/style.css"):
+            assert client.get(path).status_code == 200, path
         assert (
             client.get("/sdapi/v1/loras", auth=("alice", "wrong")).json()["detail"] == "Incorrect username or password"
         )

@@ -186,9 +186,11 @@ def test_every_route_asks_for_credentials_and_no_cors(world):
         studio=StudioSettings(home=str(world["home"])),
     )
     with TestClient(create_app(settings, generator=world["generator"])) as guarded:
-        for path in ("/studio/", "/studio/studio.js", f"{API}/runs", f"{API}/datasets", f"{API}/presets"):
+        for path in (f"{API}/runs", f"{API}/datasets", f"{API}/presets", f"{API}/runs/20260101-000000-abcdef"):
             answer = guarded.get(path)
             assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Basic"), path
+        assert guarded.get("/studio/").status_code == 200  # the page loads and asks for credentials in its form
+        assert guarded.get("/ui/studio.js").status_code == 200
         assert guarded.post(f"{API}/datasets", json={"trigger": "abc"}).status_code == 401
         assert guarded.get(f"{API}/presets", auth=("ann", "secret")).status_code == 200
         preflight = guarded.options(
@@ -257,8 +259,15 @@ def test_run_is_followed_cancelled_resumed_and_published(world, client, sample_d
         assert client.post(f"{API}/runs/{run_id}/cancel").json()["status"] == "cancelled"
         request.join(180)
     assert held["r"].status_code == 200, held["r"].text
-    stopped = client.get(f"{API}/runs/{run_id}").json()
+    answer = client.get(f"{API}/runs/{run_id}")
+    stopped = answer.json()
     assert stopped["status"] == "cancelled" and stopped["progress"]["losses"]
+    # Polling is cheap: the page sends the ETag back and gets 304 with no body until the run changes.
+    assert answer.headers["cache-control"] == "no-cache"
+    unchanged = client.get(f"{API}/runs/{run_id}", headers={"If-None-Match": f'"x", W/{answer.headers["etag"]}'})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert unchanged.headers["etag"] == answer.headers["etag"]
+    assert client.get(f"{API}/runs/{run_id}", headers={"If-None-Match": '"other"'}).status_code == 200
     followed = client.get(f"{API}/runs/{run_id}/events")
     assert followed.status_code == 410 and "cancelled" in followed.json()["detail"]
     assert client.post(f"{API}/runs/{run_id}/cancel").status_code == 409

@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from lorapipe import __version__
 from lorapipe.server.api_errors import ApiError, handle_api_error, handle_unexpected, handle_validation_error
 from lorapipe.server.deps import loaded_state
-from lorapipe.server.guards import BasicAuthMiddleware, BodyLimitMiddleware
+from lorapipe.server.guards import OPEN_PATHS, BasicAuthMiddleware, BodyLimitMiddleware
 from lorapipe.server.jobs import JobQueue
 from lorapipe.server.routes_generate import router as generate_router
 from lorapipe.server.routes_info import router as info_router
@@ -36,6 +36,7 @@ from lorapipe.server.studio_routes_runs import router as studio_runs_router
 from lorapipe.server.studio_state import StudioState
 
 log = logging.getLogger(__name__)
+PAGE_PATHS = ("/", "/ui/", "/studio", "/studio/")  # the web pages; with their files under /ui/ they hold no data
 
 
 def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[], object] | None = None) -> FastAPI:
@@ -68,6 +69,7 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
         try:
             yield
         finally:
+            await app.state.studio.feeds.close()
             await asyncio.to_thread(app.state.lorapipe.jobs.stop)
 
     app = FastAPI(
@@ -112,8 +114,13 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
     # add_middleware wraps: the last added runs first. Order on the way in: size cap, CORS (so browser
     # preflights get answered without credentials), auth, then the training-busy guard of generation routes.
     app.add_middleware(TrainingBusyMiddleware, policy=settings.studio.busy_policy, timeout_s=settings.request_timeout_s)
-    if settings.api_auth:
-        app.add_middleware(BasicAuthMiddleware, credentials=settings.api_auth)
+    if settings.api_auth:  # the pages load without credentials, then sign in with their own form (static/auth.js)
+        page_files = {f"/ui/{entry.name}" for entry in static_dir.iterdir() if entry.is_file()}
+        app.add_middleware(
+            BasicAuthMiddleware,
+            credentials=settings.api_auth,
+            open_paths=OPEN_PATHS | set(PAGE_PATHS) | page_files,
+        )
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

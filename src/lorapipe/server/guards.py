@@ -1,6 +1,10 @@
 """ASGI middleware that guards every route: HTTP Basic auth and a request-body size cap.
 
 Pure ASGI (not BaseHTTPMiddleware) so handlers still see client disconnects, which cancel their jobs.
+Basic auth is what A1111 clients (webuiapi, scripts) send. The web pages sign in with their own form instead of the
+browser's dialog: their requests carry `X-Requested-With`, and a refusal of such a request has no Basic challenge
+(a challenge is what makes a browser pop its dialog up). The pages' own files (HTML, JS, CSS: no data) are open paths,
+so the form can be shown at all.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import secrets
 from collections.abc import Sequence
 
 OPEN_PATHS = frozenset({"/internal/ping"})  # the health probe stays open so load balancers need no secret
+PAGE_REQUEST_HEADER = b"x-requested-with"  # sent by the pages' fetches (static/auth.js): refuse without a challenge
 
 
 def error_body(status_detail: str, *, error: str = "HTTPException", errors: str = "") -> bytes:
@@ -31,25 +36,27 @@ async def send_json(send, status: int, body: bytes, headers: Sequence[tuple[byte
 
 
 class BasicAuthMiddleware:
-    """Require one of `credentials` on every HTTP route except OPEN_PATHS; constant-time comparison."""
+    """Require one of `credentials` on every HTTP route except `open_paths`; constant-time comparison."""
 
-    def __init__(self, app, credentials: Sequence[tuple[str, str]]):
+    def __init__(self, app, credentials: Sequence[tuple[str, str]], open_paths: frozenset[str] = OPEN_PATHS):
         self.app = app
         self._credentials = [(u.encode(), p.encode()) for u, p in credentials]
+        self._open_paths = open_paths
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in self._open_paths:
             return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, encoded = header.partition(b" ")
+        headers = dict(scope["headers"])
+        challenge = PAGE_REQUEST_HEADER not in headers
+        scheme, _, encoded = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() != b"basic" or not encoded:
-            return await self._refuse(send, "Not authenticated")
+            return await self._refuse(send, "Not authenticated", challenge)
         try:
             user, sep, password = base64.b64decode(encoded, validate=True).partition(b":")
         except (binascii.Error, ValueError):
-            return await self._refuse(send, "Not authenticated")
+            return await self._refuse(send, "Not authenticated", challenge)
         if not sep or not self._matches(user, password):
-            return await self._refuse(send, "Incorrect username or password")
+            return await self._refuse(send, "Incorrect username or password", challenge)
         return await self.app(scope, receive, send)
 
     def _matches(self, user: bytes, password: bytes) -> bool:
@@ -61,8 +68,9 @@ class BasicAuthMiddleware:
         return matched
 
     @staticmethod
-    async def _refuse(send, detail: str) -> None:
-        await send_json(send, 401, error_body(detail), [(b"www-authenticate", b'Basic realm="lorapipe"')])
+    async def _refuse(send, detail: str, challenge: bool) -> None:
+        headers = [(b"www-authenticate", b'Basic realm="lorapipe"')] if challenge else []
+        await send_json(send, 401, error_body(detail), headers)
 
 
 class BodyLimitMiddleware:

@@ -20,8 +20,6 @@ from lorapipe.server.studio_config import TrainSettings, apply_settings
 from lorapipe.server.studio_state import StudioState, call, call_in_thread
 
 router = APIRouter(prefix="/studio/api/runs", tags=["studio: training runs"])
-EVENT_INTERVAL_S = 0.5
-KEEPALIVE_S = 15.0
 
 
 class RunBody(BaseModel):
@@ -94,10 +92,25 @@ async def list_runs(state: Studio, limit: int = 50):
     ]
 
 
-@router.get("/{run_id}", summary="A run's status, step, loss series, lr, ETA, checkpoints and sample images")
-async def get_run(run_id: str, state: Studio):
-    encoded = state.runs.cached_snapshot(run_id) or await call_in_thread(state.runs.snapshot_json, run_id)
-    return Response(encoded, media_type="application/json")
+@router.get(
+    "/{run_id}",
+    summary="A run's status, step, loss series, lr, ETA, checkpoints and sample images",
+    description="Answers with an ETag; a poll that sends it back in If-None-Match gets 304 with no body until the "
+    "run changes. The snapshot is rebuilt only when the run's files change, however many clients poll.",
+)
+async def get_run(run_id: str, request: Request, state: Studio):
+    snapshot = state.runs.cached_snapshot(run_id) or await call_in_thread(state.runs.current_snapshot, run_id)
+    headers = {"ETag": snapshot.etag, "Cache-Control": "no-cache"}  # no-cache: keep it, but ask before reusing it
+    if snapshot.etag in _etags(request.headers.get("if-none-match")):
+        return Response(status_code=304, headers=headers)
+    return Response(snapshot.body, media_type="application/json", headers=headers)
+
+
+def _etags(header: str | None) -> set[str]:
+    """The entity tags of an If-None-Match header (weak ones compare equal to strong ones, as RFC 9110 says)."""
+    if not header:
+        return set()
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
 
 
 @router.get(
@@ -105,37 +118,28 @@ async def get_run(run_id: str, state: Studio):
     summary="Server-sent events: the run's snapshot whenever it changes, until it ends",
     response_class=StreamingResponse,
 )
-async def run_events(run_id: str, request: Request, state: Studio):
+async def run_events(run_id: str, state: Studio):
     await call_in_thread(state.runs.get, run_id)  # uncached: a deleted run is a 404, not its last snapshot
-    encoded = await call_in_thread(state.runs.snapshot_json, run_id)
-    status = json.loads(encoded)["status"]
-    if status in FINISHED:
+    current = await call_in_thread(state.runs.current_snapshot, run_id)
+    if current.status in FINISHED:
         raise ApiError(
-            410, f"run {run_id}: already {status}; nothing to follow (GET /studio/api/runs/{run_id} shows how it ended)"
+            410,
+            f"run {run_id}: already {current.status}; nothing to follow (GET /studio/api/runs/{run_id} shows how it "
+            "ended)",
         )
 
     async def stream():
-        current, sent, quiet = encoded, None, 0.0
-        while True:
-            if current != sent:  # the shared snapshot changed: parse it once, send it
-                snapshot = json.loads(current)
-                yield f"id: {snapshot['progress']['step']}\nevent: run\ndata: {current.decode()}\n\n"
-                sent, quiet = current, 0.0
-                if snapshot["status"] in FINISHED:
-                    yield f"event: end\ndata: {json.dumps({'status': snapshot['status']})}\n\n"
+        try:
+            async for snapshot in state.feeds.follow(run_id):  # one watcher per run, shared by every follower
+                if snapshot is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"id: {snapshot.step}\nevent: run\ndata: {snapshot.body.decode()}\n\n"
+                if snapshot.status in FINISHED:
+                    yield f"event: end\ndata: {json.dumps({'status': snapshot.status})}\n\n"
                     return
-            elif quiet >= KEEPALIVE_S:
-                yield ": keep-alive\n\n"
-                quiet = 0.0
-            await asyncio.sleep(EVENT_INTERVAL_S)
-            quiet += EVENT_INTERVAL_S
-            if await request.is_disconnected():
-                return
-            try:
-                current = await call_in_thread(state.runs.snapshot_json, run_id)
-            except ApiError as exc:  # deleted while followed: say so and end the stream
-                yield f"event: gone\ndata: {json.dumps({'detail': exc.detail})}\n\n"
-                return
+        except ApiError as exc:  # deleted while followed: say so and end the stream
+            yield f"event: gone\ndata: {json.dumps({'detail': exc.detail})}\n\n"
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
+import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.errors import PipelineError
@@ -26,7 +29,30 @@ from lorapipe.pipeline.runs import cancel_run, create_run, resume_run, start_det
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 _READERS_KEPT = 64  # progress readers of recently followed runs (each holds a loss series)
 _BUSY_CACHE_S = 1.0  # how long "is a run training?" is trusted (generation requests ask it every time)
-SNAPSHOT_TTL_S = 0.5  # a run's snapshot is shared by every client polling within this window
+SNAPSHOT_TTL_S = 0.5  # within this window a run's snapshot is answered without even looking at its files
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A run's snapshot as the routes send it: JSON bytes, their ETag, and what a follower needs to read."""
+
+    body: bytes
+    etag: str  # a quoted strong validator (RFC 9110), the hash of `body`
+    status: str
+    step: int
+
+    @classmethod
+    def of(cls, snapshot: dict) -> Snapshot:
+        body = json.dumps(snapshot, separators=(",", ":")).encode()
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        return cls(body, etag, snapshot["status"], snapshot["progress"]["step"])
+
+
+@dataclass
+class _Cached:
+    snapshot: Snapshot
+    fingerprint: tuple
+    checked: float  # time.monotonic() of the last look at the files
 
 
 class RunNotFound(PipelineError):
@@ -59,8 +85,9 @@ class StudioRuns:
         self._readers_lock = threading.Lock()
         self._busy_checked = 0.0
         self._busy: RunRecord | None = None
-        self._snapshots: dict[str, tuple[float, bytes]] = {}
-        self._snapshots_lock = threading.Lock()
+        self._snapshots: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
+        self._snapshots_lock = threading.Lock()  # guards the dict; a run's own lock guards its rebuild
+        self._rebuild_locks: dict[str, threading.Lock] = {}
 
     # -- starting -----------------------------------------------------------------------------------------------
     def check_config(self, dataset_dir: Path, config: Path) -> tuple[str, ...]:
@@ -182,26 +209,65 @@ class StudioRuns:
             reader.update()
         return reader
 
-    def cached_snapshot(self, run_id: str) -> bytes | None:
-        """The shared snapshot if it is fresh (no file or database work: safe on the event loop)."""
+    def cached_snapshot(self, run_id: str) -> Snapshot | None:
+        """The shared snapshot if it was checked within SNAPSHOT_TTL_S (no file or database work: safe on the event
+        loop, so most polls of a watched run cost no thread hop at all)."""
         with self._snapshots_lock:
             cached = self._snapshots.get(run_id)
-        return cached[1] if cached is not None and time.monotonic() - cached[0] < SNAPSHOT_TTL_S else None
+        return cached.snapshot if cached is not None and time.monotonic() - cached.checked < SNAPSHOT_TTL_S else None
 
-    def snapshot_json(self, run_id: str) -> bytes:
-        """`snapshot` as JSON, computed at most once per SNAPSHOT_TTL_S however many clients poll the run: the
-        watchers of a run must not slow the run down (the trainer shares the machine's CPU with this server)."""
-        now = time.monotonic()
+    def current_snapshot(self, run_id: str) -> Snapshot:
+        """The run's snapshot, rebuilt only when its files changed, however many clients ask.
+
+        The watchers of a run must not slow the run down (the trainer shares the machine's CPU with this server):
+        a look costs a few `stat` calls (the run's log, its train and sample folders, the run database); the
+        database read, the log parse and the JSON encoding happen only when one of them changed, once per change
+        (one rebuild per run at a time; clients arriving meanwhile get its result)."""
         with self._snapshots_lock:
-            cached = self._snapshots.get(run_id)
-            if cached is not None and now - cached[0] < SNAPSHOT_TTL_S:
-                return cached[1]
-        encoded = json.dumps(self.snapshot(run_id), separators=(",", ":")).encode()
-        with self._snapshots_lock:
-            self._snapshots[run_id] = (now, encoded)
-            while len(self._snapshots) > _READERS_KEPT:
-                self._snapshots.pop(next(iter(self._snapshots)))
-        return encoded
+            lock = self._rebuild_locks.setdefault(run_id, threading.Lock())
+        with lock:
+            with self._snapshots_lock:
+                cached = self._snapshots.get(run_id)
+            now = time.monotonic()
+            if cached is not None and now - cached.checked < SNAPSHOT_TTL_S:
+                return cached.snapshot
+            fingerprint = self._fingerprint(run_id)
+            if cached is not None and cached.fingerprint == fingerprint:
+                cached.checked = now
+                return cached.snapshot
+            try:
+                snapshot = Snapshot.of(self.snapshot(run_id))
+            except RunNotFound:
+                self._forget_snapshot(run_id)
+                raise
+            with self._snapshots_lock:
+                self._snapshots[run_id] = _Cached(snapshot, fingerprint, now)
+                self._snapshots.move_to_end(run_id)
+                while len(self._snapshots) > _READERS_KEPT:
+                    gone, _ = self._snapshots.popitem(last=False)
+                    self._rebuild_locks.pop(gone, None)
+            return snapshot
+
+    def _fingerprint(self, run_id: str) -> tuple:
+        """What changes whenever the snapshot can: sizes and mtimes of the files it is built from."""
+        run_dir = self.home.run_dir(run_id)
+        database = self.home.database
+        paths = (
+            run_dir / "run.log",
+            run_dir / "train",
+            run_dir / "train" / "sample",
+            database,
+            database.with_name(database.name + "-wal"),  # WAL mode: a worker's status write lands here first
+        )
+        marks = []
+        for path in paths:
+            try:
+                stat = os.stat(path)
+            except OSError:  # not there (yet, or any more)
+                marks.append(None)
+            else:
+                marks.append((stat.st_mtime_ns, stat.st_size))
+        return tuple(marks)
 
     def _forget_snapshot(self, run_id: str) -> None:
         with self._snapshots_lock:

@@ -18,6 +18,7 @@ from lorapipe.pipeline.request import PipelineHome, RunRequest
 from lorapipe.server.api_errors import ApiError
 from lorapipe.server.settings import ServerSettings
 from lorapipe.server.studio_datasets import DatasetNotFound, StudioDatasets
+from lorapipe.server.studio_follow import RunFeeds
 from lorapipe.server.studio_runs import DeviceBusy, RunNotFound, StudioRuns
 from lorapipe.server.studio_uploads import UploadTooLarge
 
@@ -30,6 +31,7 @@ class StudioState:
     home: PipelineHome
     datasets: StudioDatasets
     runs: StudioRuns
+    feeds: RunFeeds  # the server-sent event feeds of followed runs, one watcher per run
     lora_dir: Path | None  # the folder the generator's registry reads (None: publishing is refused)
     registry: object | None  # the generator's LoraRegistry, refreshed after a publish
 
@@ -47,7 +49,8 @@ class StudioState:
             template=_run_template(settings.studio.run_template),
         )
         datasets = StudioDatasets(home.root / "studio" / "datasets", settings.studio, base_model=base_model)
-        return cls(settings, home, datasets, runs, lora_dir, registry)
+        feeds = RunFeeds(lambda run_id: call_in_thread(runs.current_snapshot, run_id))
+        return cls(settings, home, datasets, runs, feeds, lora_dir, registry)
 
 
 def _run_template(path: str | None) -> RunRequest | None:

@@ -1,7 +1,7 @@
 // lorapipe web page: talks to the same A1111 routes every other client uses.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const api = (path, options) => fetch(path, options).then(async (r) => {
+const api = (path, options) => lorapipeAuth.fetch(path, options).then(async (r) => {
   const body = await r.json().catch(() => null);
   if (!r.ok) {
     const detail = body && (typeof body.detail === "string" ? body.detail
@@ -125,6 +125,5 @@ async function showTraining() {
 }
 
 $("form").addEventListener("submit", generate);
-loadCatalogue().catch((e) => status(`Could not load the catalogue: ${e.message}`, true));
-showTraining();
-setInterval(showTraining, 10000);
+loadCatalogue().catch((e) => status(`Could not load the catalogue: ${e.message}`, true)).then(showTraining);
+setInterval(() => document.visibilityState === "visible" && showTraining(), 10000);  // a hidden tab asks nothing

@@ -5,13 +5,17 @@ const $ = (id) => document.getElementById(id);
 const API = "/studio/api";
 const UPLOAD_BATCH_BYTES = 32 * 1024 * 1024;  // below the server's request body cap
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+// Following a run: a poll a second while the tab is visible, one every 15 s while hidden, each sending the last
+// ETag back so an unchanged run costs a 304 with no body (what the server answers 20 such pages with, cheaply).
+const POLL_VISIBLE_MS = 1000;
+const POLL_HIDDEN_MS = 15000;
 const saved = JSON.parse(localStorage.getItem("lorapipe.studio") || "{}");
-const state = { dataset: saved.dataset || null, run: saved.run || null, tomlEdited: false, events: null, poll: null };
+const state = { dataset: saved.dataset || null, run: saved.run || null, tomlEdited: false, following: null };
 
 function remember() { localStorage.setItem("lorapipe.studio", JSON.stringify({ dataset: state.dataset, run: state.run })); }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await lorapipeAuth.fetch(path, options);
   const type = response.headers.get("content-type") || "";
   const body = type.includes("json") ? await response.json().catch(() => null) : await response.text();
   if (!response.ok) {
@@ -85,8 +89,8 @@ async function showPhotos() {
     const found = report ? report.photos[photo.name] || [] : [];
     if (report && !found.length) findings.append(element("li", { className: "ok", textContent: "✓ no findings" }));
     for (const f of found) findings.append(element("li", { className: f.severity, textContent: f.reason }));
-    const img = element("img", { src: `${API}/datasets/${state.dataset}/photos/${photo.name}`, alt: photo.label,
-      loading: "lazy" });
+    const img = element("img", { alt: photo.label, loading: "lazy" });
+    lorapipeAuth.showImage(img, `${API}/datasets/${state.dataset}/photos/${photo.name}`);
     box.append(element("figure", { className: "photo" }, img, element("div", {},
       element("div", { className: "label", textContent: photo.label, title: photo.label }),
       element("div", { className: "muted", textContent: `${photo.width}×${photo.height} ${photo.format}` }),
@@ -106,9 +110,9 @@ async function showCaptions(list) {
   for (const entry of captions) {
     const text = element("textarea", { value: entry.caption || "", placeholder: entry.problem || "no caption yet" });
     text.dataset.image = entry.image;
-    const row = element("div", { className: "caption" },
-      element("img", { src: `${API}/datasets/${state.dataset}/images/${entry.image.split("/").map(encodeURIComponent).join("/")}`,
-        alt: entry.image }), text);
+    const thumb = element("img", { alt: entry.image });
+    lorapipeAuth.showImage(thumb, `${API}/datasets/${state.dataset}/images/${entry.image.split("/").map(encodeURIComponent).join("/")}`);
+    const row = element("div", { className: "caption" }, thumb, text);
     text.addEventListener("change", async () => {
       row.classList.remove("saved", "failed");
       try {
@@ -162,27 +166,36 @@ async function startRun() {
 
 // -- 4. the run -----------------------------------------------------------------------------------------------
 function follow(runId) {
-  if (state.events) state.events.close();
-  clearInterval(state.poll);
-  const source = new EventSource(`${API}/runs/${runId}/events`);
-  state.events = source;
-  source.addEventListener("run", (event) => render(JSON.parse(event.data)));
-  source.addEventListener("end", () => { source.close(); refresh(runId); });
-  source.addEventListener("gone", (event) => { source.close(); say("run-status", JSON.parse(event.data).detail, true); });
-  source.onerror = () => {  // finished before we subscribed (410), or the connection dropped: poll instead
-    source.close();
-    refresh(runId);
-    state.poll = setInterval(() => refresh(runId), 1500);
+  if (state.following) clearTimeout(state.following.timer);
+  const following = { runId, etag: null, timer: null };
+  state.following = following;
+  following.poll = async () => {
+    clearTimeout(following.timer);
+    if (state.following !== following) return;
+    try {
+      const response = await lorapipeAuth.fetch(`${API}/runs/${runId}`,
+        { headers: following.etag ? { "If-None-Match": following.etag } : {} });
+      if (response.status === 200) {
+        following.etag = response.headers.get("ETag");
+        const run = await response.json();
+        if (state.following !== following) return;
+        render(run);
+        if (FINISHED.has(run.status)) { state.following = null; return; }
+      } else if (response.status !== 304) {
+        const body = await response.json().catch(() => null);
+        say("run-status", `${response.status} ${(body && body.detail) || response.statusText}`, true);
+        state.following = null;
+        return;
+      }
+    } catch (e) { say("run-status", `Lost the server (${e.message}); trying again…`, true); }
+    if (state.following !== following) return;
+    following.timer = setTimeout(following.poll, document.visibilityState === "hidden" ? POLL_HIDDEN_MS : POLL_VISIBLE_MS);
   };
+  following.poll();
 }
-
-async function refresh(runId) {
-  try {
-    const snapshot = await api(`${API}/runs/${runId}`);
-    render(snapshot);
-    if (FINISHED.has(snapshot.status)) clearInterval(state.poll);
-  } catch (e) { clearInterval(state.poll); say("run-status", e.message, true); }
-}
+document.addEventListener("visibilitychange", () => {  // back on the tab: look now, not at the slow hidden pace
+  if (document.visibilityState === "visible" && state.following) state.following.poll();
+});
 
 function render(run) {
   const p = run.progress;
@@ -246,13 +259,15 @@ function showCheckpoints(run) {
     const column = element("div", { className: "checkpoint" }, element("h3", { textContent: title }));
     column.dataset.name = c.name;
     for (const sample of c.samples) {
-      column.append(element("img", { src: `${API}/runs/${run.id}/files/${sample}`, alt: `${title} sample`,
-        className: "sample" }));
+      const img = element("img", { alt: `${title} sample`, className: "sample" });
+      lorapipeAuth.showImage(img, `${API}/runs/${run.id}/files/${sample}`);
+      column.append(img);
     }
     if (!c.samples.length) column.append(element("p", { className: "muted", textContent: "no sample images" }));
     const use = element("button", { type: "button", className: "use", textContent: "Use this checkpoint" });
     use.addEventListener("click", () => useCheckpoint(run.id, c.name, use));
-    const download = element("a", { href: `${API}/runs/${run.id}/files/${c.name}`, textContent: "download" });
+    const download = element("a", { textContent: "download" });
+    lorapipeAuth.downloadLink(download, `${API}/runs/${run.id}/files/${c.name}`, c.name);
     column.append(use, download);
     box.append(column);
   }
@@ -276,7 +291,7 @@ $("files").addEventListener("change", (e) => { upload([...e.target.files]); e.ta
 $("caption-all").addEventListener("click", captionAll);
 $("start").addEventListener("click", startRun);
 $("cancel").addEventListener("click", () => api(`${API}/runs/${state.run}/cancel`, { method: "POST" })
-  .then(() => refresh(state.run)).catch((e) => say("train-status", e.message, true)));
+  .then(() => follow(state.run)).catch((e) => say("train-status", e.message, true)));
 $("resume").addEventListener("click", () => api(`${API}/runs/${state.run}/resume`, { method: "POST" })
   .then((run) => { state.run = run.id; remember(); follow(run.id); })
   .catch((e) => say("train-status", e.message, true)));
@@ -304,6 +319,6 @@ $("toml").addEventListener("input", () => { state.tomlEdited = true; });
     const runs = await api(`${API}/runs?limit=5`);
     const active = runs.find((r) => !FINISHED.has(r.status));
     if (active) { state.run = active.id; follow(active.id); }
-    else if (state.run && runs.some((r) => r.id === state.run)) refresh(state.run);
+    else if (state.run && runs.some((r) => r.id === state.run)) follow(state.run);
   } catch (e) { say("photo-status", `Could not reach the studio API: ${e.message}`, true); }
 }());
