@@ -129,3 +129,49 @@ def test_photos_to_lora_to_image_in_one_page(studio_server, browser):  # noqa: F
     infotext = browser.find_element(By.CSS_SELECTOR, ".result pre").text
     assert f"<lora:{name}:1>" in infotext and f'Lora hashes: "{name}: ' in infotext
     _shot(browser, "5-generated")
+
+
+def test_the_page_signs_in_with_its_own_form(tiny_model_dir, tmp_path, browser):  # noqa: F811 - the fixture above
+    """With --api-auth the page asks in its own form (never the browser's dialog), says so on a wrong password,
+    then loads photos (as authorised blobs) and the generate page with the same sign-in."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings = ServerSettings(
+        base_model=str(tiny_model_dir),
+        api_auth=(("ann", "pa:ss"),),
+        studio=StudioSettings(home=str(tmp_path / "home"), presets=(str(TINY_PRESET),)),
+    )
+    with RunningServer(create_app(settings, generator=load_generator(tiny_model_dir, None))) as server:
+        with httpx.Client(base_url=server.url, auth=("ann", "pa:ss")) as client:
+            dataset = client.post("/studio/api/datasets", json={"trigger": "dwjz", "class_name": "toy"}).json()["id"]
+            files = [("files", (f"IMG_{i}.png", png_bytes(96, 80, seed=i), "image/png")) for i in range(2)]
+            assert client.post(f"/studio/api/datasets/{dataset}/photos", files=files).status_code == 201
+        wait = WebDriverWait(browser, 30)
+        browser.get(server.url + "/studio/")
+        remember = "localStorage.setItem('lorapipe.studio', JSON.stringify({dataset: arguments[0]}))"
+        browser.execute_script(remember, dataset)  # the page shows the photos of the dataset it last worked on
+        browser.refresh()
+        form = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dialog#sign-in[open]"))
+        form.find_element(By.NAME, "user").send_keys("ann")
+        form.find_element(By.NAME, "password").send_keys("wrong\n")
+        message = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dialog#sign-in[open] .error").text)
+        assert message == "Incorrect username or password"
+        _shot(browser, "signin-1-refused")
+
+        form = browser.find_element(By.CSS_SELECTOR, "dialog#sign-in[open]")
+        assert form.find_element(By.NAME, "user").get_attribute("value") == "ann"  # kept; the password is not
+        form.find_element(By.NAME, "password").send_keys("pa:ss\n")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preset option"))
+        assert not browser.find_elements(By.CSS_SELECTOR, "dialog#sign-in")
+        thumbs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photos .photo img"))
+        assert len(thumbs) == 2
+        wait.until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", img) for img in thumbs))
+        assert all(img.get_attribute("src").startswith("blob:") for img in thumbs)  # fetched with the header
+        assert "pa:ss" not in browser.current_url and "ann" not in browser.current_url
+        _shot(browser, "signin-2-signed-in", "photos-step")
+
+        browser.get(server.url + "/ui/")  # the same tab keeps the sign-in (sessionStorage) for the generate page
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sampler option"))
+        assert not browser.find_elements(By.CSS_SELECTOR, "dialog#sign-in")

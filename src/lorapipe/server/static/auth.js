@@ -6,6 +6,7 @@
 const lorapipeAuth = (() => {
   const KEY = "lorapipe.auth";
   let credentials = sessionStorage.getItem(KEY);  // "Basic <base64 of user:password>", or null
+  let lastUser = "";  // kept for the form's next showing (after a wrong password); the password never is
   let signingIn = null;  // the form's promise while it is shown: every refused request waits for the same one
 
   function withAuth(headers) {
@@ -46,10 +47,12 @@ const lorapipeAuth = (() => {
         <p class="error" role="alert"></p>
         <button type="submit">Sign in</button></form>`;
       dialog.querySelector(".error").textContent = message || "";  // text, never HTML
+      dialog.querySelector("input[name=user]").value = lastUser;
       dialog.addEventListener("cancel", (event) => event.preventDefault());  // nothing works without it
       dialog.querySelector("form").addEventListener("submit", (event) => {
         event.preventDefault();
         const form = event.target;
+        lastUser = form.user.value;
         const pair = new TextEncoder().encode(`${form.user.value}:${form.password.value}`);
         credentials = `Basic ${btoa(String.fromCharCode(...pair))}`;
         sessionStorage.setItem(KEY, credentials);
@@ -59,7 +62,7 @@ const lorapipeAuth = (() => {
       });
       document.body.append(dialog);
       dialog.showModal();
-      dialog.querySelector("input[name=user]").focus();
+      dialog.querySelector(lastUser ? "input[name=password]" : "input[name=user]").focus();
     });
   }
 
