@@ -64,13 +64,13 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
                 device=settings.device,
                 dtype=settings.dtype,
             )
-        app.state.lorapipe = _serving_state(settings, gen)
-        app.state.studio = StudioState.create(settings, gen)
+        app.state.lorapipe = serving = _serving_state(settings, gen)
+        app.state.studio = studio = StudioState.create(settings, gen)
         try:
             yield
         finally:
-            await app.state.studio.feeds.close()
-            await asyncio.to_thread(app.state.lorapipe.jobs.stop)
+            await studio.feeds.close()
+            await asyncio.to_thread(serving.jobs.stop)
 
     app = FastAPI(
         title="lorapipe",

@@ -2,8 +2,9 @@
 
 The lifespan (server/app.py) sets `app.state.lorapipe` (a `ServerState`) once the generator has loaded, or
 `app.state.load_error` when it could not, and `app.state.studio` (a `StudioState`) beside it; SageMaker hosting's
-loader adds `app.state.hosted_loras` (a `HostedLoras`). Routes and the shutdown hook read them through these
-functions: a studio route declares a `Studio` parameter, a hosting route `Ready` and `HostedLoraSet`.
+loader adds `app.state.hosted_loras` (a `HostedLoras`). Routes, middleware and the shutdown hook read them through
+these functions, nothing else reads `app.state`: a studio route declares a `Studio` parameter, a hosting route
+`Ready` and `HostedLoraSet`.
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ def hosted_loras(request: Request, _loaded: Ready) -> HostedLoras:
 HostedLoraSet = Annotated[HostedLoras, Depends(hosted_loras)]  # a hosting route: the instance's LoRA folder
 
 
+def studio_of(app: FastAPI) -> StudioState | None:
+    """The studio's shared state; None on a server without one (loading in the background, SageMaker hosting)."""
+    return getattr(app.state, "studio", None)
+
+
 def studio(request: Request) -> StudioState:
-    state = getattr(request.app.state, "studio", None)
+    state = studio_of(request.app)
     if state is None:  # a server loading in the background (SageMaker hosting) has no studio
         raise ApiError(503, "studio: not available while the model loads or on a hosting endpoint")
     return state

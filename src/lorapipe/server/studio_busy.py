@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from lorapipe.server.deps import studio_of
 from lorapipe.server.guards import error_body, send_json
 
 GENERATION_PATHS = frozenset({"/sdapi/v1/txt2img", "/sdapi/v1/img2img"})
@@ -25,7 +26,7 @@ class TrainingBusyMiddleware:
     async def __call__(self, scope, receive, send):
         if self.policy == "share" or scope["type"] != "http" or scope["path"] not in GENERATION_PATHS:
             return await self.app(scope, receive, send)
-        studio = getattr(scope["app"].state, "studio", None)
+        studio = studio_of(scope["app"])
         if studio is None:
             return await self.app(scope, receive, send)
         run = await asyncio.to_thread(studio.runs.training_run)
