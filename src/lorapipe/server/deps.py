@@ -67,7 +67,9 @@ def studio_of(app: FastAPI) -> StudioState | None:
     return getattr(app.state, "studio", None)
 
 
-def studio(request: Request) -> StudioState:
+async def studio(request: Request) -> StudioState:
+    # async although it awaits nothing: FastAPI runs a plain-def dependency in its thread pool, a thread hop on every
+    # request (e.g. each poll of a run the page follows)
     state = studio_of(request.app)
     if state is None:  # a server loading in the background (SageMaker hosting) has no studio
         raise ApiError(503, "studio: not available while the model loads or on a hosting endpoint")
