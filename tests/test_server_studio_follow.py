@@ -41,6 +41,8 @@ def test_a_snapshot_is_rebuilt_only_when_the_run_files_change(queued):
     shutil.rmtree(record.run_dir)
     with pytest.raises(studio_runs.RunNotFound, match="deleted"):
         runs.current_snapshot(record.id)
+    with pytest.raises(studio_runs.RunNotFound, match="not a run id"):
+        runs.current_snapshot("..")
 
 
 def test_followers_of_a_run_share_one_watcher(queued):

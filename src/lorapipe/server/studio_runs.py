@@ -183,8 +183,7 @@ class StudioRuns:
 
     # -- following ------------------------------------------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord:
-        if not RUN_ID.match(run_id or ""):
-            raise RunNotFound(f"run {run_id!r}: not a run id (YYYYmmdd-HHMMSS-xxxxxx); see the run list")
+        _check_run_id(run_id)
         if not self.home.database.is_file():
             raise RunNotFound(f"run {run_id}: no such run")
         try:
@@ -223,6 +222,7 @@ class StudioRuns:
         a look costs a few `stat` calls (the run's log, its train and sample folders, the run database); the
         database read, the log parse and the JSON encoding happen only when one of them changed, once per change
         (one rebuild per run at a time; clients arriving meanwhile get its result)."""
+        _check_run_id(run_id)  # before its folder is looked at: no client string becomes a path
         with self._snapshots_lock:
             lock = self._rebuild_locks.setdefault(run_id, threading.Lock())
         with lock:
@@ -239,6 +239,8 @@ class StudioRuns:
                 snapshot = Snapshot.of(self.snapshot(run_id))
             except RunNotFound:
                 self._forget_snapshot(run_id)
+                with self._snapshots_lock:  # an id that names nothing keeps nothing here
+                    self._rebuild_locks.pop(run_id, None)
                 raise
             with self._snapshots_lock:
                 self._snapshots[run_id] = _Cached(snapshot, fingerprint, now)
@@ -315,6 +317,11 @@ class StudioRuns:
         path = self.file(run_id, checkpoint)
         name = lora_name or _published_name(record, checkpoint)
         return publish_checkpoint(path, lora_dir=lora_dir, lora_name=name)
+
+
+def _check_run_id(run_id: str) -> None:
+    if not RUN_ID.match(run_id or ""):
+        raise RunNotFound(f"run {run_id!r}: not a run id (YYYYmmdd-HHMMSS-xxxxxx); see the run list")
 
 
 def _published_name(record: RunRecord, checkpoint: str) -> str:
