@@ -293,9 +293,17 @@ def main() -> None:
         f"304 Not Modified); trainer's steady steps/s quiet->polled per pair: {rates}"
     )
     median = statistics.median(drops)
+    quiet_rates = [r for _, r in quiet]
+    spread = max(quiet_rates) / min(quiet_rates) - 1  # how much the quiet runs alone disagree: the machine's noise
+    verdict = (
+        f"INCONCLUSIVE: the quiet runs alone differ by {spread * 100:.0f}%, so this machine cannot resolve 3%; the "
+        "server's CPU per poll below is the figure that holds"
+        if spread > 0.03
+        else ("PASS" if median < 0.03 else "FAIL") + " on the median"
+    )
     print(
         f"step rate drop with {args.clients} pollers: min {drops[0] * 100:+.1f}%  median {median * 100:+.1f}%  "
-        f"max {drops[-1] * 100:+.1f}% (target < 3%: {'PASS' if median < 0.03 else 'FAIL'} on the median)"
+        f"max {drops[-1] * 100:+.1f}% (target < 3%: {verdict})"
     )
     print(
         f"server CPU per 1000 page polls: {per_1000_304:.3f} CPU-s answered 304, {per_1000_200:.3f} CPU-s answered "
