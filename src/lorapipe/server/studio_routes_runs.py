@@ -97,11 +97,12 @@ async def list_runs(state: Studio, limit: int = 50):
     summary="A run's status, step, loss series, lr, ETA, checkpoints and sample images",
     description="Answers with an ETag; a poll that sends it back in If-None-Match gets 304 with no body until the "
     "run changes. The snapshot is rebuilt only when the run's files change, however many clients poll.",
+    responses={304: {"description": "Not Modified: the run is as the ETag in If-None-Match says"}},
 )
 async def get_run(run_id: str, request: Request, state: Studio):
     snapshot = state.runs.cached_snapshot(run_id) or await call_in_thread(state.runs.current_snapshot, run_id)
     headers = {"ETag": snapshot.etag, "Cache-Control": "no-cache"}  # no-cache: keep it, but ask before reusing it
-    if snapshot.etag in _etags(request.headers.get("if-none-match")):
+    if _etags(request.headers.get("if-none-match")) & {snapshot.etag, "*"}:
         return Response(status_code=304, headers=headers)
     return Response(snapshot.body, media_type="application/json", headers=headers)
 
