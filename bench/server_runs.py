@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -267,6 +268,7 @@ def main() -> None:
             per_1000_304, per_1000_200 = _cpu_per_1000_polls(server, run_id, args.polls)
     finally:
         server.stop()
+    shutil.rmtree(root, ignore_errors=True)  # done: nothing of the bench stays in /tmp (a failure keeps server.log)
 
     baseline_wall = min(w for w, _ in baseline)
     quiet_wall = min(w for w, _ in quiet)
