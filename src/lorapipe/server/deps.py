@@ -34,7 +34,7 @@ def serving_state(request: Request) -> ServerState:
     return request.app.state.lorapipe
 
 
-def ready_state(request: Request) -> ServerState:
+async def ready_state(request: Request) -> ServerState:
     """The shared state on a server that loads its model in the background (SageMaker hosting): until it is there,
     a 503 in A1111's shape saying whether the model is still loading or why it could not load."""
     state = loaded_state(request.app)
@@ -46,6 +46,7 @@ def ready_state(request: Request) -> ServerState:
     raise ApiError(503, "the base model is still loading", error="ModelLoading")
 
 
+# async: a plain-def dependency would cost a thread-pool hop on every request
 Ready = Annotated[ServerState, Depends(ready_state)]  # a hosting route: the loaded state, else a 503
 
 
@@ -54,7 +55,7 @@ def keep_hosted_loras(app: FastAPI, loras: HostedLoras) -> None:
     app.state.hosted_loras = loras
 
 
-def hosted_loras(request: Request, _loaded: Ready) -> HostedLoras:
+async def hosted_loras(request: Request, _loaded: Ready) -> HostedLoras:
     """The instance's LoRA folder (the loader sets it before the generator's state, so it is there once `Ready`)."""
     return request.app.state.hosted_loras
 
