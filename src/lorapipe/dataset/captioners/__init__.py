@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -99,3 +100,22 @@ class ProcessorResize:
         if self.size is None or self.resample is None or image.size == self.size:
             return image
         return image.resize(self.size, self.resample)
+
+
+@dataclass
+class TransformersCaptioner:
+    """What the transformers captioners (BLIP, Florence-2) share: the model, its processor, the device, and the
+    processor's resize run ahead in the decoding threads. Each family adds its own `caption`."""
+
+    name: str
+    model: Any
+    processor: Any
+    device: str
+    resize: ProcessorResize
+
+    @property
+    def input_side(self) -> int:
+        return self.resize.input_side
+
+    def prepare(self, image: Any) -> Any:
+        return self.resize(image)

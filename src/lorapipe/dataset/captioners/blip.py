@@ -6,10 +6,9 @@ Greedy decoding with a minimum length, so captions are reproducible and never a 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from lorapipe.dataset.captioners import ProcessorResize, hub_or_local
+from lorapipe.dataset.captioners import ProcessorResize, TransformersCaptioner, hub_or_local
 from lorapipe.errors import ModelLoadError
 
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
@@ -17,21 +16,7 @@ MAX_NEW_TOKENS = 50  # kohya's make_captions.py: max_length 75 with min_length 5
 MIN_NEW_TOKENS = 5
 
 
-@dataclass
-class BlipCaptioner:
-    name: str
-    model: Any
-    processor: Any
-    device: str
-    resize: ProcessorResize
-
-    @property
-    def input_side(self) -> int:
-        return self.resize.input_side
-
-    def prepare(self, image: Any) -> Any:
-        return self.resize(image)
-
+class BlipCaptioner(TransformersCaptioner):
     def caption(self, images: Sequence[Any]) -> list[str]:
         import torch
 

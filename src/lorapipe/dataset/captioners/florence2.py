@@ -8,10 +8,9 @@ repositories need `trust_remote_code` and are not loaded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from lorapipe.dataset.captioners import ProcessorResize, hub_or_local
+from lorapipe.dataset.captioners import ProcessorResize, TransformersCaptioner, hub_or_local
 from lorapipe.errors import ModelLoadError
 
 DEFAULT_MODEL = "florence-community/Florence-2-large"
@@ -19,21 +18,7 @@ TASK = "<DETAILED_CAPTION>"
 MAX_NEW_TOKENS = 128
 
 
-@dataclass
-class Florence2Captioner:
-    name: str
-    model: Any
-    processor: Any
-    device: str
-    resize: ProcessorResize
-
-    @property
-    def input_side(self) -> int:
-        return self.resize.input_side
-
-    def prepare(self, image: Any) -> Any:
-        return self.resize(image)
-
+class Florence2Captioner(TransformersCaptioner):
     def caption(self, images: Sequence[Any]) -> list[str]:
         import torch
 
