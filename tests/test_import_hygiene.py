@@ -17,7 +17,7 @@ NEUTRAL = {"errors", "atomic", "safetensors_header", "hashes", "file_names"}
 ALLOWED = {
     "errors": set(),
     "atomic": set(),
-    "hashes": set(),
+    "hashes": {"atomic", "file_names"},
     "file_names": set(),
     "safetensors_header": {"errors"},
     "container_contract": NEUTRAL,

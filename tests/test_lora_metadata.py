@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import json
 
+from lorapipe.hashes import HashCache
 from lorapipe.lora.metadata import (
     MINIMUM_SS_KEYS,
     DatasetSummary,
@@ -129,7 +130,7 @@ def test_base_model_hashes_are_a1111_legacy_and_full_sha256(tmp_path):
     blob = bytes(range(256)) * (0x120000 // 256)
     path = tmp_path / "base.safetensors"
     path.write_bytes(blob)
-    legacy, full = base_model_file_hashes(path)
+    legacy, full = base_model_file_hashes(path, HashCache(tmp_path / "cache"))
     assert legacy == hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
     assert full == hashlib.sha256(blob).hexdigest()
     meta = build(base_model_name=str(path), base_model_hashes=(legacy, full))

@@ -8,7 +8,6 @@ Accepts a dataset root holding `NNNN-dataset/` folders, one `NNNN-dataset` folde
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tomllib
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from lorapipe.dataset.layout import DATASET_FOLDER_RE, split_trigger_and_class
 from lorapipe.dataset.problems import Problem, warning
 from lorapipe.dataset.scan import DatasetScan, bucket_sample_counts, scan_dataset, steps_per_epoch, total_steps
 from lorapipe.errors import ConfigError, DatasetError
-from lorapipe.file_names import DATASET_CONFIG_NAME
+from lorapipe.file_names import DATASET_CONFIG_NAME, user_cache_dir
 
 # Used only when a folder has no config at all: kohya_ss GUI defaults for SDXL.
 _FALLBACK_ARGS = {"resolution": "1024,1024", "enable_bucket": True, "min_bucket_reso": 256, "max_bucket_reso": 2048}
@@ -304,7 +303,7 @@ def _check_remote(
 ) -> CheckReport:
     from lorapipe.store import open_store
 
-    cache = Path(cache_dir) if cache_dir else Path(os.environ.get("LORAPIPE_CACHE", "~/.cache/lorapipe")).expanduser()
+    cache = Path(cache_dir) if cache_dir else user_cache_dir()
     cache = cache / "datasets"
     store = open_store(url, endpoint_url=endpoint_url)
     if store.exists(DATASET_CONFIG_NAME):  # the URL is one dataset: fetch it through its parent

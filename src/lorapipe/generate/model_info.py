@@ -2,16 +2,16 @@
 
 A1111 hashes a checkpoint file whole (SHA-256; the first 10 hex chars are `Model hash`). A diffusers folder has
 no single file, so lorapipe hashes its weight files in sorted path order as one stream; a hub id is hashed the
-same way once resolved to a local folder, else left without a hash (A1111 leaves the key out too).
+same way once resolved to a local folder, else left without a hash (A1111 leaves the key out too). The hashes are
+remembered in lorapipe's hash cache (`hashes.HashCache`), so only the first call after a file changes reads it whole.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorapipe.hashes import LEGACY_HASH_OFFSET, legacy_hash_file
+from lorapipe.hashes import LEGACY_HASH_OFFSET, HashCache, legacy_hash_file
 
 MODEL_HASH_CHARS = 10
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -49,8 +49,9 @@ class ModelInfo:
         return names
 
 
-def describe_model(location: str, *, hash_weights: bool = True) -> ModelInfo:
-    """ModelInfo for a single file, a diffusers folder or a hub id (hub ids get no hash)."""
+def describe_model(location: str, *, hash_weights: bool = True, hash_cache: HashCache | None = None) -> ModelInfo:
+    """ModelInfo for a single file, a diffusers folder or a hub id (hub ids get no hash); `hash_cache` defaults to
+    the one in the user cache folder."""
     path = Path(location)
     name = path.stem if path.is_file() else path.name
     if not hash_weights or not path.exists():
@@ -58,11 +59,7 @@ def describe_model(location: str, *, hash_weights: bool = True) -> ModelInfo:
     files = (
         [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     )
-    digest = hashlib.sha256()
-    for file in files:
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+    sha256 = (hash_cache or HashCache()).sha256_of_files(path, files)
     # A1111's legacy hash is accepted as an alias only, and only for files long enough to have one.
     legacy = legacy_hash_file(path) if path.is_file() and path.stat().st_size > LEGACY_HASH_OFFSET else None
-    return ModelInfo(name=name, location=location, sha256=digest.hexdigest(), legacy_hash=legacy)
+    return ModelInfo(name=name, location=location, sha256=sha256, legacy_hash=legacy)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lorapipe.hashes import legacy_hash_file, sha256_file
+from lorapipe.hashes import HashCache, legacy_hash_file
 
 NETWORK_MODULE = "networks.lora"
 BASE_MODEL_VERSION_SDXL = "sdxl_base_v1-0"
@@ -242,10 +242,10 @@ def modelspec_metadata(
     return {f"modelspec.{k}": v for k, v in spec.items()}
 
 
-def base_model_file_hashes(path: Path) -> tuple[str, str]:
+def base_model_file_hashes(path: Path, hash_cache: HashCache | None = None) -> tuple[str, str]:
     """(ss_sd_model_hash, ss_new_sd_model_hash): A1111's legacy hash (sha256 of 64 KiB at 1 MiB, 8 hex) and the
-    sha256 of the whole file. Reads the whole file; call it once per run, not per save."""
-    return legacy_hash_file(path), sha256_file(path)
+    sha256 of the whole file, which is read only when `hash_cache` (default: the user's) has no current value."""
+    return legacy_hash_file(path), (hash_cache or HashCache()).sha256(path)
 
 
 def _dataset_keys(data: DatasetSummary) -> dict[str, Any]:

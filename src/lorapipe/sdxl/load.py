@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lorapipe.errors import ModelLoadError
+from lorapipe.file_names import user_cache_dir
 from lorapipe.safetensors_header import read_header
 from lorapipe.sdxl.constants import SDXL_HUB_ID, SGM_SDXL_MARKERS
 
@@ -155,7 +156,7 @@ def _tokenizer_folder() -> Path:
     """SDXL's two tokenizers, written once into the cache (they are the same for every random model)."""
     from lorapipe.sdxl.tokenizers import write_sdxl_tokenizers
 
-    folder = _cache_root() / "sdxl-tokenizers"
+    folder = user_cache_dir() / "sdxl-tokenizers"
     if not (folder / "tokenizer_2" / "tokenizer_config.json").is_file():
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         write_sdxl_tokenizers(tmp)
@@ -186,7 +187,7 @@ def materialize_config_folder(configs: dict[str, Any] | None) -> Path:
         te1, te2 = text_encoder_configs("full")
         configs = {"unet": unet_config("full"), "vae": vae_config("full"), "text_encoder": te1, "text_encoder_2": te2}
     key = hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = _cache_root() / "sdxl-configs" / key
+    folder = user_cache_dir() / "sdxl-configs" / key
     if (folder / "model_index.json").is_file():
         return folder
     tmp = folder.with_name(f"{key}.tmp-{os.getpid()}")
@@ -224,7 +225,3 @@ def materialize_config_folder(configs: dict[str, Any] | None) -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("LORAPIPE_CACHE", Path.home() / ".cache" / "lorapipe"))
