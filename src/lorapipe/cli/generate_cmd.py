@@ -102,6 +102,9 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from lorapipe.sdxl.libraries import import_sdxl_libraries
+
+    import_sdxl_libraries()
     from lorapipe.atomic import atomic_write_bytes
     from lorapipe.cli.lora_dir import resolve_lora_dir
     from lorapipe.generate.generator import DEFAULT_DENOISING_STRENGTH, GenerationRequest, Generator

@@ -58,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.processes > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch(args)  # does not return
 
+    from lorapipe.sdxl.libraries import import_sdxl_libraries
+
+    import_sdxl_libraries()
     from lorapipe.train.run import run_training
 
     result = run_training(

@@ -148,7 +148,9 @@ class Generator:
 
     @property
     def device(self):
-        return self.pipe.unet.device
+        # The first parameter's device, not `unet.device`: diffusers' ModelMixin.device also walks every module
+        # for group-offloading hooks (lorapipe uses none), a millisecond per call on SDXL.
+        return next(self.pipe.unet.parameters()).device
 
     def check(self, request: GenerationRequest) -> None:
         """Raise GenerationError naming the field when `request` cannot run (the server calls it before queueing)."""

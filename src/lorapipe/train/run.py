@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lorapipe.file_names import TRAIN_SUMMARY_NAME
+from lorapipe.sdxl.libraries import loaded_models_frozen
 from lorapipe.train.caching import precache_in_turn
 from lorapipe.train.checkpoints import TrainState, find_resume_folder, load_state, remove_quietly, save_state
 from lorapipe.train.loop import NonFiniteLoss, run_loop
@@ -99,7 +100,8 @@ def run_training(
             stop=stop,
         )
         run.seconds_caching = time.perf_counter() - t_loaded
-        return run.train(run.resume_from(resume_folder))
+        with loaded_models_frozen():  # the models outlive every step: keep the collector's full passes off them
+            return run.train(run.resume_from(resume_folder))
 
 
 class _Run:
