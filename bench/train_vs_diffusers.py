@@ -20,8 +20,10 @@ transforms the script uses (PIL/numpy/torch), on PYTHONPATH for the script's pro
 
 What is not the same work, by design of each program (printed with the results): the script wraps only the
 attention projections (to_q/k/v/out.0) with LoRA, lorapipe wraps Kohya's set (also proj_in/out and the
-feed-forward Linear layers); the script encodes its one instance prompt, lorapipe the image's caption files; the
-script logs to TensorBoard (its default; "none" is not accepted), lorapipe does not unless logging_dir is set.
+feed-forward Linear layers; the layer counts read from both saved files are printed, and sd-scripts' networks.lora has
+no network_args to narrow its set, so there is no like-for-like run); the script encodes its one instance prompt,
+lorapipe the image's caption files; the script logs to TensorBoard (its default; "none" is not accepted), lorapipe
+does not unless logging_dir is set.
 
 Then the generate comparison of `generate_vs_diffusers.py` (s/image in process, pixels identical) and one small
 image from the CLI vs a plain `StableDiffusionXLPipeline` script (wall time, peak RSS, pixels identical).
@@ -396,6 +398,26 @@ def _ratios(ours: list[float], theirs: list[float]) -> str:
     return f"ratio min {min(pairs):.3f}  median {statistics.median(pairs):.3f}  max {max(pairs):.3f}"
 
 
+def _layer_counts(ours: Path, theirs: Path) -> str:
+    """How many layers each side trained, read from the files they saved (the work per step differs by this)."""
+    from lorapipe.safetensors_header import read_header
+
+    ours_layers = sum(
+        name.endswith(".lora_down.weight") for f in ours.glob("*.safetensors") for name in read_header(f).tensors
+    )
+    theirs_layers = sum(  # diffusers saves its own names (`.lora.down.weight`)
+        name.endswith((".lora.down.weight", ".lora_A.weight"))
+        for f in theirs.glob("*.safetensors")
+        for name in read_header(f).tensors
+    )
+    return (
+        f"layers with LoRA: lorapipe {ours_layers} (Kohya networks.lora's set: attention, proj_in/out, feed-forward), "
+        f"diffusers script {theirs_layers} (to_q/k/v/out.0 only); networks.lora has no network_args that restricts "
+        f"the set (sd-scripts' exclude_patterns/include_patterns exist only for other architectures), so no "
+        f"like-for-like line"
+    )
+
+
 def compare_training(script: Path, root: Path, short: int, long: int, repeats: int) -> None:
     from lorapipe.dataset.sample import write_sample_dataset
     from lorapipe.sdxl.factory import make_pipeline_folder
@@ -465,6 +487,7 @@ def compare_training(script: Path, root: Path, short: int, long: int, repeats: i
             f"  {_ratios(ours, theirs)}; median/median {median:.3f}; best/best {best:.3f} (goal <= {goal}: "
             f"{'PASS' if best <= goal else 'FAIL'})"
         )
+    print(_layer_counts(root / f"lorapipe-{long}-0", root / f"diffusers-{long}-0"))
     log = (root / f"lorapipe-{long}-0.log").read_text(errors="replace")
     cached = "text-encoder outputs cached" in log
     print(f"lorapipe log says text-encoder outputs are cached: {cached}")
