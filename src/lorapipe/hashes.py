@@ -1,12 +1,12 @@
 """File hashes as A1111, sd-scripts and the store compute them (stdlib only, any stage may use it).
 
 - `sha256_file`: sha256 of a whole file, or of everything after `offset` (a safetensors file's tensor data: A1111's
-  `addnet` hash, Civitai's AutoV3).
+  `addnet` hash, Civitai's AutoV3); `sha256_files`: several files read as one stream (a diffusers folder's weights).
 - `legacy_hash_*`: A1111's old 8-hex model hash and sd-scripts' `addnet_hash_legacy`: sha256 of the 64 KiB at
   offset 1 MiB.
 - `HashCache`: whole-file sha256 values remembered across processes in `<cache dir>/hashes.json`, keyed by absolute
   path and valid while every file's size and mtime_ns are unchanged, as A1111 keeps `hashes` in its cache.json; so a
-  multi-GB base model is read once, not on every `generate` or `train`.
+  multi-GB base model is read once, not on every `generate` or server start.
 """
 
 from __future__ import annotations
