@@ -17,6 +17,8 @@ def test_collector_paused_for_the_block_then_freezes_and_resumes():
         with collector_paused():
             assert not gc.isenabled()
             kept = _Node()
+            garbage = weakref.ref(_Node())
+        assert garbage() is None  # collected once at the end, not frozen alive
         assert gc.isenabled()
         assert gc.get_freeze_count() > 0
         assert not any(obj is kept for obj in gc.get_objects())  # in the permanent generation: never walked
