@@ -102,15 +102,13 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from lorapipe.sdxl.libraries import import_sdxl_libraries
-
-    import_sdxl_libraries()
     from lorapipe.atomic import atomic_write_bytes
     from lorapipe.cli.lora_dir import resolve_lora_dir
     from lorapipe.generate.generator import DEFAULT_DENOISING_STRENGTH, GenerationRequest, Generator
     from lorapipe.generate.hires import HIRES_DENOISING_STRENGTH, HiresFix, check_hires
     from lorapipe.generate.infotext import png_bytes
     from lorapipe.generate.quiet import quiet_model_loading
+    from lorapipe.sdxl.libraries import import_sdxl_libraries
 
     init_images, inpaint, size = _img2img_inputs(args)
     hires = None
@@ -127,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
             negative_prompt=args.hr_negative,
         )
         check_hires(hires)  # a misspelt upscaler fails before minutes of model loading
+    import_sdxl_libraries()
     quiet_model_loading()
     generator = Generator.load(
         args.base_model, lora_dir=resolve_lora_dir(args.lora_dir), device=args.device, dtype=args.dtype
