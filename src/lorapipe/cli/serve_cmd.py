@@ -82,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from lorapipe.cli.lora_dir import resolve_lora_dir
+    from lorapipe.sdxl.libraries import import_sdxl_libraries
     from lorapipe.sdxl.load import resolve_base_model
     from lorapipe.server.app import create_app
     from lorapipe.server.settings import Limits, ServerSettings, parse_api_auth
@@ -111,5 +112,6 @@ def _run(args: argparse.Namespace) -> int:
             run_template=args.studio_run_template,
         ),
     )
+    import_sdxl_libraries()  # after the settings are checked: a bad flag still fails before torch loads
     serve(create_app(settings), host=settings.host, port=settings.port)
     return 0
