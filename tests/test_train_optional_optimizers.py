@@ -15,7 +15,7 @@ def _quadratic_steps(optimizer, param, steps=5):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return losses[0], float(((param - 1.0) ** 2).sum())
+    return losses[0], float(((param.detach() - 1.0) ** 2).sum())
 
 
 @pytest.mark.parametrize(
