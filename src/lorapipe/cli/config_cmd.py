@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from lorapipe.cli.config_args import add_override_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("config", help="check Kohya training configs; list the keys lorapipe knows")
@@ -21,14 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("file", metavar="FILE", help="Kohya training TOML, e.g. NNNN-dataset/kohya-sdxl-config.toml")
     check.add_argument("--dataset-dir", metavar="DIR", help="dataset folder (default: the folder of FILE)")
-    check.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any Kohya key (value read as a TOML literal, else as text); repeatable",
-    )
+    add_override_argument(check)
     check.add_argument("--output-dir", metavar="DIR", help="output folder, as `lorapipe train --output-dir`")
     check.add_argument("--base-model", metavar="MODEL", help="base model, as `lorapipe train --base-model`")
     check.add_argument("--json", action="store_true", help="print {ok, errors, warnings, config} as JSON")

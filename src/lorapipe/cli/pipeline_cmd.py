@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from lorapipe.cli.config_args import add_override_argument
+
 # Both torch-free at import time, so `--help` stays light.
 
 
@@ -122,14 +124,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--base-model", metavar="PATH_OR_ID", help="diffusers folder, single file or hub id (default: the config's)"
     )
     parser.add_argument("--config", metavar="TOML", help="Kohya training TOML (default: the dataset's own)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable)",
-    )
+    add_override_argument(parser)
     parser.add_argument("--lora-dir", metavar="DIR", help="the server's LoRA folder (default: HOME/loras)")
     parser.add_argument("--lora-name", metavar="NAME", help="published LoRA name (default: the config's output_name)")
     parser.add_argument(

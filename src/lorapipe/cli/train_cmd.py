@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from lorapipe.cli.config_args import add_override_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,14 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output-dir", metavar="DIR", help="where the LoRA, samples and summary go")
     parser.add_argument("--config", metavar="FILE", help="Kohya training TOML (default: DATASET_DIR's own)")
-    parser.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="override one Kohya key, e.g. --set max_train_steps=100 (repeatable)",
-    )
+    add_override_argument(parser)
     parser.add_argument("--resume", metavar="DIR", help="continue from a state folder written with save_state")
     parser.add_argument("--state-dir", metavar="DIR", help="where state folders go (default: the output folder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (step lines still print)")
