@@ -50,6 +50,11 @@ def _sgm_shaped_unet(unet: torch.nn.Module, device: str) -> torch.nn.Module:
             )
         )
         _ensure(block, sgm[len(block_path) + 1 :], None, leaf)
+    # sd-scripts' attention modules (attn1/attn2) are of class CrossAttention: `preset=attn-only` selects by it.
+    cross_attention = type("CrossAttention", (torch.nn.Module,), {})
+    for name, module in unet.named_modules():
+        if type(module).__name__ == "Attention":
+            root.get_submodule(names.to_sgm(f"{name}.to_q").removesuffix(".to_q")).__class__ = cross_attention
     return root
 
 
@@ -97,6 +102,7 @@ def _transformers4_path(encoder: torch.nn.Module) -> torch.nn.Module:
         ),
         # DoRA's dora_scale is the base weight's norm, so it needs real weights: the tiny model (same block layout).
         ("tiny", "cpu", {"algo": "locon", "dora_wd": True}, LycorisOptions(algo="locon", dora_wd=True)),
+        ("full", "meta", {"algo": "lora", "preset": "attn-only"}, LycorisOptions(algo="lora", preset="attn-only")),
     ],
 )
 def test_sdxl_keys_and_shapes_equal_lycoris_under_sd_scripts(preset, device, args, options) -> None:
@@ -112,8 +118,7 @@ def test_sdxl_keys_and_shapes_equal_lycoris_under_sd_scripts(preset, device, arg
         None,
         [_transformers4_path(te1), _transformers4_path(te2)],
         _sgm_shaped_unet(unet, device),
-        preset="full",
-        **{k: str(v) for k, v in args.items()},
+        **{"preset": "full", **{k: str(v) for k, v in args.items()}},
     )
     reference.apply_to([], [], apply_text_encoder=True, apply_unet=True)
     expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
@@ -122,7 +127,9 @@ def test_sdxl_keys_and_shapes_equal_lycoris_under_sd_scripts(preset, device, arg
     ours = attach_lycoris(unet, te1, te2, options, network_dim=2, network_alpha=1.0, lora_dtype=None)
     try:
         assert ours.kohya_shapes() == expected
-        if preset == "full":  # Kohya LoCon's module count on SDXL: 788 UNet, 72 + 192 text-encoder modules
+        if options.preset == "attn-only":  # SDXL's 140 attention modules x 4 projections; CLIP's 12 and 32 layers x 4
+            assert ours.num_modules == {"unet": 560, "text_encoder": 48, "text_encoder_2": 128}
+        elif preset == "full":  # Kohya LoCon's module count on SDXL: 788 UNet, 72 + 192 text-encoder modules
             assert ours.num_modules == {"unet": 788, "text_encoder": 72, "text_encoder_2": 192}
     finally:
         ours.remove()

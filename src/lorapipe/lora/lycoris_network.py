@@ -7,11 +7,11 @@ expect. peft's LoHa/LoKr follow LyCORIS closely but differ in details (file layo
 full-matrix rule), and any difference would be a file other tools read differently.
 
 What lorapipe adds: LyCORIS under sd-scripts sees SDXL's original (SGM) UNet, whose module paths
-(`input_blocks.4.1...`) become the key names. We train the diffusers UNet, so LyCORIS runs with a preset restricted to
-the module classes both UNets share (sd-scripts' SGM UNet has no `TimestepEmbedding` class and no `conv_in`,
-`conv_out`, `time_embedding` names, so LyCORIS trains none of those there either), and every module is renamed to
-its Kohya SGM name (`lora/targets.py`) before it is registered. The file then holds the keys LyCORIS writes under
-sd-scripts for SDXL.
+(`input_blocks.4.1...`) become the key names. We train the diffusers UNet, so LyCORIS runs with a preset restricted
+to the module classes both UNets share (sd-scripts' SGM UNet has no `TimestepEmbedding` class and no `conv_in`,
+`conv_out`, `time_embedding` names, so LyCORIS trains none of those there either; its `CrossAttention` is diffusers'
+`Attention`), and every module is renamed to its Kohya SGM name (`lora/targets.py`) before it is registered. The
+file then holds the keys LyCORIS writes under sd-scripts for SDXL.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ from lorapipe.errors import ConfigError, TrainingError
 from lorapipe.lora.network import KohyaLoadReport, part_parameter_groups
 from lorapipe.lora.targets import KOHYA_PREFIXES, PARTS, kohya_target_names
 
-# Module classes of LyCORIS's presets that exist in sd-scripts' SGM UNet too (see the module docstring).
+# Module classes of LyCORIS's presets that sd-scripts' SGM UNet (library/sdxl_original_unet.py) lacks, so LyCORIS
+# selects nothing by them there (see the module docstring).
 _SGM_FOREIGN_CLASSES = ("TimestepEmbedding",)
+# sd-scripts' SGM UNet class names that diffusers' UNet calls otherwise: its attention (attn1/attn2, holding to_q,
+# to_k, to_v, to_out.0 in both) is `CrossAttention` there, `Attention` here; `preset=attn-only` selects by it.
+_SGM_TO_DIFFUSERS_CLASSES = {"CrossAttention": "Attention"}
 # The class attributes LycorisNetworkKohya.apply_preset sets.
 _PRESET_ATTRIBUTES = (
     "ENABLE_CONV",
@@ -204,7 +208,9 @@ def _sdxl_preset(preset_name: str) -> Iterator[type]:
 
     preset = dict(PRESET[preset_name])
     preset["unet_target_module"] = [
-        name for name in preset.get("unet_target_module", []) if name not in _SGM_FOREIGN_CLASSES
+        _SGM_TO_DIFFUSERS_CLASSES.get(name, name)
+        for name in preset.get("unet_target_module", [])
+        if name not in _SGM_FOREIGN_CLASSES
     ]
     preset["unet_target_name"] = []
     saved = {name: getattr(LycorisNetworkKohya, name) for name in _PRESET_ATTRIBUTES}
