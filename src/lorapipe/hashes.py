@@ -27,10 +27,7 @@ LEGACY_HASH_LENGTH = 0x10000
 def sha256_file(path: str | Path, offset: int = 0) -> str:
     """Hex sha256 of the file's bytes from `offset` on, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        handle.seek(offset)
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
+    _feed(digest, path, offset)
     return digest.hexdigest()
 
 
@@ -38,10 +35,15 @@ def sha256_files(paths: Sequence[str | Path]) -> str:
     """Hex sha256 of the files' bytes read one after another, as one stream (a folder of weight files)."""
     digest = hashlib.sha256()
     for path in paths:
-        with Path(path).open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
+        _feed(digest, path)
     return digest.hexdigest()
+
+
+def _feed(digest: hashlib._Hash, path: str | Path, offset: int = 0) -> None:
+    with Path(path).open("rb") as handle:
+        handle.seek(offset)
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
 
 
 def legacy_hash_bytes(data: bytes) -> str:
