@@ -197,13 +197,21 @@ def report_for(
     )
 
 
+def _folder_config(folder: Path, config_path: Path | None) -> Path | None:
+    """The training config for `folder`: the one given, else the folder's own one when it has it."""
+    if config_path is not None:
+        return config_path
+    own = folder / DATASET_CONFIG_NAME
+    return own if own.is_file() else None
+
+
 def folder_blueprint(
     folder: Path, config_path: Path | None = None, dataset_config_path: Path | None = None
 ) -> tuple[DatasetBlueprint, dict[str, Any], tuple[Problem, ...]]:
     """The blueprint training would read for one local dataset folder (its own config unless one is given), the
     flat training args, and a note when the folder has no config at all."""
     extra: list[Problem] = []
-    config_path = config_path or (folder / DATASET_CONFIG_NAME if (folder / DATASET_CONFIG_NAME).is_file() else None)
+    config_path = _folder_config(folder, config_path)
     if config_path is not None:
         args = read_flat_config(config_path)
         source = str(config_path)
@@ -227,8 +235,8 @@ def folder_blueprint(
 def _check_local_folder(
     folder: Path, config_path: Path | None, dataset_config_path: Path | None, **options: Any
 ) -> DatasetReport:
-    blueprint, args, extra = folder_blueprint(folder, config_path, dataset_config_path)
-    config = config_path or (folder / DATASET_CONFIG_NAME if (folder / DATASET_CONFIG_NAME).is_file() else None)
+    config = _folder_config(folder, config_path)
+    blueprint, args, extra = folder_blueprint(folder, config, dataset_config_path)
     return report_for(
         folder.name,
         folder,
