@@ -20,7 +20,6 @@ from lorapipe.dataset.problems import Problem, error, warning
 from lorapipe.errors import DatasetError
 from lorapipe.hashes import sha256_file
 
-# Files that may sit beside images without being reported (caches sd-scripts itself writes).
 # Files that belong beside images without being images: captions, latent caches, configs, and the `.sha256`
 # sidecars the store writes beside every object it uploads (a dataset uploaded for SageMaker has one per file).
 _QUIET_EXTENSIONS = frozenset(KNOWN_CAPTION_EXTENSIONS) | {".npz", ".json", ".toml", ".md", ".sha256"}
