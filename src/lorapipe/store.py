@@ -194,12 +194,8 @@ class Store:
         if sidecar not in remote:
             return
         with self._errors(f"{name}/{sidecar}"):
-            expected = self._fs.cat_file(self._path(f"{name}/{sidecar}")).decode("utf-8", "replace").split()
-        if expected and expected[0].lower() != digest:
-            raise StoreError(
-                f"{self.url_of(f'{name}/{rel}')}: sha256 {digest[:12]}... does not match its .sha256 "
-                f"file ({expected[0][:12]}...); re-upload it"
-            )
+            expected = self._fs.cat_file(self._path(f"{name}/{sidecar}"))
+        self._compare_sidecar(f"{name}/{rel}", expected, digest)
 
     @staticmethod
     def _read_manifest(target: Path) -> dict[str, dict[str, Any]]:
@@ -252,7 +248,12 @@ class Store:
         with self._errors(sidecar):
             if not self._fs.exists(self._path(sidecar)):
                 return
-            expected = self._fs.cat_file(self._path(sidecar)).decode("utf-8", "replace").split()
+            expected = self._fs.cat_file(self._path(sidecar))
+        self._compare_sidecar(rel, expected, digest)
+
+    def _compare_sidecar(self, rel: str, sidecar: bytes, digest: str) -> None:
+        """Raise when a `.sha256` sidecar (`sha256sum` output: the hex digest first) names another digest."""
+        expected = sidecar.decode("utf-8", "replace").split()
         if expected and expected[0].lower() != digest:
             raise StoreError(
                 f"{self.url_of(rel)}: sha256 {digest[:12]}... does not match its .sha256 file "
