@@ -124,6 +124,16 @@ def paired_ratios(rounds: list[dict[str, float]], candidate: str, baseline: str)
     return RatioSummary(median, q1, q3, statistics.fmean(ratios), means[49], means[1949], len(ratios))
 
 
+def lorapipe_train_cmd(dataset: Path, model: Path, out: Path, sets, *args: str) -> list[str]:
+    """`python -m lorapipe train DATASET --base-model MODEL --output-dir OUT --no-progress [ARGS] --set ...` for
+    each `KEY=VALUE` in `sets`."""
+    cmd = [sys.executable, "-m", "lorapipe", "train", str(dataset), "--base-model", str(model)]
+    cmd += ["--output-dir", str(out), "--no-progress", *args]
+    for item in sets:
+        cmd += ["--set", item]
+    return cmd
+
+
 def measure_process(cmd: list[str], env: dict, log: Path) -> tuple[float, int]:
     """Run `cmd` to the end with stdout/stderr in `log`; (wall seconds from launch to exit, peak RSS bytes of that
     process alone -- os.wait4, not the largest of all children so far). Exits naming the log when it fails."""

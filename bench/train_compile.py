@@ -15,36 +15,25 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from generate_common import lorapipe_train_cmd
 
 
 def _train(dataset: Path, model: Path, out: Path, steps: int, *sets: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "lorapipe",
-        "train",
-        str(dataset),
-        "--base-model",
-        str(model),
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]
     # One bucket (fixed 64x64, no buckets) so the compiled graph is traced once, as on a real bucketed run after
     # each bucket's first step.
-    for item in (
+    settings = (
         'sample_prompts=""',
         "sample_every_n_steps=0",
         f"max_train_steps={steps}",
         "seed=5",
         "enable_bucket=false",
         *sets,
-    ):
-        cmd += ["--set", item]
+    )
+    cmd = lorapipe_train_cmd(dataset, model, out, settings)
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((out / "train_summary.json").read_text())
 

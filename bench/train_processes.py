@@ -14,30 +14,17 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from generate_common import lorapipe_train_cmd
 
 
 def _train(dataset: Path, model: Path, out: Path, steps: int, processes: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "lorapipe",
-        "train",
-        str(dataset),
-        "--base-model",
-        str(model),
-        "--output-dir",
-        str(out),
-        "--no-progress",
-        "--processes",
-        str(processes),
-    ]
-    for item in ('sample_prompts=""', "sample_every_n_steps=0", f"max_train_steps={steps}", "seed=9"):
-        cmd += ["--set", item]
+    sets = ('sample_prompts=""', "sample_every_n_steps=0", f"max_train_steps={steps}", "seed=9")
+    cmd = lorapipe_train_cmd(dataset, model, out, sets, "--processes", str(processes))
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((out / "train_summary.json").read_text())
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from generate_common import lorapipe_train_cmd
+
 
 def _env() -> dict:
     return {
@@ -33,21 +35,8 @@ def _env() -> dict:
 
 
 def _lorapipe(dataset: Path, model: Path, out: Path, *sets: str) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "lorapipe",
-        "train",
-        str(dataset),
-        "--base-model",
-        str(model),
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]
     # The baseline renders no preview images, so the sample config's sample prompts are switched off here.
-    for item in ('sample_prompts=""', "sample_every_n_steps=0", *sets):
-        cmd += ["--set", item]
+    cmd = lorapipe_train_cmd(dataset, model, out, ('sample_prompts=""', "sample_every_n_steps=0", *sets))
     subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((out / "train_summary.json").read_text())
 

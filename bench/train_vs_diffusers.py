@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from generate_common import bytecode_cached_env, measure_process
+from generate_common import bytecode_cached_env, lorapipe_train_cmd, measure_process
 
 INSTANCE_PROMPT = "a photo of dwjz toy"
 RESOLUTION = 128
@@ -334,21 +334,7 @@ def lorapipe_cmd(dataset: Path, model: Path, out: Path, steps: int) -> list[str]
         f"max_train_steps={steps}",
         "seed=0",
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "lorapipe",
-        "train",
-        str(dataset),
-        "--base-model",
-        str(model),
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]
-    for item in sets:
-        cmd += ["--set", item]
-    return cmd
+    return lorapipe_train_cmd(dataset, model, out, sets)
 
 
 def script_cmd(script: Path, images: Path, model: Path, out: Path, steps: int) -> list[str]:
