@@ -149,9 +149,13 @@ def measure_process(cmd: list[str], env: dict, log: Path) -> tuple[float, int]:
     return wall, usage.ru_maxrss * 1024
 
 
-def bytecode_cached_env(env: dict, cache: Path) -> dict:
-    """`env` for a child that compiles each source once into `cache` and reuses it, as an installed package's
-    .pyc files are (this machine sets PYTHONDONTWRITEBYTECODE, which would recompile everything per process)."""
-    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(cache)
+def child_env(cache: Path, *first_on_path: Path, **extra: str) -> dict:
+    """This environment for a timed child process: `first_on_path` and this checkout's src/ ahead of PYTHONPATH,
+    one torch thread, the hub offline, plus `extra`. The child compiles each source once into `cache` and reuses
+    it, as an installed package's .pyc files are (this machine sets PYTHONDONTWRITEBYTECODE, which would recompile
+    everything per process)."""
+    src = Path(__file__).resolve().parent.parent / "src"
+    path = os.pathsep.join(p for p in (*map(str, first_on_path), str(src), os.environ.get("PYTHONPATH", "")) if p)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPYCACHEPREFIX=str(cache), **extra)
     return env

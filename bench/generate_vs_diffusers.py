@@ -13,14 +13,13 @@ Run: python bench/generate_vs_diffusers.py [--steps 8] [--size 128] [--repeats 7
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from generate_common import bytecode_cached_env, interleaved, measure_process, tiny_setup
+from generate_common import child_env, interleaved, measure_process, tiny_setup
 
 PROMPT, NEGATIVE, SEED = "a photo of dwjz toy on a table", "blurry", 1234
 
@@ -97,16 +96,7 @@ def compare_cli(root: Path, *, steps: int = 8, size: int = 128, repeats: int = 3
     model_dir, _ = tiny_setup(root)
     empty_loras = root / "no-loras"
     empty_loras.mkdir(exist_ok=True)
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    env = bytecode_cached_env(
-        {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p),
-            "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1",
-        },
-        root / "pycache",
-    )
+    env = child_env(root / "pycache")
     script = root / "plain_pipeline.py"
     script.write_text(_PLAIN_PIPELINE)
 

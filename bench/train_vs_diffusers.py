@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -47,7 +46,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from generate_common import bytecode_cached_env, lorapipe_train_cmd, measure_process
+from generate_common import child_env, lorapipe_train_cmd, measure_process
 
 INSTANCE_PROMPT = "a photo of dwjz toy"
 RESOLUTION = 128
@@ -278,19 +277,9 @@ def write_helpers(root: Path) -> tuple[Path, Path]:
     return hook, standin
 
 
-def child_env(hook: Path, times_file: Path, torchvision_dir: Path | None = None) -> dict:
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    path = os.pathsep.join(p for p in (str(hook), src, os.environ.get("PYTHONPATH", "")) if p)
-    env = {
-        **os.environ,
-        "PYTHONPATH": path,
-        "BENCH_STEP_TIMES": str(times_file),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    env = bytecode_cached_env(env, hook.parent / "pycache")
+def training_env(hook: Path, times_file: Path, torchvision_dir: Path | None = None) -> dict:
+    extra = {"BENCH_STEP_TIMES": str(times_file), "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = child_env(hook.parent / "pycache", hook, **extra)
     env.pop("BENCH_TORCHVISION_DIR", None)
     if torchvision_dir is not None:
         env["BENCH_TORCHVISION_DIR"] = str(torchvision_dir)
@@ -419,8 +408,8 @@ def compare_training(script: Path, root: Path, short: int, long: int, repeats: i
 
     def command(name: str, steps: int, out: Path) -> tuple[list[str], dict]:
         if name == "lorapipe":
-            return lorapipe_cmd(dataset, model, out, steps), child_env(hook, root / "times.json")
-        return script_cmd(script, images, model, out, steps), child_env(hook, root / "times.json", standin)
+            return lorapipe_cmd(dataset, model, out, steps), training_env(hook, root / "times.json")
+        return script_cmd(script, images, model, out, steps), training_env(hook, root / "times.json", standin)
 
     # One unmeasured run each first: it fills the bytecode cache both programs then load from.
     for name in ("lorapipe", "diffusers"):
