@@ -142,7 +142,7 @@ def _random_pipeline(cls, preset: str, *, device, dtype):
     from lorapipe.sdxl.presets import SCHEDULER_CONFIG
 
     models = build_models(preset, seed=0, device=str(device or "cpu"), dtype=dtype_name(dtype))
-    tokenizers = _tokenizer_folder()
+    tokenizers = materialize_config_folder(None)  # SDXL's config folder, cached once, holds both tokenizers
     scheduler = EulerDiscreteScheduler.from_config({k: v for k, v in SCHEDULER_CONFIG.items() if k[0] != "_"})
     return cls(
         **models,
@@ -150,21 +150,6 @@ def _random_pipeline(cls, preset: str, *, device, dtype):
         tokenizer_2=CLIPTokenizer.from_pretrained(tokenizers / "tokenizer_2"),
         scheduler=scheduler,
     )
-
-
-def _tokenizer_folder() -> Path:
-    """SDXL's two tokenizers, written once into the cache (they are the same for every random model)."""
-    from lorapipe.sdxl.tokenizers import write_sdxl_tokenizers
-
-    folder = user_cache_dir() / "sdxl-tokenizers"
-    if not (folder / "tokenizer_2" / "tokenizer_config.json").is_file():
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        write_sdxl_tokenizers(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished first; its folder is the same
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def _load_files(cls, source: BaseModelSource, spec: str, kwargs: dict):
@@ -221,7 +206,5 @@ def materialize_config_folder(configs: dict[str, Any] | None) -> Path:
     try:
         os.replace(tmp, folder)
     except OSError:  # another process won the race; its folder is identical
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

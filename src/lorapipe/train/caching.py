@@ -185,12 +185,11 @@ class TextEncoderCache:
         )
 
 
-def caption_randomiser(subsets, *, wildcards: bool = False) -> tuple[str, str] | None:
-    """(subset name, option) of the first subset whose captions change between uses, else None; `wildcards`
-    also counts enable_wildcard ({a|b} picks a variant per use)."""
-    keys = CAPTION_RANDOMISERS + (("enable_wildcard",) if wildcards else ())
+def caption_randomiser(subsets) -> tuple[str, str] | None:
+    """(subset name, option) of the first subset whose captions change between uses, else None (enable_wildcard
+    counts too: {a|b} picks a variant per use)."""
     for subset in subsets:
-        for key in keys:
+        for key in (*CAPTION_RANDOMISERS, "enable_wildcard"):
             if getattr(subset, key, 0):
                 return subset.name, key
     return None

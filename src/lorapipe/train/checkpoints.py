@@ -87,15 +87,11 @@ def read_train_state(folder: Path) -> TrainState:
     )
 
 
-def load_state(folder: Path, *, network, optimizer, lr_scheduler, scaler, dataset_hash: str) -> TrainState:
-    """Restore LoRA weights, optimizer, scheduler, scaler and RNG; refuse a different dataset."""
+def load_state(folder: Path, *, network, optimizer, lr_scheduler, scaler) -> TrainState:
+    """Restore LoRA weights, optimizer, scheduler, scaler and RNG from a folder `find_resume_folder` chose (which
+    refused a different dataset before any model loaded)."""
     folder = Path(folder)
     state = read_train_state(folder)
-    if state.dataset_hash and state.dataset_hash != dataset_hash:
-        raise TrainingError(
-            f"resume: {folder} was trained on a different dataset (hash {state.dataset_hash[:12]} "
-            f"vs {dataset_hash[:12]} now); resume with the same images and captions or start afresh"
-        )
     report = network.load_kohya_state_dict(load_file(str(folder / MODEL_FILE)), source=str(folder / MODEL_FILE))
     if report.missing or report.unexpected:
         raise TrainingError(

@@ -134,5 +134,5 @@ def fp8_stored_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def stored_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters as stored (what fp8 storage halves)."""
+    """Bytes of a module's parameters as stored (fp8 storage halves those of its stored layers)."""
     return sum(p.numel() * p.element_size() for p in module.parameters())

@@ -32,7 +32,7 @@ def estimate_savings(network_dim: int = 32) -> dict:
     """The savings table for the full SDXL architecture with a U-Net LoRA of `network_dim`."""
     import torch
 
-    from lorapipe.train.fp8 import fp8_stored_layers  # imports torch
+    from lorapipe.train.fp8 import fp8_stored_layers, stored_bytes  # imports torch
 
     models = build_models("full", device="meta", dtype="bf16")
     for model in models.values():
@@ -40,9 +40,6 @@ def estimate_savings(network_dim: int = 32) -> dict:
 
     def fp8_bytes(part: str) -> int:  # bf16 -> fp8 saves one byte per stored weight
         return sum(m.weight.numel() for m in fp8_stored_layers(models[part]))
-
-    def params_bytes(part: str) -> int:
-        return sum(p.numel() * p.element_size() for p in models[part].parameters())
 
     lora_params = 0
     unet = models["unet"]
@@ -57,9 +54,9 @@ def estimate_savings(network_dim: int = 32) -> dict:
         'optimizer_type = "AdamW8bit"': _entry(lora_params * (_ADAMW_STATE_BYTES - _ADAMW8BIT_STATE_BYTES), ESTIMATE),
         "fp8_base_unet": _entry(unet_fp8, ESTIMATE),
         "fp8_base": _entry(unet_fp8 + fp8_bytes("text_encoder") + fp8_bytes("text_encoder_2"), ESTIMATE),
-        "cache_latents": _entry(params_bytes("vae"), ESTIMATE + " (the VAE leaves the GPU after caching)"),
+        "cache_latents": _entry(stored_bytes(models["vae"]), ESTIMATE + " (the VAE leaves the GPU after caching)"),
         "cache_text_encoder_outputs": _entry(
-            params_bytes("text_encoder") + params_bytes("text_encoder_2"),
+            stored_bytes(models["text_encoder"]) + stored_bytes(models["text_encoder_2"]),
             ESTIMATE + " (the text encoders leave the GPU after caching)",
         ),
         "train_batch_size = 1": _entry(None, NOT_MEASURED),

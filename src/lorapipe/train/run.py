@@ -154,7 +154,6 @@ class _Run:
             optimizer=s.optimizer,
             lr_scheduler=s.lr_scheduler,
             scaler=s.scaler,
-            dataset_hash=self.plan.dataset_hash,
         )
 
     # ---- the run -------------------------------------------------------------------------------------------
