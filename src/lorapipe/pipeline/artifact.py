@@ -48,6 +48,12 @@ class Artifact:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.folder).as_posix()
 
+    def rewritten(self, path: Path) -> Artifact:
+        """The same artifact after one of its LoRA files was rewritten in place (new metadata): that file checked and
+        hashed again, the others kept as verified."""
+        check_safetensors(path)
+        return replace(self, sha256={**self.sha256, self.relative(path): sha256_file(path)})
+
     def publishing(self, lora: Path) -> Artifact:
         """The same artifact with `lora` (one of the run's LoRA files) as the file to publish."""
         if lora not in self.run_loras:
