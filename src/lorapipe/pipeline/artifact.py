@@ -48,6 +48,12 @@ class Artifact:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.folder).as_posix()
 
+    def rewritten(self, path: Path) -> Artifact:
+        """The same artifact after one of its LoRA files was rewritten in place (new metadata): that file checked and
+        hashed again, the others kept as verified."""
+        check_safetensors(path)
+        return replace(self, sha256={**self.sha256, self.relative(path): sha256_file(path)})
+
     def publishing(self, lora: Path) -> Artifact:
         """The same artifact with `lora` (one of the run's LoRA files) as the file to publish."""
         if lora not in self.run_loras:
@@ -86,7 +92,7 @@ def find_artifact(folder: Path) -> Artifact:
     except EvaluationError as exc:
         raise PipelineError(f"{exc} (train step output)") from exc
     run_loras = tuple(c.path for c in run.checkpoints)
-    lora = _named_by_summary(summary, run_loras) or (run.final.path if run.final.kind == "final" else None)
+    lora = _named_by_summary(folder, run_loras) or (run.final.path if run.final.kind == "final" else None)
     if lora is None:
         raise PipelineError(
             f"{folder}: only intermediate checkpoints ({', '.join(p.name for p in loras)}), no final "
@@ -103,15 +109,20 @@ def find_artifact(folder: Path) -> Artifact:
     return Artifact(folder, lora, summary if summary.is_file() else None, samples, digests, run_loras)
 
 
-def _named_by_summary(summary: Path, loras: tuple[Path, ...]) -> Path | None:
-    """The LoRA file `train_summary.json` names as the run's result (`lora_file`), when it is one of `loras`."""
-    if not summary.is_file():
-        return None
+def summary_lora_name(folder: Path) -> str | None:
+    """The file name of the run's result as `train_summary.json` in `folder` records it (`lora_file`); None while
+    training, without a summary, or when it is unreadable."""
     try:
-        named = json.loads(summary.read_text(encoding="utf-8")).get("lora_file")
+        named = json.loads((Path(folder) / TRAIN_SUMMARY_NAME).read_text(encoding="utf-8")).get("lora_file")
     except (OSError, ValueError, AttributeError):
         return None
-    return next((p for p in loras if named and p.name == Path(named).name), None)
+    return Path(named).name if named else None
+
+
+def _named_by_summary(folder: Path, loras: tuple[Path, ...]) -> Path | None:
+    """The LoRA file `train_summary.json` names as the run's result, when it is one of `loras`."""
+    named = summary_lora_name(folder)
+    return next((p for p in loras if named and p.name == named), None)
 
 
 def write_sha256_sidecars(artifact: Artifact) -> None:

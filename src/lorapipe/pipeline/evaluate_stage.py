@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lorapipe.errors import PipelineError
 from lorapipe.evaluate.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
-from lorapipe.pipeline.artifact import Artifact, find_artifact
+from lorapipe.pipeline.artifact import Artifact
 from lorapipe.pipeline.runlog import RunLog
 
 EVAL_MODES = ("auto", "on", "off")
@@ -129,8 +129,8 @@ def evaluate_artifact(
         "rule": result.recommendation.rule,
     }
     write_eval_metadata(chosen.path, metadata)
-    # The file changed: fingerprint the run again so sidecars, uploads and the publish check see the new bytes.
-    published = find_artifact(artifact.folder).publishing(chosen.path)
+    # The file changed: hash it again so sidecars, uploads and the publish check see the new bytes.
+    published = artifact.rewritten(chosen.path).publishing(chosen.path)
     log.info(
         f"evaluate: recommended {result.recommendation.checkpoint}; publishing {chosen.label} "
         f"(report {result.html_path})"
@@ -170,7 +170,7 @@ def _without_stale_measures(artifact: Artifact) -> Artifact:
     if not any(key.startswith(METADATA_PREFIX) for key in read_header(artifact.lora).metadata):
         return artifact
     write_eval_metadata(artifact.lora, {})
-    return find_artifact(artifact.folder).publishing(artifact.lora)
+    return artifact.rewritten(artifact.lora)
 
 
 def model_on_disk(name: str) -> bool:

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorapipe.evaluate.checkpoints import checkpoint_position
-from lorapipe.file_names import TRAIN_SUMMARY_NAME
-from lorapipe.pipeline.artifact import IMAGE_SUFFIXES, SAMPLE_DIR
+from lorapipe.pipeline.artifact import IMAGE_SUFFIXES, SAMPLE_DIR, summary_lora_name
 
 # `step=12 loss=0.123456 lr=0.0001 epoch=1` (lorapipe.train.report), at the start of a line or after a \r.
 _STEP_LINE = re.compile(r"^step=(\d+) loss=(\S+) lr=(\S+) epoch=(\d+)")
@@ -141,17 +140,6 @@ def _sample_key(name: str) -> tuple[int, int]:
     return (int(match[2]) if not match[1] else (1 << 29) + int(match[2]), int(match[3]))
 
 
-def _final_stem(folder: Path) -> str | None:
-    """The final LoRA's stem as the train summary names it (None while training or without a summary)."""
-    import json
-
-    try:
-        named = json.loads((folder / TRAIN_SUMMARY_NAME).read_text(encoding="utf-8")).get("lora_file")
-    except (OSError, ValueError):
-        return None
-    return Path(named).stem if named else None
-
-
 def list_checkpoints(train_dir: Path, *, final_steps: int | None = None) -> list[Checkpoint]:
     """The LoRA files in a run's train/ folder with the samples rendered at their step or epoch.
 
@@ -161,7 +149,8 @@ def list_checkpoints(train_dir: Path, *, final_steps: int | None = None) -> list
     if not folder.is_dir():
         return []
     files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    final_stem = _final_stem(folder)
+    named = summary_lora_name(folder)
+    final_stem = Path(named).stem if named else None
     samples = list_samples(folder)
     by_step: dict[int, list[str]] = {}
     by_epoch: dict[int, list[str]] = {}

@@ -7,7 +7,6 @@ log; SIGTERM of the worker becomes StopTrainingJob, see ``stop``)
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tarfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from lorapipe.container_contract import CONFIG_CHANNEL, TRAIN_CHANNEL, normalise
 from lorapipe.deploy.aws import aws_reason
 from lorapipe.errors import PipelineError, StoreError
 from lorapipe.file_names import DATASET_CONFIG_NAME
+from lorapipe.hashes import sha256_file
 from lorapipe.pipeline.backend import TrainJob
 from lorapipe.pipeline.request import RunRequest
 from lorapipe.pipeline.runlog import Cancellation, RunLog
@@ -187,7 +187,7 @@ class SageMakerBackend:
         shipped = Path(job.dataset_dir) / DATASET_CONFIG_NAME
         if job.config is None or Path(job.config).resolve() == shipped.resolve():
             return None
-        digest = hashlib.sha256(Path(job.config).read_bytes()).hexdigest()
+        digest = sha256_file(job.config)
         rel = f"configs/{digest[:12]}/{DATASET_CONFIG_NAME}"
         try:
             store = open_store(self.request.output or "", endpoint_url=self.request.s3_endpoint_url)
