@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.errors import ConfigError
+from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.server.studio_settings import StudioSettings
 
 # Epoch-based keys that would override or fight a step count (sd-scripts: max_train_epochs wins over steps).
@@ -69,6 +70,14 @@ def apply_settings(text: str, settings: TrainSettings, where: str) -> str:
     if not values and not drop:
         return text
     return render_config(Preset(name="studio", path=where, text=text, values=current), values, drop=drop)
+
+
+def run_config_text(dataset_dir: Path, config_toml: str | None, settings: TrainSettings) -> str:
+    """The TOML a run trains with: `config_toml`, else the prepared dataset's own, with `settings` written in."""
+    if config_toml is not None:
+        return apply_settings(config_toml, settings, "config_toml")
+    text = (dataset_dir / DATASET_CONFIG_NAME).read_text(encoding="utf-8")
+    return apply_settings(text, settings, DATASET_CONFIG_NAME)
 
 
 def preset_choices(settings: StudioSettings) -> dict[str, str]:

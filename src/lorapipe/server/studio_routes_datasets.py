@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.server.api_errors import ApiError
 from lorapipe.server.deps import Studio
-from lorapipe.server.studio_config import TrainSettings, apply_settings, preset_choices
+from lorapipe.server.studio_config import TrainSettings, preset_choices, run_config_text
 from lorapipe.server.studio_datasets import PREPARED
 from lorapipe.server.studio_state import call_in_thread
 
@@ -150,14 +150,10 @@ async def config(dataset_id: str, state: Studio):
 )
 async def render_config(dataset_id: str, body: RenderBody, state: Studio):
     folder = await call_in_thread(state.datasets.prepared_dir, dataset_id)
-    where = "config_toml" if body.config_toml is not None else DATASET_CONFIG_NAME
-    base = (
-        body.config_toml if body.config_toml is not None else (folder / DATASET_CONFIG_NAME).read_text(encoding="utf-8")
-    )
     settings = TrainSettings(
         steps=body.steps, rank=body.rank, learning_rate=body.learning_rate, checkpoints=body.checkpoints
     )
-    text = await call_in_thread(apply_settings, base, settings, where)
+    text = await call_in_thread(run_config_text, folder, body.config_toml, settings)
     return PlainTextResponse(text, media_type="application/toml")
 
 

@@ -11,12 +11,11 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from lorapipe.errors import LorapipeError
-from lorapipe.file_names import DATASET_CONFIG_NAME
 from lorapipe.pipeline.publish import check_publish_name
 from lorapipe.pipeline.records import FINISHED
 from lorapipe.server.api_errors import ApiError
 from lorapipe.server.deps import Studio
-from lorapipe.server.studio_config import TrainSettings, apply_settings
+from lorapipe.server.studio_config import TrainSettings, run_config_text
 from lorapipe.server.studio_state import StudioState, call, call_in_thread
 
 router = APIRouter(prefix="/studio/api/runs", tags=["studio: training runs"])
@@ -51,16 +50,10 @@ def _start(state: StudioState, body: RunBody) -> dict:
     dataset_dir = state.datasets.prepared_dir(body.dataset)
     if body.lora_name:
         check_publish_name(body.lora_name)  # the publish step's own rule, before any training
-    where = "config_toml" if body.config_toml is not None else DATASET_CONFIG_NAME
-    base = (
-        body.config_toml
-        if body.config_toml is not None
-        else (dataset_dir / DATASET_CONFIG_NAME).read_text(encoding="utf-8")
-    )
     settings = TrainSettings(
         steps=body.steps, rank=body.rank, learning_rate=body.learning_rate, checkpoints=body.checkpoints
     )
-    config, written = state.datasets.save_config(body.dataset, apply_settings(base, settings, where))
+    config, written = state.datasets.save_config(body.dataset, run_config_text(dataset_dir, body.config_toml, settings))
     try:
         warnings = state.runs.check_config(dataset_dir, config)
     except LorapipeError:
