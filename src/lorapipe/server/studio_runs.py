@@ -131,9 +131,10 @@ class StudioRuns:
 
     def resume(self, run_id: str) -> RunRecord:
         with self._start_lock:
-            if not BACKENDS[self.get(run_id).backend].remote:
+            cancelled = self.get(run_id)
+            if not BACKENDS[cancelled.backend].remote:
                 self._refuse_when_busy()
-            record = resume_run(self.home, self.get(run_id).id)
+            record = resume_run(self.home, cancelled.id)
             start_detached(self.home, record.id)
             self._busy_checked = 0.0
         return self.get(record.id)
