@@ -35,7 +35,6 @@ META = "meta.json"
 PHOTOS = "photos"
 PHOTO_INDEX = "photos.json"
 PREPARED = "dataset"
-DEFAULT_CAPTION_EXTENSION = ".caption"  # sd-scripts' default when the config names none
 MAX_CAPTION_CHARS = 2000
 EDITED_CONFIG_PREFIX = "studio-config-"
 
@@ -318,8 +317,10 @@ class StudioDatasets:
 def _training_images(folder: Path) -> tuple[dict[str, Path], str]:
     """`<subset>/<image>` -> path in a prepared folder's subsets, and the caption extension its config reads."""
     from lorapipe.dataset.check import read_flat_config
+    from lorapipe.dataset.options import SUBSET_DEFAULTS
 
-    extension = read_flat_config(folder / DATASET_CONFIG_NAME).get("caption_extension") or DEFAULT_CAPTION_EXTENSION
+    config = read_flat_config(folder / DATASET_CONFIG_NAME)
+    extension = config.get("caption_extension") or SUBSET_DEFAULTS["caption_extension"]  # sd-scripts' default
     images: dict[str, Path] = {}
     for subset in sorted(p for p in folder.iterdir() if p.is_dir() and parse_subset_folder_name(p.name)):
         for image in sorted(subset.iterdir()):
