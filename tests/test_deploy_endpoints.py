@@ -17,7 +17,10 @@ from lorapipe.cli.main import main
 from lorapipe.deploy.endpoints import (
     EndpointSpec,
     endpoint_config_request,
+    fresh_stamp,
     model_request,
+    now_stamp,
+    stamped_name,
 )
 from lorapipe.deploy.invoke import is_long_job
 from lorapipe.deploy.scaling import (
@@ -390,3 +393,11 @@ def test_package_builds_an_archive_the_hosting_reader_accepts(tmp_path, capsys):
         == 2
     )
     assert "path character" in capsys.readouterr().err
+
+
+def test_update_names_never_reuse_the_names_the_endpoint_serves_from():
+    # An update in the same clock tick as the deploy must not reuse (and then delete) the live config's name.
+    live = stamped_name("studio", now_stamp())
+    stamp = fresh_stamp("studio", {live})
+    assert stamped_name("studio", stamp) != live
+    assert len(stamped_name("a" * 63, stamp)) <= 63

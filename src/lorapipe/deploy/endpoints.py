@@ -92,12 +92,23 @@ def check_endpoint_name(name: str) -> str:
     return name
 
 
-def _stamped(name: str, stamp: str) -> str:
+def stamped_name(name: str, stamp: str) -> str:
     return f"{name[: 62 - len(stamp)].rstrip('-')}-{stamp}"
 
 
 def now_stamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    """UTC time to the millisecond: a deploy and an update in the same second still get distinct names."""
+    now = time.time()
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+
+
+def fresh_stamp(name: str, taken: set[str]) -> str:
+    """A stamp whose model/config name is not one of `taken` (the names the endpoint serves from right now)."""
+    stamp = now_stamp()
+    while stamped_name(name, stamp) in taken:
+        time.sleep(0.001)
+        stamp = now_stamp()
+    return stamp
 
 
 def model_request(spec: EndpointSpec, stamp: str) -> dict:
@@ -110,7 +121,7 @@ def model_request(spec: EndpointSpec, stamp: str) -> dict:
     if spec.model_data_url:
         container["ModelDataUrl"] = spec.model_data_url
     return {
-        "ModelName": _stamped(spec.name, stamp),
+        "ModelName": stamped_name(spec.name, stamp),
         "ExecutionRoleArn": spec.role_arn,
         "PrimaryContainer": container,
     }
@@ -127,7 +138,7 @@ def endpoint_config_request(spec: EndpointSpec, model_name: str, stamp: str) -> 
         "ModelDataDownloadTimeoutInSeconds": MODEL_DOWNLOAD_S,
     }
     request = {
-        "EndpointConfigName": _stamped(spec.name, stamp),
+        "EndpointConfigName": stamped_name(spec.name, stamp),
         "ProductionVariants": [variant],
     }
     if spec.asynchronous:
@@ -275,8 +286,9 @@ def update_endpoint(
     if change.image:
         container["Image"] = change.image
     container["Environment"] = environment
-    stamp = now_stamp()
-    model_name = _stamped(name, stamp)
+    # The old model and config are deleted after the switch, so the new names must differ from them.
+    stamp = fresh_stamp(name, {old_config["EndpointConfigName"], old_model_name})
+    model_name = stamped_name(name, stamp)
     variants = [
         {
             **{k: v for k, v in variant.items() if k not in ("ModelName",)},
@@ -285,7 +297,7 @@ def update_endpoint(
         for variant in old_config["ProductionVariants"]
     ]
     config = {
-        "EndpointConfigName": _stamped(name, stamp),
+        "EndpointConfigName": stamped_name(name, stamp),
         "ProductionVariants": variants,
     }
     if old_config.get("AsyncInferenceConfig"):
