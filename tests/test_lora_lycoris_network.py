@@ -13,8 +13,9 @@ import re
 import pytest
 import torch
 
+from lorapipe.config.lycoris_args import LYCORIS_PRESETS
 from lorapipe.config.model import LycorisOptions
-from lorapipe.lora.lycoris_network import attach_lycoris
+from lorapipe.lora.lycoris_network import attach_lycoris, plain_lora
 from lorapipe.lora.network import attach_kohya_lora
 from lorapipe.sdxl.factory import build_models
 from lorapipe.sdxl.sgm_names import UnetNameMap
@@ -224,3 +225,79 @@ def test_lycoris_loha_trains_saves_and_resumes_like_sd_scripts(tiny_model_dir, s
         overrides=(*common, "max_train_steps=4", f'resume="{state}"'),
     )
     assert resumed.status == "finished" and resumed.steps_done == 4
+
+
+@pytest.mark.parametrize("preset", LYCORIS_PRESETS)
+def test_plain_locon_through_peft_holds_lycoris_tensors_and_computes_its_update(tiny_model_dir, preset) -> None:
+    """`algo=lora` without LyCORIS's extras trains as peft LoRA layers: same keys, shapes and alphas as LyCORIS's
+    own LoCon modules on every preset, and the same UNet and text-encoder outputs from the same tensors."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
+    te1 = CLIPTextModel.from_pretrained(tiny_model_dir / "text_encoder")
+    te2 = CLIPTextModelWithProjection.from_pretrained(tiny_model_dir / "text_encoder_2")
+    options = LycorisOptions(algo="locon", preset=preset, conv_dim=2)
+    plain = plain_lora(options, network_dim=4, network_alpha=2.0)
+    assert plain is not None
+    sample = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = torch.randint(0, te1.config.vocab_size, (1, 77), generator=torch.Generator().manual_seed(1))
+    context = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2))
+    added = {
+        "text_embeds": torch.randn(
+            1, unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        ),
+        "time_ids": torch.zeros(1, 6),
+    }
+
+    def outputs():
+        with torch.no_grad():
+            return (
+                unet(sample, 10, encoder_hidden_states=context, added_cond_kwargs=added).sample,
+                te1(text).last_hidden_state,
+                te2(text).text_embeds,
+            )
+
+    reference = attach_lycoris(unet, te1, te2, options, network_dim=4, network_alpha=2.0, seed=0)
+    with torch.no_grad():
+        for key, tensor in reference.network.state_dict().items():
+            if key.endswith(".lora_up.weight"):  # zero at the start; any update must show in the outputs
+                tensor.normal_(std=0.05, generator=torch.Generator().manual_seed(len(key)))
+    state = reference.kohya_state_dict()
+    expected = outputs()
+    reference.remove()
+
+    ours = attach_kohya_lora(
+        unet,
+        te1,
+        te2,
+        network_dim=4,
+        network_alpha=2.0,
+        conv_dim=plain.conv_dim,
+        conv_alpha=plain.conv_alpha,
+        target_classes=plain.classes,
+    )
+    assert ours.kohya_shapes() == {key: tuple(tensor.shape) for key, tensor in state.items()}
+    # The alphas as built (loading a file would overwrite them).
+    assert {k: float(v) for k, v in ours.kohya_state_dict().items() if k.endswith(".alpha")} == {
+        k: float(v) for k, v in state.items() if k.endswith(".alpha")
+    }
+    report = ours.load_kohya_state_dict(state)
+    assert not report.missing and not report.unexpected
+    for got, want in zip(outputs(), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    ours.remove()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        LycorisOptions(algo="loha"),
+        LycorisOptions(algo="locon", dora_wd=True),
+        LycorisOptions(algo="locon", rank_dropout=0.1),
+        LycorisOptions(algo="locon", use_tucker=True),  # preset full: Tucker changes the 3x3 conv modules
+    ],
+)
+def test_lycoris_extras_keep_lycoris_own_modules(options) -> None:
+    assert plain_lora(options, network_dim=4, network_alpha=1.0) is None
+    assert plain_lora(None, network_dim=4, network_alpha=1.0) is None

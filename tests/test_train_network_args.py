@@ -94,3 +94,42 @@ def test_network_args_run_shapes_the_file_and_splits_the_learning_rates(tiny_mod
     assert lrs["lr/unet"] == pytest.approx(0.001)
     assert lrs["lr/unet_plus"] == pytest.approx(4 * lrs["lr/unet"])
     assert lrs["lr/text_encoder_plus"] == pytest.approx(2 * lrs["lr/text_encoder"])
+
+
+def test_plain_lycoris_locon_trains_its_preset_layers_with_loraplus(
+    tiny_model_dir, sample_dataset_dir, tmp_path, capsys
+):
+    """`algo=lora, preset=attn-only` trains (through peft, as the log says) only the attention projections, with
+    LyCORIS's LoRA+ ratio on lora_up, and the file says lycoris.kohya as sd-scripts + LyCORIS write it."""
+    logs = tmp_path / "logs"
+    result = run_training(
+        sample_dataset_dir,
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "out",
+        show_progress=False,
+        step_lines=False,
+        overrides=(
+            "max_train_steps=2",
+            'network_module="lycoris.kohya"',
+            'network_args=["algo=lora", "preset=attn-only", "loraplus_lr_ratio=4"]',
+            "network_dim=4",
+            "network_alpha=2",
+            "unet_lr=0.001",
+            "network_train_unet_only=true",
+            f"logging_dir={logs}",
+            "log_with=tensorboard",
+        ),
+    )
+    assert result.status == "finished" and result.steps_done == 2
+    assert "plain LoRA: trained with peft's LoRA layers" in capsys.readouterr().err
+    with safe_open(str(result.lora_path), "pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        meta = f.metadata()
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    assert json.loads(meta["ss_network_args"])["preset"] == "attn-only"
+    stems = {key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0] for key in tensors}
+    assert stems and all(re.search(r"_attn[12]_(to_q|to_k|to_v|to_out_0)$", stem) for stem in stems), stems
+    assert all(float(t) == 2.0 for key, t in tensors.items() if key.endswith(".alpha"))
+    assert any(t.abs().max() > 0 for key, t in tensors.items() if key.endswith("lora_up.weight"))
+    lrs = _lr_scalars(logs)
+    assert lrs["lr/unet_plus"] == pytest.approx(4 * lrs["lr/unet"])

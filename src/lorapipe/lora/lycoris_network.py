@@ -23,7 +23,7 @@ from typing import Any
 
 from lorapipe.errors import ConfigError, TrainingError
 from lorapipe.lora.network import KohyaLoadReport, part_parameter_groups
-from lorapipe.lora.targets import KOHYA_PREFIXES, PARTS, kohya_target_names
+from lorapipe.lora.targets import KOHYA_PREFIXES, PARTS, TargetClasses, kohya_target_names
 
 # Module classes of LyCORIS's presets that sd-scripts' SGM UNet (library/sdxl_original_unet.py) lacks, so LyCORIS
 # selects nothing by them there (see the module docstring).
@@ -31,6 +31,10 @@ _SGM_FOREIGN_CLASSES = ("TimestepEmbedding",)
 # sd-scripts' SGM UNet class names that diffusers' UNet calls otherwise: its attention (attn1/attn2, holding to_q,
 # to_k, to_v, to_out.0 in both) is `CrossAttention` there, `Attention` here; `preset=attn-only` selects by it.
 _SGM_TO_DIFFUSERS_CLASSES = {"CrossAttention": "Attention"}
+# LyCORIS options that change a LoCon module's tensors or maths. With none of them, LoCon on a Linear or Conv2d layer
+# is Kohya's LoRA module (lora_down, lora_up, alpha; down kaiming-uniform, up zero; x + up(down(x)) * alpha / rank),
+# which peft's LoRA layers compute faster (`plain_lora`). use_tucker only changes 3x3 convs.
+_LOCON_EXTRAS = ("dropout", "rank_dropout", "module_dropout", "use_scalar", "dora_wd", "rs_lora", "bypass_mode")
 # The class attributes LycorisNetworkKohya.apply_preset sets.
 _PRESET_ATTRIBUTES = (
     "ENABLE_CONV",
@@ -130,6 +134,39 @@ class LycorisKohyaNetwork:
         self.modules = {}
 
 
+@dataclass(frozen=True)
+class PlainLora:
+    """A lycoris.kohya network that is plain LoRA: the layers it wraps and their conv rank (None: no 3x3 convs)."""
+
+    classes: TargetClasses
+    conv_dim: int | None
+    conv_alpha: float | None
+
+
+def plain_lora(options: Any, *, network_dim: int, network_alpha: float | None) -> PlainLora | None:
+    """The plain-LoRA layout of `options` (a `LycorisOptions`), or None when LyCORIS's own modules are needed (or
+    the network is not lycoris.kohya: `options` None).
+
+    `algo=lora`/`locon` without LyCORIS's extras writes the same keys, shapes and update as Kohya's LoRA modules on
+    the preset's layers, so it trains through the peft path (`attach_kohya_lora` with these classes); the tests
+    check both the file layout and the forward maths against LyCORIS's modules."""
+    if options is None or options.algo != "locon" or any(getattr(options, name) for name in _LOCON_EXTRAS):
+        return None
+    preset = _sdxl_preset_values(options.preset)
+    conv = bool(preset["enable_conv"])
+    if conv and options.use_tucker:
+        return None
+    alpha = float(network_dim) if not network_alpha else float(network_alpha)  # as attach_lycoris passes them
+    classes = TargetClasses(
+        unet=tuple(preset["unet_target_module"]),
+        unet_conv=(),
+        text_encoder=tuple(preset["text_encoder_target_module"]),
+    )
+    if not conv:
+        return PlainLora(classes, None, None)
+    return PlainLora(classes, int(options.conv_dim or network_dim), float(options.conv_alpha or alpha))
+
+
 def attach_lycoris(
     unet: Any,
     text_encoder: Any,
@@ -203,8 +240,21 @@ def _sdxl_preset(preset_name: str) -> Iterator[type]:
     LyCORIS keeps the preset in class attributes of LycorisNetworkKohya and reads them by that class name (as
     sd-scripts' create_network sets them); they are restored afterwards so no state outlives the build.
     """
-    from lycoris.config import PRESET
     from lycoris.kohya import LycorisNetworkKohya
+
+    preset = _sdxl_preset_values(preset_name)
+    saved = {name: getattr(LycorisNetworkKohya, name) for name in _PRESET_ATTRIBUTES}
+    LycorisNetworkKohya.apply_preset(preset)
+    try:
+        yield LycorisNetworkKohya
+    finally:
+        for name, value in saved.items():
+            setattr(LycorisNetworkKohya, name, value)
+
+
+def _sdxl_preset_values(preset_name: str) -> dict[str, Any]:
+    """LyCORIS's preset minus the classes and names sd-scripts' SGM UNet does not have, in diffusers' class names."""
+    from lycoris.config import PRESET
 
     preset = dict(PRESET[preset_name])
     preset["unet_target_module"] = [
@@ -213,13 +263,7 @@ def _sdxl_preset(preset_name: str) -> Iterator[type]:
         if name not in _SGM_FOREIGN_CLASSES
     ]
     preset["unet_target_name"] = []
-    saved = {name: getattr(LycorisNetworkKohya, name) for name in _PRESET_ATTRIBUTES}
-    LycorisNetworkKohya.apply_preset(preset)
-    try:
-        yield LycorisNetworkKohya
-    finally:
-        for name, value in saved.items():
-            setattr(LycorisNetworkKohya, name, value)
+    return preset
 
 
 def _rename_to_sgm(network: Any, unet: Any, te1: Any, te2: Any) -> dict[str, list[Any]]:

@@ -22,7 +22,15 @@ from typing import Any
 
 from lorapipe.errors import ConfigError, TrainingError
 from lorapipe.lora.ranks import BlockRanks, UnetBlocks, plan_ranks
-from lorapipe.lora.targets import PARTS, TEXT_ENCODER_PARTS, KohyaTarget, KohyaTargets, kohya_target_names
+from lorapipe.lora.targets import (
+    KOHYA_CLASSES,
+    PARTS,
+    TEXT_ENCODER_PARTS,
+    KohyaTarget,
+    KohyaTargets,
+    TargetClasses,
+    kohya_target_names,
+)
 
 ADAPTER_NAME = "kohya"
 DEFAULT_NETWORK_DIM = 4
@@ -209,6 +217,7 @@ def attach_kohya_lora(
     module_dropout: float | None = None,
     block_ranks: BlockRanks | None = None,
     module_ranks: Mapping[str, tuple[int, float]] | None = None,
+    target_classes: TargetClasses = KOHYA_CLASSES,
 ) -> KohyaLoraNetwork:
     """Wrap Kohya's target layers with peft LoRA; freeze every base parameter; return the network.
 
@@ -216,6 +225,7 @@ def attach_kohya_lora(
     `block_ranks` carries sd-scripts' block_dims/block_alphas/conv_block_dims/conv_block_alphas (`ranks.py`).
     `module_ranks` (kohya_name -> (rank, alpha), as read from a file by `from_weights.py`) overrides all of the
     above and limits the network to those modules.
+    `target_classes` are the module classes searched for layers (Kohya's, or a LyCORIS preset's).
     `seed` makes the down-weight initialisation reproducible without touching the global RNG stream.
     `lora_dtype` is the dtype of the LoRA weights ("float32" as sd-scripts unless full_fp16/full_bf16; None keeps
     the base layers' dtype).
@@ -252,6 +262,7 @@ def attach_kohya_lora(
         conv=c_dim is not None or blocks.conv_dims is not None,
         train_unet=train_unet,
         train_text_encoder=train_text_encoder,
+        classes=target_classes,
     )
     unet_blocks = UnetBlocks.from_config(unet.config) if unet is not None and train_unet else None
     plan = plan_ranks(

@@ -17,6 +17,19 @@ UNET_TARGET_CLASSES = ("Transformer2DModel",)
 UNET_CONV_TARGET_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TEXT_ENCODER_TARGET_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP")
 
+
+@dataclass(frozen=True)
+class TargetClasses:
+    """The module classes whose Linear/Conv2d children get a LoRA: Kohya's by default, a LyCORIS preset's when
+    `lycoris.kohya` trains plain LoRA (`lycoris_network.plain_lora_classes`)."""
+
+    unet: tuple[str, ...] = UNET_TARGET_CLASSES
+    unet_conv: tuple[str, ...] = UNET_CONV_TARGET_CLASSES
+    text_encoder: tuple[str, ...] = TEXT_ENCODER_TARGET_CLASSES
+
+
+KOHYA_CLASSES = TargetClasses()
+
 # Model part -> Kohya key prefix. The order is the order of parts in a file.
 PARTS = ("unet", "text_encoder", "text_encoder_2")
 KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
@@ -83,6 +96,7 @@ def kohya_target_names(
     conv: bool,
     train_unet: bool = True,
     train_text_encoder: bool = True,
+    classes: TargetClasses = KOHYA_CLASSES,
 ) -> KohyaTargets:
     """List Kohya's targets for these models (722 + 264 on SDXL, +66 UNet modules with `conv`).
 
@@ -91,26 +105,25 @@ def kohya_target_names(
     unet_targets: tuple[KohyaTarget, ...] = ()
     te_targets: dict[str, tuple[KohyaTarget, ...]] = {p: () for p in TEXT_ENCODER_PARTS}
     if train_unet and unet is not None:
-        unet_targets = tuple(_unet_targets(unet, conv=conv))
+        unet_targets = tuple(_unet_targets(unet, classes, conv=conv))
     if train_text_encoder:
         for part, model in zip(TEXT_ENCODER_PARTS, (text_encoder, text_encoder_2)):
             if model is not None:
-                te_targets[part] = tuple(_text_encoder_targets(part, model))
+                te_targets[part] = tuple(_text_encoder_targets(part, model, classes.text_encoder))
     return KohyaTargets(unet=unet_targets, **te_targets)
 
 
-def _unet_targets(unet: Any, *, conv: bool) -> Iterator[KohyaTarget]:
+def _unet_targets(unet: Any, classes: TargetClasses, *, conv: bool) -> Iterator[KohyaTarget]:
     from lorapipe.sdxl.sgm_names import UnetNameMap
 
     name_map = UnetNameMap(unet.config)
-    classes = UNET_TARGET_CLASSES + (UNET_CONV_TARGET_CLASSES if conv else ())
-    for module_name, kind in _wrapped_layers(unet, classes, allow_3x3=conv):
+    for module_name, kind in _wrapped_layers(unet, classes.unet + (classes.unet_conv if conv else ()), allow_3x3=conv):
         sgm_name = name_map.to_sgm(module_name)
         yield KohyaTarget("unet", module_name, kohya_key(KOHYA_PREFIXES["unet"], sgm_name), kind)
 
 
-def _text_encoder_targets(part: str, model: Any) -> Iterator[KohyaTarget]:
-    for module_name, kind in _wrapped_layers(model, TEXT_ENCODER_TARGET_CLASSES, allow_3x3=False):
+def _text_encoder_targets(part: str, model: Any, classes: tuple[str, ...]) -> Iterator[KohyaTarget]:
+    for module_name, kind in _wrapped_layers(model, classes, allow_3x3=False):
         yield KohyaTarget(part, module_name, kohya_key(KOHYA_PREFIXES[part], _kohya_text_path(module_name)), kind)
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lorapipe.errors import ConfigError
 from lorapipe.lora.from_weights import file_module_ranks
-from lorapipe.lora.lycoris_network import attach_lycoris
+from lorapipe.lora.lycoris_network import attach_lycoris, plain_lora
 from lorapipe.lora.network import attach_kohya_lora
 from lorapipe.lora.ranks import BlockRanks
 from lorapipe.sdxl.constants import VAE_SCALE_FACTOR
@@ -110,7 +110,24 @@ def _ranks_from_weights(weights, unet, te1, te2, cfg) -> dict[str, tuple[int, fl
 
 
 def _attach_network(cfg, unet, te1, te2, weights, *, seed: int, lora_dtype) -> Any:
-    """The network `network_module` names: Kohya's networks.lora (peft layers) or lycoris.kohya (LyCORIS modules)."""
+    """The network `network_module` names: Kohya's networks.lora (peft layers) or lycoris.kohya (LyCORIS modules;
+    peft layers on the preset's layers when the LyCORIS network is plain LoRA)."""
+    plain = plain_lora(cfg.lycoris, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha)
+    if plain is not None:
+        return attach_kohya_lora(
+            unet,
+            te1,
+            te2,
+            network_dim=cfg.network_dim,
+            network_alpha=cfg.network_alpha,
+            conv_dim=plain.conv_dim,
+            conv_alpha=plain.conv_alpha,
+            train_unet=cfg.train_unet,
+            train_text_encoder=cfg.train_text_encoder,
+            seed=seed,
+            lora_dtype=lora_dtype,
+            target_classes=plain.classes,
+        )
     if cfg.lycoris is not None:
         return attach_lycoris(
             unet,

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lorapipe.lora.lycoris_network import plain_lora
 from lorapipe.train.caching import LatentCache, TextEncoderCache, caption_randomiser, module_fingerprint
 from lorapipe.train.distributed import share_main_weights
 from lorapipe.train.loop import Objective
@@ -83,7 +84,7 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
     )
     if device.type == "cpu" and (threads := cpu_threads_for(models.unet)):
         torch.set_num_threads(threads)
-    loraplus = cfg.network_options
+    loraplus = cfg.lycoris or cfg.network_options  # LoRA+ ratios come from the network_args of either module
     groups = models.network.parameter_groups(
         cfg.unet_lr,
         cfg.text_encoder_lr,
@@ -147,7 +148,7 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
         te_cache=te_cache,
         param_group_names=names,
         te_cache_automatic=automatic is not None,
-        notes=(automatic,) if automatic else (),
+        notes=tuple(note for note in (_network_note(cfg), automatic) if note),
     )
 
 
@@ -173,6 +174,16 @@ def automatic_text_cache(plan: RunPlan, entry_bytes: int) -> str | None:
         f"text-encoder outputs cached in memory ({captions} captions, {captions * entry_bytes / 2**20:.1f} MiB): "
         "the text encoders are frozen and captions do not change, so each caption is encoded once, as with "
         "cache_text_encoder_outputs"
+    )
+
+
+def _network_note(cfg) -> str | None:
+    """The log line when a lycoris.kohya network trains through peft's LoRA layers (`plain_lora`)."""
+    if plain_lora(cfg.lycoris, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha) is None:
+        return None
+    return (
+        f"lycoris.kohya algo=locon, preset={cfg.lycoris.preset}, without LyCORIS's extras is plain LoRA: trained "
+        "with peft's LoRA layers, saved with the keys and alphas LyCORIS writes"
     )
 
 
