@@ -248,7 +248,10 @@ def test_run_is_followed_cancelled_resumed_and_published(world, client, sample_d
     busy = client.post("/sdapi/v1/txt2img", json=TINY_TXT2IMG)
     assert busy.status_code == 503 and run_id in busy.json()["detail"]
     assert int(busy.headers["Retry-After"]) >= 1
+    device = client.get("/studio/api/device").json()  # what the generate page shows
+    assert (device["busy_policy"], device["training_run"]) == ("refuse", run_id) and device["retry_after_s"] >= 1
     with TestClient(_app(world, busy_policy="wait")) as waiting:
+        assert waiting.get("/studio/api/device").json()["busy_policy"] == "wait"
         held = {}
         request = threading.Thread(target=lambda: held.update(r=waiting.post("/sdapi/v1/txt2img", json=TINY_TXT2IMG)))
         request.start()
@@ -271,6 +274,7 @@ def test_run_is_followed_cancelled_resumed_and_published(world, client, sample_d
     followed = client.get(f"{API}/runs/{run_id}/events")
     assert followed.status_code == 410 and "cancelled" in followed.json()["detail"]
     assert client.post(f"{API}/runs/{run_id}/cancel").status_code == 409
+    wait_for(lambda: client.get("/studio/api/device").json()["training_run"] is None or None, 30, "device shown free")
 
     wait_for(lambda: client.post(f"{API}/runs/{run_id}/resume").status_code != 409 or None, 120, "device free")
     runs = client.get(f"{API}/runs").json()

@@ -32,6 +32,7 @@ from lorapipe.server.state import ServerState
 from lorapipe.server.studio_busy import TrainingBusyMiddleware
 from lorapipe.server.studio_routes_datasets import presets_router as studio_presets_router
 from lorapipe.server.studio_routes_datasets import router as studio_datasets_router
+from lorapipe.server.studio_routes_runs import device_router as studio_device_router
 from lorapipe.server.studio_routes_runs import router as studio_runs_router
 from lorapipe.server.studio_state import StudioState
 
@@ -86,6 +87,7 @@ def create_app(settings: ServerSettings, generator=None, *, loader: Callable[[],
     app.include_router(studio_presets_router)
     app.include_router(studio_datasets_router)
     app.include_router(studio_runs_router)
+    app.include_router(studio_device_router)
 
     @app.get("/internal/ping")
     async def ping():

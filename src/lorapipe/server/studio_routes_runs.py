@@ -19,6 +19,7 @@ from lorapipe.server.studio_config import TrainSettings, run_config_text
 from lorapipe.server.studio_state import StudioState, call, call_in_thread
 
 router = APIRouter(prefix="/studio/api/runs", tags=["studio: training runs"])
+device_router = APIRouter()
 
 
 class RunBody(BaseModel):
@@ -67,6 +68,24 @@ def _start(state: StudioState, body: RunBody) -> dict:
 @router.post("", status_code=201, summary="Start a training run from a prepared dataset")
 async def start_run(body: RunBody, state: Studio):
     return await call_in_thread(_start, state, body)
+
+
+def _device(state: StudioState) -> dict:
+    run = state.runs.training_run()
+    return {
+        "busy_policy": state.settings.studio.busy_policy,
+        "training_run": run.id if run else None,
+        "retry_after_s": state.runs.retry_after(run) if run else None,
+    }
+
+
+@device_router.get(
+    "/studio/api/device",
+    tags=["studio: training runs"],
+    summary="Whether a training run holds the accelerator, and what generation requests get meanwhile",
+)
+async def device(state: Studio):
+    return await call_in_thread(_device, state)
 
 
 @router.get("", summary="Recent runs (the same records `lorapipe runs list` shows)")

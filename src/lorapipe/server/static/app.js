@@ -115,13 +115,19 @@ async function generate(event) {
 const given = new URLSearchParams(location.search).get("prompt");
 if (given) $("prompt").value = given;
 
-// One GPU, two jobs: while a training run holds it, generation answers 503 (or waits); say so up front.
+// One GPU, two jobs: while a training run holds it, generation is refused (503), held or shared, as the server's
+// --studio-busy-policy says; say which up front.
+const BUSY_EFFECT = {
+  refuse: "generation is refused until it finishes",
+  wait: "generation waits until it finishes",
+  share: "generation shares it and may be slower",
+};
 async function showTraining() {
-  const runs = await api("/studio/api/runs?limit=5").catch(() => []);
-  const active = runs.find((r) => r.status === "running" || r.status === "queued");
-  $("busy").hidden = !active;
-  $("busy").textContent = active ? `Training run ${active.id} is using the GPU: generation waits until it ` +
-    "finishes (see the studio)." : "";
+  const device = await api("/studio/api/device").catch(() => null);
+  const run = device && device.training_run;
+  $("busy").hidden = !run;
+  $("busy").textContent = run ? `Training run ${run} is using the GPU: ${BUSY_EFFECT[device.busy_policy]} ` +
+    `(about ${device.retry_after_s} s; see the studio).` : "";
 }
 
 $("form").addEventListener("submit", generate);
