@@ -51,13 +51,13 @@ def check_config(config: TrainConfig) -> tuple[list[str], list[str]]:
             "cache_text_encoder_outputs: the text-encoder LoRA cannot train on cached text-encoder "
             "outputs; set network_train_unet_only = true or turn caching off"
         )
-    for subset, key in _subset_options(c, CAPTION_RANDOMISERS):
+    for subset, key in subset_options(c.dataset, CAPTION_RANDOMISERS):
         if c.cache_text_encoder_outputs:
             errors.append(
                 f"cache_text_encoder_outputs cannot be used with {key} (subset '{subset}'): captions "
                 f"change every epoch; turn one of them off"
             )
-    for subset, key in _subset_options(c, _PIXEL_RANDOMISERS):
+    for subset, key in subset_options(c.dataset, _PIXEL_RANDOMISERS):
         if c.cache_latents:
             errors.append(
                 f"cache_latents cannot be used with {key} (subset '{subset}'): the image changes every "
@@ -98,10 +98,10 @@ def check_config(config: TrainConfig) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def _subset_options(config: TrainConfig, keys: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(subset name, key) for every subset of the blueprint where one of `keys` is switched on."""
+def subset_options(dataset, keys: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(subset name, key) for every subset of the dataset blueprint where one of `keys` is switched on."""
     found: list[tuple[str, str]] = []
-    subsets = getattr(config.dataset, "subsets", ()) or ()
+    subsets = getattr(dataset, "subsets", ()) or ()
     for subset in subsets:
         for key in keys:
             value = getattr(subset, key, None)

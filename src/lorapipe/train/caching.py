@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lorapipe.atomic import atomic_target
-from lorapipe.config.checks import CAPTION_RANDOMISERS
+from lorapipe.config.checks import CAPTION_RANDOMISERS, subset_options
 from lorapipe.dataset.batches import load_sample
 from lorapipe.errors import DatasetError
 from lorapipe.train.distributed import wait_for_everyone
@@ -185,14 +185,11 @@ class TextEncoderCache:
         )
 
 
-def caption_randomiser(subsets) -> tuple[str, str] | None:
+def caption_randomiser(dataset) -> tuple[str, str] | None:
     """(subset name, option) of the first subset whose captions change between uses, else None (enable_wildcard
     counts too: {a|b} picks a variant per use)."""
-    for subset in subsets:
-        for key in (*CAPTION_RANDOMISERS, "enable_wildcard"):
-            if getattr(subset, key, 0):
-                return subset.name, key
-    return None
+    found = subset_options(dataset, (*CAPTION_RANDOMISERS, "enable_wildcard"))
+    return found[0] if found else None
 
 
 # ---- filling the caches before the first step ---------------------------------------------------------------------

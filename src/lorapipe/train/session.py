@@ -165,7 +165,7 @@ def automatic_text_cache(plan: RunPlan, entry_bytes: int) -> str | None:
     shuffle, dropout, token warm-up or wildcards): then every step would encode the same captions again, which
     is what Kohya's cache_text_encoder_outputs avoids. The outputs are the same either way (cached in float32)."""
     cfg = plan.config
-    if cfg.train_text_encoder or caption_randomiser(cfg.dataset.subsets):
+    if cfg.train_text_encoder or caption_randomiser(cfg.dataset):
         return None
     captions = len({(item.subset.name, item.caption) for item in plan.scan.items})
     if captions * entry_bytes > _AUTOMATIC_TEXT_CACHE_BYTES:
