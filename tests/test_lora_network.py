@@ -295,3 +295,49 @@ def test_backward_reaches_only_lora_weights_like_a_kohya_first_step(models):
         for n, p in models[part].named_parameters()
         if "lora_" not in n
     )
+
+
+def _loss_and_grads(models, network, probe, lora_dtype):
+    """A step's loss through both encoders and the UNet, and the gradient of every LoRA tensor by Kohya key."""
+    for param in models["unet"].parameters():
+        param.grad = None
+    context = torch.cat(
+        [
+            models["text_encoder"](probe.token_ids).last_hidden_state,
+            models["text_encoder_2"](probe.token_ids).last_hidden_state,
+        ],
+        dim=-1,
+    )
+    pred = models["unet"](probe.latents.to(lora_dtype), 10, context, added_cond_kwargs=probe.added).sample
+    loss = pred.float().pow(2).mean()
+    loss.backward()
+    grads = {}
+    for target in network.targets:
+        layer = network.lora_layer(target)
+        grads[f"{target.kohya_name}.down"] = layer.lora_A["kohya"].weight.grad.clone()
+        grads[f"{target.kohya_name}.up"] = layer.lora_B["kohya"].weight.grad.clone()
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("base_dtype", [torch.float32, torch.bfloat16])
+def test_lean_forward_gives_peft_outputs_and_gradients_bit_for_bit(models, base_dtype):
+    """The Linear layers' lean forward (one adapter, no dropout) is peft's own expression: the same loss and the
+    same gradients to the last bit, with the base in float32 or bfloat16 under float32 LoRA weights."""
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        models[part].to(base_dtype)
+    probe = probe_inputs(models["unet"], models["text_encoder_2"])
+    results = {}
+    for lean in (False, True):
+        network = attach(models, network_alpha=1.7, conv_dim=2, lora_dtype=torch.float32, lean_forward=lean)
+        randomize_lora(network)
+        assert len(network._lean) == (sum(t.kind == "linear" for t in network.targets) if lean else 0)
+        results[lean] = _loss_and_grads(models, network, probe, base_dtype)
+        network.remove()
+        assert not any("forward" in vars(module) for part in models.values() for module in part.modules())
+    assert torch.equal(results[True][0], results[False][0])
+    assert results[True][1].keys() == results[False][1].keys()
+    assert all(torch.equal(results[True][1][k], results[False][1][k]) for k in results[False][1])
+
+
+def test_dropouts_keep_peft_forward_so_their_hooks_run(models):
+    assert not attach(models, dropout=0.1)._lean
