@@ -250,6 +250,7 @@ def test_run_is_followed_cancelled_resumed_and_published(world, client, sample_d
     assert int(busy.headers["Retry-After"]) >= 1
     device = client.get("/studio/api/device").json()  # what the generate page shows
     assert (device["busy_policy"], device["training_run"]) == ("refuse", run_id) and device["retry_after_s"] >= 1
+    assert "refused (503)" in device["generation"]
     with TestClient(_app(world, busy_policy="wait")) as waiting:
         assert waiting.get("/studio/api/device").json()["busy_policy"] == "wait"
         held = {}

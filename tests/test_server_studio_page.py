@@ -101,6 +101,9 @@ def test_photos_to_lora_to_image_in_one_page(studio_server, browser):  # noqa: F
 
     # 4. train: the loss chart fills and sample images appear per checkpoint
     browser.find_element(By.ID, "start").click()
+    # While it trains, the banner says what the server's busy policy (default: refuse) does to generation.
+    banner = wait.until(lambda d: d.find_element(By.ID, "banner").text)
+    assert "is using the GPU: image generation is refused (503) until it finishes" in banner
     wait.until(
         lambda d: any(
             d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)

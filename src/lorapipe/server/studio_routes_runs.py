@@ -16,6 +16,7 @@ from lorapipe.pipeline.records import FINISHED
 from lorapipe.server.api_errors import ApiError
 from lorapipe.server.deps import Studio
 from lorapipe.server.studio_config import TrainSettings, run_config_text
+from lorapipe.server.studio_settings import BUSY_EFFECTS
 from lorapipe.server.studio_state import StudioState, call, call_in_thread
 
 router = APIRouter(prefix="/studio/api/runs", tags=["studio: training runs"])
@@ -72,8 +73,10 @@ async def start_run(body: RunBody, state: Studio):
 
 def _device(state: StudioState) -> dict:
     run = state.runs.training_run()
+    policy = state.settings.studio.busy_policy
     return {
-        "busy_policy": state.settings.studio.busy_policy,
+        "busy_policy": policy,
+        "generation": BUSY_EFFECTS[policy],
         "training_run": run.id if run else None,
         "retry_after_s": state.runs.retry_after(run) if run else None,
     }

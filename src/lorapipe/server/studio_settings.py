@@ -7,8 +7,14 @@ from pathlib import Path
 
 from lorapipe.errors import ConfigError
 
-# What a generation request meets while a training run holds the device the generator uses.
-BUSY_POLICIES = ("refuse", "wait", "share")
+# What a generation request meets while a training run holds the device the generator uses, in the words both
+# pages show (`GET /studio/api/device`).
+BUSY_EFFECTS = {
+    "refuse": "image generation is refused (503) until it finishes",
+    "wait": "image generation waits until it finishes",
+    "share": "image generation shares it and may be slower",
+}
+BUSY_POLICIES = tuple(BUSY_EFFECTS)
 
 
 @dataclass(frozen=True)

@@ -116,17 +116,12 @@ const given = new URLSearchParams(location.search).get("prompt");
 if (given) $("prompt").value = given;
 
 // One GPU, two jobs: while a training run holds it, generation is refused (503), held or shared, as the server's
-// --studio-busy-policy says; say which up front.
-const BUSY_EFFECT = {
-  refuse: "generation is refused until it finishes",
-  wait: "generation waits until it finishes",
-  share: "generation shares it and may be slower",
-};
+// --studio-busy-policy says; say which up front, in the server's words.
 async function showTraining() {
   const device = await api("/studio/api/device").catch(() => null);
   const run = device && device.training_run;
   $("busy").hidden = !run;
-  $("busy").textContent = run ? `Training run ${run} is using the GPU: ${BUSY_EFFECT[device.busy_policy]} ` +
+  $("busy").textContent = run ? `Training run ${run} is using the GPU: ${device.generation} ` +
     `(about ${device.retry_after_s} s; see the studio).` : "";
 }
 

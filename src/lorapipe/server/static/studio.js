@@ -11,6 +11,8 @@ const POLL_VISIBLE_MS = 1000;
 const POLL_HIDDEN_MS = 15000;
 const saved = JSON.parse(localStorage.getItem("lorapipe.studio") || "{}");
 const state = { dataset: saved.dataset || null, run: saved.run || null, tomlEdited: false, following: null };
+// What the server's busy policy does to image generation while a run trains (GET /studio/api/device says it).
+let generationWhileBusy = "image generation is held back until it finishes";
 
 function remember() { localStorage.setItem("lorapipe.studio", JSON.stringify({ dataset: state.dataset, run: state.run })); }
 
@@ -217,8 +219,7 @@ function render(run) {
   $("resume").disabled = run.status !== "cancelled" && run.status !== "failed";
   $("start").disabled = active || !document.body.dataset.prepared;
   $("banner").hidden = !active;
-  $("banner").textContent = active ? `Training run ${run.id} is using the GPU: image generation waits until it ` +
-    "finishes (the generate page says so)." : "";
+  $("banner").textContent = active ? `Training run ${run.id} is using the GPU: ${generationWhileBusy}.` : "";
 }
 
 function drawLoss(points) {
@@ -301,6 +302,7 @@ $("toml").addEventListener("input", () => { state.tomlEdited = true; });
 
 (async function start() {
   try {
+    generationWhileBusy = (await api(`${API}/device`)).generation;
     const presets = await api(`${API}/presets`);
     presets.forEach((name) => $("preset").append(element("option", { value: name, textContent: name })));
     if (state.dataset) {
