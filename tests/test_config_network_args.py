@@ -168,3 +168,13 @@ def test_torch_compile_and_dynamo_backend_are_attributes(dataset_copy: Path) -> 
     assert any("compiles nothing" in w for w in loaded.warnings)
     text, path = _problems(dataset_copy, torch_compile=True, dynamo_backend="turbo")
     assert str(path) in text and "dynamo_backend = 'turbo'" in text
+
+
+def test_network_dropout_with_lycoris_is_a_named_warning(dataset_copy: Path) -> None:
+    """sd-scripts passes network_dropout to LyCORIS as neuron_dropout, which LyCORIS ignores: say so, name the key."""
+    loaded, path = _load(dataset_copy, "algo=loha", network_module="lycoris.kohya", network_dropout=0.1)
+    assert loaded.config.lycoris.dropout == 0.0
+    (warning,) = [w for w in loaded.warnings if "network_dropout" in w]
+    assert str(path) in warning and 'network_args: "dropout=0.1"' in warning
+    loaded, _ = _load(dataset_copy, "algo=loha", "dropout=0.1", network_module="lycoris.kohya")
+    assert loaded.config.lycoris.dropout == 0.1 and not [w for w in loaded.warnings if "network_dropout" in w]

@@ -343,6 +343,12 @@ class _Builder:
         for note in parsed.warnings:
             self.warn("network_args", f"network_args (lycoris.kohya) {note}")
         kwargs["lycoris"] = parsed.options
+        if kwargs.get("network_dropout"):  # sd-scripts hands it to LyCORIS as neuron_dropout, which LyCORIS never reads
+            self.warn(
+                "network_dropout",
+                f"network_dropout = {kwargs['network_dropout']} is ignored by lycoris.kohya (as under sd-scripts); "
+                f'LyCORIS reads its dropout from network_args: "dropout={kwargs["network_dropout"]}"',
+            )
 
     # -- paths
     def _paths(self, kwargs: dict[str, Any], *, output_dir: Path | None, base_model: str | None) -> None:
