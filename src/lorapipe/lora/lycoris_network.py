@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorapipe.errors import ConfigError, TrainingError
-from lorapipe.lora.network import KohyaLoadReport, part_parameter_groups
+from lorapipe.lora.network import KohyaLoadReport, kohya_alpha, part_parameter_groups
 from lorapipe.lora.targets import KOHYA_PREFIXES, PARTS, TargetClasses, kohya_target_names
 
 # Module classes of LyCORIS's presets that sd-scripts' SGM UNet (library/sdxl_original_unet.py) lacks, so LyCORIS
@@ -156,7 +156,7 @@ def plain_lora(options: Any, *, network_dim: int, network_alpha: float | None) -
     conv = bool(preset["enable_conv"])
     if conv and options.use_tucker:
         return None
-    alpha = float(network_dim) if not network_alpha else float(network_alpha)  # as attach_lycoris passes them
+    alpha = kohya_alpha(network_alpha, network_dim)
     classes = TargetClasses(
         unet=tuple(preset["unet_target_module"]),
         unet_conv=(),
@@ -188,7 +188,7 @@ def attach_lycoris(
     for model in (unet, text_encoder, text_encoder_2):
         if model is not None:
             model.requires_grad_(False)
-    alpha = float(network_dim) if not network_alpha else float(network_alpha)  # sd-scripts: 0/None -> dim
+    alpha = kohya_alpha(network_alpha, network_dim)
     with torch.random.fork_rng(devices=[], enabled=seed is not None), _sdxl_preset(options.preset) as network_class:
         if seed is not None:
             torch.manual_seed(seed)

@@ -258,9 +258,9 @@ def attach_kohya_lora(
             raise ConfigError(f"{key}: must be in [0, 1), got {value}")
     if not (train_unet or train_text_encoder):
         raise ConfigError("network_train_unet_only and network_train_text_encoder_only: both set; choose one")
-    alpha = _kohya_alpha(network_alpha, dim)
+    alpha = kohya_alpha(network_alpha, dim)
     c_dim = None if conv_dim is None else int(conv_dim)
-    c_alpha = None if c_dim is None else _kohya_alpha(DEFAULT_CONV_ALPHA if conv_alpha is None else conv_alpha, c_dim)
+    c_alpha = None if c_dim is None else kohya_alpha(DEFAULT_CONV_ALPHA if conv_alpha is None else conv_alpha, c_dim)
     blocks = block_ranks or BlockRanks()
 
     models = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
@@ -429,7 +429,7 @@ def _rank_mask(output: Any, p: float) -> Any:
     return mask.view(output.shape[0], *([1] * (output.dim() - 2)), rank)
 
 
-def _kohya_alpha(alpha: float | None, dim: int) -> float:
+def kohya_alpha(alpha: float | None, dim: int) -> float:
     """sd-scripts: alpha None or 0 means alpha = dim."""
     return float(dim) if alpha is None or float(alpha) == 0 else float(alpha)
 

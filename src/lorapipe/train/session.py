@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lorapipe.lora.lycoris_network import plain_lora
+from lorapipe.lora.lycoris_network import LycorisKohyaNetwork
 from lorapipe.train.caching import LatentCache, TextEncoderCache, caption_randomiser, module_fingerprint
 from lorapipe.train.distributed import share_main_weights
 from lorapipe.train.loop import Objective
@@ -148,7 +148,7 @@ def build_session(plan: RunPlan, speed: SpeedOptions = SpeedOptions()) -> TrainS
         te_cache=te_cache,
         param_group_names=names,
         te_cache_automatic=automatic is not None,
-        notes=tuple(note for note in (_network_note(cfg), automatic) if note),
+        notes=tuple(note for note in (_network_note(cfg, models.network), automatic) if note),
     )
 
 
@@ -177,9 +177,9 @@ def automatic_text_cache(plan: RunPlan, entry_bytes: int) -> str | None:
     )
 
 
-def _network_note(cfg) -> str | None:
-    """The log line when a lycoris.kohya network trains through peft's LoRA layers (`plain_lora`)."""
-    if plain_lora(cfg.lycoris, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha) is None:
+def _network_note(cfg, network) -> str | None:
+    """The log line when a lycoris.kohya network was attached as peft LoRA layers (`lycoris_network.plain_lora`)."""
+    if cfg.lycoris is None or isinstance(network, LycorisKohyaNetwork):
         return None
     return (
         f"lycoris.kohya algo=locon, preset={cfg.lycoris.preset}, without LyCORIS's extras is plain LoRA: trained "
