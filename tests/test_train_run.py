@@ -244,3 +244,28 @@ def test_token_warmup_reaches_the_training_captions(tiny_model_dir, sample_datas
         step_lines=False,
     )
     assert warm.losses[0] != plain.losses[0]
+
+
+def test_single_file_base_model_hashes_go_into_the_metadata(tiny_model_dir, sample_dataset_dir, tmp_path, monkeypatch):
+    """As sd-scripts: a base model given as one file gets ss_sd_model_hash (A1111's legacy hash) and
+    ss_new_sd_model_hash (sha256 of the file) in every saved LoRA; a diffusers folder gets neither."""
+    from lorapipe.file_names import CACHE_DIR_ENV
+    from lorapipe.hashes import legacy_hash_file, sha256_file
+    from lorapipe.sdxl.load import load_sdxl_pipeline
+    from lorapipe.sdxl.single_file import write_single_file
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    base = write_single_file(load_sdxl_pipeline(str(tiny_model_dir)), tmp_path / "tiny-sdxl.safetensors")
+    for model, out in ((base, tmp_path / "from-file"), (tiny_model_dir, tmp_path / "from-folder")):
+        result = run_training(
+            sample_dataset_dir,
+            base_model=str(model),
+            output_dir=out,
+            show_progress=False,
+            step_lines=False,
+            overrides=("max_train_steps=1",),
+        )
+        with safe_open(str(result.lora_path), "pt") as f:
+            meta = f.metadata()
+        hashes = (meta.get("ss_sd_model_hash"), meta.get("ss_new_sd_model_hash"))
+        assert hashes == ((legacy_hash_file(base), sha256_file(base)) if model == base else (None, None))

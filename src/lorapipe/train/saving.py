@@ -14,7 +14,7 @@ import torch
 
 from lorapipe.config.network_args import split_pairs
 from lorapipe.lora.file import save_kohya_lora
-from lorapipe.lora.metadata import build_kohya_metadata
+from lorapipe.lora.metadata import base_model_file_hashes, build_kohya_metadata
 
 _SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -34,6 +34,9 @@ class LoraWriter:
     optimizer_text: str
     started_at: float = field(default_factory=lambda: reproducible_time() or time.time())
     session_id: int | None = None
+    # (ss_sd_model_hash, ss_new_sd_model_hash) of a single-file base model, read at the first save (not at
+    # start-up); the hash cache makes every later run of the same file a stat.
+    _base_model_hashes: tuple[str, str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.session_id is None:
@@ -76,8 +79,16 @@ class LoraWriter:
             max_train_steps=plan.total_steps,
             text_encoder_lr=cfg.text_encoder_lr,
             optimizer=self.optimizer_text,
+            base_model_hashes=self._base_hashes(),
             no_metadata=cfg.no_metadata,
         )
+
+    def _base_hashes(self) -> tuple[str, str] | None:
+        """sd-scripts writes both hashes when the base model is a local file (a folder or hub id gets neither)."""
+        path = Path(self.plan.base_model)
+        if self._base_model_hashes is None and path.is_file():
+            self._base_model_hashes = base_model_file_hashes(path)
+        return self._base_model_hashes
 
 
 def _dataset_config_keys(blueprint) -> dict:
