@@ -96,7 +96,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     from lorapipe.evaluate.render import RenderSettings
     from lorapipe.evaluate.run import EvalOptions, evaluate_run
     from lorapipe.generate.quiet import quiet_model_loading
+    from lorapipe.sdxl.libraries import import_sdxl_libraries
 
+    import_sdxl_libraries()
     quiet_model_loading()  # the image bar is the progress; loader bars of three models would bury it
 
     render = RenderSettings(

@@ -32,8 +32,9 @@ def collector_paused() -> Iterator[None]:
 
 
 def import_sdxl_libraries() -> None:
-    """Import what loading and running an SDXL pipeline needs, under `collector_paused` (call it before the first
-    heavy import of a command; a later call costs one collection of the objects made since)."""
+    """Import what loading and running an SDXL pipeline needs, under `collector_paused`. Call it at a process's
+    entry point (the commands, the SageMaker training entry, the hosting loader), before the first heavy import:
+    what it freezes is never collected, so not from library code a long-lived process runs again and again."""
     with collector_paused():
         import torch  # noqa: F401
         from diffusers import StableDiffusionXLPipeline  # noqa: F401  (its lazy import brings transformers, peft)
@@ -43,7 +44,9 @@ def import_sdxl_libraries() -> None:
 def loaded_models_frozen() -> Iterator[None]:
     """Collect once, then freeze the survivors (loaded models, caches) for the block: they live through it, so the
     collector's full passes (every few hundred training steps) need not walk them. Unfrozen afterwards, so a
-    process that trains again (tests, a long-lived service) can still collect the models of this run."""
+    process that trains again (tests, a long-lived service) can still collect the models of this run. Python has one
+    permanent generation, so this also thaws what `import_sdxl_libraries` froze: later passes walk it again, which
+    costs time only, after the run."""
     gc.collect()
     gc.freeze()
     try:

@@ -80,12 +80,14 @@ def load_hosted_generator(app: FastAPI, options: HostingOptions):
     from lorapipe.container_contract import OptMl
     from lorapipe.generate.generator import Generator
     from lorapipe.generate.quiet import quiet_model_loading
+    from lorapipe.sdxl.libraries import import_sdxl_libraries
 
     started = time.monotonic()
     model = read_hosted_model(OptMl.resolve(options.opt_ml_root).model_dir)
     loras = HostedLoras(options.cache_dir / "loras", model)
     base = _local_base_model(model.base_model, options.cache_dir / "base")
     log.info("loading base model %s (from %s)", base, model.source)
+    import_sdxl_libraries()  # the container's one load: the import's objects are frozen out of later passes
     quiet_model_loading()
     generator = Generator.load(base, lora_dir=loras.folder, device=options.device, dtype=options.dtype)
     keep_hosted_loras(app, loras)

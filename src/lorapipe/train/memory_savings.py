@@ -25,7 +25,6 @@ ESTIMATE = "estimate from parameter sizes (meta device); not yet measured on a G
 NOT_MEASURED = "not yet measured on a GPU"
 _ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq in fp32, per LoRA parameter
 _ADAMW8BIT_STATE_BYTES = 2  # both states in 8 bits (bitsandbytes' block-wise absmax adds ~1%)
-_BF16_BYTES = 2
 
 
 def estimate_savings(network_dim: int = 32) -> dict:

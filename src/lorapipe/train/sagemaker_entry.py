@@ -86,6 +86,9 @@ def main(argv=None) -> int:
 
 def _train(channel: Path, config_path: Path | None, overrides, model_dir: Path, checkpoints: Path):
     # The trainer imports torch: only here, so the entry point answers (and fails clearly) without loading it.
+    from lorapipe.sdxl.libraries import import_sdxl_libraries
+
+    import_sdxl_libraries()  # as `lorapipe train` does; every torchrun child comes through here
     from lorapipe.train.checkpoints import newest_state
     from lorapipe.train.run import run_training
 
